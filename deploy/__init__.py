@@ -1,0 +1,1 @@
+"""Deployment: install scripts, systemd units and the emulated testbed."""

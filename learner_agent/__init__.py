@@ -1,0 +1,1 @@
+"""Plexus learner agent: subset benchmarking, DAB bound, trainer, SPIN client, stressors."""

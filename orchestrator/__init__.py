@@ -1,0 +1,1 @@
+"""Plexus orchestrator: REST service, store, allocators, aggregators and round drivers."""
