@@ -1,0 +1,1 @@
+"""Emulated heterogeneous testbed: network namespaces, tc shaping and cgroup limits."""

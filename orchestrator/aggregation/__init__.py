@@ -1,0 +1,1 @@
+"""Aggregators: pure cores that combine learner updates into the global model."""

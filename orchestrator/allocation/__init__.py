@@ -1,0 +1,1 @@
+"""Allocators: pure functions that decide how many shards each learner gets."""

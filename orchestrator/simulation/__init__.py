@@ -1,0 +1,1 @@
+"""Virtual-clock simulator that drives the same aggregator cores as the live service."""
