@@ -1,0 +1,186 @@
+"""The task spec: what to train, on which data, how, and under which allocator or aggregator.
+
+A spec is YAML or JSON (`docs/protocol.md`); unknown keys and impossible values are rejected
+with a `plexus.errors.SpecError` whose message names the offending field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from plexus.errors import SpecError
+
+ModelName = Literal["twonn", "threenn", "convnet", "fashionnet", "lenet5"]
+DatasetName = Literal["mnist5k", "digits", "synthetic", "mnist", "fashion_mnist"]
+MODEL_NAMES: tuple[str, ...] = ("twonn", "threenn", "convnet", "fashionnet", "lenet5")
+DATASET_NAMES: tuple[str, ...] = ("mnist5k", "digits", "synthetic", "mnist", "fashion_mnist")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Strict):
+    """Which dataset to load and how to split it into train and test."""
+
+    name: DatasetName = "mnist5k"
+    path: str | None = None
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # Only for `synthetic`: how many samples to generate (train + test).
+    samples: int = Field(2000, ge=20)
+
+    @model_validator(mode="after")
+    def _path_when_idx(self) -> DatasetSpec:
+        if self.name in ("mnist", "fashion_mnist") and not self.path:
+            raise ValueError(
+                f"dataset '{self.name}' is read from local IDX files: set dataset.path to "
+                "the directory holding them"
+            )
+        return self
+
+
+class PartitionSpec(_Strict):
+    """How the training split is cut into fixed-size shards."""
+
+    kind: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = Field(1.0, gt=0.0)  # Dirichlet concentration
+    shard_size: int = Field(500, ge=1)  # samples per shard (thesis: 500)
+
+
+class TrainingSpec(_Strict):
+    """Local optimisation settings; `iterations` is μ, passes over the allocated shards."""
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0.0)
+    batch_size: int = Field(32, ge=1)
+    iterations: int = Field(1, ge=1)
+
+
+class SyncSpec(_Strict):
+    """Synchronous mode: global update cycles with a deadline D (thesis ch. 3 and 4)."""
+
+    allocator: Literal["dab", "csa", "equal", "med", "mmtt_uncertain", "mmtt_ideal"] = "dab"
+    deadline_s: float = Field(20.0, gt=0.0)  # D, seconds per global update cycle
+    rounds: int = Field(3, ge=1)  # G
+    grace_s: float = Field(5.0, ge=0.0)
+    benchmark_shards: int = Field(2, ge=1)  # n of subset benchmarking
+    safety_quantile: float | None = Field(None, gt=0.0, lt=1.0)
+    total_shards: int | None = Field(None, ge=1)
+
+
+class AsyncSpec(_Strict):
+    """Asynchronous mode: SPIN, FedBuff or PORT aggregation (SPIN paper)."""
+
+    aggregator: Literal["spin", "fedbuff", "port"] = "spin"
+    k: int = Field(10, ge=1)
+    pi_s: float = Field(30.0, gt=0.0)
+    pull_threshold: int = Field(50, ge=1)
+    epochs: int = Field(1, ge=1)
+    arrival_rate: float = Field(1.0, gt=0.0)  # λ, samples/s
+    staleness: Literal["none", "poly", "dcasgd"] = "none"
+    max_updates: int = Field(100, ge=1)
+
+
+class TaskSpec(_Strict):
+    """A whole training task; `mode` selects which of `sync` / `async` must be present."""
+
+    name: str = "task"
+    model: ModelName = "twonn"
+    seed: int = 0
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)  # type: ignore[arg-type]
+    partition: PartitionSpec = Field(default_factory=PartitionSpec)  # type: ignore[arg-type]
+    training: TrainingSpec = Field(default_factory=TrainingSpec)  # type: ignore[arg-type]
+    mode: Literal["sync", "async"] = "sync"
+    sync: SyncSpec | None = None
+    async_: AsyncSpec | None = Field(None, alias="async")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_section(cls, data: Any) -> Any:
+        # A spec that names only its mode gets that mode's defaults, so `mode: async` alone is
+        # a complete spec; a section for the other mode is still a mistake (checked below).
+        if isinstance(data, dict):
+            mode = data.get("mode", "sync")
+            key = "sync" if mode == "sync" else "async"
+            other = "async" if mode == "sync" else "sync"
+            if key not in data and other not in data and "async_" not in data:
+                data = {**data, key: {}}
+        return data
+
+    @model_validator(mode="after")
+    def _mode_matches_section(self) -> TaskSpec:
+        if self.mode == "sync":
+            if self.async_ is not None:
+                raise ValueError(
+                    "mode: 'sync' is set but an 'async' section is given: remove it "
+                    "or set mode: async"
+                )
+            if self.sync is None:
+                raise ValueError("mode: 'sync' is set: add a 'sync' section")
+        else:
+            if self.sync is not None:
+                raise ValueError(
+                    "mode: 'async' is set but a 'sync' section is given: remove it "
+                    "or set mode: sync"
+                )
+            if self.async_ is None:
+                raise ValueError("mode: 'async' is set: add an 'async' section")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON-ready data, with `async` spelled as in the YAML."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=False)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]).replace("async_", "async")
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not part of the task spec; see docs/protocol.md)"
+        # Whole-spec checks already start their message with the field they are about.
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "invalid task spec: " + "; ".join(parts)
+
+
+def parse_spec(data: dict[str, Any]) -> TaskSpec:
+    """Validate a spec given as a dict; raise `SpecError` naming every bad field."""
+    if not isinstance(data, dict):
+        raise SpecError(f"a task spec must be a mapping, got {type(data).__name__}")
+    try:
+        return TaskSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_describe(exc)) from None
+
+
+def load_spec(source: str | Path | dict[str, Any] | TaskSpec) -> TaskSpec:
+    """Load a spec from a YAML/JSON file path, a dict, or pass a `TaskSpec` through."""
+    if isinstance(source, TaskSpec):
+        return source
+    if isinstance(source, dict):
+        return parse_spec(source)
+    path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read task spec {path}: {exc.strerror}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"{path} is not valid JSON: {exc}") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{path} is not valid YAML: {exc}") from None
+    return parse_spec(data)
