@@ -1,0 +1,309 @@
+"""The synchronous round driver: global update cycles of thesis 3.1 (steps 1–7, figure 3.1).
+
+Per round: ask the alive learners what the allocator needs (DAB: `plan` → a_k only; CSA:
+`benchmark` → b_k, c_k; equal split: nothing), allocate with the pure allocator, deal shard ids,
+call `train` on every learner at once in duplex mode, leave out whoever has not answered by
+D + grace, average the answers weighted by samples trained, evaluate on the held-out split,
+write the model version and commit the round. Each task runs as an asyncio task in the
+orchestrator's event loop; torch work runs in threads so the API stays responsive. A restart
+picks every running task up again from its last committed round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.allocation import (
+    Allocator,
+    LearnerReport,
+    RoundContext,
+    assign_shard_ids,
+    get_allocator,
+)
+from orchestrator.errors import Conflict
+from orchestrator.store import LearnerRow, Store, TaskRow, write_atomic
+from orchestrator.taskdata import load_test_split, read_state
+
+if TYPE_CHECKING:
+    from orchestrator.service import Service
+    from plexus.spec import TaskSpec
+
+log = logging.getLogger("orchestrator.driver")
+
+
+@dataclass
+class _Answer:
+    learner: LearnerRow
+    value: Any = None
+    error: str | None = None
+    at: float = 0.0  # monotonic seconds when the answer arrived
+
+
+class RoundDriver:
+    """Runs every active synchronous task of one orchestrator, one asyncio task each."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.store: Store = service.store
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._stubs: dict[tuple[str, str], Any] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def resume_all(self) -> None:
+        """Start (or restart after a crash) every task that is pending or running."""
+        for task in self.store.tasks(("pending", "running")):
+            self.launch(task.id)
+
+    def launch(self, task_id: int) -> None:
+        """Run task `task_id` in the background of the current event loop."""
+        if task_id in self._tasks and not self._tasks[task_id].done():
+            return
+        self._tasks[task_id] = asyncio.get_running_loop().create_task(
+            self._run(task_id), name=f"task-{task_id}")
+
+    async def cancel(self, task_id: int) -> None:
+        """Stop the task's asyncio task; its state was already set by the caller."""
+        job = self._tasks.pop(task_id, None)
+        if job is not None:
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await job
+
+    async def stop(self) -> None:
+        """Stop every task without touching its state, so a restart resumes it."""
+        jobs = list(self._tasks.values())
+        self._tasks.clear()
+        for job in jobs:
+            job.cancel()
+        for job in jobs:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await job
+        for stub in self._stubs.values():
+            with contextlib.suppress(Exception):
+                stub.close()
+        self._stubs.clear()
+
+    # -- one task -------------------------------------------------------------------------
+
+    async def _run(self, task_id: int) -> None:
+        from plexus.spec import load_spec
+
+        try:
+            task = self.store.task(task_id)
+            spec = load_spec(task.spec)
+            assert spec.sync is not None
+            allocator = get_allocator(spec.sync.allocator)
+            if task.state == "pending":
+                task = self.store.set_state(task_id, "running", None, time.time())
+            layout = self.store.layout
+            x_test, y_test, input_shape, classes = await asyncio.to_thread(
+                load_test_split, layout, task_id)
+            state = await asyncio.to_thread(read_state, layout.model(task_id, task.model_version))
+            for index in range(task.rounds_done, spec.sync.rounds):
+                state = await self._round(task, spec, allocator, index, state,
+                                          (x_test, y_test, input_shape, classes))
+            self.store.set_state(task_id, "finished", None, time.time())
+        except asyncio.CancelledError:
+            raise
+        except Conflict as exc:  # cancelled by a user while a round was finishing
+            log.info("task %s stopped: %s", task_id, exc)
+        except Exception as exc:
+            log.exception("task %s failed", task_id)
+            with contextlib.suppress(Exception):
+                self.store.set_state(task_id, "failed", f"{type(exc).__name__}: {exc}",
+                                     time.time())
+        finally:
+            current = asyncio.current_task()
+            if self._tasks.get(task_id) is current:
+                self._tasks.pop(task_id, None)
+
+    async def _wait_for_learners(self) -> list[LearnerRow]:
+        # A task submitted before any learner enrolled waits for the first one.
+        while True:
+            alive = self.service.alive_learners()
+            if alive:
+                return alive
+            await asyncio.sleep(0.5)
+
+    async def _round(self, task: TaskRow, spec: TaskSpec, allocator: Allocator, index: int,
+                     state: dict[str, Any], test: tuple[Any, Any, tuple[int, ...], int]
+                     ) -> dict[str, Any]:
+        assert spec.sync is not None
+        sync = spec.sync
+        spec_dict = spec.to_dict()
+        learners = await self._wait_for_learners()
+        started_at = time.time()
+        ctx = RoundContext(
+            num_shards=task.num_shards, shard_samples=task.shard_samples,
+            shard_bytes=task.shard_bytes, model_bytes=task.model_bytes,
+            iterations=spec.training.iterations, deadline_s=sync.deadline_s,
+            total_shards=sync.total_shards)
+        left_out: dict[str, str] = {}
+
+        # Steps 1–3 of thesis 3.1: learn what the allocator needs to know.
+        t0 = time.monotonic()
+        reports = await self._probe(allocator, learners, task.id, spec_dict,
+                                    sync.deadline_s + sync.grace_s, left_out)
+        plan_s = time.monotonic() - t0
+        counts = allocator.allocate(reports, ctx)
+        shard_ids = assign_shard_ids(counts, task.num_shards, seed=spec.seed, round_index=index)
+        by_id = {str(lr.id): lr for lr in learners}
+        chosen = [by_id[k] for k, n in counts.items() if n > 0]
+        for k, n in counts.items():
+            if n <= 0 and k not in left_out:
+                left_out[k] = "allocated no shards"
+
+        # Steps 4–6: everyone trains at once; D + grace bounds the wait however they behave.
+        halt_s = sync.deadline_s if allocator.halts_at_deadline else sync.deadline_s + sync.grace_s
+        cutoff_s = sync.deadline_s + sync.grace_s
+        t1 = time.monotonic()
+        answers = await self._gather(
+            chosen,
+            lambda lr: self._stub(lr, cutoff_s)["train"].acall(
+                spec_dict, task.id, index, shard_ids[str(lr.id)], halt_s, None),
+            cutoff_s,
+        )
+        round_end = time.monotonic()
+        states, weights, samples = [], [], {}
+        from plexus.errors import BadTensors
+        from plexus.tensors import encode_state, validate_state
+
+        for ans in answers:
+            key = str(ans.learner.id)
+            if ans.error is not None:
+                left_out[key] = ans.error
+                continue
+            try:
+                params = ans.value["params"]
+                n = int(ans.value["samples_trained"])
+                validate_state(params, state)
+            except (BadTensors, KeyError, TypeError, ValueError) as exc:
+                left_out[key] = f"bad answer: {exc}"
+                continue
+            self.service.metrics.updates.inc()
+            samples[key] = n
+            if n > 0:
+                states.append(params)
+                weights.append(float(n))
+                path = self.store.layout.update(task.id, index, ans.learner.id)
+                await asyncio.to_thread(write_atomic, path,
+                                        encode_state(params, {"round": index, "samples": n}))
+        # Step 7: FedAvg weighted by samples trained; nobody answered -> the model stays.
+        if states:
+            from orchestrator.aggregation.fedavg import weighted_average
+
+            state = await asyncio.to_thread(weighted_average, states, weights)
+        round_time = round_end - t1  # GUC time: dispatch until the last answer or the cut-off
+        loss, accuracy = await asyncio.to_thread(self._evaluate, spec, state, test)
+        version = index + 1  # round r turns model version r into r + 1
+        model_path = self.store.layout.model(task.id, version)
+        await asyncio.to_thread(
+            write_atomic, model_path,
+            encode_state(state, {"version": version, "task_id": task.id, "round": index}))
+        truancy = (round_time - sync.deadline_s) / sync.deadline_s  # thesis 3.4, metric 6
+        self.store.record_round(task.id, {
+            "index": index, "started_at": started_at, "allocation": counts,
+            "shards": {k: v for k, v in shard_ids.items() if v}, "samples": samples,
+            "left_out": left_out, "plan_s": plan_s, "round_time_s": round_time,
+            "truancy": truancy, "loss": loss, "accuracy": accuracy, "model_version": version,
+        }, model_path, time.time())
+        m = self.service.metrics
+        m.rounds.labels(allocator=allocator.name).inc()
+        m.round_time.observe(round_time)
+        m.truancy.labels(task=str(task.id)).set(truancy)
+        m.left_out.inc(sum(1 for k in left_out if k in {str(c.id) for c in chosen}))
+        log.info("task %s round %s: %.2fs, truancy %+.1f%%, accuracy %.3f", task.id, index,
+                 round_time, 100 * truancy, accuracy if accuracy is not None else float("nan"))
+        return state
+
+    async def _probe(self, allocator: Allocator, learners: list[LearnerRow], task_id: int,
+                     spec_dict: dict[str, Any], timeout_s: float, left_out: dict[str, str]
+                     ) -> list[LearnerReport]:
+        if allocator.probe == "none":
+            return [LearnerReport(str(lr.id)) for lr in learners]
+        proc = allocator.probe
+        answers = await self._gather(
+            learners,
+            lambda lr: (self._stub(lr, timeout_s)["plan"].acall(spec_dict, task_id)
+                        if proc == "plan"
+                        else self._stub(lr, timeout_s)["benchmark"].acall(spec_dict, task_id,
+                                                                          None)),
+            timeout_s,
+        )
+        reports = []
+        for ans in answers:
+            key = str(ans.learner.id)
+            if ans.error is not None:
+                left_out[key] = f"{proc}: {ans.error}"
+                continue
+            try:
+                if proc == "plan":
+                    reports.append(LearnerReport(key, a_k=int(ans.value["a_k"])))
+                else:
+                    reports.append(LearnerReport(
+                        key, bandwidth=float(ans.value["bandwidth"]),
+                        compute=float(ans.value["compute"]), state=ans.value.get("state")))
+            except (KeyError, TypeError, ValueError) as exc:
+                left_out[key] = f"{proc}: bad answer {exc!r}"
+        return reports
+
+    async def _gather(self, learners: list[LearnerRow],
+                      call: Callable[[LearnerRow], Awaitable[Any]], timeout_s: float
+                      ) -> list[_Answer]:
+        """Call every learner at once; whoever has not answered after `timeout_s` is out."""
+
+        async def one(lr: LearnerRow) -> _Answer:
+            try:
+                value = await call(lr)
+                return _Answer(lr, value=value, at=time.monotonic())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure of one learner only leaves it out
+                return _Answer(lr, error=f"{type(exc).__name__}: {exc}", at=time.monotonic())
+
+        jobs = {asyncio.ensure_future(one(lr)): lr for lr in learners}
+        if not jobs:
+            return []
+        try:
+            done, pending = await asyncio.wait(jobs, timeout=timeout_s)
+        except asyncio.CancelledError:
+            for j in jobs:
+                j.cancel()
+            raise
+        out = [j.result() for j in done]
+        for j in pending:
+            j.cancel()
+            out.append(_Answer(jobs[j], error="no answer by deadline + grace"))
+        return out
+
+    def _stub(self, learner: LearnerRow, timeout_s: float) -> Any:
+        import rpc
+
+        url = learner.endpoint or f"{self.service.relay_url}/{learner.name}"
+        key = (url, learner.token)
+        stub = self._stubs.get(key)
+        if stub is None:
+            stub = rpc.connect(url, token=learner.token, duplex=True, timeout=None,
+                               callback=self.service.receiver, poll_interval_s=1.0)
+            self._stubs[key] = stub
+        return stub
+
+    @staticmethod
+    def _evaluate(spec: TaskSpec, state: dict[str, Any],
+                  test: tuple[Any, Any, tuple[int, ...], int]) -> tuple[float, float]:
+        from plexus.training import evaluate
+
+        from orchestrator.taskdata import initial_model
+
+        x, y, shape, classes = test
+        model = initial_model(spec, shape, classes)
+        model.load_state_dict(state)
+        loss, acc = evaluate(model, x, y)
+        return float(loss), float(acc)

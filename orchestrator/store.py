@@ -1,0 +1,334 @@
+"""Durable state: learners, tasks, rounds and model versions in SQL, tensors as files.
+
+SQLAlchemy 2 over a SQLite file under the data directory by default, or any URL given (e.g.
+PostgreSQL); the code path is the same. Model versions, shards, test splits and uploaded
+updates are safetensors files under `<data_dir>/tasks/<id>/`, each written atomically (temp
+file, fsync, rename), and a round row is committed only after its model file is on disk, so a
+`kill -9` at any instant leaves the last committed round resumable.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from orchestrator.errors import Conflict, NotFound, StoreError
+
+TASK_STATES = ("pending", "running", "finished", "failed", "cancelled")
+ACTIVE_STATES = ("pending", "running")
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the orchestrator's tables."""
+
+
+class LearnerRow(Base):
+    __tablename__ = "learners"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True, index=True)
+    # Kept in clear: the orchestrator presents it when it calls the agent's RPC worker.
+    token: Mapped[str] = mapped_column(String(128), unique=True, index=True)
+    endpoint: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    enrolled_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+
+
+class TaskRow(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(256))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rounds_done: Mapped[int] = mapped_column(Integer, default=0)
+    model_version: Mapped[int] = mapped_column(Integer, default=0)
+    num_shards: Mapped[int] = mapped_column(Integer, default=0)
+    shard_samples: Mapped[int] = mapped_column(Integer, default=0)
+    shard_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    model_bytes: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RoundRow(Base):
+    __tablename__ = "rounds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    allocation: Mapped[dict[str, int]] = mapped_column(JSON)  # learner id -> shards
+    shards: Mapped[dict[str, list[int]]] = mapped_column(JSON)  # learner id -> shard ids
+    samples: Mapped[dict[str, int]] = mapped_column(JSON)  # learner id -> samples trained
+    left_out: Mapped[dict[str, str]] = mapped_column(JSON)  # learner id -> why
+    plan_s: Mapped[float] = mapped_column(Float)  # seconds spent asking learners
+    round_time_s: Mapped[float] = mapped_column(Float)  # GUC time, seconds
+    truancy: Mapped[float] = mapped_column(Float)  # (GUC time - D) / D, thesis 3.4
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    model_version: Mapped[int] = mapped_column(Integer)
+
+
+class ModelVersionRow(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one.
+
+    Temp file in the same directory, fsync, rename, then fsync the directory so the rename
+    itself survives a power cut.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a data directory keeps its files."""
+
+    root: Path
+
+    def task_dir(self, task_id: int) -> Path:
+        return self.root / "tasks" / str(task_id)
+
+    def shard(self, task_id: int, n: int) -> Path:
+        return self.task_dir(task_id) / "shards" / f"{n}.safetensors"
+
+    def test_split(self, task_id: int) -> Path:
+        return self.task_dir(task_id) / "test.safetensors"
+
+    def model(self, task_id: int, version: int) -> Path:
+        return self.task_dir(task_id) / "models" / f"v{version}.safetensors"
+
+    def update(self, task_id: int, round_index: int, learner_id: int) -> Path:
+        return self.task_dir(task_id) / "updates" / f"r{round_index}" / f"l{learner_id}.safetensors"
+
+
+class Store:
+    """The orchestrator's database plus its data directory; safe to use from many threads."""
+
+    def __init__(self, data_dir: str | Path, db_url: str | None = None) -> None:
+        self.layout = Layout(Path(data_dir).resolve())
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        url = db_url or f"sqlite:///{self.layout.root / 'plexus.db'}"
+        self.url = url
+        try:
+            if url.startswith("sqlite"):
+                self.engine = create_engine(
+                    url, connect_args={"check_same_thread": False, "timeout": 30}
+                )
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            else:
+                self.engine = create_engine(url, pool_pre_ping=True)
+            Base.metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the database at {url}: {exc}; check --db-url") from exc
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed when the block ends, rolled back if it raises."""
+        with self._sessions() as s:
+            try:
+                yield s
+                s.commit()
+            except SQLAlchemyError as exc:
+                s.rollback()
+                raise StoreError(f"database error: {exc}") from exc
+            except BaseException:
+                s.rollback()
+                raise
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- learners -------------------------------------------------------------------------
+
+    def enroll(self, name: str, facts: dict[str, Any], endpoint: str | None, now: float
+               ) -> LearnerRow:
+        """Add a learner, or re-enroll one by name: same id, fresh token."""
+        token = secrets.token_urlsafe(24)
+        with self.session() as s:
+            row = s.scalar(select(LearnerRow).where(LearnerRow.name == name))
+            if row is None:
+                row = LearnerRow(name=name, token=token, endpoint=endpoint, facts=facts,
+                                 enrolled_at=now, last_seen=now)
+                s.add(row)
+            else:
+                row.token, row.endpoint, row.facts, row.last_seen = token, endpoint, facts, now
+            s.flush()
+            return row
+
+    def learner_by_token(self, token: str) -> LearnerRow | None:
+        with self.session() as s:
+            row = s.scalar(select(LearnerRow).where(LearnerRow.token == token))
+            # A constant-time comparison on top of the indexed lookup.
+            if row is not None and hmac.compare_digest(row.token, token):
+                return row
+            return None
+
+    def heartbeat(self, learner_id: int, facts: dict[str, Any] | None, now: float) -> None:
+        with self.session() as s:
+            row = s.get(LearnerRow, learner_id)
+            if row is None:
+                raise NotFound(f"learner {learner_id} is not enrolled; enroll again",
+                               code="learner_not_found")
+            row.last_seen = now
+            if facts:
+                row.facts = facts
+
+    def learners(self) -> list[LearnerRow]:
+        with self.session() as s:
+            return list(s.scalars(select(LearnerRow).order_by(LearnerRow.id)))
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    def create_task(self, spec: dict[str, Any],
+                    prepare: Callable[[int, Path], dict[str, int]], now: float) -> TaskRow:
+        """Insert a pending task and prepare its files, all or nothing.
+
+        `prepare(task_id, directory)` writes the shards, test split and model v0 into
+        `directory` and returns num_shards, shard_samples, shard_bytes and model_bytes. If it
+        raises, the row is rolled back and the directory removed: no half-created task.
+        """
+        with self.session() as s:
+            row = TaskRow(name=str(spec.get("name", "task")), spec=spec, state="pending",
+                          created_at=now)
+            s.add(row)
+            s.flush()
+            target = self.layout.task_dir(row.id)
+            if target.exists():  # left over from a task whose insert was rolled back
+                shutil.rmtree(target)
+            try:
+                facts = prepare(row.id, target)
+                for key, value in facts.items():
+                    setattr(row, key, value)
+                s.add(ModelVersionRow(task_id=row.id, version=0,
+                                      path=str(self.layout.model(row.id, 0)), created_at=now))
+                s.flush()
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+        return row
+
+    def task(self, task_id: int) -> TaskRow:
+        with self.session() as s:
+            row = s.get(TaskRow, task_id)
+            if row is None:
+                raise NotFound(f"task {task_id} does not exist; list tasks with GET /v1/tasks",
+                               code="task_not_found")
+            return row
+
+    def tasks(self, states: tuple[str, ...] | None = None) -> list[TaskRow]:
+        with self.session() as s:
+            q = select(TaskRow).order_by(TaskRow.id)
+            if states:
+                q = q.where(TaskRow.state.in_(states))
+            return list(s.scalars(q))
+
+    def set_state(self, task_id: int, state: str, reason: str | None, now: float,
+                  *, only_from: tuple[str, ...] = ACTIVE_STATES) -> TaskRow:
+        """Move a task to `state`; Conflict if it is not in one of `only_from`."""
+        assert state in TASK_STATES
+        with self.session() as s:
+            row = s.get(TaskRow, task_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"task {task_id} does not exist", code="task_not_found")
+            if row.state not in only_from:
+                raise Conflict(f"task {task_id} is {row.state}"
+                               + (f" ({row.reason})" if row.reason else "")
+                               + f"; it cannot become {state}")
+            row.state = state
+            row.reason = reason
+            if state == "running" and row.started_at is None:
+                row.started_at = now
+            if state in ("finished", "failed", "cancelled"):
+                row.finished_at = now
+            return row
+
+    def record_round(self, task_id: int, values: dict[str, Any], model_path: Path,
+                     now: float) -> RoundRow:
+        """Commit a finished round, its model version and the task's progress together."""
+        with self.session() as s:
+            task = s.get(TaskRow, task_id, with_for_update=True)
+            if task is None:
+                raise NotFound(f"task {task_id} does not exist", code="task_not_found")
+            if task.state != "running":
+                raise Conflict(f"task {task_id} is {task.state}; its round is not recorded")
+            row = RoundRow(task_id=task_id, **values)
+            s.add(row)
+            s.add(ModelVersionRow(task_id=task_id, version=values["model_version"],
+                                  path=str(model_path), created_at=now))
+            task.rounds_done = values["index"] + 1
+            task.model_version = values["model_version"]
+            s.flush()
+            return row
+
+    def rounds(self, task_id: int) -> list[RoundRow]:
+        self.task(task_id)
+        with self.session() as s:
+            q = select(RoundRow).where(RoundRow.task_id == task_id).order_by(RoundRow.index)
+            return list(s.scalars(q))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets the API read while the round driver writes; FULL sync makes a commit durable.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON for logs and CLI output."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def now_s() -> float:
+    """Wall-clock seconds since the epoch (what timestamps in the store are)."""
+    return time.time()

@@ -1,0 +1,90 @@
+"""A task's files: shards, held-out test split and model versions, made once at submission.
+
+Everything a round needs is derived from the spec here and written under the task's directory,
+so a restarted orchestrator reads files instead of re-deriving data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from orchestrator.errors import BadInput
+from orchestrator.store import Layout, write_atomic
+
+if TYPE_CHECKING:
+    import torch
+
+    from plexus.spec import TaskSpec
+
+
+def initial_model(spec: TaskSpec, input_shape: tuple[int, ...], num_classes: int
+                  ) -> torch.nn.Module:
+    """The task's model with seeded initial parameters (model version 0)."""
+    import torch
+
+    from plexus.models import build_model
+
+    torch.manual_seed(spec.seed)
+    return build_model(spec.model, input_shape, num_classes)
+
+
+def prepare_task(spec: TaskSpec, task_id: int, layout: Layout) -> dict[str, int]:
+    """Load the dataset, cut shards, write shards, test split and model v0; return sizes.
+
+    Sizes: `num_shards`, `shard_samples` (samples per shard), `shard_bytes` (bytes of one
+    shard file, Ω_d) and `model_bytes` (bytes of the model file, Ω_m). Raises BadInput naming
+    the spec field when the dataset or model cannot serve this spec.
+    """
+    from plexus.datasets import load_dataset
+    from plexus.errors import DatasetError, PlexusError
+    from plexus.models import model_fits
+    from plexus.shards import encode_shard, partition
+    from plexus.tensors import encode_state
+
+    try:
+        data = load_dataset(spec.dataset, seed=spec.seed)
+    except DatasetError as exc:
+        raise BadInput(f"dataset: {exc}", code="invalid_spec") from None
+    if not model_fits(spec.model, data.input_shape):
+        raise BadInput(f"model: {spec.model} does not fit inputs shaped {data.input_shape} of "
+                       f"dataset {spec.dataset.name}; pick another model", code="invalid_spec")
+    try:
+        shards = partition(data.train_y, spec.partition, spec.seed)
+    except PlexusError as exc:
+        raise BadInput(f"partition: {exc}", code="invalid_spec") from None
+    shard_bytes = 0
+    for n, idx in enumerate(shards):
+        blob = encode_shard(data.train_x[idx], data.train_y[idx],
+                            {"task_id": task_id, "shard": n, "samples": len(idx)})
+        write_atomic(layout.shard(task_id, n), blob)
+        shard_bytes = max(shard_bytes, len(blob))
+    test_meta = {"task_id": task_id, "input_shape": json.dumps(list(data.input_shape)),
+                 "num_classes": data.num_classes}
+    write_atomic(layout.test_split(task_id),
+                 encode_shard(data.test_x, data.test_y, test_meta))
+    model = initial_model(spec, data.input_shape, data.num_classes)
+    blob = encode_state(model.state_dict(), {"version": 0, "task_id": task_id})
+    write_atomic(layout.model(task_id, 0), blob)
+    return {"num_shards": len(shards), "shard_samples": spec.partition.shard_size,
+            "shard_bytes": shard_bytes, "model_bytes": len(blob)}
+
+
+def load_test_split(layout: Layout, task_id: int
+                    ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], int]:
+    """The held-out split `(x, y, input_shape, num_classes)` written by `prepare_task`."""
+    from plexus.shards import decode_shard
+
+    x, y, meta = decode_shard(layout.test_split(task_id).read_bytes())
+    return x, y, tuple(json.loads(meta["input_shape"])), int(meta["num_classes"])
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A model version's parameters (torch tensors) from its safetensors file."""
+    from plexus.tensors import decode_state
+
+    state, _meta = decode_state(path.read_bytes())
+    return state
