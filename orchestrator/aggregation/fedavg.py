@@ -68,7 +68,7 @@ def weighted_average(
     for name, ref in reference.items():
         if ref.is_floating_point():
             acc = torch.zeros(ref.shape, dtype=torch.float64)
-            for state, w in zip(states, norm):
+            for state, w in zip(states, norm, strict=True):
                 if w == 0.0:
                     continue
                 acc.add_(state[name].detach().to(torch.float64), alpha=w)

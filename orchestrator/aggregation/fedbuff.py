@@ -1,0 +1,111 @@
+"""FedBuff (Nguyen et al. 2022) as SPIN ran it: server-selected clients, a K-update buffer."""
+
+from __future__ import annotations
+
+import random
+
+from orchestrator.aggregation.base import (
+    AsyncAggregator,
+    Decision,
+    State,
+    register_aggregator,
+)
+from orchestrator.aggregation.staleness import StalenessHandler
+
+
+@register_aggregator("fedbuff")
+class FedBuffAggregator(AsyncAggregator):
+    """FedBuff server core, with the selection rule of SPIN's experiments (section V-B6).
+
+    * The server, not the client, decides who trains: at the start of every round (the start
+      of the task and after each aggregation) it draws up to ``concurrency`` clients uniformly
+      at random from the registered clients that are not already training, to fill the free
+      training slots.
+    * A drawn client that holds no unused data (it has not pulled since its last training)
+      cannot take part in that round; its slot stays empty. A pull from a FedBuff client only
+      tells the server "I now hold unused data"; it is not answered by itself.
+    * A round that cannot complete (training + buffered < K) draws again every
+      ``selection_interval_s`` seconds, so a server whose draws all missed does not wait
+      forever.
+    * Aggregation after exactly ``K`` buffered updates, FedAvg weights ``|D_k|``, no timeout.
+
+    ``seed`` fixes the random draws, so a run is reproducible.
+    """
+
+    def __init__(
+        self,
+        initial_state: State,
+        *,
+        k: int = 10,
+        concurrency: int = 20,
+        selection_interval_s: float = 10.0,
+        seed: int = 0,
+        staleness: str | StalenessHandler = "none",
+        history_limit: int = 256,
+        start_time: float = 0.0,
+    ) -> None:
+        super().__init__(
+            initial_state,
+            k=k,
+            staleness=staleness,
+            history_limit=history_limit,
+            start_time=start_time,
+        )
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1 client per round, got {concurrency}")
+        if selection_interval_s <= 0:
+            raise ValueError(
+                f"selection_interval_s must be positive seconds, got {selection_interval_s}"
+            )
+        self.concurrency = concurrency
+        self.selection_interval_s = selection_interval_s
+        self.rng = random.Random(seed)
+        self.holding: dict[str, int] = {}
+        self.last_selection: float | None = None
+        self.skipped = 0
+
+    def pull(self, t: float, client: str, n_samples: int) -> list[Decision]:
+        self.register(client)
+        if client not in self.outstanding:
+            self.holding[client] = n_samples
+        return []
+
+    def _after_push(self, t: float) -> list[Decision]:
+        if len(self.queue) >= self.k:
+            out: list[Decision] = [self._aggregate(t, "k")]
+            out.extend(self.select(t))
+            return out
+        return []
+
+    def tick(self, t: float) -> list[Decision]:
+        deadline = self.next_deadline()
+        if deadline is not None and t >= deadline:
+            return self.select(t)
+        return []
+
+    def next_deadline(self) -> float | None:
+        if self.last_selection is None:
+            return self.last_aggregation
+        if len(self.outstanding) + len(self.queue) >= self.k:
+            return None
+        if len(self.outstanding) >= self.concurrency:
+            return None
+        return self.last_selection + self.selection_interval_s
+
+    def select(self, t: float) -> list[Decision]:
+        """Draw clients for the free training slots at time ``t`` (seconds); dispatch those
+        that hold unused data. The others are excluded this round (counted in ``skipped``)."""
+        self.last_selection = t
+        free = self.concurrency - len(self.outstanding)
+        idle = [c for c in self.clients if c not in self.outstanding]
+        if free <= 0 or not idle:
+            return []
+        drawn = self.rng.sample(idle, min(free, len(idle)))
+        out: list[Decision] = []
+        for client in drawn:
+            if client in self.holding:
+                del self.holding[client]
+                out.append(self._dispatch(t, client))
+            else:
+                self.skipped += 1
+        return out
