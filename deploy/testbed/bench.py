@@ -1,0 +1,158 @@
+"""Helpers for benchmarks that run on the emulated testbed (`--testbed FLEET.yaml`).
+
+A benchmark adds the option with `add_testbed_option(parser)` and, when it is given, wraps its
+run in `with testbed_session(args.testbed) as bed:`; inside, `bed.url` is the orchestrator the
+learners reach and `bed.spawn_in(name, argv)` runs anything under a learner's limits.
+`measure_links` and `measure_compute` give each learner's real bandwidth and compute rate with
+the probes, for checking the emulation against the caps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from deploy.testbed.errors import TestbedError
+from deploy.testbed.fleet import Fleet, load_fleet
+from deploy.testbed.testbed import Testbed
+
+_CHUNK = b"\0" * (64 * 1024)
+
+
+def add_testbed_option(parser: argparse.ArgumentParser) -> None:
+    """Add `--testbed FLEET.yaml` to a benchmark's argument parser."""
+    parser.add_argument(
+        "--testbed", type=Path, default=None, metavar="FLEET.yaml",
+        help="run the learners on the emulated testbed described by this fleet file (needs root)",
+    )
+
+
+@contextlib.contextmanager
+def testbed_session(fleet: str | Path | dict[str, Any] | Fleet, **up_kwargs: Any) -> Iterator[Testbed]:
+    """Bring a testbed up for the duration of a `with` block and always take it down after."""
+    spec = fleet if isinstance(fleet, Fleet) else load_fleet(fleet)
+    bed = Testbed.up(spec, **up_kwargs)
+    try:
+        yield bed
+    finally:
+        bed.down()
+
+
+class _BlobHandler(BaseHTTPRequestHandler):
+    """GET /blob?bytes=N streams N zero bytes; POST /sink reads and discards the body."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        query = parse_qs(urlparse(self.path).query)
+        size = int(query.get("bytes", ["0"])[0])
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        left = size
+        while left > 0:
+            piece = _CHUNK[: min(left, len(_CHUNK))]
+            self.wfile.write(piece)
+            left -= len(piece)
+
+    def do_POST(self) -> None:
+        left = int(self.headers.get("Content-Length", "0"))
+        while left > 0:
+            got = self.rfile.read(min(left, 64 * 1024))
+            if not got:
+                break
+            left -= len(got)
+        body = b"{}"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        return
+
+
+class BlobServer:
+    """A throwaway HTTP server that sends and swallows bytes, for link measurements.
+
+    Bind it to the testbed's bridge address (`bed.state.bridge_ip`) so learners can reach it.
+    """
+
+    def __init__(self, host: str, port: int = 0) -> None:
+        self._server = ThreadingHTTPServer((host, port), _BlobHandler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> BlobServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def _probe(bed: Testbed, names: list[str], args_for: dict[str, list[str]], timeout: float) -> dict[str, dict[str, float]]:
+    """Run the probe in every named learner at once and collect its JSON answers."""
+    import sys
+
+    children = {
+        name: bed.spawn_in(name, [sys.executable, "-m", "deploy.testbed.probe", *args_for[name]])
+        for name in names
+    }
+    results: dict[str, dict[str, float]] = {}
+    for name, child in children.items():
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except Exception:
+            child.kill()
+            child.communicate()
+            raise
+        if child.returncode != 0:
+            raise TestbedError(
+                f"probe in learner {name!r} failed (exit {child.returncode}): "
+                f"{err.decode(errors='replace').strip()[-500:]}"
+            )
+        results[name] = json.loads(out.decode().strip().splitlines()[-1])
+    return results
+
+
+def measure_links(bed: Testbed, server: BlobServer, *, seconds: float = 1.5,
+                  names: list[str] | None = None, timeout: float = 60.0) -> dict[str, dict[str, float]]:
+    """Each learner's measured download and upload rates, bytes/s, all learners at once.
+
+    Each transfer is sized to last about `seconds` at the learner's cap, so slow and fast links
+    are measured over the same time.
+    """
+    chosen = names or [lr.name for lr in bed.learners]
+    caps = {lr.name: lr.profile for lr in bed.learners}
+    down_args = {n: ["download", f"{server.base_url}/blob?bytes={int(caps[n]['down_rate'] * seconds)}"]
+                 for n in chosen}
+    up_args = {n: ["upload", f"{server.base_url}/sink", str(int(caps[n]["up_rate"] * seconds))]
+               for n in chosen}
+    downs = _probe(bed, chosen, down_args, timeout)
+    ups = _probe(bed, chosen, up_args, timeout)
+    return {n: {"down": downs[n]["rate"], "up": ups[n]["rate"]} for n in chosen}
+
+
+def measure_compute(bed: Testbed, *, seconds: float = 1.5, names: list[str] | None = None,
+                    timeout: float = 60.0) -> dict[str, float]:
+    """Each learner's compute rate under its CPU quota (probe work units per second), at once."""
+    chosen = names or [lr.name for lr in bed.learners]
+    args = {n: ["compute", "--seconds", str(seconds)] for n in chosen}
+    return {n: r["rate"] for n, r in _probe(bed, chosen, args, timeout).items()}
