@@ -1,0 +1,197 @@
+"""The agent daemon: serve the procedures, enroll, heartbeat, and come back after outages.
+
+Order of start-up: bind the RPC worker first (so the enrolment can carry its real URL), then
+enroll, then open the worker to the learner token the orchestrator issued. Behind NAT
+(`relay=True`) the worker binds nothing and long-polls the orchestrator's relay instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from learner_agent.client import OrchestratorClient
+from learner_agent.errors import OrchestratorError, OrchestratorRefused, OrchestratorUnreachable
+from learner_agent.facts import device_facts
+from learner_agent.procedures import Agent, make_registry
+
+log = logging.getLogger("learner_agent")
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def default_name(data_dir: Path | None) -> str:
+    """The name stored in `data_dir/agent.json`, else one made from the host name."""
+    if data_dir is not None:
+        stored = data_dir / "agent.json"
+        if stored.is_file():
+            try:
+                name = json.loads(stored.read_text()).get("name")
+                if isinstance(name, str) and _NAME_OK.match(name):
+                    return name
+            except ValueError:
+                pass
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "learner"
+    return host
+
+
+def _reachable_ip(orchestrator_url: str) -> str:
+    # The address this host uses to reach the orchestrator is the one it can be reached on
+    # (a UDP connect sends nothing, it only picks the route).
+    parts = urlsplit(orchestrator_url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((host, port))
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+class AgentDaemon:
+    """A running learner agent. `start()` returns once enrolled; `stop()` shuts it down.
+
+    `backoff_s` is the first retry delay after the orchestrator is unreachable (seconds); it
+    doubles up to `max_backoff_s`.
+    """
+
+    def __init__(
+        self,
+        orchestrator_url: str,
+        join_token: str,
+        *,
+        name: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        relay: bool = False,
+        data_dir: Path | None = None,
+        stress_heat: float | None = None,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self.data_dir = data_dir
+        self.name = name or default_name(data_dir)
+        if not _NAME_OK.match(self.name):
+            raise ValueError(
+                f"agent name {self.name!r} may hold only letters, digits, '_', '.', '-' "
+                "(at most 64): pass another --name"
+            )
+        self.join_token = join_token
+        self.host = host
+        self.port = port
+        self.relay = relay
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.client = OrchestratorClient(orchestrator_url)
+        self.agent = Agent(self.name, self.client, stress_heat=stress_heat)
+        self.endpoint: str | None = None
+        self.heartbeat_interval_s = 10.0
+        self.enrolled = threading.Event()
+        self._stop = threading.Event()
+        self._worker: Any = None
+        self._server: Any = None
+        self._relay_conn: Any = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, wait_s: float | None = 0.0) -> None:
+        """Start serving and enrolling in the background; wait up to `wait_s` seconds for the
+        first enrolment (0 = do not wait, None = wait forever). Raises
+        `OrchestratorUnreachable` when a positive wait runs out (the retries go on)."""
+        import rpc
+
+        self._worker = rpc.Worker(make_registry(self.agent), tokens=frozenset())
+        if not self.relay:
+            self._server = self._worker.start(host=self.host, port=self.port)
+            bound = urlsplit(self._server.url)
+            advertised = self.host
+            if self.host in ("0.0.0.0", "::", ""):
+                advertised = _reachable_ip(self.client.base_url)
+            self.endpoint = f"{bound.scheme}://{advertised}:{bound.port}"
+        self._thread = threading.Thread(target=self._loop, name="agent-heartbeat", daemon=True)
+        self._thread.start()
+        if wait_s == 0:
+            return
+        if not self.enrolled.wait(wait_s):
+            raise OrchestratorUnreachable(
+                f"could not enroll with {self.client.base_url} within {wait_s} s"
+            )
+
+    def stop(self) -> None:
+        """Stop heartbeating and serving."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._relay_conn is not None:
+            self._relay_conn.stop()
+        if self._server is not None:
+            self._server.stop()
+        self.client.close()
+
+    def wait(self) -> None:
+        """Block until `stop()` is called (from another thread or a signal handler)."""
+        self._stop.wait()
+
+    # -- enrolment and heartbeats ----------------------------------------------------------
+    def _enroll(self) -> None:
+        answer = self.client.enroll(self.join_token, self.name, device_facts(), self.endpoint)
+        self.heartbeat_interval_s = float(answer.get("heartbeat_interval_s", 10.0))
+        # Only the orchestrator holding this token may call the procedures.
+        self._worker.tokens = frozenset({self.client.token})
+        if self.relay:
+            if self._relay_conn is not None:
+                self._relay_conn.stop()
+            relay_url = answer.get("relay_url")
+            if not relay_url:
+                raise OrchestratorRefused(
+                    "the orchestrator offers no relay; run the agent without --relay",
+                    status=0,
+                    code="no_relay",
+                )
+            self._relay_conn = self._worker.start_relay(
+                relay_url, self.name, token=self.client.token
+            )
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            (self.data_dir / "agent.json").write_text(
+                json.dumps({"name": self.name, "learner_id": self.client.learner_id})
+            )
+        log.info("enrolled as %s (learner %s)", self.name, self.client.learner_id)
+        self.enrolled.set()
+
+    def _loop(self) -> None:
+        delay = self.backoff_s
+        need_enroll = True
+        while not self._stop.is_set():
+            try:
+                if need_enroll:
+                    self._enroll()
+                    need_enroll = False
+                else:
+                    self.client.heartbeat(device_facts())
+                delay = self.backoff_s
+                self._stop.wait(self.heartbeat_interval_s)
+            except OrchestratorUnreachable as exc:
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+            except OrchestratorRefused as exc:
+                if exc.status in (401, 403, 404) and not need_enroll:
+                    # The orchestrator forgot us (restart with a new store, revoked token):
+                    # enroll again under the same name.
+                    log.warning("heartbeat refused (%s); enrolling again", exc)
+                    need_enroll = True
+                    continue
+                log.error("%s; retrying in %.1f s", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+            except OrchestratorError as exc:  # pragma: no cover - defensive
+                log.error("%s", exc)
+                self._stop.wait(delay)

@@ -1,0 +1,44 @@
+"""Device facts an agent shares with the orchestrator (psutil); never its benchmark scores."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _has_cuda() -> bool:
+    # Asking torch would import it (hundreds of MB resident); only do so when a task already
+    # loaded it. Otherwise look for the device nodes NVIDIA drivers create (desktop or Jetson).
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return bool(torch.cuda.is_available())
+    return Path("/dev/nvidia0").exists() or Path("/dev/nvhost-ctrl").exists()
+
+
+def device_facts() -> dict[str, Any]:
+    """`{cores, memory_bytes, load_1m, platform, machine, cuda}`: cores and total memory in
+    bytes, 1-minute load average, OS name, CPU architecture, whether a CUDA device exists."""
+    import psutil
+
+    try:
+        load_1m = float(psutil.getloadavg()[0])
+    except (AttributeError, OSError):
+        load_1m = 0.0
+    return {
+        "cores": int(psutil.cpu_count(logical=True) or os.cpu_count() or 1),
+        "memory_bytes": int(psutil.virtual_memory().total),
+        "load_1m": load_1m,
+        "platform": platform.system().lower(),
+        "machine": platform.machine(),
+        "cuda": _has_cuda(),
+    }
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process in bytes."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)

@@ -1,0 +1,247 @@
+"""The agent's remote procedures (docs/protocol.md): status, plan, benchmark, train.
+
+They are plain methods of `Agent`, testable without a network; `make_registry` exposes them
+through the RPC layer. A bad task spec or argument is answered with `BadTask` (the caller sees a
+`RemoteError` whose type is "BadTask") and the agent keeps serving.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from learner_agent.errors import BadTask
+from learner_agent.facts import device_facts
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from learner_agent.benchmarking import SBResult
+    from learner_agent.client import OrchestratorClient
+    from plexus.spec import TaskSpec
+
+
+def parse_task(task: Any) -> TaskSpec:
+    """The task spec as a `TaskSpec`, or `BadTask` naming the bad field."""
+    from plexus.errors import SpecError
+    from plexus.spec import load_spec
+
+    if not isinstance(task, dict):
+        raise BadTask(f"task must be a task spec mapping, got {type(task).__name__}")
+    try:
+        return load_spec(task)
+    except SpecError as exc:
+        raise BadTask(str(exc)) from None
+
+
+def _check_int(name: str, value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BadTask(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+    return value
+
+
+class Agent:
+    """One learner's procedures and its small amount of state (busy flag, stressor state).
+
+    `stress_heat` turns on stressor states sampled per call from a heated-softmax distribution
+    (thesis 4.3.1) when the orchestrator does not name a state; None (the default) means idle.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        client: OrchestratorClient,
+        *,
+        stress_heat: float | None = None,
+        seed: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        import numpy as np
+
+        self.name = name
+        self.client = client
+        self.clock = clock
+        self.state = "idle"
+        self._work = threading.Lock()  # one benchmark or training at a time
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self._rng: np.random.Generator = np.random.default_rng(seed)
+        self._distribution: dict[str, float] | None = None
+        if stress_heat is not None:
+            from learner_agent.stressors import state_distribution
+
+            self._distribution = state_distribution(self._rng, stress_heat)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _pick_state(self, state: Any) -> str:
+        from learner_agent.stressors import check_state, sample_state
+
+        if state is None and self._distribution is not None:
+            return sample_state(self._distribution, self._rng)
+        if state is not None and not isinstance(state, str):
+            raise BadTask(f"state must be a string or null, got {state!r}")
+        try:
+            return check_state(state)
+        except ValueError as exc:
+            raise BadTask(str(exc)) from None
+
+    def _run(self, job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            with self._work:
+                return job()
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+            self.state = "idle"
+
+    def _stress_fetch(self, task_id: int) -> Callable[[], bytes]:
+        # The REST API serves no random matrices, so the downloading stressor pulls the same
+        # number of bytes (one 900×900 float32 matrix) as shard payloads over the same link.
+        return lambda: self.client.shard(task_id, 0)
+
+    def _model_bytes(self, spec: TaskSpec) -> int:
+        from learner_agent.benchmarking import build_dummy
+        from plexus.tensors import encode_state
+
+        # Ω_m as it travels: the safetensors payload of the task's parameters, in bytes.
+        return len(encode_state(build_dummy(spec).state_dict(), {"version": 0}))
+
+    def _benchmark(self, spec: TaskSpec, task_id: int, state: str) -> SBResult:
+        from learner_agent.benchmarking import download_shards, measure
+        from learner_agent.stressors import download_stress, training_stress
+
+        if spec.sync is None:
+            raise BadTask("subset benchmarking needs a synchronous task (mode: sync)")
+        # Alg. 10 line 10 downloads n randomly chosen shards; the partition is already a
+        # seeded random permutation, so shards 0..n-1 are a random subset of the data.
+        ids = list(range(spec.sync.benchmark_shards))
+        self.state = state
+        with download_stress(state, self._stress_fetch(task_id)):
+            payloads, seconds = download_shards(lambda n: self.client.shard(task_id, n), ids)
+        with training_stress(state):
+            return measure(spec, payloads, seconds)
+
+    # -- procedures ------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """`{name, busy, state, facts}`; facts never include benchmark scores."""
+        return {
+            "name": self.name,
+            "busy": self._busy > 0,
+            "state": self.state,
+            "facts": device_facts(),
+        }
+
+    def plan(self, task: dict[str, Any], task_id: int) -> dict[str, int]:
+        """DAB (alg. 10): subset-benchmark privately, answer only `{"a_k": int}` (eq. 3.5)."""
+        spec = parse_task(task)
+        _check_int("task_id", task_id)
+
+        def job() -> dict[str, Any]:
+            from learner_agent.dab import plan_shards
+
+            assert spec.sync is not None  # checked in _benchmark
+            sb = self._benchmark(spec, task_id, "idle")
+            a_k = plan_shards(
+                sb,
+                deadline_s=spec.sync.deadline_s,
+                model_bytes=self._model_bytes(spec),
+                iterations=spec.training.iterations,
+                safety_quantile=spec.sync.safety_quantile,
+            )
+            return {"a_k": int(a_k)}
+
+        if spec.sync is None:
+            raise BadTask("plan is for synchronous tasks (mode: sync)")
+        return self._run(job)
+
+    def benchmark(
+        self, task: dict[str, Any], task_id: int, state: str | None = None
+    ) -> dict[str, Any]:
+        """For centralized allocators: `{"bandwidth": bytes/s, "compute": samples/s, "state"}`."""
+        spec = parse_task(task)
+        _check_int("task_id", task_id)
+        if spec.sync is None:
+            raise BadTask("benchmark is for synchronous tasks (mode: sync)")
+        chosen = self._pick_state(state)
+
+        def job() -> dict[str, Any]:
+            sb = self._benchmark(spec, task_id, chosen)
+            return {"bandwidth": float(sb.bandwidth), "compute": float(sb.compute), "state": chosen}
+
+        return self._run(job)
+
+    def train(
+        self,
+        task: dict[str, Any],
+        task_id: int,
+        round: int,
+        shards: list[int],
+        deadline_s: float,
+        state: str | None = None,
+    ) -> dict[str, Any]:
+        """Download the global model and `shards`, train μ passes, halt `deadline_s` seconds
+        after the call arrived; answer parameters and the true samples trained."""
+        arrived = self.clock()
+        spec = parse_task(task)
+        _check_int("task_id", task_id)
+        _check_int("round", round)
+        if not isinstance(shards, list):
+            raise BadTask(f"shards must be a list of shard numbers, got {shards!r}")
+        ids = [_check_int("shard", s) for s in shards]
+        if (
+            isinstance(deadline_s, bool)
+            or not isinstance(deadline_s, int | float)
+            or not deadline_s > 0
+        ):
+            raise BadTask(f"deadline_s must be a positive number of seconds, got {deadline_s!r}")
+        chosen = self._pick_state(state)
+        deadline = arrived + float(deadline_s)
+
+        def job() -> dict[str, Any]:
+            from learner_agent.stressors import download_stress, training_stress
+            from learner_agent.trainer import train_round
+
+            self.state = chosen
+            t0 = self.clock()
+            with download_stress(chosen, self._stress_fetch(task_id)):
+                model_payload = self.client.model(task_id)
+                payloads = []
+                for n in ids:
+                    if self.clock() >= deadline:
+                        break  # out of time before all data arrived: train on what is here
+                    payloads.append(self.client.shard(task_id, n))
+            download_s = self.clock() - t0
+            with training_stress(chosen):
+                result = train_round(
+                    spec,
+                    model_payload,
+                    payloads,
+                    deadline=deadline,
+                    clock=self.clock,
+                    download_s=download_s,
+                    seed=spec.seed + round,
+                )
+            answer = result.to_wire()
+            # Shards that never arrived were allocated too: the orchestrator sees the drop.
+            answer["samples_allocated"] = (
+                len(ids) * spec.partition.shard_size * spec.training.iterations
+            )
+            return answer
+
+        return self._run(job)
+
+
+def make_registry(agent: Agent) -> Any:
+    """An `rpc.Registry` serving the agent's four procedures under their protocol names."""
+    import rpc
+
+    registry = rpc.Registry()
+    registry.add(agent.status, name="status")
+    registry.add(agent.plan, name="plan")
+    registry.add(agent.benchmark, name="benchmark")
+    registry.add(agent.train, name="train")
+    return registry
