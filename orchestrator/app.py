@@ -160,8 +160,8 @@ def create_app(settings: Settings) -> FastAPI:
                 "heartbeat_interval_s": settings.heartbeat_interval_s}
 
     @app.post("/v1/learners/{learner_id}/heartbeat", tags=["learners"])
-    def heartbeat(learner_id: int, me: Annotated[LearnerRow, Depends(learner)],
-                  body: Annotated[HeartbeatRequest | None, Body()] = None) -> dict[str, Any]:
+    def heartbeat(learner_id: int, body: Annotated[HeartbeatRequest | None, Body()] = None,
+                  me: LearnerRow = Depends(learner)) -> dict[str, Any]:
         if me.id != learner_id:
             raise Forbidden(f"this token belongs to learner {me.id}, not {learner_id}")
         service.store.heartbeat(learner_id, body.facts if body else None, time.time())

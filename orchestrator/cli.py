@@ -1,0 +1,268 @@
+"""The orchestrator's commands: `plexus orchestrator serve`, `plexus task ...`, `learners`, `demo`.
+
+Only typer and rich are imported at module level, so `plexus agent run` on a small device never
+pays for FastAPI or SQLAlchemy; each command imports what it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from orchestrator.client import Client
+
+console = Console()
+
+URL = Annotated[str, typer.Option("--url", envvar="PLEXUS_URL",
+                                  help="Base URL of the orchestrator.")]
+TOKEN = Annotated[str | None, typer.Option("--token", envvar="PLEXUS_ADMIN_TOKEN",
+                                           help="Admin token (default: read from --data-dir).")]
+DATA_DIR = Annotated[Path, typer.Option("--data-dir", envvar="PLEXUS_DATA_DIR",
+                                        help="Orchestrator data directory.")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_DATA = Path("plexus-data")
+
+
+def _client(url: str, token: str | None, data_dir: Path) -> Client:
+    from orchestrator.client import Client, read_token
+
+    return Client(url, token or read_token(data_dir))
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(2)
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def rounds_table(rounds: list[dict[str, Any]], names: dict[str, str]) -> Table:
+    """Per-round allocation, samples trained, time, truancy, loss and accuracy."""
+    table = Table(title="rounds")
+    for col in ("round", "allocation (shards)", "samples trained", "left out", "GUC time",
+                "truancy", "loss", "accuracy"):
+        table.add_column(col)
+    for r in rounds:
+        alloc = ", ".join(f"{names.get(k, k)}={v}" for k, v in sorted(r["allocation"].items()))
+        samples = ", ".join(f"{names.get(k, k)}={v}" for k, v in sorted(r["samples"].items()))
+        left = ", ".join(names.get(k, k) for k in sorted(r["left_out"])) or "-"
+        table.add_row(str(r["index"]), alloc, samples, left, f"{r['round_time_s']:.2f} s",
+                      f"{100 * r['truancy']:+.1f} %", _fmt(r["loss"], "{:.3f}"),
+                      _fmt(r["accuracy"], "{:.1%}"))
+    return table
+
+
+def follow(client: Client, task_id: int, *, poll_s: float = 0.5) -> dict[str, Any]:
+    """Show a progress bar per round until the task ends; return the final task."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    task = client.task(task_id)
+    total = int(task.get("rounds") or 1)
+    seen = 0
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}"), console=console) as progress:
+        bar = progress.add_task(f"task {task_id} ({task['name']})", total=total, info="")
+        while True:
+            task = client.task(task_id)
+            rounds = client.rounds(task_id)
+            for r in rounds[seen:]:
+                progress.update(bar, completed=r["index"] + 1, info=(
+                    f"accuracy {_fmt(r['accuracy'], '{:.1%}')}, round time "
+                    f"{r['round_time_s']:.1f} s, truancy {100 * r['truancy']:+.1f} %"))
+            seen = len(rounds)
+            if task["state"] not in ("pending", "running"):
+                return task
+            time.sleep(poll_s)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the orchestrator's commands to the `plexus` CLI."""
+    orch = typer.Typer(help="Run the orchestrator service.", no_args_is_help=True)
+    task = typer.Typer(help="Submit, list, show and cancel training tasks.",
+                       no_args_is_help=True)
+    app.add_typer(orch, name="orchestrator")
+    app.add_typer(task, name="task")
+
+    @orch.command("serve")
+    def serve(
+        host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+        data_dir: DATA_DIR = DEFAULT_DATA,
+        db_url: Annotated[str | None, typer.Option(
+            envvar="PLEXUS_DB_URL",
+            help="SQLAlchemy URL (default: SQLite file in the data dir), e.g. "
+                 "postgresql+psycopg://user@host/plexus")] = None,
+        join_token: Annotated[str | None, typer.Option(
+            envvar="PLEXUS_JOIN_TOKEN", help="Token agents enroll with (default: generated "
+            "once, kept in the data dir).")] = None,
+        admin_token: Annotated[str | None, typer.Option(
+            envvar="PLEXUS_ADMIN_TOKEN", help="Token for task and learner calls (default: "
+            "generated once, kept in the data dir).")] = None,
+        public_url: Annotated[str | None, typer.Option(
+            help="URL agents reach this orchestrator at (default: http://HOST:PORT).")] = None,
+        heartbeat_s: Annotated[float, typer.Option(
+            help="Heartbeat interval asked of agents, seconds.")] = 5.0,
+        log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    ) -> None:
+        """Serve the REST API, the relay and the round driver until interrupted."""
+        import logging
+
+        import uvicorn
+
+        from orchestrator.app import create_app
+        from orchestrator.service import Settings
+
+        advertised = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        settings = Settings(
+            data_dir=data_dir, db_url=db_url, join_token=join_token, admin_token=admin_token,
+            public_url=public_url or f"http://{advertised}:{port}",
+            heartbeat_interval_s=heartbeat_s, alive_after_s=max(4 * heartbeat_s, 10.0))
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        fastapi_app = create_app(settings)
+        service = fastapi_app.state.service
+        console.print(f"orchestrator at [bold]{settings.public_url}[/bold] "
+                      f"(docs: {settings.public_url}/docs), data in {data_dir.resolve()}")
+        console.print(f"join token: {service.join_token}")
+        console.print(f"admin token: in {data_dir.resolve() / 'admin_token'}")
+        sys.stdout.flush()
+        uvicorn.run(fastapi_app, host=host, port=port, log_level=log_level)
+
+    @task.command("submit")
+    def submit(
+        spec_path: Annotated[Path, typer.Argument(help="Task spec, YAML or JSON.")],
+        wait: Annotated[bool, typer.Option(help="Follow the task until it ends.")] = False,
+        url: URL = DEFAULT_URL, token: TOKEN = None, data_dir: DATA_DIR = DEFAULT_DATA,
+    ) -> None:
+        """Submit a task spec; with --wait, show a progress bar per round."""
+        from orchestrator.client import APIError
+        from plexus.errors import SpecError
+        from plexus.spec import load_spec
+
+        try:
+            spec = load_spec(spec_path).to_dict()
+            with _client(url, token, data_dir) as client:
+                created = client.submit(spec)
+                console.print(f"task {created['id']} submitted ({created['name']})")
+                if not wait:
+                    return
+                final = follow(client, created["id"])
+                _summary(client, final)
+                if final["state"] != "finished":
+                    raise typer.Exit(1)
+        except (APIError, SpecError) as exc:
+            _fail(exc)
+
+    @task.command("list")
+    def list_(url: URL = DEFAULT_URL, token: TOKEN = None,
+              data_dir: DATA_DIR = DEFAULT_DATA) -> None:
+        """List every task with its state and progress."""
+        from orchestrator.client import APIError
+
+        try:
+            with _client(url, token, data_dir) as client:
+                table = Table()
+                for col in ("id", "name", "allocator", "state", "rounds", "reason"):
+                    table.add_column(col)
+                for t in client.tasks():
+                    table.add_row(str(t["id"]), t["name"], str(t["allocator"]), t["state"],
+                                  f"{t['rounds_done']}/{t['rounds']}", t["reason"] or "")
+                console.print(table)
+        except APIError as exc:
+            _fail(exc)
+
+    @task.command("show")
+    def show(task_id: int, as_json: Annotated[bool, typer.Option("--json")] = False,
+             url: URL = DEFAULT_URL, token: TOKEN = None,
+             data_dir: DATA_DIR = DEFAULT_DATA) -> None:
+        """Show one task and its per-round history."""
+        from orchestrator.client import APIError
+
+        try:
+            with _client(url, token, data_dir) as client:
+                if as_json:
+                    out = {"task": client.task(task_id), "rounds": client.rounds(task_id)}
+                    typer.echo(json.dumps(out, indent=2))
+                    return
+                _summary(client, client.task(task_id))
+        except APIError as exc:
+            _fail(exc)
+
+    @task.command("cancel")
+    def cancel(task_id: int, url: URL = DEFAULT_URL, token: TOKEN = None,
+               data_dir: DATA_DIR = DEFAULT_DATA) -> None:
+        """Cancel a pending or running task."""
+        from orchestrator.client import APIError
+
+        try:
+            with _client(url, token, data_dir) as client:
+                t = client.cancel(task_id)
+                console.print(f"task {t['id']} is {t['state']}")
+        except APIError as exc:
+            _fail(exc)
+
+    @app.command("learners")
+    def learners(url: URL = DEFAULT_URL, token: TOKEN = None,
+                 data_dir: DATA_DIR = DEFAULT_DATA) -> None:
+        """List enrolled learners and whether they are alive."""
+        from orchestrator.client import APIError
+
+        try:
+            with _client(url, token, data_dir) as client:
+                table = Table()
+                for col in ("id", "name", "alive", "via", "cores", "last seen"):
+                    table.add_column(col)
+                now = time.time()
+                for lr in client.learners():
+                    table.add_row(str(lr["id"]), lr["name"], "yes" if lr["alive"] else "no",
+                                  lr["via"], str(lr["facts"].get("cores", "?")),
+                                  f"{now - lr['last_seen']:.0f} s ago")
+                console.print(table)
+        except APIError as exc:
+            _fail(exc)
+
+    @app.command("demo")
+    def demo(
+        rounds: Annotated[int, typer.Option(help="Global update cycles.")] = 4,
+        deadline_s: Annotated[float, typer.Option(help="Deadline D per cycle, seconds.")]
+        = 6.0,
+        keep: Annotated[bool, typer.Option(help="Keep the temporary data directory.")]
+        = False,
+    ) -> None:
+        """Orchestrator + three local agents of emulated speeds + one DAB task (TwoNN, MNIST-5k)."""
+        from orchestrator.demo import run_demo
+
+        code = run_demo(rounds=rounds, deadline_s=deadline_s, keep=keep, console=console)
+        raise typer.Exit(code)
+
+
+def _summary(client: Client, task: dict[str, Any]) -> None:
+    names = {str(lr["id"]): lr["name"] for lr in client.learners()}
+    rounds = client.rounds(task["id"])
+    reason = f" ({task['reason']})" if task["reason"] else ""
+    console.print(f"task {task['id']} [bold]{task['state']}[/bold]{reason}: "
+                  f"{task['rounds_done']}/{task['rounds']} rounds, allocator "
+                  f"{task['allocator']}")
+    if rounds:
+        console.print(rounds_table(rounds, names))
+        last = rounds[-1]
+        console.print(f"final accuracy {_fmt(last['accuracy'], '{:.1%}')}, "
+                      f"loss {_fmt(last['loss'], '{:.3f}')}")
+
+
+if __name__ == "__main__":  # `python -m orchestrator.cli ...` runs these commands alone
+    _root = typer.Typer(no_args_is_help=True)
+    register(_root)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    _root()

@@ -1,0 +1,145 @@
+"""The REST API of a real orchestrator process: auth, enrollment, tasks, errors, downloads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from plexus.shards import decode_shard
+from plexus.tensors import decode_state
+
+JOIN = "test-join-token"  # what the conftest's orchestrator is started with
+Orchestrator = Any
+
+SPEC: dict[str, Any] = {
+    "name": "api-test", "model": "twonn", "dataset": {"name": "mnist5k"},
+    "sync": {"allocator": "dab", "deadline_s": 5.0, "rounds": 2, "grace_s": 1.0},
+}
+
+
+def _err(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) >= {"error", "detail"}
+    if code is not None:
+        assert body["error"] == code
+    return body
+
+
+def _enroll(url: str, name: str) -> dict[str, Any]:
+    r = httpx.post(f"{url}/v1/learners/enroll",
+                   json={"join_token": JOIN, "name": name, "facts": {"cores": 1},
+                         "endpoint": None})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_health_docs_and_metrics(shared_orchestrator: Orchestrator) -> None:
+    assert httpx.get(f"{shared_orchestrator.url}/healthz").json()["ok"] is True
+    assert httpx.get(f"{shared_orchestrator.url}/docs").status_code == 200
+    paths = httpx.get(f"{shared_orchestrator.url}/openapi.json").json()["paths"]
+    assert "/v1/tasks" in paths and "/v1/learners/enroll" in paths
+    text = httpx.get(f"{shared_orchestrator.url}/metrics").text
+    for name in ("plexus_learners_alive", "plexus_round_time_seconds", "plexus_rounds_total",
+                 "plexus_updates_received_total"):
+        assert name in text
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v1/tasks"), ("POST", "/v1/tasks"), ("GET", "/v1/learners"),
+    ("GET", "/v1/tasks/1"), ("POST", "/v1/tasks/1/cancel"), ("GET", "/v1/tasks/1/rounds"),
+    ("GET", "/v1/tasks/1/model"), ("GET", "/v1/tasks/1/shards/0"),
+])
+def test_calls_without_a_valid_token_are_refused(shared_orchestrator: Orchestrator, method: str,
+                                                 path: str) -> None:
+    url = shared_orchestrator.url + path
+    _err(httpx.request(method, url, json=SPEC), 401, "unauthorized")
+    _err(httpx.request(method, url, json=SPEC, headers={"Authorization": "Bearer wrong"}),
+         401, "unauthorized")
+
+
+def test_enrollment_issues_tokens_and_reenrolling_keeps_the_id(
+        shared_orchestrator: Orchestrator, admin: httpx.Client) -> None:
+    url = shared_orchestrator.url
+    _err(httpx.post(f"{url}/v1/learners/enroll",
+                    json={"join_token": "nope", "name": "a", "facts": {}, "endpoint": None}),
+         401, "unauthorized")
+    body = _err(httpx.post(f"{url}/v1/learners/enroll",
+                           json={"join_token": JOIN, "name": "bad/name", "endpoint": None}),
+                422, "invalid_request")
+    assert "name" in body["detail"]
+    first = _enroll(url, "pi-1")
+    assert first["relay_url"].endswith("/relay") and first["heartbeat_interval_s"] > 0
+    again = _enroll(url, "pi-1")
+    assert again["learner_id"] == first["learner_id"] and again["token"] != first["token"]
+    hb = f"{url}/v1/learners/{first['learner_id']}/heartbeat"
+    _err(httpx.post(hb, json={"facts": {}}, headers={"Authorization": f"Bearer {first['token']}"}),
+         401)
+    ok = httpx.post(hb, json={"facts": {"cores": 2}},
+                    headers={"Authorization": f"Bearer {again['token']}"})
+    assert ok.json() == {"ok": True}
+    other = _enroll(url, "pi-2")
+    _err(httpx.post(f"{url}/v1/learners/{other['learner_id']}/heartbeat", json={},
+                    headers={"Authorization": f"Bearer {again['token']}"}), 403, "forbidden")
+    learners = {lr["name"]: lr for lr in admin.get("/v1/learners").json()["learners"]}
+    assert {"pi-1", "pi-2"} <= set(learners)
+    assert all(lr["alive"] and "token" not in lr for lr in learners.values())
+    assert learners["pi-1"]["facts"] == {"cores": 2}
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({**SPEC, "colour": "red"}, "colour"),
+    ({**SPEC, "sync": {**SPEC["sync"], "deadline_s": "soon"}}, "sync.deadline_s"),
+    ({**SPEC, "sync": {**SPEC["sync"], "rounds": 0}}, "sync.rounds"),
+    ({**SPEC, "model": "resnet"}, "model"),
+    ({**SPEC, "dataset": {"name": "mnist"}}, "dataset"),
+    ({**SPEC, "partition": {"shard_size": 100000}}, "partition"),
+])
+def test_bad_specs_get_422_naming_the_field_and_create_nothing(
+        admin: httpx.Client, spec: dict[str, Any], field: str) -> None:
+    before = admin.get("/v1/tasks").json()["tasks"]
+    body = _err(admin.post("/v1/tasks", json=spec), 422, "invalid_spec")
+    assert field in body["detail"]
+    assert admin.get("/v1/tasks").json()["tasks"] == before
+
+
+def test_a_body_that_is_not_json_is_a_4xx(admin: httpx.Client) -> None:
+    r = admin.post("/v1/tasks", content=b"{not json", headers={"content-type": "application/json"})
+    _err(r, 422)
+    _err(admin.post("/v1/tasks", json=[1, 2]), 422)
+    _err(admin.post("/v1/tasks", json={**SPEC, "mode": "async", "sync": None,
+                                       "async": {"k": 2}}), 422, "invalid_spec")
+
+
+def test_unknown_ids_are_404_json(admin: httpx.Client) -> None:
+    for path in ("/v1/tasks/99", "/v1/tasks/99/rounds", "/v1/tasks/99/model"):
+        _err(admin.get(path), 404, "task_not_found")
+    _err(admin.post("/v1/tasks/99/cancel"), 404, "task_not_found")
+    _err(admin.get("/v1/nothing-here"), 404)
+    _err(admin.get("/v1/tasks/abc"), 422)
+
+
+def test_task_lifecycle_downloads_and_cancel(shared_orchestrator: Orchestrator,
+                                             admin: httpx.Client) -> None:
+    r = admin.post("/v1/tasks", json=SPEC)
+    assert r.status_code == 201, r.text
+    task = r.json()
+    assert task["state"] in ("pending", "running") and task["num_shards"] == 8
+    learner = _enroll(shared_orchestrator.url, "dl")
+    auth = {"Authorization": f"Bearer {learner['token']}"}
+    shard = httpx.get(f"{shared_orchestrator.url}/v1/tasks/{task['id']}/shards/3", headers=auth)
+    assert shard.status_code == 200
+    x, y, meta = decode_shard(shard.content)
+    assert x.shape == (500, 1, 28, 28) and len(y) == 500 and meta["shard"] == "3"
+    _err(httpx.get(f"{shared_orchestrator.url}/v1/tasks/{task['id']}/shards/8", headers=auth),
+         404, "shard_not_found")
+    state, meta = decode_state(admin.get(f"/v1/tasks/{task['id']}/model").content)
+    assert meta["version"] == "0" and any(t.dim() == 2 for t in state.values())
+    served = httpx.get(f"{shared_orchestrator.url}/metrics").text
+    assert 'plexus_bytes_served_total{kind="shard"}' in served
+    cancelled = admin.post(f"/v1/tasks/{task['id']}/cancel").json()
+    assert cancelled["state"] == "cancelled" and cancelled["reason"]
+    _err(admin.post(f"/v1/tasks/{task['id']}/cancel"), 409, "conflict")
+    assert admin.get(f"/v1/tasks/{task['id']}").json()["state"] == "cancelled"
