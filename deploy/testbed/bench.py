@@ -141,13 +141,13 @@ def measure_links(bed: Testbed, server: BlobServer, *, seconds: float = 1.5,
     """
     chosen = names or [lr.name for lr in bed.learners]
     caps = {lr.name: lr.profile for lr in bed.learners}
-    down_args = {n: ["download", f"{server.base_url}/blob?bytes={int(caps[n]['down_rate'] * seconds)}"]
-                 for n in chosen}
-    up_args = {n: ["upload", f"{server.base_url}/sink", str(int(caps[n]["up_rate"] * seconds))]
-               for n in chosen}
-    downs = _probe(bed, chosen, down_args, timeout)
-    ups = _probe(bed, chosen, up_args, timeout)
-    return {n: {"down": downs[n]["rate"], "up": ups[n]["rate"]} for n in chosen}
+    args = {
+        n: ["link", f"{server.base_url}/blob?bytes={int(caps[n]['down_rate'] * seconds)}",
+            f"{server.base_url}/sink", str(int(caps[n]["up_rate"] * seconds))]
+        for n in chosen
+    }
+    answers = _probe(bed, chosen, args, timeout)
+    return {n: {"down": answers[n]["down"], "up": answers[n]["up"]} for n in chosen}
 
 
 def measure_compute(bed: Testbed, *, seconds: float = 1.5, names: list[str] | None = None,

@@ -1,7 +1,7 @@
 """Probes run inside a learner's namespace and cgroups to measure what it really gets.
 
 `python -m deploy.testbed.probe download URL` times an HTTP download (bytes/s);
-`upload URL BYTES` times an HTTP upload; `compute --seconds S` counts fixed units of pure-Python
+`upload URL BYTES` times an HTTP upload; `link URL UPLOAD_URL BYTES` does both in one process; `compute --seconds S` counts fixed units of pure-Python
 work per wall-clock second. Each prints one JSON object. They stand in for the agent's subset
 benchmarking when checking the testbed itself: the same quantities, without a task.
 """
@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     p_up = sub.add_parser("upload", help="time an HTTP POST of BYTES bytes")
     p_up.add_argument("url")
     p_up.add_argument("bytes", type=int)
+    p_link = sub.add_parser("link", help="download from URL, then upload BYTES bytes to UPLOAD_URL")
+    p_link.add_argument("url")
+    p_link.add_argument("upload_url")
+    p_link.add_argument("bytes", type=int)
     p_cpu = sub.add_parser("compute", help="count work units per second")
     p_cpu.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args(argv)
@@ -85,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
         result = download(args.url)
     elif args.probe == "upload":
         result = upload(args.url, args.bytes)
+    elif args.probe == "link":
+        got = download(args.url)
+        sent = upload(args.upload_url, args.bytes)
+        result = {"down": got["rate"], "up": sent["rate"]}
     else:
         result = compute(args.seconds)
     print(json.dumps(result))
