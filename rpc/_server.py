@@ -57,7 +57,7 @@ class ServerThread:
             access_log=False,
             ssl_certfile=self.ssl_certfile,
             ssl_keyfile=self.ssl_keyfile,
-            timeout_graceful_shutdown=5,
+            timeout_graceful_shutdown=2,
             lifespan="auto",
         )
         server = uvicorn.Server(config)

@@ -1,0 +1,106 @@
+"""Relay transport: a worker that binds no port serves through a relay, with auth."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+import rpc
+
+
+def listening_ports() -> set[int]:
+    return {
+        c.laddr.port
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    }
+
+
+@pytest.fixture(scope="module")
+def relay_server() -> Iterator[rpc.ServerThread]:
+    relay = rpc.Relay(
+        caller_tokens={"caller-token"}, worker_tokens={"pi-07": "pi-token"}, poll_wait_s=1.0
+    )
+    with relay.start() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def relayed(relay_server: rpc.ServerThread, worker: rpc.Worker) -> Iterator[rpc.RelayConnection]:
+    before = listening_ports()
+    conn = worker.start_relay(relay_server.url, "pi-07", token="pi-token")
+    # The relay worker opened no listening socket of its own.
+    assert listening_ports() <= before
+    yield conn
+    conn.stop()
+
+
+@pytest.mark.parametrize("duplex", [False, True], ids=["simplex", "duplex"])
+def test_calls_through_the_relay(
+    relay_server: rpc.ServerThread, relayed: rpc.RelayConnection, duplex: bool
+) -> None:
+    remote = rpc.connect(
+        relay_server.url + "/pi-07", token="caller-token", duplex=duplex, timeout=15
+    )
+    arr = np.arange(1000, dtype=np.float32)
+    assert remote.add(1, 2) == 3
+    assert remote.add.start(3, 4).join() == 7
+    assert asyncio.run(remote.add.acall(5, 6)) == 11
+    np.testing.assert_array_equal(remote.echo({"x": arr})["x"], arr)
+    with pytest.raises(rpc.RemoteError, match="ValueError"):
+        remote.raise_value()
+    with pytest.raises(rpc.UnknownProcedure):
+        remote.missing()
+
+
+def test_relay_duplex_with_dropped_callback_is_fetched(
+    relay_server: rpc.ServerThread, relayed: rpc.RelayConnection
+) -> None:
+    receiver = rpc.CallbackReceiver(public_url="http://127.0.0.1:9/unreachable")
+    remote = rpc.connect(
+        relay_server.url + "/pi-07",
+        token="caller-token",
+        duplex=True,
+        callback=receiver,
+        timeout=15,
+        poll_interval_s=0.5,
+    )
+    assert remote.add(40, 2) == 42
+
+
+def test_relay_refuses_unknown_callers(
+    relay_server: rpc.ServerThread, relayed: rpc.RelayConnection, clean_probe: Any
+) -> None:
+    for token in (None, "wrong"):
+        with pytest.raises(rpc.AuthError):
+            rpc.connect(relay_server.url + "/pi-07", token=token, timeout=10).add(1, 1)
+    assert clean_probe.ran == []
+
+
+def test_relay_refuses_workers_with_a_wrong_token(
+    relay_server: rpc.ServerThread, worker: rpc.Worker
+) -> None:
+    with pytest.raises(rpc.AuthError, match="pi-07"):
+        worker.start_relay(relay_server.url, "pi-07", token="stolen")
+    with pytest.raises(rpc.AuthError):
+        worker.start_relay(relay_server.url, "pi-08", token="pi-token")
+
+
+def test_relay_hosted_by_a_worker_and_by_fastapi(worker: rpc.Worker) -> None:
+    fastapi = pytest.importorskip("fastapi")
+    # Hosted by a worker (any worker can host the relay) ...
+    host = rpc.Worker(rpc.Registry(), relay=rpc.Relay(poll_wait_s=0.3))
+    with host.start() as srv, worker.start_relay(srv.url + "/relay", "edge"):
+        assert rpc.connect(srv.url + "/relay/edge", timeout=10).add(2, 2) == 4
+    # ... or mounted into a FastAPI app, as the orchestrator does.
+    app = fastapi.FastAPI()
+    relay = rpc.Relay(poll_wait_s=0.3)
+    app.mount("/relay", relay.app)
+    with rpc.ServerThread(app).start() as srv, worker.start_relay(srv.url + "/relay", "edge"):
+        assert rpc.connect(srv.url + "/relay/edge", duplex=True, timeout=10).add(3, 3) == 6
+        assert relay.last_seen("edge") is not None
