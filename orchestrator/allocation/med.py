@@ -378,10 +378,12 @@ def build_milp(
         np.maximum.at(tu, ii, co.fixed[ii, jj] + co.per_shard[ii, jj] * co.cap[ii, jj])
         if "deadline" not in relax:
             tu = np.minimum(tu, co.deadline)
-        tu = np.maximum(tu, tl * (1 + 1e-6))
+        # A task no learner can serve keeps 4.4c infeasible anyway; keep its τ finite.
+        tl_pos = np.maximum(tl, 1e-6)
+        tu = np.maximum(tu, tl_pos * (1 + 1e-6))
         shrink = np.clip(1.0 - co.fixed[ii, jj] / tu[ii], 0.0, 1.0)
-        rate = np.minimum(shrink / co.per_shard[ii, jj], co.cap[ii, jj] / np.maximum(tl[ii], 1e-12))
-        taus = np.exp(np.linspace(np.log(np.maximum(tl, 1e-9)), np.log(tu), tangents, axis=1))
+        rate = np.minimum(shrink / co.per_shard[ii, jj], co.cap[ii, jj] / tl_pos[ii])
+        taus = np.exp(np.linspace(np.log(tl_pos), np.log(tu), tangents, axis=1))
         D = co.shards.astype(float)
         for q in range(tangents):
             tau = taus[:, q]

@@ -1,0 +1,71 @@
+"""`plexus plan med` run as a real subprocess: JSON out, exit codes, validation messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestrator.allocation.med import thesis_instance
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "med_thesis_instance.json"
+
+
+def run_plan(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "plexus.cli", "plan", "med", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+def test_plan_med_prints_allocation_and_report() -> None:
+    proc = run_plan(str(EXAMPLE), "--solver", "highs", "--time-limit", "1")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["method"] == "med" and out["backend"] == "highs"
+    assert out["status"] in ("optimal", "feasible")
+    inst = json.loads(EXAMPLE.read_text())
+    for task in inst["tasks"]:
+        assert sum(out["allocation"][task["name"]].values()) == task["shards"]
+    assert set(out["assignment"]) == {w["name"] for w in inst["learners"]}
+
+
+def test_example_file_is_the_thesis_default_instance() -> None:
+    assert json.loads(EXAMPLE.read_text()) == json.loads(thesis_instance(seed=0).model_dump_json())
+
+
+def test_plan_equal_method(tmp_path: Path) -> None:
+    proc = run_plan(str(EXAMPLE), "--method", "equal")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["method"] == "equal"
+
+
+def test_invalid_instance_names_the_field(tmp_path: Path) -> None:
+    raw = json.loads(EXAMPLE.read_text())
+    raw["tasks"][1]["shards"] = -3
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(raw))
+    proc = run_plan(str(bad))
+    assert proc.returncode == 2
+    assert "tasks.1.shards" in proc.stderr
+
+
+def test_infeasible_instance_exits_1_with_family(tmp_path: Path) -> None:
+    raw = json.loads(EXAMPLE.read_text())
+    raw["budget"] = 5.0
+    path = tmp_path / "poor.json"
+    path.write_text(json.dumps(raw))
+    proc = run_plan(str(path), "--solver", "highs", "--time-limit", "2")
+    assert proc.returncode == 1, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["status"] == "infeasible" and out["infeasible_families"] == ["budget"]
+
+
+def test_bad_json_and_bad_option(tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    proc = run_plan(str(path))
+    assert proc.returncode == 2 and "not valid JSON" in proc.stderr
+    proc = run_plan(str(EXAMPLE), "--solver", "cplex")
+    assert proc.returncode == 2 and "--solver" in proc.stderr
