@@ -130,6 +130,7 @@ def register(app: typer.Typer) -> None:
             public_url=public_url or f"http://{advertised}:{port}",
             heartbeat_interval_s=heartbeat_s, alive_after_s=max(4 * heartbeat_s, 10.0))
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per RPC poll is noise
         fastapi_app = create_app(settings)
         service = fastapi_app.state.service
         console.print(f"orchestrator at [bold]{settings.public_url}[/bold] "

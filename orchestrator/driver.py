@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("orchestrator.driver")
 
+# Asking a learner (subset benchmarking: download n shards, train on them, perhaps import torch
+# for the first time) gets this much longer than a round before the learner is left out.
+PROBE_EXTRA_S = 60.0
+
 
 @dataclass
 class _Answer:
@@ -53,6 +57,9 @@ class RoundDriver:
         self.store: Store = service.store
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._stubs: dict[tuple[str, str], Any] = {}
+        # Per task: what each learner reported, kept across rounds unless the allocator asks
+        # again every round. In memory only: after a restart learners are asked once more.
+        self._reports: dict[int, dict[str, LearnerReport]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -110,6 +117,7 @@ class RoundDriver:
                 state = await self._round(task, spec, allocator, index, state,
                                           (x_test, y_test, input_shape, classes))
             self.store.set_state(task_id, "finished", None, time.time())
+            self._reports.pop(task_id, None)
         except asyncio.CancelledError:
             raise
         except Conflict as exc:  # cancelled by a user while a round was finishing
@@ -150,7 +158,7 @@ class RoundDriver:
         # Steps 1–3 of thesis 3.1: learn what the allocator needs to know.
         t0 = time.monotonic()
         reports = await self._probe(allocator, learners, task.id, spec_dict,
-                                    sync.deadline_s + sync.grace_s, left_out)
+                                    sync.deadline_s + sync.grace_s + PROBE_EXTRA_S, left_out)
         plan_s = time.monotonic() - t0
         counts = allocator.allocate(reports, ctx)
         shard_ids = assign_shard_ids(counts, task.num_shards, seed=spec.seed, round_index=index)
@@ -166,7 +174,7 @@ class RoundDriver:
         t1 = time.monotonic()
         answers = await self._gather(
             chosen,
-            lambda lr: self._stub(lr, cutoff_s)["train"].acall(
+            lambda lr: self._stub(lr)["train"].acall(
                 spec_dict, task.id, index, shard_ids[str(lr.id)], halt_s, None),
             cutoff_s,
         )
@@ -229,30 +237,32 @@ class RoundDriver:
         if allocator.probe == "none":
             return [LearnerReport(str(lr.id)) for lr in learners]
         proc = allocator.probe
-        answers = await self._gather(
-            learners,
-            lambda lr: (self._stub(lr, timeout_s)["plan"].acall(spec_dict, task_id)
-                        if proc == "plan"
-                        else self._stub(lr, timeout_s)["benchmark"].acall(spec_dict, task_id,
-                                                                          None)),
-            timeout_s,
-        )
-        reports = []
-        for ans in answers:
+        known = self._reports.setdefault(task_id, {})
+        if allocator.reprobe_each_round:
+            known.clear()
+        ask = [lr for lr in learners if str(lr.id) not in known]
+
+        def call(lr: LearnerRow) -> Awaitable[Any]:
+            stub = self._stub(lr)
+            if proc == "plan":
+                return stub["plan"].acall(spec_dict, task_id)  # type: ignore[no-any-return]
+            return stub["benchmark"].acall(spec_dict, task_id, None)  # type: ignore[no-any-return]
+
+        for ans in await self._gather(ask, call, timeout_s):
             key = str(ans.learner.id)
             if ans.error is not None:
                 left_out[key] = f"{proc}: {ans.error}"
                 continue
             try:
                 if proc == "plan":
-                    reports.append(LearnerReport(key, a_k=int(ans.value["a_k"])))
+                    known[key] = LearnerReport(key, a_k=int(ans.value["a_k"]))
                 else:
-                    reports.append(LearnerReport(
+                    known[key] = LearnerReport(
                         key, bandwidth=float(ans.value["bandwidth"]),
-                        compute=float(ans.value["compute"]), state=ans.value.get("state")))
+                        compute=float(ans.value["compute"]), state=ans.value.get("state"))
             except (KeyError, TypeError, ValueError) as exc:
                 left_out[key] = f"{proc}: bad answer {exc!r}"
-        return reports
+        return [known[str(lr.id)] for lr in learners if str(lr.id) in known]
 
     async def _gather(self, learners: list[LearnerRow],
                       call: Callable[[LearnerRow], Awaitable[Any]], timeout_s: float
@@ -283,7 +293,7 @@ class RoundDriver:
             out.append(_Answer(jobs[j], error="no answer by deadline + grace"))
         return out
 
-    def _stub(self, learner: LearnerRow, timeout_s: float) -> Any:
+    def _stub(self, learner: LearnerRow) -> Any:
         import rpc
 
         url = learner.endpoint or f"{self.service.relay_url}/{learner.name}"

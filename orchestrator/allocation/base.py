@@ -67,6 +67,10 @@ class Allocator(ABC):
     # and are cut off only at D + grace (the centralized baselines of thesis 3.4 fix the data
     # and do not halt, which is why they overrun tight deadlines).
     halts_at_deadline: ClassVar[bool] = False
+    # Whether learners are asked again every round. DAB and CSA benchmark once per task (thesis
+    # alg. 10 fixes a_k before the G global updates); allocators that react to per-round
+    # stressor states (MED, MMTT) set this to True.
+    reprobe_each_round: ClassVar[bool] = False
 
     @abstractmethod
     def allocate(self, reports: Sequence[LearnerReport], ctx: RoundContext) -> dict[str, int]:

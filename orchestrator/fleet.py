@@ -1,0 +1,160 @@
+"""A local fleet: one orchestrator process and agent processes of emulated speeds on loopback.
+
+Used by `plexus demo`, the end-to-end tests and `benchmarks/dab_vs_csa.py`. Each process is a
+real `plexus ... ` command line; speeds are imposed with `orchestrator.emulation.DutyCycle`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from orchestrator.client import APIError, Client
+from orchestrator.emulation import DutyCycle
+
+
+def free_port() -> int:
+    """An ephemeral TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class _Proc:
+    popen: subprocess.Popen[bytes]
+    log: IO[bytes]
+    duty: DutyCycle | None = None
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.duty is not None and sig != signal.SIGKILL:
+            self.duty.stop()  # a stopped process would not act on the signal
+        if self.alive():
+            self.popen.send_signal(sig)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.duty is not None:
+            self.duty.stop()
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        if self.duty is not None:
+            self.duty.stop()
+        self.log.close()
+
+
+@dataclass
+class LocalFleet:
+    """Start, kill and restart an orchestrator and named agents; `stop()` ends them all.
+
+    `speeds` maps agent names to the CPU fraction each may use (1.0 = unthrottled).
+    Durations are in seconds.
+    """
+
+    data_dir: Path
+    speeds: dict[str, float] = field(default_factory=dict)
+    heartbeat_s: float = 1.0
+    port: int = field(default_factory=free_port)
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    join_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    orchestrator: _Proc | None = None
+    agents: dict[str, _Proc] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> Client:
+        return Client(self.url, self.admin_token)
+
+    def _spawn(self, args: list[str], log_name: str) -> _Proc:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / log_name, "ab")  # noqa: SIM115 - closed by _Proc.stop
+        # One thread per process: several agents share few cores, as separate devices would
+        # not, and oversubscribed BLAS threads would only add noise.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+               "MKL_NUM_THREADS": "1"}
+        popen = subprocess.Popen([sys.executable, "-m", "plexus.cli", *args], stdout=log,
+                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return _Proc(popen, log)
+
+    def start_orchestrator(self, timeout_s: float = 60.0) -> None:
+        """Start (or restart) the orchestrator on the same port and data dir; wait for it."""
+        self.orchestrator = self._spawn(
+            ["orchestrator", "serve", "--port", str(self.port), "--data-dir",
+             str(self.data_dir), "--admin-token", self.admin_token, "--join-token",
+             self.join_token, "--heartbeat-s", str(self.heartbeat_s), "--log-level",
+             "warning"], "orchestrator.log")
+        end = time.monotonic() + timeout_s
+        with self.client() as c:
+            while True:
+                if not self.orchestrator.alive():
+                    raise RuntimeError("the orchestrator exited at start; see "
+                                       f"{self.data_dir / 'orchestrator.log'}")
+                try:
+                    c.health()
+                    return
+                except APIError:
+                    if time.monotonic() > end:
+                        raise
+                time.sleep(0.1)
+
+    def start_agent(self, name: str, fraction: float | None = None) -> None:
+        """Start agent `name` throttled to `fraction` of a CPU (default: its entry in speeds)."""
+        speed = fraction if fraction is not None else self.speeds.get(name, 1.0)
+        self.speeds[name] = speed
+        proc = self._spawn(["agent", "run", "--orchestrator", self.url, "--join-token",
+                            self.join_token, "--name", name, "--host", "127.0.0.1"],
+                           f"agent-{name}.log")
+        if speed < 1.0:
+            proc.duty = DutyCycle(proc.popen.pid, speed).start()
+        self.agents[name] = proc
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        """Orchestrator first, then every agent in `speeds`; wait until all are enrolled."""
+        self.start_orchestrator()
+        for name in self.speeds:
+            self.start_agent(name)
+        with self.client() as c:
+            c.wait_learners(len(self.speeds), timeout_s)
+
+    def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.agents[name]
+        proc.signal(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(10)
+
+    def kill_orchestrator(self, sig: int = signal.SIGKILL) -> None:
+        assert self.orchestrator is not None
+        self.orchestrator.signal(sig)
+        self.orchestrator.popen.wait(10)
+        self.orchestrator.log.close()
+
+    def stop(self) -> None:
+        """Agents first (they would only retry), then the orchestrator."""
+        for proc in self.agents.values():
+            proc.stop()
+        if self.orchestrator is not None:
+            self.orchestrator.stop()
+
+    def __enter__(self) -> LocalFleet:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
