@@ -20,7 +20,7 @@ def run_plan(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_plan_med_prints_allocation_and_report() -> None:
-    proc = run_plan(str(EXAMPLE), "--solver", "highs", "--time-limit", "1")
+    proc = run_plan(str(EXAMPLE), "--solver", "highs", "--time-limit", "0.3")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["method"] == "med" and out["backend"] == "highs"

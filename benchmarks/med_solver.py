@@ -1,0 +1,182 @@
+"""MED solver benchmark: solve time and gap of Gurobi vs HiGHS on thesis-shaped instances.
+
+Instances come from `scaled_instance(n, m)`: table 4.1 tasks repeated, the thesis's load per
+learner (14 shards) and budget ratio, 3 stressor states, heated-softmax state distributions.
+Gurobi runs only where the model fits its size-limited licence (2000 variables/constraints).
+The greedy start alone is reported too, as the heuristic floor the solvers start from.
+
+    .venv/bin/python benchmarks/med_solver.py [--quick] [--time-limit S] [--seeds K]
+
+Writes benchmarks/results/med_solver.json and .png; prints a one-line summary last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.allocation.med import (
+    build_milp,
+    greedy_allocation,
+    med_objective,
+    scaled_instance,
+    solve_med,
+    thesis_instance,
+)
+from orchestrator.allocation.solvers import GUROBI_SIZE_LIMIT, gurobi_importable, licence_check
+
+FULL_SIZES = [(10, 3), (20, 3), (50, 5), (100, 5), (200, 10), (500, 10), (1000, 20)]
+QUICK_SIZES = [(10, 3), (50, 5), (200, 10)]
+# Goals from the issue: seconds and relative gap per size.
+GOALS = {(10, 3): (0.05, 1e-4), (200, 10): (2.0, 0.01), (1000, 20): (10.0, 0.01)}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def instance(n: int, m: int, seed: int):  # noqa: ANN201 - MedInstance
+    # The 10 x 3 case is the thesis default itself (table 4.1 shards, budget 300).
+    return thesis_instance(seed=seed) if (n, m) == (10, 3) else scaled_instance(n, m, seed=seed)
+
+
+def run_one(n: int, m: int, seed: int, backend: str, time_limit: float, gap: float) -> dict:
+    inst = instance(n, m, seed)
+    t0 = time.perf_counter()
+    res = solve_med(inst, solver=backend, time_limit_s=time_limit, mip_gap=gap, diagnose=False)
+    wall = time.perf_counter() - t0
+    return {
+        "n": n, "m": m, "seed": seed, "backend": backend, "status": res.status,
+        "objective_s": res.objective, "bound_s": res.bound, "gap": res.gap,
+        "solver_time_s": res.solve_time_s, "wall_s": wall,
+        "num_vars": res.num_vars, "num_constraints": res.num_rows,
+    }
+
+
+def run_greedy(n: int, m: int, seed: int) -> dict:
+    inst = instance(n, m, seed)
+    t0 = time.perf_counter()
+    alloc = greedy_allocation(inst)
+    wall = time.perf_counter() - t0
+    obj = med_objective(inst, alloc) if alloc is not None else None
+    return {"n": n, "m": m, "seed": seed, "backend": "greedy", "objective_s": obj, "wall_s": wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="three sizes, one seed, 2 s limit")
+    ap.add_argument("--time-limit", type=float, default=None, help="seconds per solve")
+    ap.add_argument("--seeds", type=int, default=None, help="instances per size")
+    ap.add_argument("--mip-gap", type=float, default=1e-4)
+    args = ap.parse_args()
+    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    seeds = args.seeds or (1 if args.quick else 3)
+    limit = args.time_limit or (2.0 if args.quick else 10.0)
+    have_gurobi = gurobi_importable()
+
+    rows: list[dict] = []
+    for n, m in sizes:
+        for seed in range(seeds):
+            rows.append(run_greedy(n, m, seed))
+            rows.append(run_one(n, m, seed, "highs", limit, args.mip_gap))
+            fits = licence_check(build_milp(instance(n, m, seed)), GUROBI_SIZE_LIMIT) is None
+            if have_gurobi and fits:
+                rows.append(run_one(n, m, seed, "gurobi", limit, args.mip_gap))
+            for r in rows[-3:]:
+                if r["n"] == n and r["seed"] == seed:
+                    print(f"{n:5d}x{m:<3d} seed {seed} {r['backend']:7s} "
+                          f"obj {r['objective_s'] or float('nan'):9.3f} "
+                          f"gap {r.get('gap') if r.get('gap') is not None else float('nan'):8.4f} "
+                          f"wall {r['wall_s']:7.3f}s {r.get('status', '')}", flush=True)
+
+    summary = []
+    for n, m in sizes:
+        entry: dict = {"n": n, "m": m}
+        for b in ("greedy", "highs", "gurobi"):
+            rs = [r for r in rows if r["n"] == n and r["m"] == m and r["backend"] == b]
+            if not rs:
+                continue
+            entry[b] = {
+                "median_wall_s": statistics.median(r["wall_s"] for r in rs),
+                "max_gap": max((r["gap"] for r in rs if r.get("gap") is not None), default=None),
+                "statuses": sorted({r.get("status", "heuristic") for r in rs}),
+                "mean_objective_s": statistics.mean(
+                    r["objective_s"] for r in rs if r["objective_s"] is not None),
+            }
+        if "gurobi" in entry and "highs" in entry:
+            entry["highs_over_gurobi_time"] = (
+                entry["highs"]["median_wall_s"] / entry["gurobi"]["median_wall_s"])
+            entry["highs_over_gurobi_objective"] = (
+                entry["highs"]["mean_objective_s"] / entry["gurobi"]["mean_objective_s"])
+        if "highs" in entry and "greedy" in entry:
+            entry["highs_over_greedy_objective"] = (
+                entry["highs"]["mean_objective_s"] / entry["greedy"]["mean_objective_s"])
+        goal = GOALS.get((n, m))
+        if goal is not None:
+            best = min((entry[b]["median_wall_s"], entry[b]["max_gap"] or 0.0, b)
+                       for b in ("highs", "gurobi") if b in entry)
+            entry["goal"] = {"time_s": goal[0], "gap": goal[1],
+                             "met": bool(best[0] <= goal[0] and best[1] <= goal[1]),
+                             "best_backend": best[2]}
+        summary.append(entry)
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"benchmark": "med_solver", "time_limit_s": limit, "mip_gap": args.mip_gap,
+           "seeds": seeds, "machine": platform.platform(), "gurobi": have_gurobi,
+           "rows": rows, "summary": summary}
+    (RESULTS / "med_solver.json").write_text(json.dumps(out, indent=2))
+    plot(rows, sizes, RESULTS / "med_solver.png")
+
+    goals = [f"{e['n']}x{e['m']} {'met' if e['goal']['met'] else 'MISSED'}"
+             for e in summary if "goal" in e]
+    last = summary[-1]
+    print(f"med_solver: {len(rows)} runs; largest {last['n']}x{last['m']} HiGHS "
+          f"{last['highs']['median_wall_s']:.2f}s gap {last['highs']['max_gap']}; "
+          f"goals: {', '.join(goals)}")
+
+
+def plot(rows: list[dict], sizes: list[tuple[int, int]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{n}x{m}" for n, m in sizes]
+    x = np.arange(len(sizes))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for b, mark in (("greedy", "s"), ("highs", "o"), ("gurobi", "^")):
+        t, g, xs = [], [], []
+        for k, (n, m) in enumerate(sizes):
+            rs = [r for r in rows if (r["n"], r["m"], r["backend"]) == (n, m, b)]
+            if rs:
+                xs.append(k)
+                t.append(statistics.median(r["wall_s"] for r in rs))
+                gaps = [r["gap"] for r in rs if r.get("gap") is not None]
+                g.append(max(gaps) if gaps else np.nan)
+        ax1.plot(xs, t, marker=mark, label=b)
+        if b != "greedy":
+            ax2.plot(xs, np.array(g) * 100, marker=mark, label=b)
+    for (n, m), (tg, gg) in GOALS.items():
+        if (n, m) in sizes:
+            k = sizes.index((n, m))
+            ax1.plot([k], [tg], marker="_", color="red", markersize=20)
+            ax2.plot([k], [gg * 100], marker="_", color="red", markersize=20)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("wall time per instance (s, median)")
+    ax2.set_ylabel("final relative gap (%, worst seed)")
+    for ax in (ax1, ax2):
+        ax.set_xticks(x, labels, rotation=30)
+        ax.set_xlabel("learners x tasks")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax1.set_title("MED solve time (red: goal)")
+    ax2.set_title("MED optimality gap (red: goal)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
