@@ -47,19 +47,25 @@ def _fmt(value: float | None, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
 
 
-def rounds_table(rounds: list[dict[str, Any]], names: dict[str, str]) -> Table:
-    """Per-round allocation, samples trained, time, truancy, loss and accuracy."""
+def rounds_table(rounds: list[dict[str, Any]], names: dict[str, str], *,
+                 detail: bool = True) -> Table:
+    """Per round: GUC time, truancy, loss, accuracy, who was left out; with `detail` also the
+    allocation and samples trained per learner."""
     table = Table(title="rounds")
-    for col in ("round", "allocation (shards)", "samples trained", "left out", "GUC time",
-                "truancy", "loss", "accuracy"):
+    cols = ["round", "GUC time", "truancy", "loss", "accuracy", "left out"]
+    if detail:
+        cols[1:1] = ["allocation (shards)", "samples trained"]
+    for col in cols:
         table.add_column(col)
     for r in rounds:
-        alloc = ", ".join(f"{names.get(k, k)}={v}" for k, v in sorted(r["allocation"].items()))
-        samples = ", ".join(f"{names.get(k, k)}={v}" for k, v in sorted(r["samples"].items()))
-        left = ", ".join(names.get(k, k) for k in sorted(r["left_out"])) or "-"
-        table.add_row(str(r["index"]), alloc, samples, left, f"{r['round_time_s']:.2f} s",
-                      f"{100 * r['truancy']:+.1f} %", _fmt(r["loss"], "{:.3f}"),
-                      _fmt(r["accuracy"], "{:.1%}"))
+        row = [str(r["index"]), f"{r['round_time_s']:.2f} s", f"{100 * r['truancy']:+.1f} %",
+               _fmt(r["loss"], "{:.3f}"), _fmt(r["accuracy"], "{:.1%}"),
+               ", ".join(names.get(k, k) for k in sorted(r["left_out"])) or "-"]
+        if detail:
+            row[1:1] = [
+                ", ".join(f"{names.get(k, k)}={v}" for k, v in sorted(r["allocation"].items())),
+                ", ".join(f"{names.get(k, k)}={v}" for k, v in sorted(r["samples"].items()))]
+        table.add_row(*row)
     return table
 
 
@@ -71,16 +77,16 @@ def follow(client: Client, task_id: int, *, poll_s: float = 0.5) -> dict[str, An
     total = int(task.get("rounds") or 1)
     seen = 0
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), console=console) as progress:
-        bar = progress.add_task(f"task {task_id} ({task['name']})", total=total, info="")
+        bar = progress.add_task(f"task {task_id}", total=total, info="")
         while True:
             task = client.task(task_id)
             rounds = client.rounds(task_id)
             for r in rounds[seen:]:
                 progress.update(bar, completed=r["index"] + 1, info=(
-                    f"accuracy {_fmt(r['accuracy'], '{:.1%}')}, round time "
-                    f"{r['round_time_s']:.1f} s, truancy {100 * r['truancy']:+.1f} %"))
+                    f"acc {_fmt(r['accuracy'], '{:.1%}')}, {r['round_time_s']:.1f} s, "
+                    f"truancy {100 * r['truancy']:+.1f} %"))
             seen = len(rounds)
             if task["state"] not in ("pending", "running"):
                 return task
@@ -237,7 +243,7 @@ def register(app: typer.Typer) -> None:
     def demo(
         rounds: Annotated[int, typer.Option(help="Global update cycles.")] = 4,
         deadline_s: Annotated[float, typer.Option(help="Deadline D per cycle, seconds.")]
-        = 6.0,
+        = 4.0,
         keep: Annotated[bool, typer.Option(help="Keep the temporary data directory.")]
         = False,
     ) -> None:
