@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from deploy.testbed.errors import TestbedError
+from deploy.errors import TestbedError
 from deploy.testbed.fleet import Fleet, load_fleet
 from deploy.testbed.testbed import Testbed
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.testbed.errors import HostError
+from deploy.errors import HostError
 
 CPU_PERIOD_US = 100_000  # 100 ms scheduling period; quota = cpu share x period
 

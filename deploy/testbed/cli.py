@@ -60,7 +60,7 @@ def up_command(
     state_root: Path | None = _STATE_ROOT,
 ) -> None:
     """Create the fleet's namespaces, links, caps and cgroups; start orchestrator and agents."""
-    from deploy.testbed.errors import TestbedError
+    from deploy.errors import TestbedError
     from deploy.testbed.fleet import load_fleet
     from deploy.testbed.testbed import Testbed
 
@@ -90,7 +90,7 @@ def up_command(
 @testbed_app.command("down")
 def down_command(prefix: str = _PREFIX, state_root: Path | None = _STATE_ROOT) -> None:
     """Remove every process, namespace, link, qdisc and cgroup of the testbed (also after a crash)."""
-    from deploy.testbed.errors import TestbedError
+    from deploy.errors import TestbedError
     from deploy.testbed.testbed import down
 
     try:
@@ -105,7 +105,7 @@ def down_command(prefix: str = _PREFIX, state_root: Path | None = _STATE_ROOT) -
 @testbed_app.command("status")
 def status_command(prefix: str = _PREFIX, state_root: Path | None = _STATE_ROOT) -> None:
     """Show each learner's link, caps (read back from tc and cgroups) and agent state."""
-    from deploy.testbed.errors import StateError, TestbedError
+    from deploy.errors import StateError, TestbedError
     from deploy.testbed.testbed import Testbed, leftovers
 
     try:
@@ -136,7 +136,7 @@ def fault_command(
     state_root: Path | None = _STATE_ROOT,
 ) -> None:
     """Inject a fault: link down/up, change link rate, SIGKILL/restart or pause/resume an agent."""
-    from deploy.testbed.errors import TestbedError
+    from deploy.errors import TestbedError
     from deploy.testbed.profiles import parse_rate
     from deploy.testbed.testbed import Testbed
 
@@ -177,7 +177,7 @@ def exec_command(
     state_root: Path | None = _STATE_ROOT,
 ) -> None:
     """Run a command inside a learner's namespace and cgroups: `plexus testbed exec pi1 -- CMD`."""
-    from deploy.testbed.errors import TestbedError
+    from deploy.errors import TestbedError
     from deploy.testbed.testbed import Testbed
 
     argv = [a for a in ctx.args if a != "--"] if ctx.args[:1] == ["--"] else list(ctx.args)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.testbed.errors import FleetError
+from deploy.errors import FleetError
 from deploy.testbed.profiles import PROFILES, DeviceProfile, parse_rate, parse_size
 
 # The prefix names every namespace, link and cgroup the testbed makes, so `down` can find

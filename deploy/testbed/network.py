@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 
-from deploy.testbed.errors import CommandError, HostError
+from deploy.errors import CommandError, HostError
 from deploy.testbed.profiles import tc_rate
 
 # One htb class per link; everything that leaves the interface falls into it.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from deploy.testbed.errors import FleetError
+from deploy.errors import FleetError
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from deploy.testbed import cgroups, network, processes
-from deploy.testbed.errors import PrivilegeError, StateError, TestbedError
+from deploy.errors import PrivilegeError, StateError, TestbedError
 from deploy.testbed.fleet import DEFAULT_PREFIX, Fleet
 from deploy.testbed.profiles import DeviceProfile
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.testbed.errors import FleetError
+from deploy.errors import FleetError
 from deploy.testbed.fleet import load_fleet
 from deploy.testbed.profiles import MIB, PROFILES, parse_rate, parse_size
 

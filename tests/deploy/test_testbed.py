@@ -14,7 +14,7 @@ import pytest
 
 from deploy.testbed import network, processes
 from deploy.testbed.bench import BlobServer, measure_compute, measure_links
-from deploy.testbed.errors import StateError
+from deploy.errors import StateError
 from deploy.testbed.fleet import load_fleet
 from deploy.testbed.testbed import Testbed, down, leftovers
 

@@ -2,13 +2,16 @@
 
 Hierarchy::
 
-    TestbedError
-    ├── FleetError        a fleet file is malformed or asks for something impossible
-    ├── PrivilegeError    the testbed needs root (namespaces, tc, cgroups) and does not have it
-    ├── HostError         this host lacks a tool or kernel feature (ip, tc, htb, cgroup controller)
-    ├── CommandError      an `ip` / `tc` command failed; carries the command and its stderr
-    └── StateError        the state file and the running testbed disagree (already up, not up,
-                          unknown learner)
+    DeployError
+    ├── AgentConfigError  an installed agent's config or join-token file is missing, malformed
+    │                     or readable by other users
+    └── TestbedError
+        ├── FleetError        a fleet file is malformed or asks for something impossible
+        ├── PrivilegeError    the testbed needs root (namespaces, tc, cgroups) and lacks it
+        ├── HostError         this host lacks a tool or kernel feature (ip, tc, cgroup controller)
+        ├── CommandError      an `ip` / `tc` command failed; carries the command and its stderr
+        └── StateError        the state file and the running testbed disagree (already up, not
+                              up, unknown learner)
 
 Callers catch the family they care about; every message says what was wrong and what to do.
 """
@@ -16,7 +19,15 @@ Callers catch the family they care about; every message says what was wrong and 
 from __future__ import annotations
 
 
-class TestbedError(Exception):
+class DeployError(Exception):
+    """Root of every error raised by `deploy`."""
+
+
+class AgentConfigError(DeployError, ValueError):
+    """An installed agent's config or join-token file is missing, malformed or too readable."""
+
+
+class TestbedError(DeployError):
     """Root of every error raised by `deploy.testbed`."""
 
     # pytest would try to collect a class whose name starts with "Test".
