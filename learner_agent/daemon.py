@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from learner_agent.client import OrchestratorClient
-from learner_agent.errors import OrchestratorError, OrchestratorRefused, OrchestratorUnreachable
+from learner_agent.errors import OrchestratorRefused, OrchestratorUnreachable
 from learner_agent.facts import device_facts
 from learner_agent.procedures import Agent, make_registry
 
@@ -192,6 +192,8 @@ class AgentDaemon:
                 log.error("%s; retrying in %.1f s", exc, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.max_backoff_s)
-            except OrchestratorError as exc:  # pragma: no cover - defensive
-                log.error("%s", exc)
+            except Exception:
+                # Whatever goes wrong in one beat, the agent must keep beating and serving.
+                log.exception("heartbeat loop error; retrying in %.1f s", delay)
                 self._stop.wait(delay)
+                delay = min(delay * 2, self.max_backoff_s)

@@ -12,9 +12,15 @@ from typing import Any
 def _has_cuda() -> bool:
     # Asking torch would import it (hundreds of MB resident); only do so when a task already
     # loaded it. Otherwise look for the device nodes NVIDIA drivers create (desktop or Jetson).
+    # A torch import in progress on another thread leaves a half-built module in sys.modules,
+    # so ask it only when it is complete, and never let the question fail a heartbeat.
     torch = sys.modules.get("torch")
-    if torch is not None:
-        return bool(torch.cuda.is_available())
+    cuda = getattr(torch, "cuda", None) if torch is not None else None
+    if cuda is not None:
+        try:
+            return bool(cuda.is_available())
+        except Exception:
+            pass
     return Path("/dev/nvidia0").exists() or Path("/dev/nvhost-ctrl").exists()
 
 
