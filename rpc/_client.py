@@ -64,6 +64,11 @@ def unwrap(raw: RawOutcome) -> Any:
     raise BY_CODE.get(code, ProtocolError)(detail)
 
 
+def _is_outcome(raw: RawOutcome) -> bool:
+    """True when a fetch returned the call's outcome (not "no such call")."""
+    return not (raw.status == CallNotFound.status and b'"call_not_found"' in raw.body)
+
+
 def _verify(verify: Any) -> Any:
     # httpx 0.28 deprecates CA bundle paths; turn one into an SSLContext.
     if isinstance(verify, str):
@@ -329,7 +334,7 @@ class Remote:
                 if resp.status_code == 202:
                     return None
                 raw = _raw(resp, _read_sync(resp))
-            if raw.status == 200:
+            if _is_outcome(raw):
                 self._client.delete(url, headers=self._headers(call_id), timeout=5.0)
         except httpx.HTTPError as exc:
             raise _map_transport(exc, f"fetch of call {call_id}") from None
@@ -338,8 +343,7 @@ class Remote:
     @staticmethod
     def _fetched(raw: RawOutcome, call_id: str, waiter: Waiter) -> Any:
         # The callback may have landed between our wait and the fetch that found nothing.
-        found_nothing = raw.status == CallNotFound.status and b'"call_not_found"' in raw.body
-        if found_nothing and waiter.outcome is not None:
+        if not _is_outcome(raw) and waiter.outcome is not None:
             return unwrap(waiter.outcome)
         return unwrap(raw)
 
@@ -426,7 +430,7 @@ class Remote:
                         raw = _raw(resp, await _read_async(resp))
                 finally:
                     await resp.aclose()
-                if raw is not None and raw.status == 200:
+                if raw is not None and _is_outcome(raw):
                     await client.delete(url, headers=self._headers(call_id), timeout=5.0)
                 failures = 0
             except httpx.HTTPError as exc:

@@ -16,7 +16,7 @@ from rpc.errors import MalformedPayload, UnsupportedValue
 CONTENT_TYPE = "application/x-plexus-rpc"
 # Bodies are streamed in slices of this many bytes: small enough that the per-chunk copies
 # made by the HTTP stack stay cheap, large enough that per-chunk Python overhead is noise.
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 18
 # A header larger than this is not something we produced; refuse before parsing it.
 MAX_HEADER_BYTES = 100 << 20
 
