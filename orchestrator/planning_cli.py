@@ -16,7 +16,7 @@ from rich.console import Console
 
 _err = Console(stderr=True)
 
-_SOLVERS = ("auto", "gurobi", "highs")
+_SOLVERS = ("auto", "dp", "gurobi", "highs")
 _METHODS = ("med", "mmtt-uncertain", "mmtt-ideal", "equal")
 
 
@@ -27,7 +27,7 @@ def _fail(message: str) -> typer.Exit:
 
 def plan_med(
     instance: Path = typer.Argument(..., help="Instance JSON (schema: docs/med.md)."),
-    solver: str = typer.Option("auto", "--solver", help="auto | gurobi | highs"),
+    solver: str = typer.Option("auto", "--solver", help="auto | dp | gurobi | highs"),
     time_limit: float = typer.Option(10.0, "--time-limit", help="Seconds per solve."),
     mip_gap: float = typer.Option(1e-4, "--mip-gap", help="Relative MIP gap to stop at."),
     method: str = typer.Option(

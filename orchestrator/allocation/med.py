@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 if TYPE_CHECKING:
     from orchestrator.allocation.solvers import RawResult
 
-SolverName = Literal["auto", "gurobi", "highs"]
+SolverName = Literal["auto", "dp", "gurobi", "highs"]
 Status = Literal["optimal", "feasible", "infeasible", "no_solution", "licence_limit"]
 
 # Constraint families of eq. 4.4, as reported when an instance is infeasible.
@@ -555,8 +555,9 @@ def solve_med(
 ) -> MedResult:
     """Solve MED (thesis eq. 4.4) and report; never raises for an infeasible instance.
 
-    `solver`: "gurobi", "highs", or "auto" (Gurobi if it imports and the model fits
-    `gurobi_size_limit` variables/constraints, else HiGHS). `time_limit_s` seconds per solve,
+    `solver`: "gurobi", "highs", "dp" (exact subset DP, small fleets only), or "auto" (the DP
+    when the fleet is small and its answer fits the budget, else Gurobi if it imports and the
+    model fits `gurobi_size_limit` variables/constraints, else HiGHS). `time_limit_s` seconds per solve,
     `mip_gap` relative. `enforce_deadlines=False` drops 4.4b (learners then halt at T_i).
     An infeasible instance comes back with status "infeasible" and `infeasible_families`.
     `warm_start` hands the solver `greedy_allocation` as its first incumbent;
@@ -564,10 +565,26 @@ def solve_med(
     stops before `mip_gap` (its run time is not included in `solve_time_s`).
     """
     relax = frozenset() if enforce_deadlines else frozenset({"deadline"})
-    milp = build_milp(inst, relax=relax)
     notes: list[str] = []
     if not enforce_deadlines:
         notes.append("deadlines (4.4b) not enforced: learners halt at T_i")
+    m, n = len(inst.tasks), len(inst.learners)
+    if solver in ("auto", "dp"):
+        from orchestrator.allocation import solvers_dp
+
+        if solvers_dp.dp_applicable(n, m):
+            co = coefficients(inst, enforce_deadlines=enforce_deadlines)
+            alloc, why, secs = solvers_dp.solve_dp(co, inst.min_shards, inst.budget)
+            if alloc is not None:
+                obj = med_objective(inst, alloc)
+                return MedResult(method, "optimal", "dp", obj, obj, 0.0, secs, alloc,
+                                 [float(x) for x in expected_delays(inst, alloc).max(axis=1)],
+                                 0, 0, notes=notes)
+            _note(notes, f"subset DP did not decide ({why})")
+        elif solver == "dp":
+            _note(notes, f"subset DP not applicable to {n} learners x {m} tasks; used the MILP")
+        solver = "auto"
+    milp = build_milp(inst, relax=relax)
     kw = dict(time_limit_s=time_limit_s, mip_gap=mip_gap, gurobi_size_limit=gurobi_size_limit,
               seed=seed)
     greedy = greedy_allocation(inst, enforce_deadlines=enforce_deadlines) if warm_start else None

@@ -83,6 +83,37 @@ def test_optimum_matches_brute_force(backend: str, seed: int, min_shards: int,
     assert res.objective == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize(("seed", "min_shards"), [(0, 1), (1, 0), (4, 1), (5, 0)])
+def test_subset_dp_matches_brute_force(seed: int, min_shards: int) -> None:
+    inst = small_instance(seed, min_shards=min_shards)
+    expected = brute_force(inst)
+    assert expected is not None
+
+    res = solve_med(inst, solver="dp")
+
+    assert res.backend == "dp" and res.status == "optimal" and res.gap == 0.0
+    assert res.allocation is not None and check_allocation(inst, res.allocation) == []
+    assert res.objective == pytest.approx(expected, rel=1e-9)
+
+
+def test_subset_dp_hands_a_binding_budget_to_the_milp() -> None:
+    inst = small_instance(2, budget=8.0)  # the fastest split costs more than 8
+    expected = brute_force(inst)
+    res = solve_med(inst, solver="dp", mip_gap=1e-9)
+    assert res.backend in ("highs", "gurobi")
+    assert any("subset DP did not decide" in n and "budget" in n for n in res.notes)
+    assert res.objective == pytest.approx(expected, rel=1e-6)
+
+
+def test_subset_dp_agrees_with_milp_on_thesis_instance() -> None:
+    inst = thesis_instance(seed=1, n_learners=5)
+    dp = solve_med(inst, solver="auto")
+    milp = solve_med(inst, solver="highs", time_limit_s=30, mip_gap=1e-9)
+    assert dp.backend == "dp"
+    assert milp.status == "optimal"
+    assert dp.objective == pytest.approx(milp.objective, rel=1e-6)
+
+
 @pytest.mark.skipif(not gurobi_importable(), reason="gurobipy not installed")
 def test_backends_agree_on_thesis_sized_instance() -> None:
     inst = thesis_instance(seed=3, n_learners=6, n_tasks=2)
