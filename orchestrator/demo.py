@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-SPEEDS = {"fast": 1.0, "medium": 0.5, "slow": 0.2}
+SPEEDS = {"fast": 1.0, "medium": 0.35, "slow": 0.1}
 
 
 def demo_spec(rounds: int, deadline_s: float) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def demo_spec(rounds: int, deadline_s: float) -> dict[str, Any]:
         "training": {"optimizer": "sgd", "lr": 0.05, "batch_size": 32, "iterations": 5},
         "mode": "sync",
         "sync": {"allocator": "dab", "deadline_s": deadline_s, "rounds": rounds,
-                 "grace_s": 2.0, "benchmark_shards": 2},
+                 "grace_s": 2.0, "benchmark_shards": 4},
     }
 
 

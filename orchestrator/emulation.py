@@ -18,7 +18,7 @@ import threading
 class DutyCycle:
     """Throttle process `pid` to `fraction` (0 < fraction ≤ 1) of wall time, period in seconds."""
 
-    def __init__(self, pid: int, fraction: float, period_s: float = 0.05) -> None:
+    def __init__(self, pid: int, fraction: float, period_s: float = 0.01) -> None:
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
         if period_s <= 0:

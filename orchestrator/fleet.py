@@ -83,14 +83,15 @@ class LocalFleet:
     def client(self) -> Client:
         return Client(self.url, self.admin_token)
 
-    def _spawn(self, args: list[str], log_name: str) -> _Proc:
+    def _spawn(self, args: list[str], log_name: str, boot: str | None = None) -> _Proc:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / log_name, "ab")  # noqa: SIM115 - closed by _Proc.stop
         # One thread per process: several agents share few cores, as separate devices would
         # not, and oversubscribed BLAS threads would only add noise.
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1"}
-        popen = subprocess.Popen([sys.executable, "-m", "plexus.cli", *args], stdout=log,
+        head = ["-c", boot] if boot else ["-m", "plexus.cli"]
+        popen = subprocess.Popen([sys.executable, *head, *args], stdout=log,
                                  stderr=subprocess.STDOUT, env=env, start_new_session=True)
         return _Proc(popen, log)
 
@@ -115,24 +116,59 @@ class LocalFleet:
                         raise
                 time.sleep(0.1)
 
-    def start_agent(self, name: str, fraction: float | None = None) -> None:
-        """Start agent `name` throttled to `fraction` of a CPU (default: its entry in speeds)."""
-        speed = fraction if fraction is not None else self.speeds.get(name, 1.0)
-        self.speeds[name] = speed
-        proc = self._spawn(["agent", "run", "--orchestrator", self.url, "--join-token",
-                            self.join_token, "--name", name, "--host", "127.0.0.1"],
-                           f"agent-{name}.log")
-        if speed < 1.0:
-            proc.duty = DutyCycle(proc.popen.pid, speed).start()
-        self.agents[name] = proc
+    def spawn_agent(self, name: str) -> None:
+        """Start agent `name` unthrottled, with torch imported before it enrolls.
+
+        Importing torch is a one-off cost of a fresh process, not part of any experiment;
+        doing it before enrolment and throttling only afterwards keeps the emulation about the
+        work (benchmarking, downloading, training).
+        """
+        boot = ("import sys, torch; from plexus.cli import main; sys.argv[0] = 'plexus'; "
+                "main()")
+        self.speeds.setdefault(name, 1.0)
+        self.agents[name] = self._spawn(
+            ["agent", "run", "--orchestrator", self.url, "--join-token", self.join_token,
+             "--name", name, "--host", "127.0.0.1"], f"agent-{name}.log", boot=boot)
+
+    def throttle(self, name: str) -> None:
+        """Impose agent `name`'s emulated speed (a CPU duty cycle) from now on."""
+        proc = self.agents[name]
+        if self.speeds[name] < 1.0 and proc.duty is None:
+            proc.duty = DutyCycle(proc.popen.pid, self.speeds[name]).start()
+
+    def start_agent(self, name: str, fraction: float | None = None,
+                    timeout_s: float = 60.0) -> None:
+        """Start agent `name`, wait until it is enrolled, then throttle it to its speed."""
+        if fraction is not None:
+            self.speeds[name] = fraction
+        self.spawn_agent(name)
+        self._wait_enrolled({name}, timeout_s)
+        self.throttle(name)
+
+    def _wait_enrolled(self, names: set[str], timeout_s: float) -> None:
+        end = time.monotonic() + timeout_s
+        with self.client() as c:
+            while True:
+                alive = {lr["name"] for lr in c.learners() if lr["alive"]}
+                if names <= alive:
+                    return
+                for n in names - alive:
+                    if not self.agents[n].alive():
+                        raise RuntimeError(f"agent {n} exited; see "
+                                           f"{self.data_dir / f'agent-{n}.log'}")
+                if time.monotonic() > end:
+                    raise TimeoutError(f"agents {sorted(names - alive)} did not enroll within "
+                                       f"{timeout_s:.0f} s")
+                time.sleep(0.2)
 
     def start(self, timeout_s: float = 90.0) -> None:
-        """Orchestrator first, then every agent in `speeds`; wait until all are enrolled."""
+        """Orchestrator first, then every agent in `speeds`; throttle them once enrolled."""
         self.start_orchestrator()
         for name in self.speeds:
-            self.start_agent(name)
-        with self.client() as c:
-            c.wait_learners(len(self.speeds), timeout_s)
+            self.spawn_agent(name)
+        self._wait_enrolled(set(self.speeds), timeout_s)
+        for name in self.speeds:
+            self.throttle(name)
 
     def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.agents[name]

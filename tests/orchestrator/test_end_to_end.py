@@ -1,0 +1,113 @@
+"""End to end with real processes: an orchestrator and three agents of emulated speeds.
+
+Speeds are a CPU duty cycle (fast 100 %, medium 30 %, slow 5 %), see orchestrator/emulation.py.
+One fleet serves the whole module; the fault tests come last because they kill processes.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.client import Client
+from orchestrator.fleet import LocalFleet
+
+pytestmark = pytest.mark.slow
+
+D, GRACE = 3.0, 2.0
+ACCURACY_FLOOR = 0.80  # TwoNN on MNIST-5k after 3 DAB rounds; chance is 0.10
+
+
+def spec(rounds: int, name: str) -> dict[str, Any]:
+    return {"name": name, "model": "twonn", "dataset": {"name": "mnist5k"},
+            "partition": {"shard_size": 250},
+            "training": {"lr": 0.05, "iterations": 3},
+            "sync": {"allocator": "dab", "deadline_s": D, "grace_s": GRACE, "rounds": rounds,
+                     "benchmark_shards": 4}}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
+    f = LocalFleet(Path(tmp_path_factory.mktemp("fleet")) / "data",
+                   speeds={"fast": 1.0, "medium": 0.3, "slow": 0.05})
+    try:
+        f.start()
+        yield f
+    finally:
+        f.stop()
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} did not happen within {timeout_s} s")
+
+
+def finished(client: Client, task_id: int, timeout_s: float = 150.0) -> dict[str, Any]:
+    return wait_for(lambda: (t := client.task(task_id))["state"] not in ("pending", "running")
+                    and t, timeout_s, f"task {task_id} ending")
+
+
+def test_dab_trains_three_rounds_and_the_slow_agent_takes_fewer_shards(fleet: LocalFleet
+                                                                       ) -> None:
+    with fleet.client() as client:
+        task = client.submit(spec(3, "e2e-dab"))
+        final = finished(client, task["id"])
+        assert final["state"] == "finished", final["reason"]
+        rounds = client.rounds(task["id"])
+        ids = {lr["name"]: str(lr["id"]) for lr in client.learners()}
+    assert [r["index"] for r in rounds] == [0, 1, 2]
+    assert rounds[-1]["accuracy"] > ACCURACY_FLOOR
+    assert rounds[-1]["accuracy"] > rounds[0]["accuracy"] - 0.02
+    for r in rounds:
+        assert r["allocation"][ids["slow"]] < r["allocation"][ids["fast"]]
+        assert sum(r["samples"].values()) > 0
+        assert r["model_version"] == r["index"] + 1
+
+
+def test_agent_killed_mid_round_is_left_out_by_deadline_plus_grace(fleet: LocalFleet) -> None:
+    with fleet.client() as client:
+        task = client.submit(spec(3, "e2e-agent-killed"))
+        wait_for(lambda: client.task(task["id"])["rounds_done"] >= 1, 120, "round 0")
+        # Round 1 is dispatched as soon as round 0 is recorded (a_k is known by then).
+        fleet.kill_agent("medium", signal.SIGKILL)
+        final = finished(client, task["id"])
+        assert final["state"] == "finished", final["reason"]
+        rounds = client.rounds(task["id"])
+        medium = str(next(lr["id"] for lr in client.learners() if lr["name"] == "medium"))
+    later = rounds[1:]
+    assert all(medium in r["left_out"] for r in later)
+    # The round never waits for the dead agent beyond D + grace (plus bookkeeping slack).
+    assert all(r["round_time_s"] <= D + GRACE + 1.5 for r in later)
+    assert all(sum(r["samples"].values()) > 0 for r in later)
+    fleet.start_agent("medium")  # back for the next test
+
+
+def test_orchestrator_sigkilled_mid_task_resumes_and_finishes(fleet: LocalFleet) -> None:
+    with fleet.client() as client:
+        learners_before = {lr["name"]: lr["id"] for lr in client.learners()}
+        task = client.submit(spec(4, "e2e-orchestrator-killed"))
+        wait_for(lambda: client.task(task["id"])["rounds_done"] >= 1, 120, "round 0")
+        first = client.rounds(task["id"])[0]
+    fleet.kill_orchestrator(signal.SIGKILL)
+    fleet.start_orchestrator()
+    with fleet.client() as client:
+        assert {lr["name"]: lr["id"] for lr in client.learners()} == learners_before
+        rounds_after_restart = client.rounds(task["id"])
+        assert rounds_after_restart[0] == first
+        final = finished(client, task["id"])
+        assert final["state"] == "finished", final["reason"]
+        rounds = client.rounds(task["id"])
+        model = client.model(task["id"])
+    assert [r["index"] for r in rounds] == [0, 1, 2, 3]
+    assert rounds[0] == first
+    assert final["model_version"] == 4 and len(model) > 0
