@@ -369,26 +369,33 @@ def build_milp(
     add(np.concatenate([k, k, k]), np.concatenate([d_col, x_col, t_col[ii]]),
         np.concatenate([co.per_shard[ii, jj], co.fixed[ii, jj] - tl[ii], -np.ones(P)]),
         np.full(P, -np.inf), -tl[ii], "objective")
-    # Time-sharing cuts (valid, docs/algorithms.md): D_i ≤ Σ_{j serves i} (t_i − fixed_ij)/per_ij
-    # gives the convex constraint D_i / t_i ≤ Σ_j rate_ij·x_ij, cut at tangent points τ:
-    # Σ_j rate_ij·x_ij + (D_i/τ²)·t_i ≥ 2·D_i/τ. Without them the LP lets every learner work
-    # for every task at once through fractional x, and the bound collapses.
+    # Time-sharing cuts (valid, docs/algorithms.md). With f_i = min_j fixed_ij, every learner
+    # serving i carries d_ij ≤ (t_i − fixed_ij)/per_ij ≤ (t_i − f_i)·rate_ij for t_i ≤ t̄_i, so
+    # D_i/(t_i − f_i) ≤ Σ_j rate_ij·x_ij: convex in t_i, added as tangent cuts at θ:
+    # Σ_j rate_ij·x_ij + D_i/(θ−f_i)²·t_i ≥ D_i/(θ−f_i) + D_i·θ/(θ−f_i)². Without them the LP
+    # lets every learner work for every task at once through fractional x.
     if tangents > 0 and P > 0:
+        fixed_p, per_p, cap_p = co.fixed[ii, jj], co.per_shard[ii, jj], co.cap[ii, jj]
+        f0 = np.full(m, np.inf)
+        np.minimum.at(f0, ii, fixed_p)
+        f0 = np.where(np.isfinite(f0), f0, 0.0)
         tu = np.zeros(m)
-        np.maximum.at(tu, ii, co.fixed[ii, jj] + co.per_shard[ii, jj] * co.cap[ii, jj])
+        np.maximum.at(tu, ii, fixed_p + per_p * cap_p)
         if "deadline" not in relax:
             tu = np.minimum(tu, co.deadline)
-        # A task no learner can serve keeps 4.4c infeasible anyway; keep its τ finite.
-        tl_pos = np.maximum(tl, 1e-6)
-        tu = np.maximum(tu, tl_pos * (1 + 1e-6))
-        shrink = np.clip(1.0 - co.fixed[ii, jj] / tu[ii], 0.0, 1.0)
-        rate = np.minimum(shrink / co.per_shard[ii, jj], co.cap[ii, jj] / tl_pos[ii])
-        taus = np.exp(np.linspace(np.log(tl_pos), np.log(tu), tangents, axis=1))
+        # tl_i > f_i always (a learner needs time for one shard); the floor only guards tasks
+        # no learner can serve, for which 4.4c is infeasible anyway.
+        span_lo = np.maximum(tl - f0, 1e-6)
+        span_hi = np.maximum(tu - f0, span_lo * (1 + 1e-6))
+        shrink = np.clip(1.0 - (fixed_p - f0[ii]) / span_hi[ii], 0.0, 1.0)
+        rate = np.minimum(shrink / per_p, cap_p / span_lo[ii])
+        spans = np.exp(np.linspace(np.log(span_lo), np.log(span_hi), tangents, axis=1))
         D = co.shards.astype(float)
         for q in range(tangents):
-            tau = taus[:, q]
+            sp = spans[:, q]  # θ − f_i
             add(np.concatenate([ii, np.arange(m)]), np.concatenate([x_col, t_col]),
-                np.concatenate([rate, D / tau**2]), 2.0 * D / tau, np.full(m, np.inf), "timeshare")
+                np.concatenate([rate, D / sp**2]), D / sp + D * (sp + f0) / sp**2,
+                np.full(m, np.inf), "timeshare")
     # Linking (big-M): d_ij ≤ cap_ij·x_ij. The reverse link d_ij ≥ x_ij is left out: a pair
     # with x = 1 and d = 0 can only raise t_i and use up j's one task, so dropping such an x
     # never worsens a solution; the result reports x as d > 0 (saves P rows).

@@ -106,7 +106,7 @@ def test_subset_dp_hands_a_binding_budget_to_the_milp() -> None:
 
 
 def test_subset_dp_agrees_with_milp_on_thesis_instance() -> None:
-    inst = thesis_instance(seed=1, n_learners=5)
+    inst = thesis_instance(seed=1, n_learners=6)
     dp = solve_med(inst, solver="auto")
     milp = solve_med(inst, solver="highs", time_limit_s=30, mip_gap=1e-9)
     assert dp.backend == "dp"
