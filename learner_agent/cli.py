@@ -26,6 +26,9 @@ def register(app: typer.Typer) -> None:
         stress_heat: float | None = typer.Option(
             None, help="Experiments only: sample stressor states with this softmax heat"
         ),
+        threads: int = typer.Option(
+            1, help="torch threads for training (0 = torch's default, one per core)"
+        ),
         preload: bool = typer.Option(
             False, help="Import torch at start: faster first call, ~270 MB more idle memory"
         ),
@@ -58,6 +61,7 @@ def register(app: typer.Typer) -> None:
                 relay=relay,
                 data_dir=data_dir,
                 stress_heat=stress_heat,
+                threads=threads,
             )
         except ValueError as exc:
             console.print(f"[red]error:[/red] {exc}")

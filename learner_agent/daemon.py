@@ -73,6 +73,7 @@ class AgentDaemon:
         relay: bool = False,
         data_dir: Path | None = None,
         stress_heat: float | None = None,
+        threads: int = 1,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
     ) -> None:
@@ -90,7 +91,7 @@ class AgentDaemon:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.client = OrchestratorClient(orchestrator_url)
-        self.agent = Agent(self.name, self.client, stress_heat=stress_heat)
+        self.agent = Agent(self.name, self.client, stress_heat=stress_heat, threads=threads)
         self.endpoint: str | None = None
         self.heartbeat_interval_s = 10.0
         self.enrolled = threading.Event()

@@ -57,10 +57,13 @@ class Agent:
         stress_heat: float | None = None,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        threads: int = 1,
     ) -> None:
         import numpy as np
 
         self.name = name
+        self.threads = threads
+        self._torch_ready = False
         self.client = client
         self.clock = clock
         self.state = "idle"
@@ -87,11 +90,25 @@ class Agent:
         except ValueError as exc:
             raise BadTask(str(exc)) from None
 
+    def _configure_torch(self) -> None:
+        # torch's intra-op thread pool spins at barriers; on a device whose cores are also busy
+        # (the training stressor, other services, several agents on one host) two threads ran
+        # TwoNN 30–60× slower than one in our measurements (docs/agent.md). One thread by
+        # default; a dedicated multi-core device can ask for more with --threads.
+        if self._torch_ready:
+            return
+        import torch
+
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+        self._torch_ready = True
+
     def _run(self, job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         with self._busy_lock:
             self._busy += 1
         try:
             with self._work:
+                self._configure_torch()
                 return job()
         finally:
             with self._busy_lock:
