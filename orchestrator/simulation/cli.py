@@ -1,0 +1,86 @@
+"""`plexus simulate CONFIG.yaml`: run SPIN / FedBuff / PORT on a virtual clock.
+
+Top-level imports are typer, rich and the standard library only; torch and the simulator load
+when the command runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def simulate_command(
+    config: Annotated[Path, typer.Argument(help="Simulator config (YAML or JSON).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the JSON trace (events + summary) here.")
+    ] = None,
+    aggregator: Annotated[
+        str | None,
+        typer.Option("--aggregator", help="Override aggregator.name (spin, fedbuff, port)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Override the seed.")] = None,
+) -> None:
+    """Run a virtual-clock simulation of asynchronous fine-tuning and print its summary."""
+    from orchestrator.simulation.config import SimulationConfigError, load_config
+    from orchestrator.simulation.engine import Simulation, build_world
+
+    console = Console(stderr=True)
+    try:
+        cfg = load_config(config)
+        updates: dict[str, object] = {}
+        if seed is not None:
+            updates["seed"] = seed
+        if aggregator is not None:
+            updates["aggregator"] = cfg.aggregator.model_copy(update={"name": aggregator})
+        if updates:
+            cfg = load_config({**cfg.model_dump(mode="json"), **_dump(updates)})
+    except SimulationConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+    with console.status("loading data and pretraining the deployed model"):
+        world = build_world(cfg)
+    sim = Simulation(world)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} virtual s"),
+        TextColumn("acc {task.fields[acc]:.3f}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(cfg.aggregator.name, total=cfg.stop.max_time_s, acc=sim.accuracy)
+
+        def advance(t: float) -> None:
+            progress.update(task, completed=min(t, cfg.stop.max_time_s), acc=sim.accuracy)
+
+        summary = sim.run(advance)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(sim.to_json(summary)))
+    table = Table(title=f"{cfg.name}: {cfg.aggregator.name}, {cfg.clients} clients")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def _dump(updates: dict[str, object]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in updates.items():
+        dump = getattr(v, "model_dump", None)
+        out[k] = dump(mode="json") if dump is not None else v
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    """Add `plexus simulate` to the root CLI."""
+    app.command("simulate")(simulate_command)
