@@ -46,12 +46,26 @@ def testbed_session(fleet: str | Path | dict[str, Any] | Fleet, **up_kwargs: Any
 
 
 class _BlobHandler(BaseHTTPRequestHandler):
-    """GET /blob?bytes=N streams N zero bytes; POST /sink reads and discards the body."""
+    """GET /blob?bytes=N streams N zero bytes; GET /shards/I sends shard I; POST /sink drains."""
 
     protocol_version = "HTTP/1.1"
+    shards: list[bytes] = []  # replaced per server by a subclass
 
     def do_GET(self) -> None:
-        query = parse_qs(urlparse(self.path).query)
+        parsed = urlparse(self.path)
+        if parsed.path.startswith("/shards/"):
+            index = int(parsed.path.rsplit("/", 1)[1])
+            if not 0 <= index < len(self.shards):
+                self.send_error(404, f"shard {index} not found ({len(self.shards)} shards)")
+                return
+            body = self.shards[index]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        query = parse_qs(parsed.query)
         size = int(query.get("bytes", ["0"])[0])
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
@@ -85,10 +99,13 @@ class BlobServer:
     """A throwaway HTTP server that sends and swallows bytes, for link measurements.
 
     Bind it to the testbed's bridge address (`bed.state.bridge_ip`) so learners can reach it.
+    `shards` (safetensors payloads, see `make_shards`) are served at /shards/{i}.
     """
 
-    def __init__(self, host: str, port: int = 0) -> None:
-        self._server = ThreadingHTTPServer((host, port), _BlobHandler)
+    def __init__(self, host: str, port: int = 0, shards: list[bytes] | None = None) -> None:
+        handler = type("_Handler", (_BlobHandler,), {"shards": list(shards or [])})
+        self.shard_count = len(shards or [])
+        self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -156,3 +173,66 @@ def measure_compute(bed: Testbed, *, seconds: float = 1.5, names: list[str] | No
     chosen = names or [lr.name for lr in bed.learners]
     args = {n: ["compute", "--seconds", str(seconds)] for n in chosen}
     return {n: r["rate"] for n, r in _probe(bed, chosen, args, timeout).items()}
+
+
+def make_shards(spec_data: dict[str, Any], count: int) -> list[bytes]:
+    """Encode `count` shards of the spec's dataset (`shard_size` samples each) for a BlobServer.
+
+    Shards repeat when the dataset holds fewer than `count`.
+    """
+    from plexus.datasets import load_dataset
+    from plexus.shards import encode_shard, partition
+    from plexus.spec import load_spec
+
+    spec = load_spec(spec_data)
+    data = load_dataset(spec.dataset, seed=spec.seed)
+    parts = partition(data.train_y, spec.partition, spec.seed)
+    return [
+        encode_shard(data.train_x[parts[i % len(parts)]], data.train_y[parts[i % len(parts)]],
+                     {"shard": i, "samples": len(parts[i % len(parts)])})
+        for i in range(count)
+    ]
+
+
+def subset_benchmark_on_testbed(
+    bed: Testbed,
+    server: BlobServer,
+    spec_data: dict[str, Any],
+    *,
+    sizes: list[int],
+    train_shards: dict[str, int],
+    download_shards: int,
+    names: list[str] | None = None,
+    timeout: float = 600.0,
+) -> dict[str, dict[str, Any]]:
+    """Run the agent's SB (`sb_probe`) in each learner, one learner at a time.
+
+    One at a time because on real hardware each device benchmarks on its own resources; here
+    learners share the host's cores, and running them together would let one learner's load
+    slow another beyond what its quota says. Returns sb_probe's JSON per learner.
+    """
+    import sys
+    import tempfile
+
+    chosen = names or [lr.name for lr in bed.learners]
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=bed.state_dir, delete=False) as f:
+        json.dump(spec_data, f)
+        spec_path = f.name
+    try:
+        for name in chosen:
+            argv = [sys.executable, "-m", "deploy.testbed.sb_probe", "--url", server.base_url,
+                    "--spec", spec_path, "--sizes", ",".join(str(n) for n in sizes),
+                    "--train-shards", str(train_shards[name]),
+                    "--download-shards", str(download_shards),
+                    "--available", str(server.shard_count)]
+            done = bed.run_in(name, argv, timeout=timeout)
+            if done.returncode != 0:
+                raise TestbedError(
+                    f"subset benchmarking in learner {name!r} failed (exit {done.returncode}): "
+                    f"{done.stderr.decode(errors='replace').strip()[-800:]}"
+                )
+            results[name] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    finally:
+        Path(spec_path).unlink(missing_ok=True)
+    return results

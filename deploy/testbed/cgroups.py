@@ -18,7 +18,10 @@ from pathlib import Path
 
 from deploy.errors import HostError
 
-CPU_PERIOD_US = 100_000  # 100 ms scheduling period; quota = cpu share x period
+# 20 ms scheduling period (quota = cpu share x period): short enough that a benchmark lasting
+# a fraction of a second sees a steady rate rather than 100 ms bursts, long enough that the
+# kernel's 1 ms minimum quota still allows shares down to 0.05 of a core.
+CPU_PERIOD_US = 20_000
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,8 @@ def _write(path: Path, value: str) -> None:
 def create(backend: Backend, prefix: str, learner: str, *, cpu: float, memory_bytes: int) -> list[Path]:
     """Create the learner's cgroup(s) with a CPU quota (share of one core) and a memory limit.
 
-    Returns the directories made, the deepest last per hierarchy; pass them to `join_files`
-    and `remove`.
+    Returns the directories made (v2: group, leaf; v1: cpu dir, memory dir); pass them to
+    `leaves`, `read_limits` and `remove`.
     """
     quota = max(1000, int(cpu * CPU_PERIOD_US))
     name = f"{prefix}-{learner}"

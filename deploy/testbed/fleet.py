@@ -107,8 +107,8 @@ def _learner_entries(entry: dict[str, Any], index: int, cpu_scale: float) -> lis
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise FleetError(f"{where}: count must be a positive integer, got {count!r}")
     cpu = entry.get("cpu")
-    if cpu is not None and (not isinstance(cpu, (int, float)) or not 0.01 <= cpu <= 64):
-        raise FleetError(f"{where}: cpu must be a share of one core in [0.01, 64], got {cpu!r}")
+    if cpu is not None and (not isinstance(cpu, (int, float)) or not 0.05 <= cpu <= 64):
+        raise FleetError(f"{where}: cpu must be a share of one core in [0.05, 64], got {cpu!r}")
     rate = entry.get("rate")
     down = entry.get("down_rate", rate)
     up = entry.get("up_rate", rate)
@@ -119,6 +119,11 @@ def _learner_entries(entry: dict[str, Any], index: int, cpu_scale: float) -> lis
         up_rate=None if up is None else parse_rate(up),
     )
     profile = profile.with_overrides(cpu=round(profile.cpu * cpu_scale, 4))
+    if profile.cpu < 0.05:
+        raise FleetError(
+            f"{where}: cpu share {profile.cpu:g} after cpu_scale is below 0.05 of a core, the "
+            f"smallest quota the kernel allows at a 20 ms period; raise cpu or cpu_scale"
+        )
     if count == 1:
         return [LearnerSpec(name, profile)]
     return [LearnerSpec(f"{name}{i}", profile) for i in range(1, count + 1)]

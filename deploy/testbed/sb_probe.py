@@ -1,0 +1,86 @@
+"""Run the agent's subset benchmarking inside a testbed learner, and time the real thing after.
+
+`python -m deploy.testbed.sb_probe --url http://BRIDGE:PORT --spec SPEC.json --sizes 2,4
+--train-shards 15 --download-shards 60` fetches shards from a `bench.BlobServer` (path
+`/shards/{i}`), and for each benchmark size n runs `learner_agent.benchmarking.subset_benchmark`
+on n shards (the agent's own SB code: b_k in bytes/s, c_k in samples/s). It then measures the
+truth SB predicts: the seconds to download `--download-shards` shards and to train a fresh model
+one pass over `--train-shards` shards (thesis 3.4.2.1, figs. 3.2 and 3.3). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+def _fetcher(base_url: str, count: int) -> Any:
+    def fetch(index: int) -> bytes:
+        with urllib.request.urlopen(f"{base_url}/shards/{index % count}", timeout=120) as answer:
+            data: bytes = answer.read()
+            return data
+
+    return fetch
+
+
+def run(url: str, spec_data: dict[str, Any], sizes: list[int], train_shards: int,
+        download_shards: int, available: int) -> dict[str, Any]:
+    """SB at each size, then the measured download and training times (seconds)."""
+    import numpy as np
+
+    from learner_agent.benchmarking import build_dummy, subset_benchmark
+    from plexus.shards import decode_shard
+    from plexus.spec import load_spec
+    from plexus.training import train
+
+    spec = load_spec(spec_data)
+    fetch = _fetcher(url, available)
+    sb = []
+    for offset, n in enumerate(sizes):
+        # Different shards for each size, so no size benefits from a warm page or socket cache.
+        ids = [(offset * 7 + i) % available for i in range(n)]
+        result = subset_benchmark(spec, fetch, ids)
+        sb.append({"shards": n, "bandwidth": result.bandwidth, "compute": result.compute,
+                   "shard_bytes": result.shard_bytes, "shard_samples": result.shard_samples})
+    start = time.perf_counter()
+    payloads = [fetch(i) for i in range(download_shards)]
+    download_s = time.perf_counter() - start
+    xs, ys = zip(*[decode_shard(p)[:2] for p in payloads[:train_shards]], strict=True)
+    while len(xs) < train_shards:  # reuse shards when fewer were downloaded than trained on
+        xs, ys = xs + xs, ys + ys
+    x = np.concatenate(xs[:train_shards])
+    y = np.concatenate(ys[:train_shards])
+    model = build_dummy(spec)
+    start = time.perf_counter()
+    train(model, x, y, passes=1, batch_size=spec.training.batch_size,
+          optimizer=spec.training.optimizer, lr=spec.training.lr, seed=spec.seed)
+    train_s = time.perf_counter() - start
+    return {
+        "sb": sb,
+        "truth": {"download_shards": download_shards, "download_s": download_s,
+                  "download_bytes": float(sum(len(p) for p in payloads)),
+                  "train_shards": train_shards, "train_samples": int(len(y)), "train_s": train_s},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m deploy.testbed.sb_probe", description=__doc__)
+    parser.add_argument("--url", required=True, help="base URL of the shard server")
+    parser.add_argument("--spec", type=Path, required=True, help="task spec (JSON)")
+    parser.add_argument("--sizes", default="2", help="benchmark sizes in shards, comma-separated")
+    parser.add_argument("--train-shards", type=int, default=15)
+    parser.add_argument("--download-shards", type=int, default=60)
+    parser.add_argument("--available", type=int, required=True, help="shards the server holds")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    result = run(args.url, json.loads(args.spec.read_text()), sizes, args.train_shards,
+                 args.download_shards, args.available)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
