@@ -20,7 +20,7 @@ SPEC: dict[str, Any] = {
     "partition": {"kind": "iid", "shard_size": 250},
     "training": {"optimizer": "sgd", "lr": 0.1, "batch_size": 32, "iterations": 1},
     "mode": "sync",
-    "sync": {"allocator": "dab", "deadline_s": 4.0, "rounds": 4, "grace_s": 2.0,
+    "sync": {"allocator": "dab", "deadline_s": 4.0, "rounds": 3, "grace_s": 2.0,
              "benchmark_shards": 1},
 }
 
