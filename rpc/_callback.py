@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from rpc._http import STATUS_HEADER, bearer, check_token, error_response, read_body
 from rpc._server import ServerThread
+from rpc._wire import Buffer
 from rpc._worker import DEFAULT_MAX_BODY_BYTES, json_app
 from rpc.errors import CallNotFound, MalformedPayload, RPCError
 
@@ -25,7 +26,7 @@ class RawOutcome:
 
     status: int
     content_type: str
-    body: bytearray
+    body: Buffer
 
 
 class Waiter:

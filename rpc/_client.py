@@ -20,7 +20,7 @@ from rpc._http import (
     MODE_HEADER,
     ClientPool,
 )
-from rpc._wire import CONTENT_TYPE, Encoded, decode_result, encode_call
+from rpc._wire import CONTENT_TYPE, Buffer, Encoded, alloc, decode_result, encode_call
 from rpc.errors import (
     BY_CODE,
     CallNotFound,
@@ -66,7 +66,8 @@ def unwrap(raw: RawOutcome) -> Any:
 
 def _is_outcome(raw: RawOutcome) -> bool:
     """True when a fetch returned the call's outcome (not "no such call")."""
-    return not (raw.status == CallNotFound.status and b'"call_not_found"' in raw.body)
+    head = bytes(raw.body[:256])
+    return not (raw.status == CallNotFound.status and b'"call_not_found"' in head)
 
 
 def _verify(verify: Any) -> Any:
@@ -96,10 +97,10 @@ class _Deadline:
         return httpx.Timeout(left, connect=10.0 if left is None else min(10.0, left))
 
 
-def _read_sync(resp: httpx.Response) -> bytearray:
+def _read_sync(resp: httpx.Response) -> Buffer:
     n = resp.headers.get("content-length")
     if n is not None and "content-encoding" not in resp.headers:
-        buf = bytearray(int(n))
+        buf = alloc(int(n))
         pos = 0
         for chunk in resp.iter_bytes():
             buf[pos : pos + len(chunk)] = chunk
@@ -113,10 +114,10 @@ def _read_sync(resp: httpx.Response) -> bytearray:
     return out
 
 
-async def _read_async(resp: httpx.Response) -> bytearray:
+async def _read_async(resp: httpx.Response) -> Buffer:
     n = resp.headers.get("content-length")
     if n is not None and "content-encoding" not in resp.headers:
-        buf = bytearray(int(n))
+        buf = alloc(int(n))
         pos = 0
         async for chunk in resp.aiter_bytes():
             buf[pos : pos + len(chunk)] = chunk
@@ -130,7 +131,7 @@ async def _read_async(resp: httpx.Response) -> bytearray:
     return out
 
 
-def _raw(resp: httpx.Response, body: bytearray) -> RawOutcome:
+def _raw(resp: httpx.Response, body: Buffer) -> RawOutcome:
     ctype = resp.headers.get("content-type", "").split(";")[0].strip()
     return RawOutcome(resp.status_code, ctype, body)
 

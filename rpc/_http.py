@@ -15,7 +15,7 @@ import httpx
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from rpc._wire import CONTENT_TYPE, Encoded, encode_result
+from rpc._wire import CONTENT_TYPE, Buffer, Encoded, alloc, encode_result
 from rpc.errors import (
     AuthError,
     MalformedPayload,
@@ -99,12 +99,12 @@ def declared_length(headers: Any, limit: int) -> int | None:
     return n
 
 
-async def read_body(request: Request, limit: int) -> bytearray:
+async def read_body(request: Request, limit: int) -> Buffer:
     """Read a request body (bytes) into one buffer, refusing more than `limit` bytes."""
     n = declared_length(request.headers, limit)
     try:
         if n is not None:
-            buf = bytearray(n)
+            buf = alloc(n)
             pos = 0
             async for chunk in request.stream():
                 end = pos + len(chunk)

@@ -36,7 +36,7 @@ from rpc._http import (
     read_body,
 )
 from rpc._server import ServerThread
-from rpc._wire import CONTENT_TYPE, Encoded
+from rpc._wire import CONTENT_TYPE, Buffer, Encoded
 from rpc.errors import (
     AuthError,
     CallNotFound,
@@ -55,7 +55,7 @@ WORKER_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 class _Queued:
     call_id: str
     procedure: str
-    body: bytearray
+    body: Buffer
 
 
 class Relay:
@@ -366,7 +366,7 @@ class RelayConnection:
                     backoff = min(backoff * 2, 5.0)
 
     async def _handle(
-        self, client: httpx.AsyncClient, call_id: str, procedure: str, body: bytearray
+        self, client: httpx.AsyncClient, call_id: str, procedure: str, body: Buffer
     ) -> None:
         outcome = await self.worker.execute(procedure, body)
         del body

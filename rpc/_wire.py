@@ -71,6 +71,19 @@ _TORCH_NAMES: dict[str, str] = {
 _TORCH_TO_CODE = {f"torch.{v}": k for k, v in _TORCH_NAMES.items()}
 
 
+# A received body: writable, so decoded tensors and arrays can be views of it.
+Buffer = bytearray | memoryview
+
+
+def alloc(nbytes: int) -> memoryview:
+    """A writable buffer of `nbytes` bytes for a body about to be received.
+
+    numpy.empty, unlike bytearray(n), does not zero-fill it first: one pass over the memory
+    fewer for a buffer that the body overwrites anyway.
+    """
+    return np.empty(nbytes, dtype=np.uint8).data
+
+
 @dataclass
 class Encoded:
     """An encoded body: its pieces in order (header first, then tensor buffers)."""
@@ -252,7 +265,7 @@ def _check_entry(name: str, entry: Any) -> tuple[str, list[int], int, int]:
 
 
 class _Decoder:
-    def __init__(self, buf: bytearray | memoryview, base: int, entries: dict[str, Any]) -> None:
+    def __init__(self, buf: Buffer, base: int, entries: dict[str, Any]) -> None:
         self.buf = buf
         self.base = base
         self.entries = entries
@@ -298,7 +311,7 @@ class _Decoder:
         return obj
 
 
-def decode(buf: bytearray | bytes | memoryview) -> Any:
+def decode(buf: Buffer | bytes) -> Any:
     """Decode a body; tensors and arrays are zero-copy views over `buf` (keep it writable)."""
     if isinstance(buf, bytes):
         buf = bytearray(buf)  # frombuffer views must be writable; bytes are not
@@ -339,7 +352,7 @@ def encode_call(args: Sequence[Any], kwargs: dict[str, Any]) -> Encoded:
     return encode({"args": list(args), "kwargs": kwargs})
 
 
-def decode_call(buf: bytearray | bytes | memoryview) -> tuple[list[Any], dict[str, Any]]:
+def decode_call(buf: Buffer | bytes) -> tuple[list[Any], dict[str, Any]]:
     """Decode call arguments; the body must hold {"args": [...], "kwargs": {...}}."""
     value = decode(buf)
     if (
@@ -357,7 +370,7 @@ def encode_result(value: Any) -> Encoded:
     return encode({"value": value})
 
 
-def decode_result(buf: bytearray | bytes | memoryview) -> Any:
+def decode_result(buf: Buffer | bytes) -> Any:
     """Decode a procedure's return value."""
     value = decode(buf)
     if not isinstance(value, dict) or set(value) != {"value"}:

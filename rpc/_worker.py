@@ -34,7 +34,7 @@ from rpc._http import (
 )
 from rpc._registry import Procedure, Registry, default_registry
 from rpc._server import ServerThread
-from rpc._wire import decode_call
+from rpc._wire import Buffer, decode_call
 from rpc.errors import (
     BadArguments,
     CallNotFound,
@@ -111,7 +111,7 @@ class Worker:
         return proc
 
     @staticmethod
-    def prepare(proc: Procedure, body: bytearray) -> tuple[list[Any], dict[str, Any]]:
+    def prepare(proc: Procedure, body: Buffer) -> tuple[list[Any], dict[str, Any]]:
         """Decode a call body and check the arguments against the signature."""
         args, kwargs = decode_call(body)
         try:
@@ -134,7 +134,7 @@ class Worker:
             return Outcome.error(exc)
         return Outcome.result(value)
 
-    async def execute(self, name: str, body: bytearray) -> Outcome:
+    async def execute(self, name: str, body: Buffer) -> Outcome:
         """Look up, decode and run a call in one step (used by the relay transport)."""
         try:
             proc = self.lookup(name)
@@ -236,6 +236,10 @@ class Worker:
 
     async def _healthz(self, request: Request) -> Response:
         return JSONResponse({"ok": True})
+
+    def close(self) -> None:
+        """Stop the thread pool of sync procedures (queued calls are cancelled)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------------ ways to run it
 
