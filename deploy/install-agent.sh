@@ -230,11 +230,13 @@ else
     esac
 fi
 
-SPEC="$SOURCE"
+# pip takes extras on a requirement, a directory and a wheel file alike.
+SPEC="$SOURCE[agent]"
 if [[ -d "$SOURCE" ]]; then
     SPEC="$(cd "$SOURCE" && pwd)[agent]"
-elif [[ "$SOURCE" != *.whl ]]; then
-    SPEC="$SOURCE[agent]"
+elif [[ "$SOURCE" == *.whl ]]; then
+    [[ -r "$SOURCE" ]] || die "cannot read wheel $SOURCE"
+    SPEC="$(cd "$(dirname "$SOURCE")" && pwd)/$(basename "$SOURCE")[agent]"
 fi
 say "installing $SPEC"
 "${PIP[@]}" install "${PIP_ARGS[@]}" "$SPEC"

@@ -201,7 +201,8 @@ def subset_benchmark_on_testbed(
     *,
     sizes: list[int],
     train_shards: dict[str, int],
-    download_shards: int,
+    download_shards: dict[str, int],
+    repeats: int = 1,
     names: list[str] | None = None,
     timeout: float = 600.0,
 ) -> dict[str, dict[str, Any]]:
@@ -209,7 +210,9 @@ def subset_benchmark_on_testbed(
 
     One at a time because on real hardware each device benchmarks on its own resources; here
     learners share the host's cores, and running them together would let one learner's load
-    slow another beyond what its quota says. Returns sb_probe's JSON per learner.
+    slow another beyond what its quota says. `train_shards` / `download_shards` give, per
+    learner, how many shards the measured truth trains on and downloads. Returns sb_probe's JSON
+    (`{"runs": [{"sb": [...], "truth": {...}}, ...]}`) per learner.
     """
     import sys
     import tempfile
@@ -224,8 +227,8 @@ def subset_benchmark_on_testbed(
             argv = [sys.executable, "-m", "deploy.testbed.sb_probe", "--url", server.base_url,
                     "--spec", spec_path, "--sizes", ",".join(str(n) for n in sizes),
                     "--train-shards", str(train_shards[name]),
-                    "--download-shards", str(download_shards),
-                    "--available", str(server.shard_count)]
+                    "--download-shards", str(download_shards[name]),
+                    "--available", str(server.shard_count), "--repeats", str(repeats)]
             done = bed.run_in(name, argv, timeout=timeout)
             if done.returncode != 0:
                 raise TestbedError(
