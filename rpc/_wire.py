@@ -17,6 +17,8 @@ CONTENT_TYPE = "application/x-plexus-rpc"
 # Bodies are streamed in slices of this many bytes: small enough that the per-chunk copies
 # made by the HTTP stack stay cheap, large enough that per-chunk Python overhead is noise.
 CHUNK_BYTES = 1 << 18
+# Pieces smaller than this are copied together into one chunk rather than written alone.
+_SMALL_BYTES = 1 << 16
 # A header larger than this is not something we produced; refuse before parsing it.
 MAX_HEADER_BYTES = 100 << 20
 
@@ -92,18 +94,34 @@ class Encoded:
     nbytes: int
 
     def chunks(self, size: int = CHUNK_BYTES) -> Iterator[bytes]:
-        """Yield the body in slices of at most `size` bytes, without copying.
+        """Yield the body in slices of at most `size` bytes.
 
-        The slices are memoryviews (or bytes); httpx and ASGI servers take any bytes-like
-        chunk, the cast only satisfies their `bytes` annotations.
+        Large tensors are sliced without copying; small pieces (the header, small tensors,
+        tails) are merged into one bytes chunk first, so a state dict of many small tensors
+        does not cost a socket write each. The slices are memoryviews or bytes: httpx and ASGI
+        servers take any bytes-like chunk, the cast only satisfies their `bytes` annotations.
         """
+        pending = bytearray()
         for piece in self.pieces:
-            if isinstance(piece, bytes) and len(piece) <= size:
-                yield piece
-                continue
             view = memoryview(piece)
-            for start in range(0, len(view), size):
-                yield cast(bytes, view[start : start + size])
+            start, n = 0, len(view)
+            if pending:
+                take = min(n, size - len(pending))
+                pending += view[:take]
+                start = take
+                if len(pending) < size and start >= n:
+                    continue
+                yield bytes(pending)
+                pending = bytearray()
+            while start < n:
+                end = min(start + size, n)
+                if end == n and end - start < _SMALL_BYTES:
+                    pending += view[start:end]
+                    break
+                yield cast(bytes, view[start:end])
+                start = end
+        if pending:
+            yield bytes(pending)
 
     async def achunks(self, size: int = CHUNK_BYTES) -> Any:
         """Async form of `chunks` for httpx.AsyncClient and ASGI responses."""

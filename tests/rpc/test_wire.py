@@ -165,3 +165,18 @@ def test_truncated_body_is_refused() -> None:
     body = rpc.encode({"a": np.ones(1000, np.float32)}).join()
     with pytest.raises(rpc.MalformedPayload, match="data bytes"):
         rpc.decode(bytearray(body[:-100]))
+
+
+@pytest.mark.parametrize("size", [1 << 18, 4096, 100])
+def test_chunks_cover_the_body_exactly_and_respect_the_size(size: int) -> None:
+    rng = np.random.default_rng(1)
+    value = {
+        "small": [rng.random(n).astype(np.float32) for n in (0, 1, 7, 300)],
+        "big": rng.random(300_000),
+        "raw": b"x" * 70_000,
+    }
+    encoded = rpc.encode(value)
+    chunks = [bytes(c) for c in encoded.chunks(size)]
+    assert b"".join(chunks) == encoded.join()
+    assert all(0 < len(c) <= size for c in chunks)
+    assert sum(map(len, chunks)) == encoded.nbytes
