@@ -102,8 +102,14 @@ def _seed_for(*parts: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def build_world(config: SimulationConfig) -> World:
-    """Load the data, pretrain the deployed model, draw devices, partitions and arrivals."""
+def build_world(
+    config: SimulationConfig, pretrained: dict[str, torch.Tensor] | None = None
+) -> World:
+    """Load the data, pretrain the deployed model, draw devices, partitions and arrivals.
+
+    ``pretrained`` skips pretraining and deploys that state instead (worlds that differ only
+    in λ or devices can then share one deployed model).
+    """
     from plexus.datasets import load_dataset
     from plexus.models import build_model
     from plexus.training import evaluate, train
@@ -119,7 +125,9 @@ def build_world(config: SimulationConfig) -> World:
 
     torch.manual_seed(config.seed)
     model = build_model(config.model, ds.input_shape, ds.num_classes)
-    if n_pre > 0 and config.pretrain.epochs > 0:
+    if pretrained is not None:
+        model.load_state_dict(pretrained)
+    elif n_pre > 0 and config.pretrain.epochs > 0:
         train(
             model,
             ds.train_x[pre_idx],
