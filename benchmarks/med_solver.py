@@ -40,7 +40,7 @@ GOALS = {(10, 3): (0.05, 1e-4), (200, 10): (2.0, 0.01), (1000, 20): (10.0, 0.01)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def instance(n: int, m: int, seed: int):  # noqa: ANN201 - MedInstance
+def instance(n: int, m: int, seed: int):
     # The 10 x 3 case is the thesis default itself (table 4.1 shards, budget 300).
     return thesis_instance(seed=seed) if (n, m) == (10, 3) else scaled_instance(n, m, seed=seed)
 
@@ -51,7 +51,8 @@ def run_one(n: int, m: int, seed: int, backend: str, time_limit: float, gap: flo
     res = solve_med(inst, solver=backend, time_limit_s=time_limit, mip_gap=gap, diagnose=False)
     wall = time.perf_counter() - t0
     return {
-        "n": n, "m": m, "seed": seed, "asked": backend, "backend": res.backend, "status": res.status,
+        "n": n, "m": m, "seed": seed, "asked": backend, "backend": res.backend,
+        "status": res.status,
         "objective_s": res.objective, "bound_s": res.bound, "gap": res.gap,
         "solver_time_s": res.solve_time_s, "wall_s": wall,
         "num_vars": res.num_vars, "num_constraints": res.num_rows,
@@ -101,7 +102,8 @@ def main() -> None:
         entry: dict = {"n": n, "m": m}
         for b in ("greedy", "dp", "highs", "gurobi"):
             # A "dp" run that fell back to the MILP reports the MILP backend; keep it under dp.
-            rs = [r for r in rows if r["n"] == n and r["m"] == m and r.get("asked", r["backend"]) == b]
+            rs = [r for r in rows
+                  if (r["n"], r["m"], r.get("asked", r["backend"])) == (n, m, b)]
             if not rs:
                 continue
             entry[b] = {

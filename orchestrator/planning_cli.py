@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -26,22 +27,21 @@ def _fail(message: str) -> typer.Exit:
 
 
 def plan_med(
-    instance: Path = typer.Argument(..., help="Instance JSON (schema: docs/med.md)."),
-    solver: str = typer.Option("auto", "--solver", help="auto | dp | gurobi | highs"),
-    time_limit: float = typer.Option(10.0, "--time-limit", help="Seconds per solve."),
-    mip_gap: float = typer.Option(1e-4, "--mip-gap", help="Relative MIP gap to stop at."),
-    method: str = typer.Option(
-        "med", "--method", help="med | mmtt-uncertain | mmtt-ideal | equal"
-    ),
-    states: str | None = typer.Option(
-        None, "--states", help="mmtt-ideal only: actual state index per learner, comma-separated"
-    ),
-    gurobi_size_limit: int = typer.Option(
-        2000, "--gurobi-size-limit", help="Variables/constraints the Gurobi licence allows; 0 = no limit"
-    ),
-    soft_deadlines: bool = typer.Option(
-        False, "--soft-deadlines", help="If 4.4b makes it infeasible, solve again without it."
-    ),
+    instance: Annotated[Path, typer.Argument(help="Instance JSON (schema: docs/med.md).")],
+    solver: Annotated[str, typer.Option(help="auto | dp | gurobi | highs")] = "auto",
+    time_limit: Annotated[float, typer.Option(help="Seconds per solve.")] = 10.0,
+    mip_gap: Annotated[float, typer.Option(help="Relative MIP gap to stop at.")] = 1e-4,
+    method: Annotated[str, typer.Option(help="med | mmtt-uncertain | mmtt-ideal | equal")] = "med",
+    states: Annotated[
+        str | None,
+        typer.Option(help="mmtt-ideal only: actual state index per learner, comma-separated"),
+    ] = None,
+    gurobi_size_limit: Annotated[
+        int, typer.Option(help="Variables/constraints the Gurobi licence allows; 0 = no limit")
+    ] = 2000,
+    soft_deadlines: Annotated[
+        bool, typer.Option(help="If 4.4b makes it infeasible, solve again without it.")
+    ] = False,
 ) -> None:
     """Allocate shards of several tasks to learners (thesis eq. 4.4) and print JSON."""
     if solver not in _SOLVERS:

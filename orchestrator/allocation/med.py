@@ -1,4 +1,4 @@
-"""MED: multi-task data allocation that minimises the summed maximum expected delay (thesis eq. 4.4).
+"""MED: multi-task allocation minimising the summed maximum expected delay (thesis eq. 4.4).
 
 Sans-IO: an instance goes in, an allocation and a solver report come out; no file, socket or
 clock is touched here (the solver reports its own run time). The ILP of thesis eq. 4.4 is
@@ -13,7 +13,6 @@ deadlines and delays in seconds, prices per shard in the budget's currency.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -133,7 +132,9 @@ class MedInstance(BaseModel):
                 raise ValueError(f"learners[{idx}] ({w.name}) has no compute rates for {missing}")
             unknown = [t for t in w.compute if t not in names]
             if unknown:
-                raise ValueError(f"learners[{idx}] ({w.name}) has rates for unknown tasks {unknown}")
+                raise ValueError(
+                    f"learners[{idx}] ({w.name}) has rates for unknown tasks {unknown}"
+                )
         return self
 
     def with_state_probs(self, probs: np.ndarray) -> MedInstance:
@@ -168,7 +169,7 @@ class Coefficients:
 def coefficients(
     inst: MedInstance, *, enforce_deadlines: bool = True, enforce_budget: bool = True
 ) -> Coefficients:
-    """Expected-delay coefficients of eq. 4.3 and the big-M caps, vectorised over (task, learner)."""
+    """Expected-delay coefficients of eq. 4.3 and big-M caps, vectorised over (task, learner)."""
     tasks, learners = inst.tasks, inst.learners
     gamma = np.array([w.state_probs for w in learners], dtype=float)  # (n, h)
     inv_b = 1.0 / np.array([w.bandwidth for w in learners], dtype=float)  # (n, h)
@@ -225,7 +226,9 @@ def check_allocation(
     delays = expected_delays(inst, d)
     for i, t in enumerate(inst.tasks):
         if enforce_deadlines and delays[i].max() > t.deadline_s * (1 + 1e-9):
-            bad.append(f"4.4b: task {t.name} expected delay {delays[i].max():.4g}s > {t.deadline_s}s")
+            bad.append(
+                f"4.4b: task {t.name} expected delay {delays[i].max():.4g}s > {t.deadline_s}s"
+            )
         if d[i].sum() != t.shards:
             bad.append(f"4.4c: task {t.name} got {int(d[i].sum())} shards, needs {t.shards}")
     cost = float((d * np.array([w.price for w in inst.learners])[None, :]).sum())
@@ -564,8 +567,8 @@ def solve_med(
 
     `solver`: "gurobi", "highs", "dp" (exact subset DP, small fleets only), or "auto" (the DP
     when the fleet is small and its answer fits the budget, else Gurobi if it imports and the
-    model fits `gurobi_size_limit` variables/constraints, else HiGHS). `time_limit_s` seconds per solve,
-    `mip_gap` relative. `enforce_deadlines=False` drops 4.4b (learners then halt at T_i).
+    model fits `gurobi_size_limit` variables/constraints, else HiGHS). `time_limit_s` seconds
+    per solve, `mip_gap` relative. `enforce_deadlines=False` drops 4.4b (learners then halt at T_i).
     An infeasible instance comes back with status "infeasible" and `infeasible_families`.
     `warm_start` hands the solver `greedy_allocation` as its first incumbent;
     `relaxation_bound` tightens the reported bound with `timeshare_relaxation` when the solver
@@ -791,7 +794,9 @@ def scaled_instance(n_learners: int, n_tasks: int, *, seed: int = 0) -> MedInsta
 # ---------------------------------------------------------------- greedy start (primal heuristic)
 
 
-def _task_fill(co: Coefficients, i: int, members: np.ndarray, need: int) -> tuple[np.ndarray, float] | None:
+def _task_fill(
+    co: Coefficients, i: int, members: np.ndarray, need: int
+) -> tuple[np.ndarray, float] | None:
     """Smallest-delay integer split of task i over `members`: (shards per member, max δ).
 
     Bisection on t of Σ_j min(cap_ij, ⌊(t − fixed_ij)/per_shard_ij⌋) ≥ D_i with every member

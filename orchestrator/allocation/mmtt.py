@@ -16,7 +16,13 @@ from typing import Literal
 
 import numpy as np
 
-from orchestrator.allocation.med import MedInstance, MedResult, SolverName, expected_delays, solve_med
+from orchestrator.allocation.med import (
+    MedInstance,
+    MedResult,
+    SolverName,
+    expected_delays,
+    solve_med,
+)
 
 Method = Literal["med", "mmtt-uncertain", "mmtt-ideal", "equal"]
 METHODS: tuple[Method, ...] = ("med", "mmtt-uncertain", "mmtt-ideal", "equal")

@@ -51,7 +51,7 @@ def gurobi_importable() -> bool:
 
 
 def licence_check(milp: Milp, size_limit: int | None = GUROBI_SIZE_LIMIT) -> str | None:
-    """None if the model fits the Gurobi size limit, else a sentence saying by how much it does not."""
+    """None if the model fits the Gurobi size limit, else a sentence saying by how much not."""
     if size_limit is None:
         return None
     if milp.num_vars > size_limit or milp.num_rows > size_limit:
