@@ -294,13 +294,17 @@ class RoundDriver:
         return out
 
     def _stub(self, learner: LearnerRow) -> Any:
+        """A duplex stub for the learner: straight to its worker, or through our relay."""
         import rpc
 
-        url = learner.endpoint or f"{self.service.relay_url}/{learner.name}"
-        key = (url, learner.token)
+        if learner.endpoint:
+            url, token = learner.endpoint, learner.token  # the agent's worker checks it
+        else:
+            url, token = f"{self.service.relay_url}/{learner.name}", self.service.relay_secret
+        key = (url, token)
         stub = self._stubs.get(key)
         if stub is None:
-            stub = rpc.connect(url, token=learner.token, duplex=True, timeout=None,
+            stub = rpc.connect(url, token=token, duplex=True, timeout=None,
                                callback=self.service.receiver, poll_interval_s=1.0)
             self._stubs[key] = stub
         return stub

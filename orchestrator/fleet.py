@@ -73,6 +73,8 @@ class LocalFleet:
     port: int = field(default_factory=free_port)
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     join_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    # Agents that bind no port and serve through the orchestrator's relay (as behind NAT).
+    relayed: set[str] = field(default_factory=set)
     orchestrator: _Proc | None = None
     agents: dict[str, _Proc] = field(default_factory=dict)
 
@@ -126,9 +128,11 @@ class LocalFleet:
         boot = ("import sys, torch; from plexus.cli import main; sys.argv[0] = 'plexus'; "
                 "main()")
         self.speeds.setdefault(name, 1.0)
-        self.agents[name] = self._spawn(
-            ["agent", "run", "--orchestrator", self.url, "--join-token", self.join_token,
-             "--name", name, "--host", "127.0.0.1"], f"agent-{name}.log", boot=boot)
+        args = ["agent", "run", "--orchestrator", self.url, "--join-token", self.join_token,
+                "--name", name, "--host", "127.0.0.1"]
+        if name in self.relayed:
+            args.append("--relay")
+        self.agents[name] = self._spawn(args, f"agent-{name}.log", boot=boot)
 
     def throttle(self, name: str) -> None:
         """Impose agent `name`'s emulated speed (a CPU duty cycle) from now on."""

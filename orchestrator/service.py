@@ -61,7 +61,11 @@ class Service:
         base = settings.public_url.rstrip("/")
         self.relay_url = f"{base}/relay"
         self.receiver = rpc.CallbackReceiver(public_url=f"{base}/rpc-callbacks")
-        self.relay = rpc.Relay(authorize_worker=self._authorize_worker)
+        # The relay queues calls for agents behind NAT but does not pass the caller's token on
+        # to them, so only this orchestrator may call through it: with a secret of its own.
+        self.relay_secret = secrets.token_urlsafe(24)
+        self.relay = rpc.Relay(caller_tokens={self.relay_secret},
+                               authorize_worker=self._authorize_worker)
         self.driver = RoundDriver(self)
 
     def _authorize_worker(self, name: str, token: str | None) -> bool:

@@ -1,7 +1,8 @@
 """End to end with real processes: an orchestrator and three agents of emulated speeds.
 
 Speeds are a CPU duty cycle (fast 100 %, medium 30 %, slow 5 %), see orchestrator/emulation.py.
-One fleet serves the whole module; the fault tests come last because they kill processes.
+The medium agent binds no port and serves through the orchestrator's relay, as an agent behind
+NAT would. One fleet serves the whole module; the fault tests come last (they kill processes).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def spec(rounds: int, name: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
     f = LocalFleet(Path(tmp_path_factory.mktemp("fleet")) / "data",
-                   speeds={"fast": 1.0, "medium": 0.3, "slow": 0.05})
+                   speeds={"fast": 1.0, "medium": 0.3, "slow": 0.05}, relayed={"medium"})
     try:
         f.start()
         yield f
