@@ -161,7 +161,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/v1/learners/{learner_id}/heartbeat", tags=["learners"])
     def heartbeat(learner_id: int, body: Annotated[HeartbeatRequest | None, Body()] = None,
-                  me: LearnerRow = Depends(learner)) -> dict[str, Any]:
+                  # A default, not Annotated: a closure's name cannot be resolved from a
+                  # postponed annotation.
+                  me: LearnerRow = Depends(learner)) -> dict[str, Any]:  # noqa: B008
         if me.id != learner_id:
             raise Forbidden(f"this token belongs to learner {me.id}, not {learner_id}")
         service.store.heartbeat(learner_id, body.facts if body else None, time.time())
@@ -176,11 +178,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/v1/tasks", status_code=201, tags=["tasks"], dependencies=[Admin])
     async def submit(spec: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
-        from plexus.errors import SpecError
-        from plexus.spec import parse_spec
-
         from orchestrator.allocation import allocator_names
         from orchestrator.taskdata import prepare_task
+        from plexus.errors import SpecError
+        from plexus.spec import parse_spec
 
         try:
             parsed = parse_spec(spec)

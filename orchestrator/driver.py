@@ -312,9 +312,8 @@ class RoundDriver:
     @staticmethod
     def _evaluate(spec: TaskSpec, state: dict[str, Any],
                   test: tuple[Any, Any, tuple[int, ...], int]) -> tuple[float, float]:
-        from plexus.training import evaluate
-
         from orchestrator.taskdata import initial_model
+        from plexus.training import evaluate
 
         x, y, shape, classes = test
         model = initial_model(spec, shape, classes)

@@ -187,7 +187,13 @@ class LocalFleet:
         self.orchestrator.log.close()
 
     def stop(self) -> None:
-        """Agents first (they would only retry), then the orchestrator."""
+        """Agents first (they would only retry), then the orchestrator; all agents are told
+        at once so their shutdowns overlap."""
+        for proc in self.agents.values():
+            if proc.duty is not None:
+                proc.duty.stop()
+            if proc.alive():
+                proc.popen.send_signal(signal.SIGTERM)
         for proc in self.agents.values():
             proc.stop()
         if self.orchestrator is not None:

@@ -49,7 +49,6 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         import rpc
-
         from orchestrator.driver import RoundDriver
 
         self.settings = settings

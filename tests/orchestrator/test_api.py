@@ -7,11 +7,9 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestrator.fleet import LocalFleet as Orchestrator
 from plexus.shards import decode_shard
 from plexus.tensors import decode_state
-
-JOIN = "test-join-token"  # what the conftest's orchestrator is started with
-Orchestrator = Any
 
 SPEC: dict[str, Any] = {
     "name": "api-test", "model": "twonn", "dataset": {"name": "mnist5k"},
@@ -28,9 +26,9 @@ def _err(r: httpx.Response, status: int, code: str | None = None) -> dict[str, A
     return body
 
 
-def _enroll(url: str, name: str) -> dict[str, Any]:
-    r = httpx.post(f"{url}/v1/learners/enroll",
-                   json={"join_token": JOIN, "name": name, "facts": {"cores": 1},
+def _enroll(orch: Orchestrator, name: str) -> dict[str, Any]:
+    r = httpx.post(f"{orch.url}/v1/learners/enroll",
+                   json={"join_token": orch.join_token, "name": name, "facts": {"cores": 1},
                          "endpoint": None})
     assert r.status_code == 201, r.text
     return r.json()
@@ -67,12 +65,13 @@ def test_enrollment_issues_tokens_and_reenrolling_keeps_the_id(
                     json={"join_token": "nope", "name": "a", "facts": {}, "endpoint": None}),
          401, "unauthorized")
     body = _err(httpx.post(f"{url}/v1/learners/enroll",
-                           json={"join_token": JOIN, "name": "bad/name", "endpoint": None}),
+                           json={"join_token": shared_orchestrator.join_token, "name": "bad/name",
+                                 "endpoint": None}),
                 422, "invalid_request")
     assert "name" in body["detail"]
-    first = _enroll(url, "pi-1")
+    first = _enroll(shared_orchestrator, "pi-1")
     assert first["relay_url"].endswith("/relay") and first["heartbeat_interval_s"] > 0
-    again = _enroll(url, "pi-1")
+    again = _enroll(shared_orchestrator, "pi-1")
     assert again["learner_id"] == first["learner_id"] and again["token"] != first["token"]
     hb = f"{url}/v1/learners/{first['learner_id']}/heartbeat"
     _err(httpx.post(hb, json={"facts": {}}, headers={"Authorization": f"Bearer {first['token']}"}),
@@ -80,7 +79,7 @@ def test_enrollment_issues_tokens_and_reenrolling_keeps_the_id(
     ok = httpx.post(hb, json={"facts": {"cores": 2}},
                     headers={"Authorization": f"Bearer {again['token']}"})
     assert ok.json() == {"ok": True}
-    other = _enroll(url, "pi-2")
+    other = _enroll(shared_orchestrator, "pi-2")
     _err(httpx.post(f"{url}/v1/learners/{other['learner_id']}/heartbeat", json={},
                     headers={"Authorization": f"Bearer {again['token']}"}), 403, "forbidden")
     learners = {lr["name"]: lr for lr in admin.get("/v1/learners").json()["learners"]}
@@ -127,7 +126,7 @@ def test_task_lifecycle_downloads_and_cancel(shared_orchestrator: Orchestrator,
     assert r.status_code == 201, r.text
     task = r.json()
     assert task["state"] in ("pending", "running") and task["num_shards"] == 8
-    learner = _enroll(shared_orchestrator.url, "dl")
+    learner = _enroll(shared_orchestrator, "dl")
     auth = {"Authorization": f"Bearer {learner['token']}"}
     shard = httpx.get(f"{shared_orchestrator.url}/v1/tasks/{task['id']}/shards/3", headers=auth)
     assert shard.status_code == 200
