@@ -25,8 +25,14 @@ from pathlib import Path
 from deploy.errors import AgentConfigError
 
 _KNOWN = {
-    "PLEXUS_ORCHESTRATOR", "PLEXUS_JOIN_TOKEN_FILE", "PLEXUS_NAME", "PLEXUS_RELAY", "PLEXUS_HOST",
-    "PLEXUS_PORT", "PLEXUS_DATA_DIR", "SSL_CERT_FILE",
+    "PLEXUS_ORCHESTRATOR",
+    "PLEXUS_JOIN_TOKEN_FILE",
+    "PLEXUS_NAME",
+    "PLEXUS_RELAY",
+    "PLEXUS_HOST",
+    "PLEXUS_PORT",
+    "PLEXUS_DATA_DIR",
+    "SSL_CERT_FILE",
 }
 
 
@@ -67,7 +73,9 @@ def read_token(path: Path) -> str:
             f"run `chmod 600 {path}`"
         )
     if not token:
-        raise AgentConfigError(f"join token file {path} is empty; write the orchestrator's token to it")
+        raise AgentConfigError(
+            f"join token file {path} is empty; write the orchestrator's token to it"
+        )
     return token
 
 
@@ -88,11 +96,17 @@ def agent_argv(config: dict[str, str], token: str) -> list[str]:
 
 
 def main(args: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deploy.agent_service", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.agent_service",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", type=Path, required=True, help="agent config file")
-    parser.add_argument("--check", action="store_true",
-                        help="validate the config and token file, print the command, and exit")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config and token file, print the command, and exit",
+    )
     options = parser.parse_args(args)
     try:
         config = read_config(options.config)

@@ -53,9 +53,8 @@ class CommandError(TestbedError):
         self.argv = argv
         self.returncode = returncode
         self.stderr = stderr
-        super().__init__(
-            f"`{' '.join(argv)}` failed with exit status {returncode}: {stderr.strip() or '(no output)'}"
-        )
+        said = stderr.strip() or "(no output)"
+        super().__init__(f"`{' '.join(argv)}` failed with exit status {returncode}: {said}")
 
 
 class StateError(TestbedError):

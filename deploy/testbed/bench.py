@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlparse
 
 from deploy.errors import TestbedError
@@ -29,13 +29,18 @@ _CHUNK = b"\0" * (64 * 1024)
 def add_testbed_option(parser: argparse.ArgumentParser) -> None:
     """Add `--testbed FLEET.yaml` to a benchmark's argument parser."""
     parser.add_argument(
-        "--testbed", type=Path, default=None, metavar="FLEET.yaml",
+        "--testbed",
+        type=Path,
+        default=None,
+        metavar="FLEET.yaml",
         help="run the learners on the emulated testbed described by this fleet file (needs root)",
     )
 
 
 @contextlib.contextmanager
-def testbed_session(fleet: str | Path | dict[str, Any] | Fleet, **up_kwargs: Any) -> Iterator[Testbed]:
+def testbed_session(
+    fleet: str | Path | dict[str, Any] | Fleet, **up_kwargs: Any
+) -> Iterator[Testbed]:
     """Bring a testbed up for the duration of a `with` block and always take it down after."""
     spec = fleet if isinstance(fleet, Fleet) else load_fleet(fleet)
     bed = Testbed.up(spec, **up_kwargs)
@@ -49,7 +54,7 @@ class _BlobHandler(BaseHTTPRequestHandler):
     """GET /blob?bytes=N streams N zero bytes; GET /shards/I sends shard I; POST /sink drains."""
 
     protocol_version = "HTTP/1.1"
-    shards: list[bytes] = []  # replaced per server by a subclass
+    shards: ClassVar[list[bytes]] = []  # replaced per server by a subclass
 
     def do_GET(self) -> None:
         parsed = urlparse(self.path)
@@ -91,7 +96,7 @@ class _BlobHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
 
@@ -112,7 +117,7 @@ class BlobServer:
     @property
     def base_url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def __enter__(self) -> BlobServer:
         self._thread.start()
@@ -124,7 +129,9 @@ class BlobServer:
         self._thread.join(timeout=5)
 
 
-def _probe(bed: Testbed, names: list[str], args_for: dict[str, list[str]], timeout: float) -> dict[str, dict[str, float]]:
+def _probe(
+    bed: Testbed, names: list[str], args_for: dict[str, list[str]], timeout: float
+) -> dict[str, dict[str, float]]:
     """Run the probe in every named learner at once and collect its JSON answers."""
     import sys
 
@@ -149,8 +156,14 @@ def _probe(bed: Testbed, names: list[str], args_for: dict[str, list[str]], timeo
     return results
 
 
-def measure_links(bed: Testbed, server: BlobServer, *, seconds: float = 1.5,
-                  names: list[str] | None = None, timeout: float = 60.0) -> dict[str, dict[str, float]]:
+def measure_links(
+    bed: Testbed,
+    server: BlobServer,
+    *,
+    seconds: float = 1.5,
+    names: list[str] | None = None,
+    timeout: float = 60.0,
+) -> dict[str, dict[str, float]]:
     """Each learner's measured download and upload rates, bytes/s, all learners at once.
 
     Each transfer is sized to last about `seconds` at the learner's cap, so slow and fast links
@@ -159,16 +172,21 @@ def measure_links(bed: Testbed, server: BlobServer, *, seconds: float = 1.5,
     chosen = names or [lr.name for lr in bed.learners]
     caps = {lr.name: lr.profile for lr in bed.learners}
     args = {
-        n: ["link", f"{server.base_url}/blob?bytes={int(caps[n]['down_rate'] * seconds)}",
-            f"{server.base_url}/sink", str(int(caps[n]["up_rate"] * seconds))]
+        n: [
+            "link",
+            f"{server.base_url}/blob?bytes={int(caps[n]['down_rate'] * seconds)}",
+            f"{server.base_url}/sink",
+            str(int(caps[n]["up_rate"] * seconds)),
+        ]
         for n in chosen
     }
     answers = _probe(bed, chosen, args, timeout)
     return {n: {"down": answers[n]["down"], "up": answers[n]["up"]} for n in chosen}
 
 
-def measure_compute(bed: Testbed, *, seconds: float = 1.5, names: list[str] | None = None,
-                    timeout: float = 60.0) -> dict[str, float]:
+def measure_compute(
+    bed: Testbed, *, seconds: float = 1.5, names: list[str] | None = None, timeout: float = 60.0
+) -> dict[str, float]:
     """Each learner's compute rate under its CPU quota (probe work units per second), at once."""
     chosen = names or [lr.name for lr in bed.learners]
     args = {n: ["compute", "--seconds", str(seconds)] for n in chosen}
@@ -188,8 +206,11 @@ def make_shards(spec_data: dict[str, Any], count: int) -> list[bytes]:
     data = load_dataset(spec.dataset, seed=spec.seed)
     parts = partition(data.train_y, spec.partition, spec.seed)
     return [
-        encode_shard(data.train_x[parts[i % len(parts)]], data.train_y[parts[i % len(parts)]],
-                     {"shard": i, "samples": len(parts[i % len(parts)])})
+        encode_shard(
+            data.train_x[parts[i % len(parts)]],
+            data.train_y[parts[i % len(parts)]],
+            {"shard": i, "samples": len(parts[i % len(parts)])},
+        )
         for i in range(count)
     ]
 
@@ -224,11 +245,25 @@ def subset_benchmark_on_testbed(
         spec_path = f.name
     try:
         for name in chosen:
-            argv = [sys.executable, "-m", "deploy.testbed.sb_probe", "--url", server.base_url,
-                    "--spec", spec_path, "--sizes", ",".join(str(n) for n in sizes),
-                    "--train-shards", str(train_shards[name]),
-                    "--download-shards", str(download_shards[name]),
-                    "--available", str(server.shard_count), "--repeats", str(repeats)]
+            argv = [
+                sys.executable,
+                "-m",
+                "deploy.testbed.sb_probe",
+                "--url",
+                server.base_url,
+                "--spec",
+                spec_path,
+                "--sizes",
+                ",".join(str(n) for n in sizes),
+                "--train-shards",
+                str(train_shards[name]),
+                "--download-shards",
+                str(download_shards[name]),
+                "--available",
+                str(server.shard_count),
+                "--repeats",
+                str(repeats),
+            ]
             done = bed.run_in(name, argv, timeout=timeout)
             if done.returncode != 0:
                 raise TestbedError(
@@ -239,3 +274,72 @@ def subset_benchmark_on_testbed(
     finally:
         Path(spec_path).unlink(missing_ok=True)
     return results
+
+
+class TestbedFleet:
+    """The testbed behind the same surface as `orchestrator.fleet.LocalFleet`.
+
+    A benchmark written against LocalFleet (`with fleet: fleet.start(); fleet.client()`) runs on
+    the testbed by constructing this instead: `TestbedFleet("fleet.yaml")`. The fleet file must
+    let the testbed start the orchestrator and the agents (the defaults).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self, fleet: str | Path | dict[str, Any] | Fleet, *, state_root: Path | None = None
+    ) -> None:
+        self.spec = fleet if isinstance(fleet, Fleet) else load_fleet(fleet)
+        if not (self.spec.orchestrator.start and self.spec.agent.start):
+            raise TestbedError(
+                "TestbedFleet needs a fleet whose orchestrator and agents the "
+                "testbed starts (orchestrator.start and agent.start true)"
+            )
+        self.state_root = state_root
+        self.bed: Testbed | None = None
+
+    def __enter__(self) -> TestbedFleet:
+        self.bed = Testbed.up(self.spec, state_root=self.state_root)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bed is not None:
+            self.bed.down()
+            self.bed = None
+
+    @property
+    def url(self) -> str:
+        """The orchestrator's URL (on the bridge address)."""
+        return self._bed().url
+
+    def _bed(self) -> Testbed:
+        if self.bed is None:
+            raise TestbedError("use TestbedFleet in a `with` block before calling it")
+        return self.bed
+
+    def client(self) -> Any:
+        """An `orchestrator.client.Client` with the admin token."""
+        from orchestrator.client import Client
+
+        bed = self._bed()
+        token = (bed.state_dir / "orchestrator" / "admin_token").read_text().strip()
+        return Client(bed.url, token)
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        """Wait until every learner's agent has enrolled and is alive (seconds)."""
+        import time
+
+        names = {lr.name for lr in self._bed().learners}
+        deadline = time.monotonic() + timeout_s
+        with self.client() as client:
+            while True:
+                alive = {lr["name"] for lr in client.learners() if lr["alive"]}
+                if names <= alive:
+                    return
+                if time.monotonic() > deadline:
+                    raise TestbedError(
+                        f"learners {sorted(names - alive)} did not enroll within "
+                        f"{timeout_s:.0f} s; "
+                        f"see their logs in {self._bed().state_dir / 'logs'}"
+                    )
+                time.sleep(0.5)

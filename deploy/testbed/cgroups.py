@@ -85,7 +85,9 @@ def _write(path: Path, value: str) -> None:
     path.write_text(value)
 
 
-def create(backend: Backend, prefix: str, learner: str, *, cpu: float, memory_bytes: int) -> list[Path]:
+def create(
+    backend: Backend, prefix: str, learner: str, *, cpu: float, memory_bytes: int
+) -> list[Path]:
     """Create the learner's cgroup(s) with a CPU quota (share of one core) and a memory limit.
 
     Returns the directories made (v2: group, leaf; v1: cpu dir, memory dir); pass them to

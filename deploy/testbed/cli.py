@@ -20,8 +20,12 @@ testbed_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_PREFIX = typer.Option("pxtb", "--prefix", help="Name prefix of the testbed (as in the fleet file).")
-_STATE_ROOT = typer.Option(None, "--state-root", help="Where state files live [/run/plexus-testbed].")
+_PREFIX = typer.Option(
+    "pxtb", "--prefix", help="Name prefix of the testbed (as in the fleet file)."
+)
+_STATE_ROOT = typer.Option(
+    None, "--state-root", help="Where state files live [/run/plexus-testbed]."
+)
 
 _FAULTS = ("link-down", "link-up", "rate", "kill", "restart", "pause", "resume")
 
@@ -37,26 +41,40 @@ def _mbit(rate: float | None) -> str:
 
 def _status_table(rows: list[dict[str, object]]) -> Table:
     table = Table(title="testbed learners")
-    for column in ("name", "profile", "ip", "link", "down Mbit/s", "up Mbit/s", "cpu", "memory MiB",
-                   "agent", "pid"):
+    for column in (
+        "name",
+        "profile",
+        "ip",
+        "link",
+        "down Mbit/s",
+        "up Mbit/s",
+        "cpu",
+        "memory MiB",
+        "agent",
+        "pid",
+    ):
         table.add_column(column)
     for row in rows:
         memory = row["memory_bytes"]
         cpu = row["cpu"]
         table.add_row(
-            str(row["name"]), str(row["profile"]), str(row["ip"]), str(row["link"] or "missing"),
+            str(row["name"]),
+            str(row["profile"]),
+            str(row["ip"]),
+            str(row["link"] or "missing"),
             _mbit(row["down_rate"]),  # type: ignore[arg-type]
             _mbit(row["up_rate"]),  # type: ignore[arg-type]
             "-" if cpu is None else f"{cpu:.2f}",
             "-" if memory is None else str(int(memory) // (1024 * 1024)),  # type: ignore[call-overload]
-            str(row["agent"]), str(row["pid"] or "-"),
+            str(row["agent"]),
+            str(row["pid"] or "-"),
         )
     return table
 
 
 @testbed_app.command("up")
 def up_command(
-    fleet: Path = typer.Argument(..., exists=True, dir_okay=False, help="Fleet YAML file."),
+    fleet: Path = typer.Argument(..., exists=True, dir_okay=False, help="Fleet YAML file."),  # noqa: B008
     state_root: Path | None = _STATE_ROOT,
 ) -> None:
     """Create the fleet's namespaces, links, caps and cgroups; start orchestrator and agents."""
@@ -83,13 +101,15 @@ def up_command(
         return
     _console.print(_status_table(bed.status()))
     _console.print(f"orchestrator: {bed.url}   join token: {bed.state.join_token_file}")
-    _console.print(f"agent logs: {bed.state_dir / 'logs'}   take it down: "
-                   f"plexus testbed down --prefix {spec.prefix}")
+    _console.print(
+        f"agent logs: {bed.state_dir / 'logs'}   take it down: "
+        f"plexus testbed down --prefix {spec.prefix}"
+    )
 
 
 @testbed_app.command("down")
 def down_command(prefix: str = _PREFIX, state_root: Path | None = _STATE_ROOT) -> None:
-    """Remove every process, namespace, link, qdisc and cgroup of the testbed (also after a crash)."""
+    """Remove every process, namespace, link, qdisc and cgroup of the testbed, even after a crash"""
     from deploy.errors import TestbedError
     from deploy.testbed.testbed import down
 
@@ -113,8 +133,10 @@ def status_command(prefix: str = _PREFIX, state_root: Path | None = _STATE_ROOT)
     except StateError as exc:
         left = leftovers(prefix)
         if any(left.values()):
-            _console.print(f"no state file, but leftovers exist: {left}; run `plexus testbed down "
-                           f"--prefix {prefix}`")
+            _console.print(
+                f"no state file, but leftovers exist: {left}; run `plexus testbed down "
+                f"--prefix {prefix}`"
+            )
             raise typer.Exit(code=1) from exc
         _console.print(f"testbed {prefix!r} is not up")
         return
@@ -130,8 +152,12 @@ def status_command(prefix: str = _PREFIX, state_root: Path | None = _STATE_ROOT)
 def fault_command(
     name: str = typer.Argument(..., help="Learner name (see `plexus testbed status`)."),
     action: str = typer.Argument(..., help=f"One of: {', '.join(_FAULTS)}."),
-    down_rate: str | None = typer.Option(None, "--down", help="For `rate`: new download cap, e.g. 2mbit."),
-    up_rate: str | None = typer.Option(None, "--up", help="For `rate`: new upload cap, e.g. 1mbit."),
+    down_rate: str | None = typer.Option(
+        None, "--down", help="For `rate`: new download cap, e.g. 2mbit."
+    ),
+    up_rate: str | None = typer.Option(
+        None, "--up", help="For `rate`: new upload cap, e.g. 1mbit."
+    ),
     prefix: str = _PREFIX,
     state_root: Path | None = _STATE_ROOT,
 ) -> None:
@@ -151,8 +177,11 @@ def fault_command(
         elif action == "rate":
             if down_rate is None and up_rate is None:
                 _fail(ValueError("`rate` needs --down RATE and/or --up RATE, e.g. --down 2mbit"))
-            bed.set_rate(name, down=None if down_rate is None else parse_rate(down_rate),
-                         up=None if up_rate is None else parse_rate(up_rate))
+            bed.set_rate(
+                name,
+                down=None if down_rate is None else parse_rate(down_rate),
+                up=None if up_rate is None else parse_rate(up_rate),
+            )
         elif action == "kill":
             bed.kill_agent(name)
         elif action == "restart":
@@ -198,12 +227,26 @@ def profiles_command() -> None:
     from deploy.testbed.profiles import PROFILES
 
     table = Table(title="device profiles (thesis table 3.1, section 4.3.1)")
-    for column in ("profile", "cpu (cores)", "memory MiB", "down Mbit/s", "up Mbit/s", "link",
-                   "thesis device"):
+    for column in (
+        "profile",
+        "cpu (cores)",
+        "memory MiB",
+        "down Mbit/s",
+        "up Mbit/s",
+        "link",
+        "thesis device",
+    ):
         table.add_column(column)
     for p in PROFILES.values():
-        table.add_row(p.name, f"{p.cpu:.2f}", str(p.memory_bytes // (1024 * 1024)),
-                      _mbit(p.down_rate), _mbit(p.up_rate), p.link, p.device)
+        table.add_row(
+            p.name,
+            f"{p.cpu:.2f}",
+            str(p.memory_bytes // (1024 * 1024)),
+            _mbit(p.down_rate),
+            _mbit(p.up_rate),
+            p.link,
+            p.device,
+        )
     _console.print(table)
 
 

@@ -132,7 +132,9 @@ def _learner_entries(entry: dict[str, Any], index: int, cpu_scale: float) -> lis
 def parse_fleet(data: dict[str, Any]) -> Fleet:
     """Validate a fleet description given as a dict (the parsed YAML)."""
     if not isinstance(data, dict):
-        raise FleetError(f"a fleet must be a mapping with a `learners` list, got {type(data).__name__}")
+        raise FleetError(
+            f"a fleet must be a mapping with a `learners` list, got {type(data).__name__}"
+        )
     _check_keys("fleet", data, _TOP_KEYS)
     prefix = str(data.get("prefix", DEFAULT_PREFIX))
     if not PREFIX_PATTERN.match(prefix):
@@ -159,7 +161,9 @@ def parse_fleet(data: dict[str, Any]) -> Fleet:
     names = [learner.name for learner in learners]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise FleetError(f"fleet: learner names {duplicates} appear twice; give entries distinct names")
+        raise FleetError(
+            f"fleet: learner names {duplicates} appear twice; give entries distinct names"
+        )
     # Bridge takes host 1; learners take hosts 10, 11, ...
     capacity = min(MAX_LEARNERS, network.num_addresses - 12)
     if len(learners) > capacity:
@@ -178,18 +182,27 @@ def parse_fleet(data: dict[str, Any]) -> Fleet:
         url=None if url is None else str(url),
         port=port,
         join_token=None if orch_data.get("join_token") is None else str(orch_data["join_token"]),
-        command=None if orch_data.get("command") is None else [str(a) for a in orch_data["command"]],
+        command=None
+        if orch_data.get("command") is None
+        else [str(a) for a in orch_data["command"]],
     )
     agent_data = data.get("agent") or {}
     _check_keys("agent", agent_data, _AGENT_KEYS)
     agent = AgentSpec(
         start=bool(agent_data.get("start", True)),
-        command=None if agent_data.get("command") is None else [str(a) for a in agent_data["command"]],
+        command=None
+        if agent_data.get("command") is None
+        else [str(a) for a in agent_data["command"]],
         relay=bool(agent_data.get("relay", False)),
         env={str(k): str(v) for k, v in (agent_data.get("env") or {}).items()},
     )
-    return Fleet(learners=learners, prefix=prefix, subnet=str(network), orchestrator=orchestrator,
-                 agent=agent)
+    return Fleet(
+        learners=learners,
+        prefix=prefix,
+        subnet=str(network),
+        orchestrator=orchestrator,
+        agent=agent,
+    )
 
 
 def load_fleet(source: str | Path | dict[str, Any]) -> Fleet:

@@ -7,6 +7,7 @@ jitter or loss (docs/testbed.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,12 +22,16 @@ _HTB_HANDLE = "1:"
 _HTB_CLASS = "1:10"
 
 
-def run(argv: list[str], *, check: bool = True, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: list[str], *, check: bool = True, timeout: float = 20.0
+) -> subprocess.CompletedProcess[str]:
     """Run a system command, raising CommandError with its stderr when it fails."""
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError as exc:
-        raise HostError(f"`{argv[0]}` is not installed; install iproute2 (apt install iproute2)") from exc
+        raise HostError(
+            f"`{argv[0]}` is not installed; install iproute2 (apt install iproute2)"
+        ) from exc
     if check and done.returncode != 0:
         raise CommandError(argv, done.returncode, done.stderr)
     return done
@@ -92,12 +97,46 @@ def set_rate(device: str, rate: float, *, netns: str | None = None, replace: boo
     prefix = ["ip", "netns", "exec", netns] if netns else []
     burst = str(_burst_bytes(rate))
     if not replace:
-        run([*prefix, "tc", "qdisc", "add", "dev", device, "root", "handle", _HTB_HANDLE,
-             "htb", "default", "10"])
+        run(
+            [
+                *prefix,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                device,
+                "root",
+                "handle",
+                _HTB_HANDLE,
+                "htb",
+                "default",
+                "10",
+            ]
+        )
     verb = "change" if replace else "add"
-    run([*prefix, "tc", "class", verb, "dev", device, "parent", _HTB_HANDLE, "classid",
-         _HTB_CLASS, "htb", "rate", tc_rate(rate), "ceil", tc_rate(rate), "burst", burst,
-         "cburst", burst])
+    run(
+        [
+            *prefix,
+            "tc",
+            "class",
+            verb,
+            "dev",
+            device,
+            "parent",
+            _HTB_HANDLE,
+            "classid",
+            _HTB_CLASS,
+            "htb",
+            "rate",
+            tc_rate(rate),
+            "ceil",
+            tc_rate(rate),
+            "burst",
+            burst,
+            "cburst",
+            burst,
+        ]
+    )
 
 
 _TC_RATE = re.compile(r"\brate ([0-9.]+)([KMG]?)bit\b")
@@ -169,10 +208,8 @@ def delete_netns(netns: str) -> None:
     path = f"/run/netns/{netns}"
     if os.path.exists(path):
         run(["umount", path], check=False)
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(path)
-        except OSError:
-            pass
 
 
 def delete_link(device: str) -> None:

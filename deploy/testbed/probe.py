@@ -1,9 +1,10 @@
 """Probes run inside a learner's namespace and cgroups to measure what it really gets.
 
 `python -m deploy.testbed.probe download URL` times an HTTP download (bytes/s);
-`upload URL BYTES` times an HTTP upload; `link URL UPLOAD_URL BYTES` does both in one process; `compute --seconds S` counts fixed units of pure-Python
-work per wall-clock second. Each prints one JSON object. They stand in for the agent's subset
-benchmarking when checking the testbed itself: the same quantities, without a task.
+`upload URL BYTES` times an HTTP upload; `link URL UPLOAD_URL BYTES` does both in one process;
+`compute --seconds S` counts fixed units of pure-Python work per wall-clock second. Each prints
+one JSON object. They stand in for the agent's subset benchmarking when checking the testbed
+itself: the same quantities, without a task.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def download(url: str, timeout: float = 60.0) -> dict[str, float]:
 def upload(url: str, size: int, timeout: float = 60.0) -> dict[str, float]:
     """POST `size` bytes to `url`; bytes, seconds, and rate in bytes/s (until the answer)."""
     body = b"\0" * size
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/octet-stream"})
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/octet-stream"}
+    )
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=timeout) as answer:
         answer.read()

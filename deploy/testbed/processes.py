@@ -40,8 +40,14 @@ def spawn(
         command = ["/bin/sh", "-c", script, "plexus-testbed", *argv]
     else:
         command = ["/bin/sh", "-c", _ENTER, netns, *argv]
-    return subprocess.Popen(command, env=full_env, stdin=subprocess.DEVNULL, stdout=stdout,
-                            stderr=stderr, start_new_session=True)
+    return subprocess.Popen(
+        command,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=True,
+    )
 
 
 def start_ticks(pid: int) -> int | None:

@@ -60,30 +60,70 @@ class DeviceProfile:
 PROFILES: dict[str, DeviceProfile] = {
     p.name: p
     for p in (
-        DeviceProfile("desktop-ethernet", 1.00, 8 * GIB, 200 * MBIT, 200 * MBIT, "Ethernet",
-                      "desktop with an RTX 2070 Super, 8 GB"),
-        DeviceProfile("jetson-nano", 0.50, 2 * GIB, 100 * MBIT, 100 * MBIT, "Ethernet",
-                      "Jetson Nano 2 GB (table 3.1)"),
-        DeviceProfile("jetson-nano-4gb", 0.50, 4 * GIB, 100 * MBIT, 100 * MBIT, "Ethernet",
-                      "Jetson Nano 4 GB (section 4.3.1, MED experiments)"),
-        DeviceProfile("laptop-wifi", 0.60, 8 * GIB, 50 * MBIT, 20 * MBIT, "WiFi",
-                      "Lenovo Ideapad, 8 GB"),
-        DeviceProfile("pi1", 0.18, 512 * MIB, 20 * MBIT, 10 * MBIT, "WiFi",
-                      "Raspberry Pi, 1.4 GHz x4, 512 MB"),
-        DeviceProfile("pi2", 0.24, 4 * GIB, 30 * MBIT, 15 * MBIT, "WiFi",
-                      "Raspberry Pi, 1.8 GHz x4, 4 GB"),
-        DeviceProfile("pi3", 0.20, 4 * GIB, 25 * MBIT, 12 * MBIT, "WiFi",
-                      "Raspberry Pi, 1.5 GHz x4, 4 GB"),
+        DeviceProfile(
+            "desktop-ethernet",
+            1.00,
+            8 * GIB,
+            200 * MBIT,
+            200 * MBIT,
+            "Ethernet",
+            "desktop with an RTX 2070 Super, 8 GB",
+        ),
+        DeviceProfile(
+            "jetson-nano",
+            0.50,
+            2 * GIB,
+            100 * MBIT,
+            100 * MBIT,
+            "Ethernet",
+            "Jetson Nano 2 GB (table 3.1)",
+        ),
+        DeviceProfile(
+            "jetson-nano-4gb",
+            0.50,
+            4 * GIB,
+            100 * MBIT,
+            100 * MBIT,
+            "Ethernet",
+            "Jetson Nano 4 GB (section 4.3.1, MED experiments)",
+        ),
+        DeviceProfile(
+            "laptop-wifi", 0.60, 8 * GIB, 50 * MBIT, 20 * MBIT, "WiFi", "Lenovo Ideapad, 8 GB"
+        ),
+        DeviceProfile(
+            "pi1", 0.18, 512 * MIB, 20 * MBIT, 10 * MBIT, "WiFi", "Raspberry Pi, 1.4 GHz x4, 512 MB"
+        ),
+        DeviceProfile(
+            "pi2", 0.24, 4 * GIB, 30 * MBIT, 15 * MBIT, "WiFi", "Raspberry Pi, 1.8 GHz x4, 4 GB"
+        ),
+        DeviceProfile(
+            "pi3", 0.20, 4 * GIB, 25 * MBIT, 12 * MBIT, "WiFi", "Raspberry Pi, 1.5 GHz x4, 4 GB"
+        ),
     )
 }
 
 _RATE_UNITS = {
-    "bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8,
-    "bps": 1.0, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9,
+    "bit": 1 / 8,
+    "kbit": 1e3 / 8,
+    "mbit": 1e6 / 8,
+    "gbit": 1e9 / 8,
+    "bps": 1.0,
+    "kbps": 1e3,
+    "mbps": 1e6,
+    "gbps": 1e9,
 }
 _SIZE_UNITS = {
-    "": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": MIB, "mb": 1_000_000, "mib": MIB,
-    "g": GIB, "gb": 1_000_000_000, "gib": GIB,
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1000,
+    "kib": 1024,
+    "m": MIB,
+    "mb": 1_000_000,
+    "mib": MIB,
+    "g": GIB,
+    "gb": 1_000_000_000,
+    "gib": GIB,
 }
 _NUMBER_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 

@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 
 SPEC: dict[str, Any] = {
-    "name": "testbed-sb", "model": "twonn", "seed": 0,
+    "name": "testbed-sb",
+    "model": "twonn",
+    "seed": 0,
     "dataset": {"name": "mnist5k"},
     "partition": {"kind": "iid", "shard_size": 500},  # thesis 3.4.1: 500-sample shards
     "training": {"optimizer": "sgd", "lr": 0.1, "batch_size": 32, "iterations": 5},
@@ -51,7 +53,9 @@ def errors(result: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
             predicted_down = truth["download_bytes"] / sb["bandwidth"]
             entry = out.setdefault(str(sb["shards"]), {"runtime": [], "download": []})
             entry["runtime"].append(abs(predicted_train - truth["train_s"]) / truth["train_s"])
-            entry["download"].append(abs(predicted_down - truth["download_s"]) / truth["download_s"])
+            entry["download"].append(
+                abs(predicted_down - truth["download_s"]) / truth["download_s"]
+            )
     return out
 
 
@@ -64,14 +68,28 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for name, per_size in summary["errors"].items():
         sizes = sorted(int(s) for s in per_size)
-        left.plot(sizes, [100 * statistics.fmean(per_size[str(s)]["runtime"]) for s in sizes],
-                  marker="o", label=name)
-        right.plot(sizes, [100 * statistics.fmean(per_size[str(s)]["download"]) for s in sizes],
-                   marker="o", label=name)
-    left.set(title="SB runtime prediction error (cf. thesis fig. 3.2)",
-             xlabel="benchmark size (shards)", ylabel="error (%)")
-    right.set(title="SB download-time prediction error (cf. fig. 3.3)",
-              xlabel="benchmark size (shards)", ylabel="error (%)")
+        left.plot(
+            sizes,
+            [100 * statistics.fmean(per_size[str(s)]["runtime"]) for s in sizes],
+            marker="o",
+            label=name,
+        )
+        right.plot(
+            sizes,
+            [100 * statistics.fmean(per_size[str(s)]["download"]) for s in sizes],
+            marker="o",
+            label=name,
+        )
+    left.set(
+        title="SB runtime prediction error (cf. thesis fig. 3.2)",
+        xlabel="benchmark size (shards)",
+        ylabel="error (%)",
+    )
+    right.set(
+        title="SB download-time prediction error (cf. fig. 3.3)",
+        xlabel="benchmark size (shards)",
+        ylabel="error (%)",
+    )
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend()
@@ -81,10 +99,14 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deploy.testbed.reproduce", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fleet", type=Path,
-                        default=Path(__file__).parent / "fleets" / "thesis-ch3.yaml")
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.testbed.reproduce",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--fleet", type=Path, default=Path(__file__).parent / "fleets" / "thesis-ch3.yaml"
+    )
     parser.add_argument("--sizes", default="2,4,6,8")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "testbed_subset_benchmarking.json")
@@ -95,9 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     # Only the network and the limits: SB is run by the probe, not through a task.
     from dataclasses import replace
 
-    fleet = replace(fleet_data, orchestrator=replace(fleet_data.orchestrator, start=False,
-                                                     url="http://unused.invalid"),
-                    agent=replace(fleet_data.agent, start=False))
+    fleet = replace(
+        fleet_data,
+        orchestrator=replace(fleet_data.orchestrator, start=False, url="http://unused.invalid"),
+        agent=replace(fleet_data.agent, start=False),
+    )
     shards = make_shards(SPEC, 120)
     started = time.perf_counter()
     bed = Testbed.up(fleet)
@@ -106,31 +130,56 @@ def main(argv: list[str] | None = None) -> None:
         train = {n: 120 if _is_fast(p) else 15 for n, p in profiles.items()}
         download = {n: 60 if _is_fast(p) else 15 for n, p in profiles.items()}
         with BlobServer(bed.state.bridge_ip, shards=shards) as server:
-            raw = subset_benchmark_on_testbed(bed, server, SPEC, sizes=sizes, train_shards=train,
-                                              download_shards=download, repeats=args.repeats)
+            raw = subset_benchmark_on_testbed(
+                bed,
+                server,
+                SPEC,
+                sizes=sizes,
+                train_shards=train,
+                download_shards=download,
+                repeats=args.repeats,
+            )
     finally:
         bed.down()
     summary: dict[str, Any] = {
         "command": f"sudo .venv/bin/python -m deploy.testbed.reproduce --fleet {args.fleet} "
-                   f"--sizes {args.sizes} --repeats {args.repeats}",
-        "fleet": {n: {k: profiles[n][k] for k in ("name", "cpu", "memory_bytes", "down_rate", "up_rate")}
-                  for n in profiles},
-        "spec": SPEC, "train_shards": train, "download_shards": download,
+        f"--sizes {args.sizes} --repeats {args.repeats}",
+        "fleet": {
+            n: {k: profiles[n][k] for k in ("name", "cpu", "memory_bytes", "down_rate", "up_rate")}
+            for n in profiles
+        },
+        "spec": SPEC,
+        "train_shards": train,
+        "download_shards": download,
         "seconds": time.perf_counter() - started,
         "raw": raw,
         "errors": {n: errors(r) for n, r in raw.items()},
-        "rates": {n: {"sb_bandwidth": statistics.fmean(s["bandwidth"] for run in r["runs"] for s in run["sb"]),
-                      "sb_compute": statistics.fmean(s["compute"] for run in r["runs"] for s in run["sb"])}
-                  for n, r in raw.items()},
+        "rates": {
+            n: {
+                "sb_bandwidth": statistics.fmean(
+                    s["bandwidth"] for run in r["runs"] for s in run["sb"]
+                ),
+                "sb_compute": statistics.fmean(
+                    s["compute"] for run in r["runs"] for s in run["sb"]
+                ),
+            }
+            for n, r in raw.items()
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1))
     _plot(summary, args.out.with_suffix(".png"))
-    worst = max(statistics.fmean(v["runtime"]) for e in summary["errors"].values() for v in e.values())
-    bw = "; ".join(f"{n} {summary['rates'][n]['sb_bandwidth'] / profiles[n]['down_rate']:.0%} of cap"
-                   for n in profiles)
-    print(f"testbed SB on {len(profiles)} learners: worst mean runtime error {worst:.0%}; "
-          f"SB bandwidth {bw}")
+    worst = max(
+        statistics.fmean(v["runtime"]) for e in summary["errors"].values() for v in e.values()
+    )
+    bw = "; ".join(
+        f"{n} {summary['rates'][n]['sb_bandwidth'] / profiles[n]['down_rate']:.0%} of cap"
+        for n in profiles
+    )
+    print(
+        f"testbed SB on {len(profiles)} learners: worst mean runtime error {worst:.0%}; "
+        f"SB bandwidth {bw}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,20 +27,36 @@ def _fetcher(base_url: str, count: int) -> Any:
     return fetch
 
 
-def run(url: str, spec_data: dict[str, Any], sizes: list[int], train_shards: int,
-        download_shards: int, available: int, repeats: int = 1) -> dict[str, Any]:
+def run(
+    url: str,
+    spec_data: dict[str, Any],
+    sizes: list[int],
+    train_shards: int,
+    download_shards: int,
+    available: int,
+    repeats: int = 1,
+) -> dict[str, Any]:
     """`repeats` times: SB at each size, then the measured download and training times.
 
     Repeating inside one process pays the interpreter and torch start-up once; under a small
     CPU quota that start-up alone takes tens of seconds.
     """
-    runs = [_one_run(url, spec_data, sizes, train_shards, download_shards, available, r)
-            for r in range(repeats)]
+    runs = [
+        _one_run(url, spec_data, sizes, train_shards, download_shards, available, r)
+        for r in range(repeats)
+    ]
     return {"runs": runs}
 
 
-def _one_run(url: str, spec_data: dict[str, Any], sizes: list[int], train_shards: int,
-             download_shards: int, available: int, repeat: int) -> dict[str, Any]:
+def _one_run(
+    url: str,
+    spec_data: dict[str, Any],
+    sizes: list[int],
+    train_shards: int,
+    download_shards: int,
+    available: int,
+    repeat: int,
+) -> dict[str, Any]:
     import numpy as np
 
     from learner_agent.benchmarking import build_dummy, subset_benchmark
@@ -55,8 +71,15 @@ def _one_run(url: str, spec_data: dict[str, Any], sizes: list[int], train_shards
         # Different shards for each size, so no size benefits from a warm page or socket cache.
         ids = [(repeat * 13 + offset * 7 + i) % available for i in range(n)]
         result = subset_benchmark(spec, fetch, ids)
-        sb.append({"shards": n, "bandwidth": result.bandwidth, "compute": result.compute,
-                   "shard_bytes": result.shard_bytes, "shard_samples": result.shard_samples})
+        sb.append(
+            {
+                "shards": n,
+                "bandwidth": result.bandwidth,
+                "compute": result.compute,
+                "shard_bytes": result.shard_bytes,
+                "shard_samples": result.shard_samples,
+            }
+        )
     start = time.perf_counter()
     payloads = [fetch(i) for i in range(download_shards)]
     download_s = time.perf_counter() - start
@@ -67,14 +90,27 @@ def _one_run(url: str, spec_data: dict[str, Any], sizes: list[int], train_shards
     y = np.concatenate(ys[:train_shards])
     model = build_dummy(spec)
     start = time.perf_counter()
-    train(model, x, y, passes=1, batch_size=spec.training.batch_size,
-          optimizer=spec.training.optimizer, lr=spec.training.lr, seed=spec.seed)
+    train(
+        model,
+        x,
+        y,
+        passes=1,
+        batch_size=spec.training.batch_size,
+        optimizer=spec.training.optimizer,
+        lr=spec.training.lr,
+        seed=spec.seed,
+    )
     train_s = time.perf_counter() - start
     return {
         "sb": sb,
-        "truth": {"download_shards": download_shards, "download_s": download_s,
-                  "download_bytes": float(sum(len(p) for p in payloads)),
-                  "train_shards": train_shards, "train_samples": int(len(y)), "train_s": train_s},
+        "truth": {
+            "download_shards": download_shards,
+            "download_s": download_s,
+            "download_bytes": float(sum(len(p) for p in payloads)),
+            "train_shards": train_shards,
+            "train_samples": len(y),
+            "train_s": train_s,
+        },
     }
 
 
@@ -89,8 +125,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    result = run(args.url, json.loads(args.spec.read_text()), sizes, args.train_shards,
-                 args.download_shards, args.available, args.repeats)
+    result = run(
+        args.url,
+        json.loads(args.spec.read_text()),
+        sizes,
+        args.train_shards,
+        args.download_shards,
+        args.available,
+        args.repeats,
+    )
     print(json.dumps(result))
 
 

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from deploy.testbed import cgroups, network, processes
 from deploy.errors import PrivilegeError, StateError, TestbedError
+from deploy.testbed import cgroups, network, processes
 from deploy.testbed.fleet import DEFAULT_PREFIX, Fleet
 from deploy.testbed.profiles import DeviceProfile
 
@@ -160,8 +160,12 @@ class Testbed:
         token_file.chmod(0o600)
         url = fleet.orchestrator.url or f"http://{bridge_ip}:{fleet.orchestrator.port}"
         state = TestbedState(
-            prefix=fleet.prefix, subnet=str(net), bridge=network.bridge_name(fleet.prefix),
-            bridge_ip=bridge_ip, cgroup_version=backend.version, url=url,
+            prefix=fleet.prefix,
+            subnet=str(net),
+            bridge=network.bridge_name(fleet.prefix),
+            bridge_ip=bridge_ip,
+            cgroup_version=backend.version,
+            url=url,
             join_token_file=str(token_file),
         )
         bed = cls(state, state_dir)
@@ -186,36 +190,64 @@ class Testbed:
         self._save()
         for index, spec in enumerate(fleet.learners):
             learner = LearnerRuntime(
-                name=spec.name, index=index, profile=asdict(spec.profile),
+                name=spec.name,
+                index=index,
+                profile=asdict(spec.profile),
                 netns=network.netns_name(st.prefix, spec.name),
-                host_if=network.host_if(st.prefix, index), ns_if=network.ns_if(st.prefix, index),
+                host_if=network.host_if(st.prefix, index),
+                ns_if=network.ns_if(st.prefix, index),
                 ip=str(hosts[9 + index]),
             )
             # Record before creating, so a crash in between still leaves a trace for `down`.
             st.learners.append(learner)
             self._save()
             network.create_learner_link(
-                netns=learner.netns, host=learner.host_if, inner=learner.ns_if, bridge=st.bridge,
-                address=learner.ip, prefixlen=prefixlen,
+                netns=learner.netns,
+                host=learner.host_if,
+                inner=learner.ns_if,
+                bridge=st.bridge,
+                address=learner.ip,
+                prefixlen=prefixlen,
             )
             # Download direction: what leaves the bridge-side end towards the learner.
             network.set_rate(learner.host_if, spec.profile.down_rate)
             # Upload direction: what leaves the learner's own end.
             network.set_rate(learner.ns_if, spec.profile.up_rate, netns=learner.netns)
-            made = cgroups.create(self.backend, st.prefix, spec.name, cpu=spec.profile.cpu,
-                                  memory_bytes=spec.profile.memory_bytes)
+            made = cgroups.create(
+                self.backend,
+                st.prefix,
+                spec.name,
+                cpu=spec.profile.cpu,
+                memory_bytes=spec.profile.memory_bytes,
+            )
             learner.cgroups = [str(p) for p in made]
             learner.command = self._agent_command(fleet, learner)
             learner.env = self._agent_env(fleet, spec.profile)
             self._save()
 
     def _agent_command(self, fleet: Fleet, learner: LearnerRuntime) -> list[str]:
-        values = {"python": sys.executable, "url": self.state.url, "token": self.token,
-                  "name": learner.name, "ip": learner.ip}
+        values = {
+            "python": sys.executable,
+            "url": self.state.url,
+            "token": self.token,
+            "name": learner.name,
+            "ip": learner.ip,
+        }
         if fleet.agent.command is not None:
             return _fill(fleet.agent.command, values)
-        argv = [sys.executable, "-m", "plexus.cli", "agent", "run", "--orchestrator",
-                self.state.url, "--join-token", self.token, "--name", learner.name]
+        argv = [
+            sys.executable,
+            "-m",
+            "plexus.cli",
+            "agent",
+            "run",
+            "--orchestrator",
+            self.state.url,
+            "--join-token",
+            self.token,
+            "--name",
+            learner.name,
+        ]
         return [*argv, "--relay"] if fleet.agent.relay else argv
 
     @staticmethod
@@ -231,11 +263,27 @@ class Testbed:
         st = self.state
         data_dir = self.state_dir / "orchestrator"
         data_dir.mkdir(exist_ok=True)
-        values = {"python": sys.executable, "host": st.bridge_ip,
-                  "port": str(fleet.orchestrator.port), "data_dir": str(data_dir), "token": token}
+        values = {
+            "python": sys.executable,
+            "host": st.bridge_ip,
+            "port": str(fleet.orchestrator.port),
+            "data_dir": str(data_dir),
+            "token": token,
+        }
         template = fleet.orchestrator.command or [
-            "{python}", "-m", "plexus.cli", "orchestrator", "serve", "--host", "{host}",
-            "--port", "{port}", "--data-dir", "{data_dir}", "--join-token", "{token}",
+            "{python}",
+            "-m",
+            "plexus.cli",
+            "orchestrator",
+            "serve",
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+            "--data-dir",
+            "{data_dir}",
+            "--join-token",
+            "{token}",
         ]
         argv = _fill(template, values)
         with open(self.state_dir / "logs" / "orchestrator.log", "ab") as log:
@@ -251,8 +299,13 @@ class Testbed:
         env = dict(os.environ)
         env.update(learner.env)
         with open(self.log_path(learner.name), "ab") as log:
-            child = processes.spawn(learner.command, netns=learner.netns,
-                                    cgroups=self._leaves(learner), env=env, stdout=log)
+            child = processes.spawn(
+                learner.command,
+                netns=learner.netns,
+                cgroups=self._leaves(learner),
+                env=env,
+                stdout=log,
+            )
         self._children[child.pid] = child
         learner.pid = child.pid
         learner.start_ticks = processes.start_ticks(child.pid)
@@ -323,11 +376,23 @@ class Testbed:
         full_env = dict(os.environ)
         full_env.update(learner.env)
         full_env.update(env or {})
-        return processes.spawn(argv, netns=learner.netns, cgroups=self._leaves(learner),
-                               env=full_env, stdout=stdout, stderr=stderr)
+        return processes.spawn(
+            argv,
+            netns=learner.netns,
+            cgroups=self._leaves(learner),
+            env=full_env,
+            stdout=stdout,
+            stderr=stderr,
+        )
 
-    def run_in(self, name: str, argv: list[str], *, timeout: float = 120.0,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    def run_in(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        timeout: float = 120.0,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
         """Run a command to completion inside learner `name`; kills it after `timeout` s."""
         child = self.spawn_in(name, argv, env=env)
         try:
@@ -401,20 +466,27 @@ class Testbed:
         rows = []
         for learner in self.state.learners:
             cpu, memory = cgroups.read_limits([Path(p) for p in learner.cgroups])
-            proc_state = processes.state(learner.pid) if processes.alive(
-                learner.pid, learner.start_ticks) else None
-            rows.append({
-                "name": learner.name,
-                "profile": learner.profile["name"],
-                "ip": learner.ip,
-                "link": network.link_state(learner.host_if),
-                "down_rate": network.read_rate(learner.host_if),
-                "up_rate": network.read_rate(learner.ns_if, netns=learner.netns),
-                "cpu": cpu,
-                "memory_bytes": memory,
-                "agent": "paused" if proc_state == "T" else ("running" if proc_state else "stopped"),
-                "pid": learner.pid,
-            })
+            proc_state = (
+                processes.state(learner.pid)
+                if learner.pid is not None and processes.alive(learner.pid, learner.start_ticks)
+                else None
+            )
+            rows.append(
+                {
+                    "name": learner.name,
+                    "profile": learner.profile["name"],
+                    "ip": learner.ip,
+                    "link": network.link_state(learner.host_if),
+                    "down_rate": network.read_rate(learner.host_if),
+                    "up_rate": network.read_rate(learner.ns_if, netns=learner.netns),
+                    "cpu": cpu,
+                    "memory_bytes": memory,
+                    "agent": "paused"
+                    if proc_state == "T"
+                    else ("running" if proc_state else "stopped"),
+                    "pid": learner.pid,
+                }
+            )
         return rows
 
     def orchestrator_running(self) -> bool:

@@ -14,14 +14,21 @@ FLEETS = Path(__file__).resolve().parents[2] / "deploy" / "testbed" / "fleets"
 
 
 def test_count_expands_and_overrides_apply() -> None:
-    fleet = load_fleet({
-        "cpu_scale": 0.5,
-        "learners": [
-            {"name": "pi", "profile": "pi1", "count": 3},
-            {"name": "desk", "profile": "desktop-ethernet", "cpu": 0.8, "rate": "40mbit",
-             "memory": "1GiB"},
-        ],
-    })
+    fleet = load_fleet(
+        {
+            "cpu_scale": 0.5,
+            "learners": [
+                {"name": "pi", "profile": "pi1", "count": 3},
+                {
+                    "name": "desk",
+                    "profile": "desktop-ethernet",
+                    "cpu": 0.8,
+                    "rate": "40mbit",
+                    "memory": "1GiB",
+                },
+            ],
+        }
+    )
     assert [lr.name for lr in fleet.learners] == ["pi1", "pi2", "pi3", "desk"]
     assert fleet.learners[0].profile.cpu == pytest.approx(PROFILES["pi1"].cpu * 0.5)
     desk = fleet.learners[3].profile
@@ -37,8 +44,10 @@ def test_count_expands_and_overrides_apply() -> None:
         ({"learners": [{"profile": "pi1", "colour": "red"}]}, "unknown key"),
         ({"prefix": "this-is-too-long", "learners": [{"profile": "pi1"}]}, "prefix"),
         ({"subnet": "8.8.8.0/24", "learners": [{"profile": "pi1"}]}, "not private"),
-        ({"learners": [{"name": "a", "profile": "pi1"}, {"name": "a", "profile": "pi2"}]},
-         "appear twice"),
+        (
+            {"learners": [{"name": "a", "profile": "pi1"}, {"name": "a", "profile": "pi2"}]},
+            "appear twice",
+        ),
         ({"subnet": "10.213.0.0/28", "learners": [{"profile": "pi1", "count": 10}]}, "do not fit"),
         ({"learners": []}, "non-empty"),
     ],

@@ -26,8 +26,9 @@ def _torch_site() -> Path:
 
 
 def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @pytest.mark.slow
@@ -37,14 +38,34 @@ def test_prefix_install_without_systemd(tmp_path: Path) -> None:
     token.write_text("join-secret-42\n")
     # CI must not download torch: reuse the one this interpreter has, and install plexus from
     # this checkout without touching an index for its dependencies.
-    done = _run("--prefix", str(prefix), "--no-systemd", "--orchestrator", "http://10.213.0.1:8700",
-                "--join-token-file", str(token), "--name", "pi-ci", "--relay", "--source", str(REPO),
-                "--torch-from", str(_torch_site()), "--pip-arg", "--no-deps")
+    done = _run(
+        "--prefix",
+        str(prefix),
+        "--no-systemd",
+        "--orchestrator",
+        "http://10.213.0.1:8700",
+        "--join-token-file",
+        str(token),
+        "--name",
+        "pi-ci",
+        "--relay",
+        "--source",
+        str(REPO),
+        "--torch-from",
+        str(_torch_site()),
+        "--pip-arg",
+        "--no-deps",
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
     python = prefix / "venv" / "bin" / "python"
-    imported = subprocess.run([str(python), "-c", "import learner_agent, torch, deploy; print(deploy.__file__)"],
-                              capture_output=True, text=True, check=False, cwd=tmp_path)
+    imported = subprocess.run(
+        [str(python), "-c", "import learner_agent, torch, deploy; print(deploy.__file__)"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
     assert imported.returncode == 0, imported.stderr
     assert str(prefix / "venv") in imported.stdout  # plexus itself lives in the new venv
 
@@ -61,8 +82,13 @@ def test_prefix_install_without_systemd(tmp_path: Path) -> None:
     assert f"--config {prefix / 'etc' / 'agent.conf'}" in unit
     assert "join-secret-42" not in unit
 
-    check = subprocess.run([str(prefix / "bin" / "plexus-agent"), "--check"], capture_output=True,
-                           text=True, check=False, cwd=tmp_path)
+    check = subprocess.run(
+        [str(prefix / "bin" / "plexus-agent"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
     assert check.returncode == 0, check.stderr
     assert "--relay" in check.stdout and "<token>" in check.stdout
     assert "join-secret-42" not in check.stdout
@@ -71,8 +97,9 @@ def test_prefix_install_without_systemd(tmp_path: Path) -> None:
 def test_refusals_say_what_to_do(tmp_path: Path) -> None:
     missing = _run("--prefix", str(tmp_path), "--no-systemd", timeout=60)
     assert missing.returncode != 0 and "--orchestrator URL is required" in missing.stderr
-    no_token = _run("--prefix", str(tmp_path), "--no-systemd", "--orchestrator", "http://x:1",
-                    timeout=60)
+    no_token = _run(
+        "--prefix", str(tmp_path), "--no-systemd", "--orchestrator", "http://x:1", timeout=60
+    )
     assert no_token.returncode != 0 and "join token" in no_token.stderr
     assert not (tmp_path / "venv").exists()  # refused before building anything
     plan = _run("--dry-run", "--torch-wheel", "/nonexistent/torch.whl", timeout=60)
@@ -92,15 +119,27 @@ def test_launcher_keeps_the_token_private(tmp_path: Path) -> None:
     assert read_token(token) == "s3cret"
 
     config_file = tmp_path / "agent.conf"
-    config_file.write_text(f"PLEXUS_ORCHESTRATOR=https://o.lan:8443\nPLEXUS_JOIN_TOKEN_FILE={token}\n"
-                           "PLEXUS_PORT=8701  # rpc port\n")
+    config_file.write_text(
+        f"PLEXUS_ORCHESTRATOR=https://o.lan:8443\nPLEXUS_JOIN_TOKEN_FILE={token}\n"
+        "PLEXUS_PORT=8701  # rpc port\n"
+    )
     argv = agent_argv(read_config(config_file), "s3cret")
-    assert argv[:6] == ["agent", "run", "--orchestrator", "https://o.lan:8443", "--join-token", "s3cret"]
+    assert argv[:6] == [
+        "agent",
+        "run",
+        "--orchestrator",
+        "https://o.lan:8443",
+        "--join-token",
+        "s3cret",
+    ]
     assert argv[-2:] == ["--port", "8701"]
     config_file.write_text("PLEXUS_ORCHESTRATR=https://o.lan\n")
     with pytest.raises(AgentConfigError, match="expected KEY=VALUE"):
         read_config(config_file)
-    launched = subprocess.run([sys.executable, "-m", "deploy.agent_service", "--config",
-                               str(tmp_path / "absent.conf")], capture_output=True, text=True,
-                              check=False)
+    launched = subprocess.run(
+        [sys.executable, "-m", "deploy.agent_service", "--config", str(tmp_path / "absent.conf")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert launched.returncode == 2 and "cannot read agent config" in launched.stderr

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from deploy.errors import StateError
 from deploy.testbed import network, processes
 from deploy.testbed.bench import BlobServer, measure_compute, measure_links
-from deploy.errors import StateError
 from deploy.testbed.fleet import load_fleet
 from deploy.testbed.testbed import Testbed, down, leftovers
 
@@ -33,7 +33,8 @@ def _fleet(prefix: str, subnet: str, learners: list[dict[str, object]]) -> dict[
     # The stand-in agent is a plain HTTP server bound to the learner's own address; the real
     # agent runs in tests/deploy/test_testbed_tasks.py.
     return {
-        "prefix": prefix, "subnet": subnet,
+        "prefix": prefix,
+        "subnet": subnet,
         "orchestrator": {"start": False, "url": f"http://{subnet.rsplit('.', 1)[0]}.1:9"},
         "agent": {"command": ["{python}", "-m", "http.server", "8000", "--bind", "{ip}"]},
         "learners": learners,
@@ -130,22 +131,26 @@ def test_faults(bed: Testbed) -> None:
         bed.learner("nope")
 
 
-def test_memory_limit_kills_a_hog(root: None, names: Callable[[], tuple[str, str]],
-                                  tmp_path: Path) -> None:
+def test_memory_limit_kills_a_hog(
+    root: None, names: Callable[[], tuple[str, str]], tmp_path: Path
+) -> None:
     prefix, subnet = names()
     fleet = _fleet(prefix, subnet, [{"name": "tiny", "profile": "pi1", "memory": "64MiB"}])
     fleet["agent"] = {"start": False}
     testbed = Testbed.up(load_fleet(fleet), state_root=tmp_path)
     try:
-        hog = "b = bytearray(256 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); print('survived')"
+        hog = (
+            "b = bytearray(256 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); print('survived')"
+        )
         done = testbed.run_in("tiny", [sys.executable, "-c", hog], timeout=60)
         assert done.returncode == -signal.SIGKILL, done
     finally:
         testbed.down()
 
 
-def test_down_leaves_nothing_even_after_a_crash(root: None, names: Callable[[], tuple[str, str]],
-                                                tmp_path: Path) -> None:
+def test_down_leaves_nothing_even_after_a_crash(
+    root: None, names: Callable[[], tuple[str, str]], tmp_path: Path
+) -> None:
     prefix, subnet = names()
     testbed = Testbed.up(load_fleet(_fleet(prefix, subnet, FOUR[:2])), state_root=tmp_path)
     pids = [lr.pid for lr in testbed.learners]
@@ -165,6 +170,9 @@ def test_down_leaves_nothing_even_after_a_crash(root: None, names: Callable[[], 
     assert f"{prefix}-" not in qdiscs
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert prefix not in netns
-    assert not any(Path(f"/proc/{pid}").exists() and processes.state(pid) not in ("Z", None)
-                   for pid in pids if pid is not None)
+    assert not any(
+        Path(f"/proc/{pid}").exists() and processes.state(pid) not in ("Z", None)
+        for pid in pids
+        if pid is not None
+    )
     assert not (tmp_path / prefix / "state.json").exists()

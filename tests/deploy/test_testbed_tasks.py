@@ -9,46 +9,49 @@ from typing import Any
 
 import pytest
 
-from deploy.testbed.fleet import load_fleet
-from deploy.testbed.testbed import Testbed
+from deploy.testbed.bench import TestbedFleet
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 SPEC: dict[str, Any] = {
-    "name": "testbed-dab", "model": "twonn", "seed": 0,
+    "name": "testbed-dab",
+    "model": "twonn",
+    "seed": 0,
     "dataset": {"name": "mnist5k"},
     "partition": {"kind": "iid", "shard_size": 250},
     "training": {"optimizer": "sgd", "lr": 0.1, "batch_size": 32, "iterations": 1},
     "mode": "sync",
-    "sync": {"allocator": "dab", "deadline_s": 4.0, "rounds": 3, "grace_s": 2.0,
-             "benchmark_shards": 1},
+    "sync": {
+        "allocator": "dab",
+        "deadline_s": 4.0,
+        "rounds": 3,
+        "grace_s": 2.0,
+        "benchmark_shards": 1,
+    },
 }
 
 
 @pytest.fixture
-def live(root: None, names: Callable[[], tuple[str, str]], tmp_path: Path) -> Iterator[Testbed]:
+def live(
+    root: None, names: Callable[[], tuple[str, str]], tmp_path: Path
+) -> Iterator[TestbedFleet]:
     pytest.importorskip("fastapi", reason="the orchestrator extra is not installed")
     prefix, subnet = names()
-    fleet = load_fleet({
-        "prefix": prefix, "subnet": subnet,
-        "orchestrator": {"start": True, "port": 8700},
-        "learners": [
-            {"name": "jetson", "profile": "jetson-nano", "cpu": 0.4, "rate": "40mbit"},
-            {"name": "laptop", "profile": "laptop-wifi", "cpu": 0.4, "rate": "40mbit"},
-        ],
-    })
-    bed = Testbed.up(fleet, state_root=tmp_path)
-    try:
-        yield bed
-    finally:
-        bed.down()
-
-
-def _client(bed: Testbed) -> Any:
-    from orchestrator.client import Client
-
-    token = (bed.state_dir / "orchestrator" / "admin_token").read_text().strip()
-    return Client(bed.url, token, timeout_s=10)
+    fleet = TestbedFleet(
+        {
+            "prefix": prefix,
+            "subnet": subnet,
+            "orchestrator": {"start": True, "port": 8700},
+            "learners": [
+                {"name": "jetson", "profile": "jetson-nano", "cpu": 0.4, "rate": "40mbit"},
+                {"name": "laptop", "profile": "laptop-wifi", "cpu": 0.4, "rate": "40mbit"},
+            ],
+        },
+        state_root=tmp_path,
+    )
+    with fleet:
+        fleet.start(timeout_s=90)
+        yield fleet
 
 
 def _poll(what: Callable[[], Any], within: float, message: str) -> Any:
@@ -61,24 +64,28 @@ def _poll(what: Callable[[], Any], within: float, message: str) -> Any:
         time.sleep(0.1)
 
 
-def test_dab_task_finishes_and_a_cut_learner_rejoins(live: Testbed) -> None:
-    with _client(live) as client:
-        ids = _poll(
-            lambda: {lr["name"]: str(lr["id"]) for lr in client.learners() if lr["alive"]}
-            if len([lr for lr in client.learners() if lr["alive"]]) == 2 else None,
-            within=90, message="the two agents did not enroll",
-        )
+def test_dab_task_finishes_and_a_cut_learner_rejoins(live: TestbedFleet) -> None:
+    bed = live.bed
+    assert bed is not None
+    with live.client() as client:
+        ids = {lr["name"]: str(lr["id"]) for lr in client.learners()}
         task = client.submit(SPEC)
 
         # Cut the laptop's link as soon as round 0 is in: round 1 is then under way.
         _poll(lambda: client.rounds(task["id"]), within=90, message="round 0 never finished")
-        live.link_down("laptop")
-        rounds = _poll(lambda: (r := client.rounds(task["id"])) and len(r) >= 2 and r,
-                       within=60, message="round 1 never finished")
-        live.link_up("laptop")
+        bed.link_down("laptop")
+        rounds = _poll(
+            lambda: (r := client.rounds(task["id"])) and len(r) >= 2 and r,
+            within=60,
+            message="round 1 never finished",
+        )
+        bed.link_up("laptop")
 
-        final = _poll(lambda: (t := client.task(task["id"]))["state"] not in ("pending", "running")
-                      and t, within=120, message="the task did not end")
+        final = _poll(
+            lambda: (t := client.task(task["id"]))["state"] not in ("pending", "running") and t,
+            within=120,
+            message="the task did not end",
+        )
         rounds = client.rounds(task["id"])
 
     assert final["state"] == "finished", final

@@ -17,9 +17,11 @@ def test_orchestrator_unit_runs_unprivileged_and_restarts() -> None:
     assert service["Restart"] == "on-failure"
     assert "orchestrator serve" in service["ExecStart"]
     assert "TOKEN" not in service["ExecStart"]  # tokens come from the environment file
-    env_keys = {line.split("=", 1)[0].lstrip("# ")
-                for line in (DEPLOY / "orchestrator.env.example").read_text().splitlines()
-                if "=" in line}
+    env_keys = {
+        line.split("=", 1)[0].lstrip("# ")
+        for line in (DEPLOY / "orchestrator.env.example").read_text().splitlines()
+        if "=" in line
+    }
     for variable in ("PLEXUS_HOST", "PLEXUS_PORT", "PLEXUS_PUBLIC_URL"):
         assert "${" + variable + "}" in service["ExecStart"] and variable in env_keys
 
@@ -29,7 +31,9 @@ def test_orchestrator_cli_reads_the_env_file_variables() -> None:
 
     from plexus.cli import app
 
-    help_text = CliRunner().invoke(app, ["orchestrator", "serve", "--help"], terminal_width=200).output
+    help_text = (
+        CliRunner().invoke(app, ["orchestrator", "serve", "--help"], terminal_width=200).output
+    )
     for option in ("--host", "--port", "--public-url", "--data-dir"):
         assert option in help_text
     for variable in ("PLEXUS_JOIN_TOKEN", "PLEXUS_ADMIN_TOKEN", "PLEXUS_DB_URL", "PLEXUS_DATA_DIR"):
