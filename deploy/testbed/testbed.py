@@ -430,10 +430,12 @@ class Testbed:
     def kill_agent(self, name: str) -> None:
         """SIGKILL learner `name`'s agent and everything in its cgroup (a crash, not a stop)."""
         learner = self.learner(name)
-        if learner.pid is not None:
+        # Only a pid that still has its recorded start time is ours to signal.
+        ours = learner.pid is not None and processes.alive(learner.pid, learner.start_ticks)
+        if ours and learner.pid is not None:
             processes.signal_group(learner.pid, signal.SIGKILL)
         cgroups.signal_all(self._leaves(learner), signal.SIGKILL)
-        if learner.pid is not None:
+        if ours and learner.pid is not None:
             self._reap(learner.pid, learner.start_ticks)
 
     def restart_agent(self, name: str) -> None:
@@ -494,14 +496,15 @@ class Testbed:
         return processes.alive(self.state.orchestrator_pid, self.state.orchestrator_ticks)
 
     def down(self) -> dict[str, list[str]]:
-        """Remove this testbed (see module-level `down`)."""
-        for pid, child in list(self._children.items()):
-            with contextlib.suppress(ProcessLookupError):
-                processes.signal_group(pid, signal.SIGKILL)
+        """Remove this testbed (see module-level `down`): SIGTERM first, SIGKILL after 2 s."""
+        removed = down(self.state.prefix, state_root=self.state_dir.parent)
+        # `down` stopped them; collect their exit status so none lingers as a zombie.
+        # No signal here: once reaped, a pid may already belong to someone else.
+        for child in self._children.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5.0)
         self._children.clear()
-        return down(self.state.prefix, state_root=self.state_dir.parent)
+        return removed
 
 
 def leftovers(prefix: str) -> dict[str, list[str]]:
