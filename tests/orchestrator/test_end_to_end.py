@@ -96,7 +96,7 @@ def test_agent_killed_mid_round_is_left_out_by_deadline_plus_grace(fleet: LocalF
 def test_orchestrator_sigkilled_mid_task_resumes_and_finishes(fleet: LocalFleet) -> None:
     with fleet.client() as client:
         learners_before = {lr["name"]: lr["id"] for lr in client.learners()}
-        task = client.submit(spec(4, "e2e-orchestrator-killed"))
+        task = client.submit(spec(3, "e2e-orchestrator-killed"))
         wait_for(lambda: client.task(task["id"])["rounds_done"] >= 1, 120, "round 0")
         first = client.rounds(task["id"])[0]
     fleet.kill_orchestrator(signal.SIGKILL)
@@ -109,6 +109,6 @@ def test_orchestrator_sigkilled_mid_task_resumes_and_finishes(fleet: LocalFleet)
         assert final["state"] == "finished", final["reason"]
         rounds = client.rounds(task["id"])
         model = client.model(task["id"])
-    assert [r["index"] for r in rounds] == [0, 1, 2, 3]
+    assert [r["index"] for r in rounds] == [0, 1, 2]
     assert rounds[0] == first
-    assert final["model_version"] == 4 and len(model) > 0
+    assert final["model_version"] == 3 and len(model) > 0

@@ -1,0 +1,96 @@
+"""The store on its own: all-or-nothing task creation, round commits, reopening after a crash.
+
+Runs on SQLite; set PLEXUS_TEST_DB_URL (e.g. postgresql+psycopg://user@host/db) to run the same
+tests against another database too.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.errors import BadInput, Conflict, NotFound
+from orchestrator.store import Store, write_atomic
+from orchestrator.taskdata import prepare_task
+from plexus.spec import parse_spec
+
+URLS = [None] + ([os.environ["PLEXUS_TEST_DB_URL"]] if os.environ.get("PLEXUS_TEST_DB_URL")
+                 else [])
+SPEC = parse_spec({"name": "s", "dataset": {"name": "synthetic", "samples": 400},
+                   "partition": {"shard_size": 50}, "sync": {"rounds": 2}})
+
+
+@pytest.fixture(params=URLS, ids=lambda u: "sqlite" if u is None else "db-url")
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return Store(tmp_path / "data", request.param)
+
+
+def _create(store: Store) -> Any:
+    return store.create_task(SPEC.to_dict(),
+                             lambda tid, _d: prepare_task(SPEC, tid, store.layout), time.time())
+
+
+def _round(index: int) -> dict[str, Any]:
+    return {"index": index, "started_at": time.time(), "allocation": {"1": 2},
+            "shards": {"1": [0, 1]}, "samples": {"1": 100}, "left_out": {}, "plan_s": 0.1,
+            "round_time_s": 1.0, "truancy": 0.0, "loss": 1.0, "accuracy": 0.5,
+            "model_version": index + 1}
+
+
+def test_write_atomic_leaves_no_temp_files(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b.bin"
+    write_atomic(target, b"one")
+    write_atomic(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert [p.name for p in target.parent.iterdir()] == ["b.bin"]
+
+
+def test_a_failing_preparation_leaves_no_task_and_no_files(store: Store) -> None:
+    def broken(task_id: int, directory: Path) -> dict[str, int]:
+        (directory / "shards").mkdir(parents=True)
+        raise BadInput("dataset: nope")
+
+    with pytest.raises(BadInput):
+        store.create_task(SPEC.to_dict(), broken, time.time())
+    assert store.tasks() == []
+    assert not any((store.layout.root / "tasks").glob("*/shards"))
+
+
+def test_rounds_and_learners_survive_reopening(store: Store, tmp_path: Path) -> None:
+    task = _create(store)
+    assert (task.num_shards, task.shard_samples) == (6, 50)
+    learner = store.enroll("pi", {"cores": 4}, None, time.time())
+    store.set_state(task.id, "running", None, time.time())
+    store.record_round(task.id, _round(0), store.layout.model(task.id, 1), time.time())
+    store.close()
+
+    again = Store(store.layout.root, None if store.url.startswith("sqlite") else store.url)
+    t = again.task(task.id)
+    assert (t.state, t.rounds_done, t.model_version) == ("running", 1, 1)
+    assert [r.index for r in again.rounds(task.id)] == [0]
+    assert again.learner_by_token(learner.token).id == learner.id  # type: ignore[union-attr]
+    assert [x.id for x in again.tasks(("running",))] == [task.id]
+
+
+def test_state_machine_refuses_moves_out_of_an_ended_state(store: Store) -> None:
+    task = _create(store)
+    store.set_state(task.id, "running", None, time.time())
+    store.set_state(task.id, "cancelled", "by test", time.time())
+    with pytest.raises(Conflict, match="cancelled"):
+        store.set_state(task.id, "finished", None, time.time())
+    with pytest.raises(Conflict):  # a round of a cancelled task is not recorded
+        store.record_round(task.id, _round(0), store.layout.model(task.id, 1), time.time())
+    with pytest.raises(NotFound):
+        store.task(task.id + 100)
+
+
+def test_reenrolling_keeps_the_id_and_replaces_the_token(store: Store) -> None:
+    a = store.enroll("pi", {}, "http://10.0.0.2:9000", time.time())
+    b = store.enroll("pi", {}, None, time.time())
+    assert a.id == b.id and a.token != b.token
+    assert store.learner_by_token(a.token) is None
+    assert store.learner_by_token(b.token).endpoint is None  # type: ignore[union-attr]
