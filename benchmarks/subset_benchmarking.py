@@ -1,15 +1,20 @@
 """Subset benchmarking vs FLOPS (thesis figs. 3.2 and 3.3) and the idle agent's memory.
 
 For benchmark sizes n = 2..10 shards of 500 MNIST samples, each repetition measures
-  * SB: download n shards from a local HTTP shard server (b_k) and train a dummy TwoNN one pass
-    over them (c_k), with the agent's own code (learner_agent.benchmarking);
+  * SB: download n shards from a shard server (b_k) and train a dummy TwoNN one pass over them
+    (c_k), with the agent's own code (learner_agent.benchmarking);
   * FLOPS: 100 products of 512×512 matrices (thesis 3.4.1) and a FLOP count of TwoNN training;
   * the truth: the time to train a fresh TwoNN one pass over T ∈ {15, 30, 60, 120} shards and
     the time to download 60 shards,
-then reports |predicted − measured| / measured (thesis 3.4) as mean and 95 % interval over the
-repetitions. Order inside a repetition is shuffled so slow spells of the shared machine do not
-always hit the same measurement. A second part starts `plexus agent run` against a stand-in
-enrolment server and reads the idle agent's resident memory.
+and reports |predicted − measured| / measured (thesis 3.4) as mean and 95 % interval over the
+repetitions. Training is timed twice over: by the wall clock (what a deadline sees) and by the
+thread's CPU time (what the shared machine's other jobs disturb least). Order inside a
+repetition is shuffled so slow spells of the machine do not always hit the same measurement.
+
+The shard server is a separate process (as the orchestrator is). Downloads run over loopback
+and, when run as root with `ip` and `tc`, also over a veth link into a private network
+namespace capped with a tbf qdisc (`--cap-rate`, bytes/s). A last part starts
+`plexus agent run` against the server and reads the agent's resident memory.
 
     .venv/bin/python benchmarks/subset_benchmarking.py            # 20 repetitions
     .venv/bin/python benchmarks/subset_benchmarking.py --quick    # 3 repetitions, fewer sizes
@@ -23,85 +28,181 @@ import math
 import os
 import random
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SHARD = 500  # samples per shard (thesis 3.4.1)
+NETNS = "sbbench"  # private namespace of the capped link
+HOST_IF, NS_IF = "sbbench-h", "sbbench-n"
+HOST_IP, NS_IP = "10.213.7.1", "10.213.7.2"
 
 
-# -- a local orchestrator stand-in: shards, enrolment, heartbeats ---------------------------
-class _State:
-    shards: ClassVar[list[bytes]] = []
-    tokens: ClassVar[dict[str, str]] = {}
-    endpoint: ClassVar[str] = ""
-    enrolled = threading.Event()
+# -- the shard server (its own process): shards, enrolment, heartbeats -----------------------
+def serve(directory: Path, host: str, port: int) -> None:
+    """Serve `directory/shard-{k}` as `/v1/tasks/1/shards/{k}` plus enroll/heartbeat."""
+    shards = [
+        p.read_bytes()
+        for p in sorted(directory.glob("shard-*"), key=lambda p: int(p.name.split("-")[1]))
+    ]
+    state: dict[str, Any] = {"tokens": {}, "endpoint": None}
     lock = threading.Lock()
 
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+        def log_message(self, *args: Any) -> None:
+            pass
 
-    def log_message(self, *args: Any) -> None:
-        pass
+        def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        def do_GET(self) -> None:
+            parts = self.path.strip("/").split("/")
+            if len(parts) == 5 and parts[:2] == ["v1", "tasks"] and parts[3] == "shards":
+                self._send(200, shards[int(parts[4]) % len(shards)], "application/octet-stream")
+            elif self.path == "/state":
+                with lock:
+                    self._send(200, json.dumps(state).encode())
+            else:
+                self._send(404, b'{"error": "not_found", "detail": "no such route"}')
 
-    def do_GET(self) -> None:  # GET /v1/tasks/{id}/shards/{n}
-        parts = self.path.strip("/").split("/")
-        if len(parts) == 5 and parts[:2] == ["v1", "tasks"] and parts[3] == "shards":
-            n = int(parts[4])
-            self._send(200, _State.shards[n % len(_State.shards)], "application/octet-stream")
-        else:
-            self._send(404, b'{"error": "not_found", "detail": "no such route"}')
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if self.path == "/v1/learners/enroll":
+                token = secrets.token_hex(8)
+                with lock:
+                    state["tokens"][body["name"]] = token
+                    state["endpoint"] = body["endpoint"]
+                answer = {
+                    "learner_id": 1,
+                    "name": body["name"],
+                    "token": token,
+                    "relay_url": None,
+                    "heartbeat_interval_s": 1.0,
+                }
+                self._send(201, json.dumps(answer).encode())
+            else:
+                self._send(200, b'{"ok": true}')
 
-    def do_POST(self) -> None:  # enroll and heartbeat
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-        if self.path == "/v1/learners/enroll":
-            token = secrets.token_hex(8)
-            with _State.lock:
-                _State.tokens[body["name"]] = token
-                _State.endpoint = body["endpoint"]
-            answer = {
-                "learner_id": 1,
-                "name": body["name"],
-                "token": token,
-                "relay_url": None,
-                "heartbeat_interval_s": 1.0,
-            }
-            self._send(201, json.dumps(answer).encode())
-            _State.enrolled.set()
-        else:
-            self._send(200, b'{"ok": true}')
+    ThreadingHTTPServer((host, port), Handler).serve_forever()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout_s: float = 60.0) -> None:
+    import httpx
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            if httpx.get(url + "/state", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"shard server at {url} did not come up in {timeout_s} s")
 
 
 @contextmanager
-def shard_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def shard_server(shards: list[bytes], netns: str | None = None) -> Iterator[str]:
+    """Run the shard server in a child process (inside `netns` when given); yield its URL."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, payload in enumerate(shards):
+            (Path(tmp) / f"shard-{k}").write_bytes(payload)
+        host, port = (NS_IP, 8080) if netns else ("127.0.0.1", _free_port())
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        proc = subprocess.Popen(
+            [
+                *prefix,
+                sys.executable,
+                __file__,
+                "--serve",
+                tmp,
+                "--host",
+                host,
+                "--port",
+                str(port),
+            ],
+            cwd=ROOT,
+        )
+        url = f"http://{host}:{port}"
+        try:
+            _wait_http(url)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def _sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=20)
+
+
+@contextmanager
+def capped_link(rate: float) -> Iterator[None]:
+    """A veth pair into namespace NETNS; the server's side sends at most `rate` bytes/s."""
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, timeout=20)
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        _sh("ip", "netns", "add", NETNS)
+        _sh("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF)
+        _sh("ip", "link", "set", NS_IF, "netns", NETNS)
+        _sh("ip", "addr", "add", f"{HOST_IP}/30", "dev", HOST_IF)
+        _sh("ip", "link", "set", HOST_IF, "up")
+        ns = ("ip", "netns", "exec", NETNS)
+        _sh(*ns, "ip", "addr", "add", f"{NS_IP}/30", "dev", NS_IF)
+        _sh(*ns, "ip", "link", "set", NS_IF, "up")
+        _sh(*ns, "ip", "link", "set", "lo", "up")
+        bits = int(rate * 8)
+        _sh(
+            *ns,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            NS_IF,
+            "root",
+            "tbf",
+            "rate",
+            f"{bits}bit",
+            "burst",
+            "64kb",
+            "latency",
+            "100ms",
+        )
+        yield
     finally:
-        server.shutdown()
-        server.server_close()
+        subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, timeout=20)
+        subprocess.run(["ip", "link", "del", HOST_IF], capture_output=True, timeout=20)
+
+
+def can_cap() -> bool:
+    return os.geteuid() == 0 and bool(shutil.which("ip")) and bool(shutil.which("tc"))
 
 
 # -- statistics -------------------------------------------------------------------------------
@@ -120,21 +221,16 @@ def interval(values: list[float]) -> dict[str, float]:
     return {"mean": mean, "ci95": q * statistics.stdev(values) / math.sqrt(n), "n": n}
 
 
+def err(pred: float, true: float) -> float:
+    """Benchmark error of thesis 3.4: |predicted − measured| / measured."""
+    return abs(pred - true) / true
+
+
 # -- the experiment ---------------------------------------------------------------------------
-def run_prediction(reps: int, sizes: list[int], targets: list[int], seed: int) -> dict[str, Any]:
-    from learner_agent.benchmarking import (
-        download_shards,
-        flops_benchmark,
-        flops_predict_train_s,
-        measure,
-        training_flops_per_sample,
-    )
-    from learner_agent.client import OrchestratorClient
+def make_shards(seed: int) -> tuple[Any, list[Any], list[bytes]]:
     from plexus.datasets import load_dataset
-    from plexus.models import build_model
     from plexus.shards import encode_shard, partition
     from plexus.spec import load_spec
-    from plexus.training import train
 
     spec = load_spec(
         {
@@ -145,19 +241,39 @@ def run_prediction(reps: int, sizes: list[int], targets: list[int], seed: int) -
         }
     )
     data = load_dataset(spec.dataset, seed=seed)
-    # MNIST-5k gives 8 real shards; larger workloads cycle through them, which changes
-    # nothing about the time a pass takes.
     idx = partition(data.train_y, spec.partition, seed)
-    _State.shards = [
+    payloads = [
         encode_shard(data.train_x[i], data.train_y[i], {"shard": k}) for k, i in enumerate(idx)
     ]
-    big_x = np.concatenate([data.train_x[idx[k % len(idx)]] for k in range(max(targets))])
-    big_y = np.concatenate([data.train_y[idx[k % len(idx)]] for k in range(max(targets))])
+    return spec, [(data.train_x[i], data.train_y[i]) for i in idx], payloads
+
+
+def run_prediction(
+    reps: int, sizes: list[int], targets: list[int], seed: int, links: dict[str, str]
+) -> dict[str, Any]:
+    from learner_agent.benchmarking import (
+        download_shards,
+        flops_benchmark,
+        flops_predict_train_s,
+        measure,
+        training_flops_per_sample,
+    )
+    from learner_agent.client import OrchestratorClient
+    from plexus.models import build_model
+    from plexus.training import train
+
+    spec, parts, _ = make_shards(seed)
+    # MNIST-5k gives 8 real shards; larger workloads cycle through them, which changes
+    # nothing about the time a pass takes.
+    big_x = np.concatenate([parts[k % len(parts)][0] for k in range(max(targets))])
+    big_y = np.concatenate([parts[k % len(parts)][1] for k in range(max(targets))])
     per_sample = training_flops_per_sample(build_model("twonn", (1, 28, 28), 10), (1, 28, 28))
     download_target = 60
     rng = random.Random(seed)
-
     clocks = {"wall": time.perf_counter, "cpu": time.thread_time}
+    clients = {name: OrchestratorClient(url, timeout_s=120) for name, url in links.items()}
+    for client in clients.values():
+        download_shards(lambda n, c=client: c.shard(1, n), range(2))  # connect before timing
     # One untimed pass first, so no repetition pays the process's one-off start-up costs.
     train(
         build_model("twonn", (1, 28, 28), 10),
@@ -168,73 +284,80 @@ def run_prediction(reps: int, sizes: list[int], targets: list[int], seed: int) -
         optimizer="sgd",
         lr=0.1,
     )
-    records: list[dict[str, Any]] = []
-    with shard_server() as url:
-        client = OrchestratorClient(url)
-        fetch = lambda n: client.shard(1, n)  # noqa: E731
-        download_shards(fetch, range(3))  # open the connection once before timing
-        for rep in range(reps):
-            jobs: list[tuple[str, int]] = (
-                [("sb", n) for n in sizes]
-                + [("train", t) for t in targets]
-                + [("flops", 0), ("download", download_target)]
-            )
-            rng.shuffle(jobs)
-            rec: dict[str, Any] = {"sb": {}, "train_s": {}, "flops": {}}
-            for kind, n in jobs:
-                if kind == "sb":
-                    ids = [rng.randrange(len(idx)) for _ in range(n)]
-                    payloads, seconds = download_shards(fetch, ids)
-                    entry: dict[str, float] = {}
-                    for name, clock in clocks.items():
-                        sb = measure(spec, payloads, seconds, clock=clock)
-                        entry[f"compute_{name}"] = sb.compute
-                    entry.update(bandwidth=sb.bandwidth, shard_bytes=sb.shard_bytes)
-                    rec["sb"][n] = entry
-                elif kind == "train":
-                    model = build_model("twonn", (1, 28, 28), 10)
-                    w0, c0 = time.perf_counter(), time.thread_time()
-                    train(
-                        model,
-                        big_x[: n * SHARD],
-                        big_y[: n * SHARD],
-                        passes=1,
-                        batch_size=32,
-                        optimizer="sgd",
-                        lr=0.1,
-                        seed=rep,
-                    )
-                    rec["train_s"][n] = {
-                        "wall": time.perf_counter() - w0,
-                        "cpu": time.thread_time() - c0,
-                    }
-                elif kind == "flops":
-                    for name, clock in clocks.items():
-                        rec["flops"][name] = flops_benchmark(512, 100, clock=clock)
-                else:
-                    _, seconds = download_shards(fetch, range(n))
-                    rec["download_s"] = sum(seconds)
-            records.append(rec)
-            last = targets[-1]
-            print(
-                f"rep {rep + 1}/{reps}: c_k(n={sizes[-1]}) "
-                f"{rec['sb'][sizes[-1]]['compute_wall']:.0f} samples/s, "
-                f"{last} shards {rec['train_s'][last]['wall']:.2f} s wall "
-                f"{rec['train_s'][last]['cpu']:.2f} s cpu, "
-                f"{rec['flops']['wall'] / 1e9:.1f} GFLOPS",
-                flush=True,
-            )
-        client.close()
 
-    def err(pred: float, true: float) -> float:
-        return abs(pred - true) / true
+    records: list[dict[str, Any]] = []
+    for rep in range(reps):
+        jobs: list[tuple[str, Any]] = (
+            [("sb", n) for n in sizes]
+            + [("train", t) for t in targets]
+            + [("flops", 0)]
+            + [("download", name) for name in links]
+        )
+        rng.shuffle(jobs)
+        rec: dict[str, Any] = {"sb": {}, "train_s": {}, "flops": {}, "download_s": {}}
+        for kind, arg in jobs:
+            if kind == "sb":
+                n = arg
+                ids = [rng.randrange(len(parts)) for _ in range(n)]
+                entry: dict[str, Any] = {"bandwidth": {}}
+                payloads: list[bytes] = []
+                for name, client in clients.items():
+                    got, seconds = download_shards(lambda k, c=client: c.shard(1, k), ids)
+                    entry["bandwidth"][name] = sum(map(len, got)) / sum(seconds)
+                    entry["shard_bytes"] = sum(map(len, got)) / n
+                    payloads = got
+                for name, clock in clocks.items():
+                    entry[f"compute_{name}"] = measure(
+                        spec, payloads, [1.0] * n, clock=clock
+                    ).compute
+                rec["sb"][n] = entry
+            elif kind == "train":
+                model = build_model("twonn", (1, 28, 28), 10)
+                w0, c0 = time.perf_counter(), time.thread_time()
+                train(
+                    model,
+                    big_x[: arg * SHARD],
+                    big_y[: arg * SHARD],
+                    passes=1,
+                    batch_size=32,
+                    optimizer="sgd",
+                    lr=0.1,
+                    seed=rep,
+                )
+                rec["train_s"][arg] = {
+                    "wall": time.perf_counter() - w0,
+                    "cpu": time.thread_time() - c0,
+                }
+            elif kind == "flops":
+                for name, clock in clocks.items():
+                    rec["flops"][name] = flops_benchmark(512, 100, clock=clock)
+            else:
+                client = clients[arg]
+                _, seconds = download_shards(
+                    lambda k, c=client: c.shard(1, k), range(download_target)
+                )
+                rec["download_s"][arg] = sum(seconds)
+        records.append(rec)
+        last = targets[-1]
+        print(
+            f"rep {rep + 1}/{reps}: c_k(n={sizes[-1]}) "
+            f"{rec['sb'][sizes[-1]]['compute_wall']:.0f} samples/s, "
+            f"{last} shards {rec['train_s'][last]['wall']:.2f} s wall "
+            f"{rec['train_s'][last]['cpu']:.2f} s cpu, "
+            f"{rec['flops']['wall'] / 1e9:.1f} GFLOPS, 60 shards "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in rec["download_s"].items()),
+            flush=True,
+        )
+    for client in clients.values():
+        client.close()
 
     summary: dict[str, Any] = {
         "sizes": sizes,
         "targets": targets,
+        "links": list(links),
         "wall": {},
         "cpu": {},
-        "download": {},
+        "download": {k: {} for k in links},
     }
     for name in clocks:
         for n in sizes:
@@ -246,10 +369,9 @@ def run_prediction(reps: int, sizes: list[int], targets: list[int], seed: int) -
                     fl_err.append(
                         err(flops_predict_train_s(rec["flops"][name], per_sample, t * SHARD), true)
                     )
-            sb_i, fl_i = interval(sb_err), interval(fl_err)
-            # Bias: the error of the predicted mean time against the measured mean time. The
-            # per-repetition error above also holds the machine's speed changing between the
-            # benchmark and the measured run; the bias is what SB itself gets wrong.
+            # Bias: the predicted mean time against the measured mean time. The per-repetition
+            # error also holds the machine's speed changing between the benchmark and the
+            # measured run; the bias is what SB itself gets wrong on average.
             bias = []
             for t in targets:
                 true = statistics.fmean(rec["train_s"][t][name] for rec in records)
@@ -257,26 +379,29 @@ def run_prediction(reps: int, sizes: list[int], targets: list[int], seed: int) -
                     t * SHARD / rec["sb"][n][f"compute_{name}"] for rec in records
                 )
                 bias.append(err(pred, true))
+            sb_i, fl_i = interval(sb_err), interval(fl_err)
             summary[name][n] = {
-                "sb_bias": statistics.fmean(bias),
                 "sb_train_error": sb_i,
+                "sb_bias": statistics.fmean(bias),
                 "flops_train_error": fl_i,
                 "error_reduction": 1.0 - sb_i["mean"] / fl_i["mean"],
             }
-    for n in sizes:
-        dl_err = []
-        for rec in records:
-            s = rec["sb"][n]
-            dl_err.append(
-                err(download_target * s["shard_bytes"] / s["bandwidth"], rec["download_s"])
-            )
-        summary["download"][n] = interval(dl_err)
+    for link in links:
+        for n in sizes:
+            dl = [
+                err(
+                    download_target * rec["sb"][n]["shard_bytes"] / rec["sb"][n]["bandwidth"][link],
+                    rec["download_s"][link],
+                )
+                for rec in records
+            ]
+            summary["download"][link][n] = interval(dl)
     summary["flops_per_sample"] = per_sample
     summary["records"] = records
     return summary
 
 
-# -- idle agent memory ------------------------------------------------------------------------
+# -- agent memory -----------------------------------------------------------------------------
 def _rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -286,8 +411,11 @@ def _rss(pid: int) -> int:
 
 def measure_agent_rss(settle_s: float = 3.0) -> dict[str, Any]:
     """RSS (bytes) of `plexus agent run`: idle, idle with --preload, after one benchmark call."""
+    import httpx
+
     import rpc
 
+    _, _, payloads = make_shards(0)
     out: dict[str, Any] = {}
     task = {
         "model": "twonn",
@@ -295,9 +423,8 @@ def measure_agent_rss(settle_s: float = 3.0) -> dict[str, Any]:
         "partition": {"shard_size": SHARD},
         "sync": {"benchmark_shards": 2},
     }
-    with shard_server() as url:
-        for label, extra in (("idle", []), ("idle_preload", ["--preload"])):
-            _State.enrolled.clear()
+    for label, extra in (("idle", []), ("idle_preload", ["--preload"])):
+        with shard_server(payloads) as url:
             cmd = [
                 sys.executable,
                 "-m",
@@ -318,13 +445,18 @@ def measure_agent_rss(settle_s: float = 3.0) -> dict[str, Any]:
                 cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             try:
-                if not _State.enrolled.wait(120):
+                end = time.monotonic() + 120
+                state: dict[str, Any] = {}
+                while time.monotonic() < end and not state.get("endpoint"):
+                    state = httpx.get(url + "/state").json()
+                    time.sleep(0.1)
+                if not state.get("endpoint"):
                     raise RuntimeError("agent did not enroll within 120 s")
-                time.sleep(settle_s)  # let heartbeats run so the idle set is reached
+                time.sleep(settle_s)  # a few heartbeats, so the idle working set is reached
                 out[label + "_bytes"] = _rss(proc.pid)
                 if label == "idle":
-                    token = _State.tokens["rss"]
-                    with rpc.connect(_State.endpoint, token=token, timeout=120) as agent:
+                    token = state["tokens"]["rss"]
+                    with rpc.connect(state["endpoint"], token=token, timeout=120) as agent:
                         agent.benchmark(task, 1, None)
                     out["after_benchmark_bytes"] = _rss(proc.pid)
             finally:
@@ -352,29 +484,44 @@ def plot(summary: dict[str, Any], path: Path) -> None:
             ("sb_train_error", "SB", "tab:blue"),
             ("flops_train_error", "FLOPS", "tab:red"),
         ):
-            mean = [100 * r[key]["mean"] for r in rows]
-            ci = [100 * r[key]["ci95"] for r in rows]
-            ax.errorbar(sizes, mean, yerr=ci, marker="o", capsize=3, label=label, color=colour)
+            ax.errorbar(
+                sizes,
+                [100 * r[key]["mean"] for r in rows],
+                yerr=[100 * r[key]["ci95"] for r in rows],
+                marker="o",
+                capsize=3,
+                label=label,
+                color=colour,
+            )
+        ax.plot(
+            sizes,
+            [100 * r["sb_bias"] for r in rows],
+            ls="--",
+            color="tab:blue",
+            alpha=0.6,
+            label="SB bias (mean vs mean)",
+        )
         ax.set_yscale("log")
         ax.set_xlabel("benchmark size (shards of 500)")
         ax.set_ylabel("training-time prediction error (%)")
         ax.set_title(f"TwoNN on {span}, {title}", fontsize=10)
-        ax.legend()
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3, which="both")
-    rows = [summary["download"][n] for n in sizes]
-    axes[2].errorbar(
-        sizes,
-        [100 * r["mean"] for r in rows],
-        yerr=[100 * r["ci95"] for r in rows],
-        marker="o",
-        capsize=3,
-        color="tab:green",
-        label="SB, loopback",
-    )
+    for link, colour in zip(summary["links"], ("tab:green", "tab:purple"), strict=False):
+        rows = [summary["download"][link][n] for n in sizes]
+        axes[2].errorbar(
+            sizes,
+            [100 * r["mean"] for r in rows],
+            yerr=[100 * r["ci95"] for r in rows],
+            marker="o",
+            capsize=3,
+            color=colour,
+            label=f"SB, {link}",
+        )
     axes[2].set_xlabel("benchmark size (shards of 500)")
     axes[2].set_ylabel("download-time prediction error (%)")
     axes[2].set_title("time to download 60 shards (fig. 3.3)", fontsize=10)
-    axes[2].legend()
+    axes[2].legend(fontsize=8)
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -385,14 +532,35 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 repetitions, fewer sizes")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 20)")
     parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (1 keeps timings steadier on a shared machine)",
+        "--threads", type=int, default=1, help="torch threads (1, as the agent uses by default)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cap-rate",
+        type=float,
+        default=20e6,
+        help="bytes/s of the capped link (root only; 0 = loopback only)",
+    )
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument(
+        "--rss-only",
+        action="store_true",
+        help="only re-measure the agent's memory into the existing JSON",
+    )
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.host, args.port)
+        return
+    path = RESULTS / "subset_benchmarking.json"
+    if args.rss_only:
+        summary = json.loads(path.read_text())
+        summary["rss"] = measure_agent_rss()
+        path.write_text(json.dumps(summary, indent=1))
+        print({k: f"{v / 2**20:.0f} MiB" for k, v in summary["rss"].items()})
+        return
     import torch
 
     torch.set_num_threads(args.threads)
@@ -400,21 +568,31 @@ def main() -> None:
     sizes = [2, 4, 8, 10] if args.quick else list(range(2, 11))
     targets = [15, 60] if args.quick else [15, 30, 60, 120]
     started = time.time()
-    summary = run_prediction(reps, sizes, targets, args.seed)
+    _, _, payloads = make_shards(args.seed)
+    cap = args.cap_rate if args.cap_rate > 0 and can_cap() else 0.0
+    with shard_server(payloads) as loop_url:
+        if cap:
+            with capped_link(cap), shard_server(payloads, netns=NETNS) as cap_url:
+                links = {"loopback": loop_url, f"{cap / 1e6:g} MB/s link": cap_url}
+                summary = run_prediction(reps, sizes, targets, args.seed, links)
+        else:
+            summary = run_prediction(reps, sizes, targets, args.seed, {"loopback": loop_url})
     summary["rss"] = {} if args.skip_rss else measure_agent_rss()
     summary.update(
         reps=reps,
         threads=args.threads,
         seconds=time.time() - started,
+        cap_rate=cap,
         cpu_count=os.cpu_count(),
         load_1m=os.getloadavg()[0],
         command=" ".join(sys.argv),
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "subset_benchmarking.json").write_text(json.dumps(summary, indent=1))
+    path.write_text(json.dumps(summary, indent=1))
     plot(summary, RESULTS / "subset_benchmarking.png")
     n8 = 8 if 8 in sizes else sizes[-1]
-    wall, cpu, dl = summary["wall"][n8], summary["cpu"][n8], summary["download"][n8]
+    wall, cpu = summary["wall"][n8], summary["cpu"][n8]
+    dls = ", ".join(f"{k} {100 * v[n8]['mean']:.1f}%" for k, v in summary["download"].items())
     rss = summary["rss"].get("idle_bytes", 0) / 2**20
     print(
         f"at {n8} shards: SB error {100 * wall['sb_train_error']['mean']:.2f}% wall / "
@@ -422,7 +600,7 @@ def main() -> None:
         f"{100 * wall['flops_train_error']['mean']:.1f}% / "
         f"{100 * cpu['flops_train_error']['mean']:.1f}% "
         f"({100 * wall['error_reduction']:.1f}% / {100 * cpu['error_reduction']:.1f}% lower); "
-        f"download error {100 * dl['mean']:.1f}%; idle agent RSS {rss:.0f} MiB; {reps} reps"
+        f"download error {dls}; idle agent RSS {rss:.0f} MiB; {reps} reps"
     )
 
 

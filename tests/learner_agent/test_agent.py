@@ -73,6 +73,10 @@ def test_agent_process_enrolls_and_answers(
         "cuda",
     }
     assert record["endpoint"].startswith("http://127.0.0.1:")
+    # The idle agent started by the CLI has not loaded torch (its ~250 MB wait for a task).
+    maps = Path(f"/proc/{agent_process.pid}/maps")
+    if maps.exists():
+        assert "libtorch" not in maps.read_text()
 
     # Without the learner token the worker refuses to run anything.
     with rpc.connect(record["endpoint"]) as anonymous, pytest.raises(rpc.AuthError):
