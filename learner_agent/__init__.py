@@ -1,1 +1,1 @@
-"""Plexus learner agent: subset benchmarking, DAB bound, trainer, SPIN client, stressors."""
+"""Plexus learner agent: subset benchmarking, DAB bound, deadline trainer, stressors, daemon."""
