@@ -1,1 +1,1 @@
-"""Plexus learner agent: subset benchmarking, DAB bound, deadline trainer, stressors, SPIN client, daemon."""
+"""Plexus learner agent: SB, DAB bound, deadline trainer, stressors, SPIN client, daemon."""
