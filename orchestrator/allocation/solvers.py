@@ -79,8 +79,11 @@ def solve_highs(
     mip_gap: float,
     start: np.ndarray | None = None,
     seed: int = 0,
+    options: dict[str, str | float | int | bool] | None = None,
 ) -> RawResult:
-    """Solve with HiGHS through highspy's low-level model (CSC arrays, no per-row Python calls)."""
+    """Solve with HiGHS through highspy's low-level model (CSC arrays, no per-row Python calls).
+
+    `options` are passed to HiGHS as they are (e.g. {"solver": "ipm"} for a pure LP)."""
     try:
         import highspy
     except ImportError as exc:
@@ -91,6 +94,8 @@ def solve_highs(
     h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("mip_rel_gap", float(mip_gap))
     h.setOptionValue("random_seed", int(seed))
+    for key, value in (options or {}).items():
+        h.setOptionValue(key, value)
     inf = highspy.kHighsInf
     A = milp.A.tocsc()  # type: ignore[attr-defined]
     lp = highspy.HighsLp()
