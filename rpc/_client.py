@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import queue
 import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -134,6 +136,38 @@ async def _read_async(resp: httpx.Response) -> Buffer:
 def _raw(resp: httpx.Response, body: Buffer) -> RawOutcome:
     ctype = resp.headers.get("content-type", "").split(";")[0].strip()
     return RawOutcome(resp.status_code, ctype, body)
+
+
+class _DaemonPool:
+    """Daemon threads reused across `start()` calls.
+
+    Creating a thread per call costs more than a no-op call itself; a ThreadPoolExecutor's
+    threads would hold up interpreter exit while a duplex call waits. Threads are kept at the
+    peak number of concurrent calls and never exit.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._queue.put(fn)
+        if spawn:
+            threading.Thread(target=self._work, name="rpc-call", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            self._queue.get()()
+            with self._lock:
+                self._idle += 1
+
+
+_pool = _DaemonPool()
 
 
 class CallHandle:
@@ -362,7 +396,7 @@ class Remote:
             except BaseException as exc:
                 future.set_exception(exc)
 
-        threading.Thread(target=run, name=f"rpc-call:{name}", daemon=True).start()
+        _pool.submit(run)
         return CallHandle(call_id, future, self.timeout)
 
     async def acall(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
