@@ -32,8 +32,8 @@ def base_config(seed: int, rate: float, target: float, max_time_s: float) -> dic
         "model": "lenet5",
         "dataset": {"name": "mnist5k", "test_fraction": 0.2},
         "eval_samples": 500,
-        "pretrain": {"samples": 500, "epochs": 10, "optimizer": "adam", "lr": 0.001},
-        "training": {"lr": 0.02, "batch_size": 16, "epochs": 3},
+        "pretrain": {"samples": 500, "epochs": 5, "optimizer": "adam", "lr": 0.001},
+        "training": {"lr": 0.01, "batch_size": 16, "epochs": 1},
         "arrivals": {"rate": rate, "pull_threshold": 10, "alpha": 1.0},
         "devices": {"distribution": "lognormal", "compute": 2.0, "bandwidth": 2.0e5, "sigma": 0.5},
         "aggregator": {"name": "spin", "k": 10},
@@ -171,15 +171,15 @@ def plot(result: dict[str, Any], path: Path, cap: float, target: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed, one λ, π = 0.6·round")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.1])
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--rates", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2])
     parser.add_argument("--pi-factors", type=float, nargs="+", default=[0.3, 0.6, 1.0])
-    parser.add_argument("--target", type=float, default=0.9)
+    parser.add_argument("--target", type=float, default=0.88)
     parser.add_argument("--max-time", type=float, default=1500.0, help="virtual seconds")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.rates, args.pi_factors = 1, args.rates[:1], [0.6]
+        args.seeds, args.rates, args.pi_factors = 1, [0.05], [0.6]
     wall0 = time.perf_counter()
     result = run(args)
     headline = speedups(result["rows"], args.max_time, "spin@0.6")

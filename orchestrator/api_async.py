@@ -1,0 +1,104 @@
+"""REST endpoints of asynchronous tasks: `POST /v1/tasks/{id}/pull` and `/updates`.
+
+`make_async_router(runners, learner)` returns a FastAPI router; the app includes it and passes
+its own learner-authentication dependency (which must return an object with a ``name``
+attribute, or a string). Errors answer JSON `{"error": code, "detail": text}`:
+
+* pull → ``200`` safetensors (metadata ``version``) with header ``X-Model-Version``, or
+  ``204`` when the server has not picked this learner (FedBuff / PORT): pull again later;
+* updates → ``200 {"accepted", "version", "aggregated"}``; ``422 bad_update`` for wrong
+  names / shapes / dtypes / non-finite values / missing metadata, ``409 unknown_version`` for a
+  base version the server does not hold; rejected updates are counted and never aggregated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.aggregation import BadUpdate, UnknownVersion
+from orchestrator.async_tasks import AsyncTaskRunner
+
+MAX_UPDATE_BYTES = 256 * 1024 * 1024
+
+
+class PullRequest(BaseModel):
+    """Body of a pull: how many samples the learner holds (|D_k|)."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_samples: int = Field(ge=1)
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+def _name(who: Any) -> str:
+    return who if isinstance(who, str) else str(who.name)
+
+
+def make_async_router(
+    runners: Mapping[int, AsyncTaskRunner], learner: Callable[..., Any]
+) -> APIRouter:
+    """Routes for the async tasks in ``runners`` (task id → runner), guarded by ``learner``."""
+    router = APIRouter()
+
+    def runner_for(task_id: int) -> AsyncTaskRunner | JSONResponse:
+        r = runners.get(task_id)
+        if r is None:
+            return _error(404, "not_found", f"task {task_id} is not a running asynchronous task")
+        return r
+
+    @router.post("/v1/tasks/{task_id}/pull", response_model=None)
+    async def pull(
+        task_id: int,
+        body: PullRequest,
+        who: Any = Depends(learner),  # noqa: B008
+    ) -> Response:
+        r = runner_for(task_id)
+        if isinstance(r, JSONResponse):
+            return r
+        answer = await asyncio.to_thread(r.pull, _name(who), body.n_samples)
+        if answer is None:
+            return Response(status_code=204)
+        version, data = answer
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={"X-Model-Version": str(version)},
+        )
+
+    @router.post("/v1/tasks/{task_id}/updates", response_model=None)
+    async def updates(
+        task_id: int,
+        request: Request,
+        who: Any = Depends(learner),  # noqa: B008
+    ) -> Response:
+        r = runner_for(task_id)
+        if isinstance(r, JSONResponse):
+            return r
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > MAX_UPDATE_BYTES:
+            return _error(413, "too_large", f"update of {declared} bytes exceeds the limit")
+        body = await request.body()
+        try:
+            result = await asyncio.to_thread(r.push, _name(who), body)
+        except UnknownVersion as exc:
+            return _error(409, "unknown_version", str(exc))
+        except BadUpdate as exc:
+            return _error(422, "bad_update", str(exc))
+        return JSONResponse(result)
+
+    @router.get("/v1/tasks/{task_id}/async")
+    async def status(task_id: int, who: Any = Depends(learner)) -> Response:  # noqa: B008
+        r = runner_for(task_id)
+        if isinstance(r, JSONResponse):
+            return r
+        return JSONResponse(r.status())
+
+    return router
