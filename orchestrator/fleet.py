@@ -29,6 +29,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    # If the process running the fleet dies without stopping it (kill -9, a timeout), its
+    # children must not linger, least of all frozen by a duty cycle (SIGSTOP): on Linux ask
+    # the kernel to SIGKILL them when their parent goes.
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class _Proc:
     popen: subprocess.Popen[bytes]
@@ -94,7 +105,8 @@ class LocalFleet:
                "MKL_NUM_THREADS": "1"}
         head = ["-c", boot] if boot else ["-m", "plexus.cli"]
         popen = subprocess.Popen([sys.executable, *head, *args], stdout=log,
-                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                 stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                 preexec_fn=_die_with_parent)
         return _Proc(popen, log)
 
     def start_orchestrator(self, timeout_s: float = 60.0) -> None:
@@ -195,7 +207,8 @@ class LocalFleet:
             if proc.alive():
                 proc.popen.send_signal(signal.SIGTERM)
         for proc in self.agents.values():
-            proc.stop()
+            # Agents hold nothing durable; one that is slow to exit is killed after 5 s.
+            proc.stop(timeout_s=5.0)
         if self.orchestrator is not None:
             self.orchestrator.stop()
 
