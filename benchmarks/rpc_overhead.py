@@ -551,7 +551,8 @@ def main() -> None:
         f"{ratios['plexus simplex blocking']:.2f}x floor (duplex "
         f"{ratios['plexus duplex blocking']:.2f}x); 100 MB "
         f"{big['plexus simplex']['bytes_per_s'] / 1e6:.0f} MB/s = {thr_vs_floor:.2f}x floor, "
-        f"{thr_vs_grpc:.2f}x gRPC (best of reps {best_vs_floor:.2f}x, {best_vs_grpc:.2f}x); peak RSS +{pm['client_increment'] / 1e6:.0f} MB client, "
+        f"{thr_vs_grpc:.2f}x gRPC (best of reps {best_vs_floor:.2f}x, {best_vs_grpc:.2f}x); "
+        f"peak RSS +{pm['client_increment'] / 1e6:.0f} MB client, "
         f"+{pm['server_increment'] / 1e6:.0f} MB server; targets met "
         f"{sum(targets.values())}/{len(targets)}"
     )
