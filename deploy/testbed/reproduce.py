@@ -1,7 +1,9 @@
-"""Subset benchmarking on the emulated thesis fleet (thesis 3.4.2.1, figs. 3.2 and 3.3).
+"""Thesis chapter 3 experiments on the emulated fleet: SB (figs. 3.2, 3.3), DAB vs CSA (3.6-3.8).
 
     sudo .venv/bin/python -m deploy.testbed.reproduce --fleet deploy/testbed/fleets/thesis-ch3.yaml
+    sudo .venv/bin/python -m deploy.testbed.reproduce --what dab-vs-csa
 
+`--what sb` (default):
 Brings the fleet up (no orchestrator, no agents), serves MNIST-5k shards of 500 samples from the
 bridge address, and in each learner, one at a time, runs the agent's SB code at each benchmark
 size and then measures what SB predicts: one pass of a fresh TwoNN over 120 shards on the
@@ -9,6 +11,11 @@ desktop and Jetson, 15 on the Pis (as in fig. 3.2), and the download of 60 shard
 Ethernet devices, 15 on the WiFi Pis (fig. 3.3 used 60; 15 keeps a 20 Mbit/s link under 10 s).
 Reports |predicted − measured| / measured per device and size (thesis 3.4), writes
 benchmarks/results/testbed_subset_benchmarking.json and .png, prints a one-line summary last.
+
+`--what dab-vs-csa`: the deadline sweep of `benchmarks/dab_vs_csa.py` (its own task spec and
+round summary, loaded from that file), run on four emulated Jetson Nanos as in thesis fig. 3.6
+instead of LocalFleet's duty-cycled local agents. Writes
+benchmarks/results/testbed_dab_vs_csa.json and .png.
 """
 
 from __future__ import annotations
@@ -59,6 +66,15 @@ def errors(result: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
     return out
 
 
+def flops_errors(result: dict[str, Any]) -> list[float]:
+    """The FLOPS baseline's runtime prediction error, one value per repetition."""
+    return [
+        abs(run["flops"]["predicted_train_s"] - run["truth"]["train_s"]) / run["truth"]["train_s"]
+        for run in result["runs"]
+        if "flops" in run
+    ]
+
+
 def _plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -66,14 +82,23 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, per_size in summary["errors"].items():
+    for index, (name, per_size) in enumerate(summary["errors"].items()):
         sizes = sorted(int(s) for s in per_size)
-        left.plot(
+        line = left.plot(
             sizes,
             [100 * statistics.fmean(per_size[str(s)]["runtime"]) for s in sizes],
             marker="o",
-            label=name,
-        )
+            label=f"{name} SB",
+        )[0]
+        flops = summary["flops_errors"].get(name)
+        if flops:
+            # FLOPS uses no shards: one flat line per device (thesis fig. 3.2 draws it so too).
+            left.axhline(
+                100 * statistics.fmean(flops),
+                color=line.get_color(),
+                ls=":",
+                label=f"{name} FLOPS" if index < 5 else None,
+            )
         right.plot(
             sizes,
             [100 * statistics.fmean(per_size[str(s)]["download"]) for s in sizes],
@@ -98,19 +123,107 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+FOUR_JETSONS: dict[str, Any] = {
+    # Thesis 3.4.2.2: a cluster of four Jetson Nanos; half a core each would need 2 cores.
+    "prefix": "pxdc",
+    "subnet": "10.213.1.0/24",
+    "cpu_scale": 0.5,
+    "orchestrator": {"start": True, "port": 8700},
+    "learners": [{"name": "jetson", "profile": "jetson-nano", "count": 4}],
+}
+
+
+def _load_dab_vs_csa() -> Any:
+    import importlib.util
+
+    path = ROOT / "benchmarks" / "dab_vs_csa.py"
+    spec = importlib.util.spec_from_file_location("dab_vs_csa", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"{path} is missing; it provides the DAB vs CSA task spec")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dab_vs_csa(fleet_source: Path | None, factors: list[float], rounds: int, out: Path) -> None:
+    """DAB and CSA tasks over a deadline sweep anchored on CSA's own GUC time (seconds)."""
+    from deploy.testbed.bench import TestbedFleet
+
+    bench = _load_dab_vs_csa()
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    with TestbedFleet(fleet_source or FOUR_JETSONS) as fleet:
+        fleet.start()
+        assert fleet.bed is not None
+        profiles = {lr.name: lr.profile for lr in fleet.bed.learners}
+        with fleet.client() as client:
+            probe = bench.run_task(client, bench.task_spec("csa", 120.0, 1, 32))
+            total = max(8, round(32 * 6.0 / max(probe["guc_time_s"], 0.1)))
+            t_csa = bench.run_task(client, bench.task_spec("csa", 120.0, 1, total))["guc_time_s"]
+            print(f"CSA total {total} shards/round; T_csa = {t_csa:.2f} s", flush=True)
+            for f in factors:
+                for alloc in ("dab", "csa"):
+                    row = bench.run_task(client, bench.task_spec(alloc, f * t_csa, rounds, total))
+                    row["factor"] = f
+                    rows.append(row)
+                    print(
+                        f"D={row['deadline_s']:6.2f}s {alloc}: GUC {row['guc_time_s']:6.2f}s "
+                        f"truancy {100 * row['truancy']:+6.1f}% acc "
+                        f"{100 * row['accuracy']:.1f}%",
+                        flush=True,
+                    )
+    dab = sorted((r for r in rows if r["allocator"] == "dab"), key=lambda r: r["deadline_s"])
+    csa = sorted((r for r in rows if r["allocator"] == "csa"), key=lambda r: r["deadline_s"])
+    result = {
+        "benchmark": "testbed_dab_vs_csa",
+        "command": f"sudo .venv/bin/python -m deploy.testbed.reproduce --what dab-vs-csa "
+        f"--factors {','.join(str(f) for f in factors)} --rounds {rounds}",
+        "fleet": profiles,
+        "csa_total_shards": total,
+        "t_csa_s": t_csa,
+        "rows": rows,
+        "seconds": time.perf_counter() - started,
+        "thesis_anchor": "four Jetson Nanos, tightest deadline: DAB +7 %, CSA +63 % (3.4.2.2)",
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    bench.plot(rows, out.with_suffix(".png"))
+    print(
+        f"testbed dab_vs_csa: tightest D={dab[0]['deadline_s']:.2f}s truancy DAB "
+        f"{100 * dab[0]['truancy']:+.1f}% vs CSA {100 * csa[0]['truancy']:+.1f}%; loosest "
+        f"accuracy DAB {100 * dab[-1]['accuracy']:.1f}% vs CSA {100 * csa[-1]['accuracy']:.1f}%"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.testbed.reproduce",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--what", choices=("sb", "dab-vs-csa"), default="sb")
     parser.add_argument(
-        "--fleet", type=Path, default=Path(__file__).parent / "fleets" / "thesis-ch3.yaml"
+        "--fleet",
+        type=Path,
+        default=None,
+        help="fleet file [sb: fleets/thesis-ch3.yaml; dab-vs-csa: four Jetson Nanos]",
     )
+    parser.add_argument(
+        "--factors", default="0.6,1.0,1.4", help="dab-vs-csa: deadlines as multiples of T_csa"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="dab-vs-csa: rounds per task")
     parser.add_argument("--sizes", default="2,4,6,8")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=RESULTS / "testbed_subset_benchmarking.json")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.what == "dab-vs-csa":
+        factors = [float(f) for f in args.factors.split(",")]
+        dab_vs_csa(
+            args.fleet, factors, args.rounds, args.out or RESULTS / "testbed_dab_vs_csa.json"
+        )
+        return
+    args.fleet = args.fleet or Path(__file__).parent / "fleets" / "thesis-ch3.yaml"
+    args.out = args.out or RESULTS / "testbed_subset_benchmarking.json"
     sizes = [int(s) for s in args.sizes.split(",")]
 
     fleet_data = load_fleet(args.fleet)
@@ -154,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": time.perf_counter() - started,
         "raw": raw,
         "errors": {n: errors(r) for n, r in raw.items()},
+        "flops_errors": {n: flops_errors(r) for n, r in raw.items()},
         "rates": {
             n: {
                 "sb_bandwidth": statistics.fmean(
@@ -176,9 +290,16 @@ def main(argv: list[str] | None = None) -> None:
         f"{n} {summary['rates'][n]['sb_bandwidth'] / profiles[n]['down_rate']:.0%} of cap"
         for n in profiles
     )
+    largest = str(max(sizes))
+    sb_at_largest = statistics.fmean(
+        statistics.fmean(e[largest]["runtime"]) for e in summary["errors"].values()
+    )
+    flops_all = [v for e in summary["flops_errors"].values() for v in e]
+    flops_mean = statistics.fmean(flops_all) if flops_all else float("nan")
     print(
-        f"testbed SB on {len(profiles)} learners: worst mean runtime error {worst:.0%}; "
-        f"SB bandwidth {bw}"
+        f"testbed SB on {len(profiles)} learners: mean runtime error {sb_at_largest:.0%} at "
+        f"{largest} shards vs FLOPS {flops_mean:.0%} (ratio {sb_at_largest / flops_mean:.2f}); "
+        f"worst SB mean {worst:.0%}; SB bandwidth {bw}"
     )
 
 

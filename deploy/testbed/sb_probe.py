@@ -5,7 +5,8 @@
 `/shards/{i}`), and for each benchmark size n runs `learner_agent.benchmarking.subset_benchmark`
 on n shards (the agent's own SB code: b_k in bytes/s, c_k in samples/s). It then measures the
 truth SB predicts: the seconds to download `--download-shards` shards and to train a fresh model
-one pass over `--train-shards` shards (thesis 3.4.2.1, figs. 3.2 and 3.3). Prints one JSON object.
+one pass over `--train-shards` shards (thesis 3.4.2.1, figs. 3.2 and 3.3), and the FLOPS
+baseline's prediction of the same training time (thesis 3.4.1). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -59,7 +60,14 @@ def _one_run(
 ) -> dict[str, Any]:
     import numpy as np
 
-    from learner_agent.benchmarking import build_dummy, subset_benchmark
+    from learner_agent.benchmarking import (
+        build_dummy,
+        flops_benchmark,
+        flops_predict_train_s,
+        subset_benchmark,
+        training_flops_per_sample,
+    )
+    from plexus.datasets import dataset_geometry
     from plexus.shards import decode_shard
     from plexus.spec import load_spec
     from plexus.training import train
@@ -101,8 +109,19 @@ def _one_run(
         seed=spec.seed,
     )
     train_s = time.perf_counter() - start
+    # The FLOPS baseline of thesis 3.4.1: 100 products of 512x512 matrices, and the model's
+    # training FLOPs per sample; its prediction is samples x FLOPs per sample / FLOPS.
+    flops = flops_benchmark()
+    per_sample = training_flops_per_sample(
+        build_dummy(spec), dataset_geometry(spec.dataset.name)[0]
+    )
     return {
         "sb": sb,
+        "flops": {
+            "flops": flops,
+            "flops_per_sample": per_sample,
+            "predicted_train_s": flops_predict_train_s(flops, per_sample, len(y)),
+        },
         "truth": {
             "download_shards": download_shards,
             "download_s": download_s,
