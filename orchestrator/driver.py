@@ -103,12 +103,15 @@ class RoundDriver:
         from plexus.spec import load_spec
 
         try:
-            task = self.store.task(task_id)
+            # Store calls go to a thread: SQLite may hold its write lock for seconds while a
+            # new task is being prepared, and the event loop must keep serving RPC results.
+            task = await asyncio.to_thread(self.store.task, task_id)
             spec = load_spec(task.spec)
             assert spec.sync is not None
             allocator = get_allocator(spec.sync.allocator)
             if task.state == "pending":
-                task = self.store.set_state(task_id, "running", None, time.time())
+                task = await asyncio.to_thread(self.store.set_state, task_id, "running", None,
+                                               time.time())
             layout = self.store.layout
             x_test, y_test, input_shape, classes = await asyncio.to_thread(
                 load_test_split, layout, task_id)
@@ -116,7 +119,8 @@ class RoundDriver:
             for index in range(task.rounds_done, spec.sync.rounds):
                 state = await self._round(task, spec, allocator, index, state,
                                           (x_test, y_test, input_shape, classes))
-            self.store.set_state(task_id, "finished", None, time.time())
+            await asyncio.to_thread(self.store.set_state, task_id, "finished", None,
+                                    time.time())
             self._reports.pop(task_id, None)
         except asyncio.CancelledError:
             raise
@@ -135,7 +139,7 @@ class RoundDriver:
     async def _wait_for_learners(self) -> list[LearnerRow]:
         # A task submitted before any learner enrolled waits for the first one.
         while True:
-            alive = self.service.alive_learners()
+            alive = await asyncio.to_thread(self.service.alive_learners)
             if alive:
                 return alive
             await asyncio.sleep(0.5)
@@ -191,6 +195,8 @@ class RoundDriver:
             try:
                 params = ans.value["params"]
                 n = int(ans.value["samples_trained"])
+                if n < 0:
+                    raise ValueError(f"samples_trained is {n}")
                 validate_state(params, state)
             except (BadTensors, KeyError, TypeError, ValueError) as exc:
                 left_out[key] = f"bad answer: {exc}"
@@ -216,7 +222,7 @@ class RoundDriver:
             write_atomic, model_path,
             encode_state(state, {"version": version, "task_id": task.id, "round": index}))
         truancy = (round_time - sync.deadline_s) / sync.deadline_s  # thesis 3.4, metric 6
-        self.store.record_round(task.id, {
+        await asyncio.to_thread(self.store.record_round, task.id, {
             "index": index, "started_at": started_at, "allocation": counts,
             "shards": {k: v for k, v in shard_ids.items() if v}, "samples": samples,
             "left_out": left_out, "plan_s": plan_s, "round_time_s": round_time,

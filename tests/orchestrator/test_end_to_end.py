@@ -70,7 +70,7 @@ def test_dab_trains_three_rounds_and_the_slow_agent_takes_fewer_shards(fleet: Lo
     assert rounds[-1]["accuracy"] > ACCURACY_FLOOR
     assert rounds[-1]["accuracy"] > rounds[0]["accuracy"] - 0.02
     for r in rounds:
-        assert r["allocation"][ids["slow"]] < r["allocation"][ids["fast"]]
+        assert r["allocation"].get(ids["slow"], 0) < r["allocation"].get(ids["fast"], 0), r
         assert sum(r["samples"].values()) > 0
         assert r["model_version"] == r["index"] + 1
 
