@@ -70,10 +70,12 @@ class Relay:
         max_body_bytes: int = 2**31,
         result_ttl_s: float = 600.0,
         poll_wait_s: float = 2.0,
+        redeliver_after_s: float = 30.0,
         callback_verify: Any = True,
     ) -> None:
         """Token options are described in docs/rpc.md; bytes limit per body; seconds for
-        `result_ttl_s` and for `poll_wait_s` (how long one poll is held open)."""
+        `result_ttl_s`, `poll_wait_s` (how long one poll is held open) and
+        `redeliver_after_s` (when a call handed out but never acknowledged is queued again)."""
         from rpc._worker import json_app
 
         self.caller_tokens = frozenset(caller_tokens) if caller_tokens is not None else None
@@ -81,9 +83,12 @@ class Relay:
         self.authorize_worker = authorize_worker
         self.max_body_bytes = max_body_bytes
         self.poll_wait_s = poll_wait_s
+        self.redeliver_after_s = redeliver_after_s
         self.calls = CallStore(result_ttl_s)
         self._queues: dict[str, asyncio.Queue[_Queued]] = {}
         self._callbacks: dict[str, tuple[str, str | None]] = {}
+        # Calls handed to a poll but not yet acknowledged: key -> (call, time handed out).
+        self._dispatched: dict[str, tuple[_Queued, float]] = {}
         self._seen: dict[str, float] = {}
         self._clients = ClientPool(callback_verify)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -143,6 +148,16 @@ class Relay:
                 or not hmac.compare_digest(token.encode(), expected.encode())
             ):
                 raise AuthError(f"worker {name!r} is not authorized by this relay; check its token")
+
+    def _requeue_stale(self, worker: str) -> None:
+        now = time.monotonic()
+        prefix = f"{worker}/"
+        for key, (item, sent_at) in list(self._dispatched.items()):
+            if key.startswith(prefix) and now - sent_at > self.redeliver_after_s:
+                del self._dispatched[key]
+                call = self.calls.get(key)
+                if call is not None and call.outcome is None:
+                    self._queue(worker).put_nowait(item)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -221,11 +236,17 @@ class Relay:
         except RPCError as exc:
             return error_response(exc)
         self._seen[worker] = time.monotonic()
+        # The worker acknowledges on its next poll the calls it received; a call whose poll
+        # answer was lost on the way is never acknowledged and goes back in the queue.
+        for call_id in request.query_params.getlist("ack"):
+            self._dispatched.pop(f"{worker}/{call_id}", None)
+        self._requeue_stale(worker)
         queue = self._queue(worker)
         try:
             item = queue.get_nowait() if wait <= 0 else await asyncio.wait_for(queue.get(), wait)
         except (asyncio.QueueEmpty, asyncio.TimeoutError):
             return Response(status_code=204)
+        self._dispatched[f"{worker}/{item.call_id}"] = (item, time.monotonic())
         headers = {
             CALL_ID_HEADER: item.call_id,
             PROCEDURE_HEADER: item.procedure,
@@ -250,6 +271,7 @@ class Relay:
             body = await read_body(request, self.max_body_bytes)
         except RPCError as exc:
             return error_response(exc)
+        self._dispatched.pop(key, None)
         ctype = request.headers.get("content-type", "").split(";")[0].strip()
         outcome = Outcome(status, ctype, Encoded([body], len(body)))
         self.calls.finish(key, outcome)
@@ -288,6 +310,9 @@ class RelayConnection:
         self.verify = _verify(verify)
         self.error: BaseException | None = None
         self._connected = threading.Event()
+        self._acks: list[str] = []
+        # Call ids received lately: a call redelivered after a lost acknowledgement runs once.
+        self._received: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
@@ -326,25 +351,32 @@ class RelayConnection:
             first = True
             while True:
                 try:
+                    acks = list(self._acks)
+                    params: list[tuple[str, str | int | float | bool | None]] = [
+                        ("ack", a) for a in acks
+                    ]
+                    if first:
+                        params.append(("wait", "0"))
                     request = client.build_request(
-                        "GET",
-                        f"{self.url}/_poll",
-                        params={"wait": "0"} if first else None,
-                        headers=self._headers(),
+                        "GET", f"{self.url}/_poll", params=params, headers=self._headers()
                     )
                     resp = await client.send(request, stream=True)
                     try:
+                        if resp.status_code in (200, 204):
+                            del self._acks[: len(acks)]
                         if resp.status_code == 200:
                             from rpc._client import _read_async
 
                             body = await _read_async(resp)
                             call_id = resp.headers.get(CALL_ID_HEADER, "")
                             procedure = resp.headers.get(PROCEDURE_HEADER, "")
-                            task = asyncio.get_running_loop().create_task(
-                                self._handle(client, call_id, procedure, body)
-                            )
-                            tasks.add(task)
-                            task.add_done_callback(tasks.discard)
+                            self._acks.append(call_id)
+                            if self._first_time(call_id):
+                                task = asyncio.get_running_loop().create_task(
+                                    self._handle(client, call_id, procedure, body)
+                                )
+                                tasks.add(task)
+                                task.add_done_callback(tasks.discard)
                             del body
                         elif resp.status_code == 401:
                             await resp.aread()
@@ -364,6 +396,17 @@ class RelayConnection:
                     # The relay is down or the network blinked: retry with a growing pause.
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
+
+    def _first_time(self, call_id: str) -> bool:
+        """Record a received call id; False when it was received before (a redelivery)."""
+        if call_id in self._received:
+            return False
+        if len(self._received) >= 10_000:
+            # Forget the older half; redeliveries come within minutes, not thousands of calls.
+            for old in sorted(self._received, key=self._received.__getitem__)[:5_000]:
+                del self._received[old]
+        self._received[call_id] = time.monotonic()
+        return True
 
     async def _handle(
         self, client: httpx.AsyncClient, call_id: str, procedure: str, body: Buffer

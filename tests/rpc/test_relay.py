@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,3 +105,29 @@ def test_relay_hosted_by_a_worker_and_by_fastapi(worker: rpc.Worker) -> None:
     with rpc.ServerThread(app).start() as srv, worker.start_relay(srv.url + "/relay", "edge"):
         assert rpc.connect(srv.url + "/relay/edge", duplex=True, timeout=10).add(3, 3) == 6
         assert relay.last_seen("edge") is not None
+
+
+def test_a_call_whose_poll_answer_was_lost_is_redelivered_once(
+    worker: rpc.Worker, clean_probe: Any
+) -> None:
+    import httpx
+
+    relay = rpc.Relay(poll_wait_s=0.3, redeliver_after_s=0.3)
+    with relay.start() as srv:
+        # Arrange: a duplex call waits in the relay for worker "edge".
+        remote = rpc.connect(srv.url + "/edge", duplex=True, timeout=15, poll_interval_s=0.5)
+        handle = remote.add.start(20, 22)
+        # A poll takes the call, but its answer is "lost": no ack, no result, ever.
+        end = time.monotonic() + 10
+        while True:
+            lost = httpx.get(f"{srv.url}/edge/_poll", params={"wait": "0.2"})
+            if lost.status_code == 200:
+                break
+            assert time.monotonic() < end, "the call never reached the relay"
+        assert lost.headers["x-rpc-procedure"] == "add"
+        # Act: the real worker connects; the unacknowledged call is queued again for it.
+        with worker.start_relay(srv.url, "edge"):
+            result = handle.join(15)
+    # Assert
+    assert result == 42
+    assert clean_probe.ran == ["add"]
