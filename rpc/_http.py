@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
+import threading
 import time
 import traceback
 from collections.abc import Collection
@@ -238,19 +239,22 @@ class ClientPool:
     def __init__(self, verify: Any = True) -> None:
         self._verify = verify
         self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        # Loops in several threads may ask at once (e.g. acall from two asyncio.run threads).
+        self._lock = threading.Lock()
 
     def get(self) -> httpx.AsyncClient:
         """The client of the running loop (made on first use)."""
         loop = asyncio.get_running_loop()
-        for old in [lp for lp in self._clients if lp.is_closed()]:
-            del self._clients[old]
-        client = self._clients.get(loop)
-        if client is None:
-            client = httpx.AsyncClient(
-                verify=self._verify, timeout=httpx.Timeout(30.0, connect=3.0)
-            )
-            self._clients[loop] = client
-        return client
+        with self._lock:
+            for old in [lp for lp in self._clients if lp.is_closed()]:
+                del self._clients[old]
+            client = self._clients.get(loop)
+            if client is None:
+                client = httpx.AsyncClient(
+                    verify=self._verify, timeout=httpx.Timeout(30.0, connect=3.0)
+                )
+                self._clients[loop] = client
+            return client
 
 
 async def deliver(
