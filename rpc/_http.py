@@ -16,7 +16,7 @@ import httpx
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from rpc._wire import CONTENT_TYPE, Buffer, Encoded, alloc, encode_result
+from rpc._wire import CHUNK_BYTES, CONTENT_TYPE, Buffer, Encoded, alloc, encode_result
 from rpc.errors import (
     AuthError,
     MalformedPayload,
@@ -164,7 +164,7 @@ class Outcome:
     def response(self) -> Response:
         """The outcome as a streamed HTTP response."""
         headers = {"content-length": str(self.body.nbytes)}
-        if len(self.body.pieces) == 1:
+        if len(self.body.pieces) == 1 and self.body.nbytes <= CHUNK_BYTES:
             return Response(
                 bytes(self.body.pieces[0]), self.status, headers, media_type=self.content_type
             )

@@ -131,3 +131,12 @@ def test_a_call_whose_poll_answer_was_lost_is_redelivered_once(
     # Assert
     assert result == 42
     assert clean_probe.ran == ["add"]
+
+
+def test_large_payload_through_the_relay_is_bit_exact(
+    relay_server: rpc.ServerThread, relayed: rpc.RelayConnection
+) -> None:
+    payload = np.random.default_rng(3).random(2_500_000).astype(np.float32)  # 10 MB
+    remote = rpc.connect(relay_server.url + "/pi-07", token="caller-token", timeout=30)
+    out = remote.echo({"w": payload})
+    assert out["w"].tobytes() == payload.tobytes()
