@@ -23,6 +23,7 @@ from orchestrator.allocation.med import (
     expected_delays,
     solve_med,
 )
+from orchestrator.errors import BadInput
 
 Method = Literal["med", "mmtt-uncertain", "mmtt-ideal", "equal"]
 METHODS: tuple[Method, ...] = ("med", "mmtt-uncertain", "mmtt-ideal", "equal")
@@ -32,9 +33,11 @@ def believed_instance(inst: MedInstance, states: Sequence[int]) -> MedInstance:
     """`inst` with each learner certain (γ = 1) of being in `states[j]` (eq. 4.3 → eq. 4.2)."""
     h = len(inst.learners[0].state_probs)
     if len(states) != len(inst.learners):
-        raise ValueError(f"got {len(states)} states for {len(inst.learners)} learners")
+        raise BadInput(f"got {len(states)} states for {len(inst.learners)} learners; give one "
+                       "state index per learner", code="invalid_states")
     if any(not 0 <= s < h for s in states):
-        raise ValueError(f"state indices must lie in [0, {h}); got {list(states)}")
+        raise BadInput(f"state indices must lie in [0, {h}); got {list(states)}",
+                       code="invalid_states")
     return inst.with_state_probs(np.eye(h)[np.asarray(states, dtype=int)])
 
 
@@ -99,10 +102,12 @@ def plan(
         model = believed_instance(inst, [w.benchmarked_state for w in inst.learners])
     elif method == "mmtt-ideal":
         if actual_states is None:
-            raise ValueError("mmtt-ideal needs actual_states: the state of every learner now")
+            raise BadInput("mmtt-ideal needs actual_states: the state of every learner now",
+                           code="invalid_states")
         model = believed_instance(inst, actual_states)
     else:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise BadInput(f"unknown method {method!r}; choose one of {', '.join(METHODS)}",
+                       code="invalid_method")
     kw = dict(solver=solver, time_limit_s=time_limit_s, mip_gap=mip_gap,
               gurobi_size_limit=gurobi_size_limit, seed=seed, method=method)
     res = solve_med(model, diagnose=diagnose, **kw)  # type: ignore[arg-type]

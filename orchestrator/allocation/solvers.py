@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from orchestrator.errors import OrchestratorError
+
 if TYPE_CHECKING:
     from orchestrator.allocation.med import Milp
 
@@ -37,8 +39,13 @@ class RawResult:
     message: str = ""
 
 
-class SolverUnavailable(RuntimeError):
-    """The requested solver cannot be imported; install it or ask for another backend."""
+class SolverUnavailable(OrchestratorError):
+    """The requested solver cannot be imported; install it or ask for another backend.
+
+    Part of the orchestrator's hierarchy (OrchestratorError → SolverUnavailable, HTTP 500,
+    code "solver_unavailable")."""
+
+    code = "solver_unavailable"
 
 
 def gurobi_importable() -> bool:

@@ -14,6 +14,7 @@ from orchestrator.allocation.med import (
     thesis_instance,
 )
 from orchestrator.allocation.mmtt import believed_instance, equal_split, plan
+from orchestrator.errors import BadInput
 
 
 def two_faced_instance() -> MedInstance:
@@ -51,9 +52,9 @@ def test_mmtt_ideal_uses_the_states_it_is_given() -> None:
 
 
 def test_mmtt_ideal_requires_states() -> None:
-    with pytest.raises(ValueError, match="actual_states"):
+    with pytest.raises(BadInput, match="actual_states"):
         plan(two_faced_instance(), "mmtt-ideal")
-    with pytest.raises(ValueError, match="state indices"):
+    with pytest.raises(BadInput, match="state indices"):
         believed_instance(two_faced_instance(), [0, 7])
 
 

@@ -78,3 +78,13 @@ def test_bad_json_and_bad_option(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "not valid JSON" in proc.stderr
     proc = run_plan(str(EXAMPLE), "--solver", "cplex")
     assert proc.returncode == 2 and "--solver" in proc.stderr
+
+
+def test_mmtt_ideal_takes_the_current_states() -> None:
+    proc = run_plan(str(EXAMPLE), "--method", "mmtt-ideal")
+    assert proc.returncode == 2 and "--states" in proc.stderr
+    proc = run_plan(str(EXAMPLE), "--method", "mmtt-ideal", "--states", "0,1")
+    assert proc.returncode == 2 and "one state index per learner" in proc.stderr
+    proc = run_plan(str(EXAMPLE), "--method", "mmtt-ideal", "--states", ",".join(["1"] * 10))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["method"] == "mmtt-ideal"
