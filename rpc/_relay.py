@@ -385,6 +385,14 @@ class RelayConnection:
                             )
                             self._connected.set()
                             return
+                        elif resp.status_code == 404 and first:
+                            # Nothing routes there: a wrong relay URL will not fix itself.
+                            self.error = TransportError(
+                                f"{self.url}/_poll answered 404; is {self.url!r} a relay URL "
+                                "followed by the worker name?"
+                            )
+                            self._connected.set()
+                            return
                         elif resp.status_code != 204:
                             raise httpx.HTTPStatusError("poll", request=request, response=resp)
                     finally:

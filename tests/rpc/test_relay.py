@@ -140,3 +140,9 @@ def test_large_payload_through_the_relay_is_bit_exact(
     remote = rpc.connect(relay_server.url + "/pi-07", token="caller-token", timeout=30)
     out = remote.echo({"w": payload})
     assert out["w"].tobytes() == payload.tobytes()
+
+
+def test_a_wrong_relay_url_fails_fast(server: rpc.ServerThread, worker: rpc.Worker) -> None:
+    # A worker's own URL is no relay: the first poll gets a 404.
+    with pytest.raises(rpc.TransportError, match="404"):
+        worker.start_relay(server.url + "/not-a-relay", "edge")
