@@ -146,3 +146,39 @@ def test_receiver_mounted_in_fastapi(server: rpc.ServerThread) -> None:
         assert push(server.url, receiver, "f" * 32, 7, 8) == {"value": 15}
         remote = rpc.connect(server.url, duplex=True, callback=receiver, timeout=10.0)
         assert remote.add(1, 1) == 2
+
+
+def test_a_long_duplex_call_keeps_no_request_open() -> None:
+    # Arrange: a worker whose app is wrapped by an ASGI layer that times every request.
+    import asyncio
+
+    reg = rpc.Registry()
+
+    @reg.procedure
+    async def slow(seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "done"
+
+    worker = rpc.Worker(reg)
+    durations: list[tuple[str, float]] = []
+
+    async def timed_app(scope: Any, receive: Any, send: Any) -> None:
+        start = time.monotonic()
+        await worker.app(scope, receive, send)
+        if scope["type"] == "http":
+            durations.append((scope["path"], time.monotonic() - start))
+
+    # A receiver nobody can reach, so the caller must also poll while the call runs.
+    receiver = rpc.CallbackReceiver(public_url=closed_port_url())
+    with rpc.ServerThread(timed_app).start() as srv:
+        remote = rpc.connect(
+            srv.url, duplex=True, callback=receiver, timeout=20, poll_interval_s=0.3
+        )
+        # Act
+        began = time.monotonic()
+        assert remote.slow(1.5) == "done"
+        took = time.monotonic() - began
+    # Assert: the call lasted 1.5 s, yet every request (call, polls, fetch) was short.
+    assert took >= 1.5
+    assert any(path.startswith("/calls/") for path, _ in durations)
+    assert max(d for _, d in durations) < 0.75, durations
