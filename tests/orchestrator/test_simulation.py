@@ -33,7 +33,7 @@ def _config(**over: Any) -> dict[str, Any]:
         "arrivals": {"rate": 0.5, "pull_threshold": 4},
         "devices": {"compute": 20.0, "bandwidth": 1.0e6},
         "aggregator": {"name": "spin", "k": 3, "pi_s": 2.0},
-        "stop": {"max_time_s": 40.0},
+        "stop": {"max_time_s": 25.0},
         "threads": 1,
     }
     cfg.update(over)
