@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
             1, help="torch threads for training (0 = torch's default, one per core)"
         ),
         preload: bool = typer.Option(
-            False, help="Import torch at start: faster first call, ~270 MB more idle memory"
+            False, help="Import torch at start: faster first call, ~180 MiB more idle memory"
         ),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every heartbeat"),
     ) -> None:
