@@ -112,12 +112,19 @@ def download_stress(state: str | None, fetch: Callable[[], bytes]) -> Iterator[l
         yield counter
         return
 
+    started = threading.Event()
+
     def run(stop: threading.Event) -> None:
         while not stop.is_set() and counter[0] < MATRIX_BYTES:
+            started.set()
             try:
                 counter[0] += len(fetch())
             except Exception:  # a failing stressor must never fail the real download
                 return
+        started.set()
 
     with _Background(run):
+        # Hold the real download back until the competing one is under way, so a short
+        # download cannot finish before the contention starts.
+        started.wait(5.0)
         yield counter

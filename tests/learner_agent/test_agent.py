@@ -130,3 +130,29 @@ def test_daemon_waits_for_the_orchestrator_and_re_enrolls_when_forgotten() -> No
             assert daemon.enrolled.is_set()
     finally:
         daemon.stop()
+
+
+def test_stressor_states_in_benchmark_and_train(standin: StandIn) -> None:
+    from learner_agent.client import OrchestratorClient
+    from learner_agent.errors import BadTask
+    from learner_agent.procedures import Agent
+
+    client = OrchestratorClient(standin.url)
+    client.enroll(JOIN_TOKEN, "stressed", {}, None)
+    agent = Agent("stressed", client)
+    try:
+        before = standin.shard_gets
+        answer = agent.benchmark(TASK, 1, "downloading")
+        assert answer["state"] == "downloading" and answer["compute"] > 0
+        # 2 benchmark shards plus at least one competing download by the stressor
+        assert standin.shard_gets - before >= 2 + 1
+        trained = agent.train(TASK, 1, 0, [0], 30.0, "training")
+        assert trained["samples_trained"] == 200 and agent.status()["state"] == "idle"
+        with pytest.raises(BadTask, match="stressor state"):
+            agent.benchmark(TASK, 1, "sleeping")
+        with pytest.raises(BadTask, match="deadline_s"):
+            agent.train(TASK, 1, 0, [0], -1.0, None)
+        with pytest.raises(BadTask, match="shard"):
+            agent.train(TASK, 1, 0, [-3], 5.0, None)
+    finally:
+        client.close()
