@@ -148,6 +148,9 @@ def test_stressor_states_in_benchmark_and_train(standin: StandIn) -> None:
         assert standin.shard_gets - before >= 2 + 1
         trained = agent.train(TASK, 1, 0, [0], 30.0, "training")
         assert trained["samples_trained"] == 200 and agent.status()["state"] == "idle"
+        # More benchmark shards than the task has (6): the agent reuses the ones it got.
+        big = {**TASK, "sync": {**TASK["sync"], "benchmark_shards": 9}}
+        assert agent.benchmark(big, 1, None)["compute"] > 0
         with pytest.raises(BadTask, match="stressor state"):
             agent.benchmark(TASK, 1, "sleeping")
         with pytest.raises(BadTask, match="deadline_s"):
