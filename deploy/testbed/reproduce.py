@@ -165,14 +165,7 @@ def _plot_dab_vs_csa(
     plt.close(fig)
 
 
-FOUR_JETSONS: dict[str, Any] = {
-    # Thesis 3.4.2.2: a cluster of four Jetson Nanos; half a core each would need 2 cores.
-    "prefix": "pxdc",
-    "subnet": "10.213.1.0/24",
-    "cpu_scale": 0.5,
-    "orchestrator": {"start": True, "port": 8700},
-    "learners": [{"name": "jetson", "profile": "jetson-nano", "count": 4}],
-}
+FOUR_JETSONS = Path(__file__).parent / "fleets" / "thesis-ch3-jetsons.yaml"
 
 
 def _load_dab_vs_csa() -> Any:
