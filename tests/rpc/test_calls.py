@@ -153,3 +153,14 @@ def test_a_non_rpc_endpoint_is_a_protocol_error(server: rpc.ServerThread) -> Non
     remote = rpc.connect(server.url + "/healthz")
     with pytest.raises(rpc.ProtocolError):
         remote.add(1, 2)
+
+
+@pytest.mark.parametrize("duplex", MODES)
+def test_worker_mounted_into_fastapi(worker: rpc.Worker, duplex: bool) -> None:
+    fastapi = pytest.importorskip("fastapi")
+    app = fastapi.FastAPI()
+    app.mount("/rpc", worker.app)
+    with rpc.ServerThread(app).start() as host:
+        with rpc.connect(host.url + "/rpc", duplex=duplex, timeout=10) as remote:
+            assert remote.add(4, 5) == 9
+            assert asyncio.run(remote.aecho.acall("x")) == "x"
