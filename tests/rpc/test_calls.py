@@ -160,7 +160,9 @@ def test_worker_mounted_into_fastapi(worker: rpc.Worker, duplex: bool) -> None:
     fastapi = pytest.importorskip("fastapi")
     app = fastapi.FastAPI()
     app.mount("/rpc", worker.app)
-    with rpc.ServerThread(app).start() as host:
-        with rpc.connect(host.url + "/rpc", duplex=duplex, timeout=10) as remote:
-            assert remote.add(4, 5) == 9
-            assert asyncio.run(remote.aecho.acall("x")) == "x"
+    with (
+        rpc.ServerThread(app).start() as host,
+        rpc.connect(host.url + "/rpc", duplex=duplex, timeout=10) as remote,
+    ):
+        assert remote.add(4, 5) == 9
+        assert asyncio.run(remote.aecho.acall("x")) == "x"
