@@ -71,6 +71,10 @@ def round_view(r: RoundRow) -> dict[str, Any]:
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the orchestrator app; its lifespan resumes every running task."""
+    # torch is needed for every task (shards, models, evaluation); importing it now keeps a
+    # multi-second import out of the first task submission.
+    import torch  # noqa: F401
+
     service = Service(settings)
 
     @asynccontextmanager

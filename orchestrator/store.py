@@ -23,12 +23,14 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Float,
     ForeignKey,
     Integer,
     String,
     Text,
     create_engine,
+    delete,
     event,
     select,
 )
@@ -75,6 +77,9 @@ class TaskRow(Base):
     shard_samples: Mapped[int] = mapped_column(Integer, default=0)
     shard_bytes: Mapped[int] = mapped_column(Integer, default=0)
     model_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    # False while the task's files are being prepared: such a row is invisible to the API and
+    # the driver, and removed at start-up if the process died before it became ready.
+    ready: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class RoundRow(Base):
@@ -168,6 +173,7 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open the database at {url}: {exc}; check --db-url") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.discard_unready()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -232,40 +238,59 @@ class Store:
         """Insert a pending task and prepare its files, all or nothing.
 
         `prepare(task_id, directory)` writes the shards, test split and model v0 into
-        `directory` and returns num_shards, shard_samples, shard_bytes and model_bytes. If it
-        raises, the row is rolled back and the directory removed: no half-created task.
+        `directory` and returns num_shards, shard_samples, shard_bytes and model_bytes. The
+        row is hidden (`ready` false) while that runs, outside any transaction, so a slow
+        preparation never holds the database's write lock; if it raises, row and directory
+        are removed: no half-created task is ever visible.
         """
         with self.session() as s:
             row = TaskRow(name=str(spec.get("name", "task")), spec=spec, state="pending",
-                          created_at=now)
+                          created_at=now, ready=False)
             s.add(row)
             s.flush()
-            target = self.layout.task_dir(row.id)
-            if target.exists():  # left over from a task whose insert was rolled back
+            task_id = row.id
+        target = self.layout.task_dir(task_id)
+        try:
+            if target.exists():  # left over from a task id that was given back
                 shutil.rmtree(target)
-            try:
-                facts = prepare(row.id, target)
+            facts = prepare(task_id, target)
+            with self.session() as s:
+                row = s.get(TaskRow, task_id)
+                assert row is not None
                 for key, value in facts.items():
                     setattr(row, key, value)
-                s.add(ModelVersionRow(task_id=row.id, version=0,
-                                      path=str(self.layout.model(row.id, 0)), created_at=now))
-                s.flush()
-            except BaseException:
-                shutil.rmtree(target, ignore_errors=True)
-                raise
-        return row
+                row.ready = True
+                s.add(ModelVersionRow(task_id=task_id, version=0,
+                                      path=str(self.layout.model(task_id, 0)), created_at=now))
+            return row
+        except BaseException:
+            self._discard(task_id)
+            raise
+
+    def _discard(self, task_id: int) -> None:
+        shutil.rmtree(self.layout.task_dir(task_id), ignore_errors=True)
+        with self.session() as s:
+            s.execute(delete(ModelVersionRow).where(ModelVersionRow.task_id == task_id))
+            s.execute(delete(TaskRow).where(TaskRow.id == task_id))
+
+    def discard_unready(self) -> None:
+        """Remove tasks whose preparation a crash interrupted (called at start-up)."""
+        with self.session() as s:
+            ids = list(s.scalars(select(TaskRow.id).where(TaskRow.ready.is_(False))))
+        for task_id in ids:
+            self._discard(task_id)
 
     def task(self, task_id: int) -> TaskRow:
         with self.session() as s:
             row = s.get(TaskRow, task_id)
-            if row is None:
+            if row is None or not row.ready:
                 raise NotFound(f"task {task_id} does not exist; list tasks with GET /v1/tasks",
                                code="task_not_found")
             return row
 
     def tasks(self, states: tuple[str, ...] | None = None) -> list[TaskRow]:
         with self.session() as s:
-            q = select(TaskRow).order_by(TaskRow.id)
+            q = select(TaskRow).where(TaskRow.ready.is_(True)).order_by(TaskRow.id)
             if states:
                 q = q.where(TaskRow.state.in_(states))
             return list(s.scalars(q))
@@ -276,7 +301,7 @@ class Store:
         assert state in TASK_STATES
         with self.session() as s:
             row = s.get(TaskRow, task_id, with_for_update=True)
-            if row is None:
+            if row is None or not row.ready:
                 raise NotFound(f"task {task_id} does not exist", code="task_not_found")
             if row.state not in only_from:
                 raise Conflict(f"task {task_id} is {row.state}"

@@ -1,6 +1,6 @@
 """End to end with real processes: an orchestrator and three agents of emulated speeds.
 
-Speeds are a CPU duty cycle (fast 100 %, medium 30 %, slow 5 %), see orchestrator/emulation.py.
+Speeds are a CPU duty cycle (fast 100 %, medium 30 %, slow 10 %), see orchestrator/emulation.py.
 The medium agent binds no port and serves through the orchestrator's relay, as an agent behind
 NAT would. One fleet serves the whole module; the fault tests come last (they kill processes).
 """
@@ -35,7 +35,7 @@ def spec(rounds: int, name: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
     f = LocalFleet(Path(tmp_path_factory.mktemp("fleet")) / "data",
-                   speeds={"fast": 1.0, "medium": 0.3, "slow": 0.05}, relayed={"medium"})
+                   speeds={"fast": 1.0, "medium": 0.3, "slow": 0.1}, relayed={"medium"})
     try:
         f.start()
         yield f
@@ -73,6 +73,27 @@ def test_dab_trains_three_rounds_and_the_slow_agent_takes_fewer_shards(fleet: Lo
         assert r["allocation"].get(ids["slow"], 0) < r["allocation"].get(ids["fast"], 0), r
         assert sum(r["samples"].values()) > 0
         assert r["model_version"] == r["index"] + 1
+
+
+def test_equal_split_and_csa_each_run_a_round(fleet: LocalFleet) -> None:
+    with fleet.client() as client:
+        done = {}
+        for allocator in ("equal", "csa"):
+            body = spec(1, f"e2e-{allocator}")
+            body["sync"]["allocator"] = allocator
+            body["sync"]["grace_s"] = 10.0  # baselines train their whole share
+            body["training"]["iterations"] = 1
+            task = client.submit(body)
+            final = finished(client, task["id"])
+            assert final["state"] == "finished", final["reason"]
+            done[allocator] = client.rounds(task["id"])[0]
+        ids = {lr["name"]: str(lr["id"]) for lr in client.learners()}
+    equal, csa = done["equal"], done["csa"]
+    assert sorted(equal["allocation"].values()) == [5, 5, 6]  # 16 shards over 3 learners
+    assert sum(csa["allocation"].values()) == 16
+    assert csa["allocation"].get(ids["slow"], 0) < csa["allocation"][ids["fast"]], csa
+    # One pass over 4000 samples: better than chance (0.10), far from trained.
+    assert equal["accuracy"] > 0.15 and csa["accuracy"] > 0.15
 
 
 def test_agent_killed_mid_round_is_left_out_by_deadline_plus_grace(fleet: LocalFleet) -> None:

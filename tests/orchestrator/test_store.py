@@ -94,3 +94,19 @@ def test_reenrolling_keeps_the_id_and_replaces_the_token(store: Store) -> None:
     assert a.id == b.id and a.token != b.token
     assert store.learner_by_token(a.token) is None
     assert store.learner_by_token(b.token).endpoint is None  # type: ignore[union-attr]
+
+
+def test_a_task_whose_preparation_was_interrupted_is_removed_at_start(store: Store) -> None:
+    from orchestrator.store import TaskRow
+
+    with store.session() as s:  # what a crash in the middle of create_task leaves behind
+        s.add(TaskRow(name="half", spec={}, state="pending", created_at=time.time(),
+                      ready=False))
+    (store.layout.task_dir(1) / "shards").mkdir(parents=True)
+    with pytest.raises(NotFound):
+        store.task(1)
+    store.close()
+    again = Store(store.layout.root, None if store.url.startswith("sqlite") else store.url)
+    assert again.tasks() == []
+    assert not store.layout.task_dir(1).exists()
+    assert _create(again).id >= 1
