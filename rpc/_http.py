@@ -143,6 +143,16 @@ class Outcome:
             return cls.error(RemoteError(type(exc).__name__, f"the return value: {exc}"))
 
     @classmethod
+    def raised(cls, exc: Exception) -> Outcome:
+        """What a procedure that raised produces: always a remote error, whatever the type.
+
+        An rpc error raised inside a procedure (say, a nested call's Timeout) is the
+        procedure's failure, not this call's: the caller must not mistake it for its own.
+        """
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls.error(RemoteError(type(exc).__name__, str(exc), tb))
+
+    @classmethod
     def error(cls, exc: BaseException) -> Outcome:
         """An error outcome: RPCErrors keep their code, other exceptions are remote errors."""
         import json

@@ -131,7 +131,7 @@ class Worker:
                     self._executor, functools.partial(proc.fn, *args, **kwargs)
                 )
         except Exception as exc:  # the remote exception travels back as RemoteError
-            return Outcome.error(exc)
+            return Outcome.raised(exc)
         return Outcome.result(value)
 
     async def execute(self, name: str, body: Buffer) -> Outcome:

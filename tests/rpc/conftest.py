@@ -61,6 +61,11 @@ def make_registry(probe: Probe) -> rpc.Registry:
         raise KeyError("missing-key")
 
     @reg.procedure
+    def raise_nested_rpc_error() -> None:
+        # As if this procedure's own call to another worker had timed out.
+        raise rpc.Timeout("inner call timed out")
+
+    @reg.procedure
     def block() -> str:
         # Blocks until the test releases it: a stand-in for a long training call.
         probe.started.set()

@@ -81,6 +81,17 @@ def test_remote_exceptions_arrive_typed(
     assert "Traceback" in info.value.remote_traceback and name in info.value.remote_traceback
 
 
+@pytest.mark.parametrize("duplex", MODES)
+def test_rpc_errors_raised_inside_a_procedure_arrive_as_remote_errors(
+    server: rpc.ServerThread, duplex: bool
+) -> None:
+    remote = rpc.connect(server.url, duplex=duplex, timeout=10.0)
+    with pytest.raises(rpc.RemoteError) as info:
+        remote.raise_nested_rpc_error()
+    assert info.value.remote_type == "Timeout"
+    assert "inner call timed out" in info.value.message
+
+
 def test_remote_error_in_async_style(server: rpc.ServerThread) -> None:
     remote = rpc.connect(server.url, duplex=True, timeout=10.0)
     with pytest.raises(rpc.RemoteError, match="ValueError"):
