@@ -65,6 +65,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 (f"spin@{f:g}", {"name": "spin", "pi_s": f * round_s}) for f in pi_factors
             ]
             variants += [
+                (f"spin@{f:g}+{h}", {"name": "spin", "pi_s": f * round_s, "staleness": h})
+                for h in args.spin_staleness
+                for f in pi_factors
+            ]
+            variants += [
                 (name, {"name": name, "concurrency": 20, "selection_interval_s": round_s})
                 for name in ("fedbuff", "port")
             ]
@@ -196,6 +201,13 @@ def main() -> None:
         "--gain", type=float, default=0.025, help="target = deployed accuracy + gain (default)"
     )
     parser.add_argument("--max-time", type=float, default=1000.0, help="virtual seconds")
+    parser.add_argument(
+        "--spin-staleness",
+        nargs="*",
+        default=[],
+        choices=["poly", "dcasgd"],
+        help="also run SPIN with these staleness handlers",
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument(
         "--replot", action="store_true", help="recompute ratios and PNG from the saved JSON"
