@@ -55,7 +55,7 @@ def unwrap(raw: RawOutcome) -> Any:
     try:
         info = json.loads(bytes(raw.body))
         code, detail = info["error"], info["detail"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         head = bytes(raw.body[:200]).decode(errors="replace")
         raise ProtocolError(
             f"unexpected answer: HTTP {raw.status} {raw.content_type!r}: {head!r}; "

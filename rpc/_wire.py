@@ -228,7 +228,10 @@ class _Encoder:
 def encode(value: Any) -> Encoded:
     """Encode a JSON-like value holding tensors/arrays/bytes into a body (no copy of buffers)."""
     enc = _Encoder()
-    tree = enc.value(value)
+    try:
+        tree = enc.value(value)
+    except RecursionError:
+        raise UnsupportedValue("value is nested too deeply (or refers to itself)") from None
     # Largest item size first keeps every tensor aligned to its item size (as safetensors does).
     slots = sorted(enc.slots, key=lambda s: -s.itemsize)
     header: dict[str, Any] = {"__metadata__": {"rpc": json.dumps(tree, separators=(",", ":"))}}
@@ -341,7 +344,7 @@ def decode(buf: Buffer | bytes) -> Any:
         raise _bad(f"header length {head_len} does not fit a body of {total} bytes (truncated?)")
     try:
         header = json.loads(bytes(buf[8 : 8 + head_len]))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _bad(f"header is not JSON ({exc})") from None
     if not isinstance(header, dict):
         raise _bad("header is not a JSON object")
@@ -360,9 +363,12 @@ def decode(buf: Buffer | bytes) -> Any:
         raise _bad(f"tensors describe {cursor} data bytes but the body carries {data_len}")
     try:
         tree = json.loads(meta["rpc"])
+        return _Decoder(buf, 8 + head_len, entries).value(tree)
     except ValueError as exc:
         raise _bad(f"value is not JSON ({exc})") from None
-    return _Decoder(buf, 8 + head_len, entries).value(tree)
+    except RecursionError:
+        # A hostile body can nest lists thousands deep; refuse it rather than fail with a 500.
+        raise _bad("value is nested too deeply") from None
 
 
 def encode_call(args: Sequence[Any], kwargs: dict[str, Any]) -> Encoded:

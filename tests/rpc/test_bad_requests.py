@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,12 @@ PICKLE_BODY = (
 
 def garbage_json_body() -> bytes:
     head = b"{not json at all"
+    head += b" " * (-len(head) % 8)
+    return len(head).to_bytes(8, "little") + head
+
+
+def deeply_nested_body() -> bytes:
+    head = json.dumps({"__metadata__": {"rpc": "[" * 100_000 + "]" * 100_000}}).encode()
     head += b" " * (-len(head) % 8)
     return len(head).to_bytes(8, "little") + head
 
@@ -52,6 +59,7 @@ def small_worker(probe: Any) -> Iterator[rpc.ServerThread]:
         (PICKLE_BODY, "application/python-pickle", "content type"),
         (garbage_json_body(), rpc.CONTENT_TYPE, "not JSON"),
         (rpc.encode([1, 2]).join(), rpc.CONTENT_TYPE, "call body"),
+        (deeply_nested_body(), rpc.CONTENT_TYPE, "nested too deeply"),
     ],
     ids=[
         "pickle",
@@ -60,6 +68,7 @@ def small_worker(probe: Any) -> Iterator[rpc.ServerThread]:
         "pickle-content-type",
         "garbage-json",
         "wrong-shape",
+        "deep-nesting",
     ],
 )
 def test_bad_body_is_400_and_nothing_runs(

@@ -180,3 +180,13 @@ def test_chunks_cover_the_body_exactly_and_respect_the_size(size: int) -> None:
     assert b"".join(chunks) == encoded.join()
     assert all(0 < len(c) <= size for c in chunks)
     assert sum(map(len, chunks)) == encoded.nbytes
+
+
+def test_deeply_nested_values_are_refused_not_crashing() -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(rpc.MalformedPayload, match="nested too deeply"):
+        rpc.decode(header_body({"__metadata__": {"rpc": deep}}))
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(rpc.UnsupportedValue, match="deeply"):
+        rpc.encode(loop)
