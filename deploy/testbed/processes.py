@@ -104,6 +104,19 @@ def wait_gone(pid: int, ticks: int | None, timeout: float) -> bool:
     return True
 
 
+def terminate_all(targets: list[tuple[int, int | None]], *, grace: float = 3.0) -> None:
+    """SIGTERM every (pid, start ticks) at once, then SIGKILL whoever is left after `grace` s."""
+    mine = [(pid, ticks) for pid, ticks in targets if alive(pid, ticks)]
+    for pid, _ in mine:
+        signal_group(pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+        signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for pid, ticks in mine:
+        if not wait_gone(pid, ticks, max(0.0, deadline - time.monotonic())):
+            signal_group(pid, signal.SIGKILL)
+            wait_gone(pid, ticks, 5.0)
+
+
 def terminate(pid: int, ticks: int | None, *, grace: float = 3.0) -> None:
     """SIGTERM the process group, then SIGKILL it if it is still there after `grace` seconds."""
     if not alive(pid, ticks):

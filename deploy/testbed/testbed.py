@@ -551,10 +551,13 @@ def down(prefix: str = DEFAULT_PREFIX, *, state_root: Path | None = None) -> dic
     if state is not None:
         recorded = [(lr.pid, lr.start_ticks) for lr in state.learners]
         recorded.append((state.orchestrator_pid, state.orchestrator_ticks))
-        for pid, ticks in recorded:
-            if pid is not None and processes.alive(pid, ticks):
-                processes.terminate(pid, ticks, grace=2.0)
-                removed["processes"].append(str(pid))
+        live = [
+            (pid, ticks)
+            for pid, ticks in recorded
+            if pid is not None and processes.alive(pid, ticks)
+        ]
+        processes.terminate_all(live, grace=2.0)
+        removed["processes"].extend(str(pid) for pid, _ in live)
     found = leftovers(prefix)
     for pid_text in found["processes"]:
         pid = int(pid_text)

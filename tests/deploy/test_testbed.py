@@ -71,7 +71,7 @@ def test_four_learners_get_their_caps(bed: Testbed) -> None:
         assert row["cpu"] == pytest.approx(spec["cpu"])
 
     with BlobServer(bed.state.bridge_ip) as server:
-        links = measure_links(bed, server, seconds=1.2)
+        links = measure_links(bed, server, seconds=1.0)
     for learner in bed.learners:
         down_ratio = links[learner.name]["down"] / learner.profile["down_rate"]
         up_ratio = links[learner.name]["up"] / learner.profile["up_rate"]
@@ -80,7 +80,7 @@ def test_four_learners_get_their_caps(bed: Testbed) -> None:
 
     rates = {}
     for spec in FOUR:  # one at a time, so the host's other load hits each the same way
-        rates.update(measure_compute(bed, seconds=1.0, names=[str(spec["name"])]))
+        rates.update(measure_compute(bed, seconds=0.6, names=[str(spec["name"])]))
     by_quota = [str(s["name"]) for s in sorted(FOUR, key=lambda s: float(s["cpu"]))]
     assert sorted(rates, key=rates.__getitem__) == by_quota, rates
 
