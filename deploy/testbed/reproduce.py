@@ -117,7 +117,8 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     )
     for axis in (left, right):
         axis.grid(alpha=0.3)
-        axis.legend()
+    left.legend(fontsize=7, ncol=2, loc="center right")
+    right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
