@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 from typing import Any
@@ -190,3 +191,37 @@ def test_deeply_nested_values_are_refused_not_crashing() -> None:
     loop.append(loop)
     with pytest.raises(rpc.UnsupportedValue, match="deeply"):
         rpc.encode(loop)
+
+
+def test_mutated_bodies_only_ever_raise_malformed_payload() -> None:
+    # Seeded mutation fuzzing: flipped bytes, cuts, and odd values in the header's entries.
+    import random
+
+    rng = random.Random(0)
+    base = rpc.encode(
+        {
+            "args": [np.arange(10, dtype=np.float32), torch.ones(3, dtype=torch.bfloat16), b"xy"],
+            "kwargs": {"k": {"a": [1, None]}},
+        }
+    ).join()
+    head_len = struct.unpack_from("<Q", base, 0)[0]
+    header = json.loads(base[8 : 8 + head_len])
+    odd = [None, 1, -1, "x", [], {}, [1, 2], [[1]], {"dtype": "F32"}, 1e308, True, ["F32"]]
+    for _ in range(2000):
+        body = bytearray(base)
+        op = rng.random()
+        if op < 0.4:
+            for _ in range(rng.randint(1, 5)):
+                body[rng.randrange(len(body))] = rng.randrange(256)
+        elif op < 0.6:
+            body = body[: rng.randrange(len(body))]
+        else:
+            h = json.loads(json.dumps(header))
+            name = rng.choice([k for k in h if k != "__metadata__"])
+            field = rng.choice(["dtype", "shape", "data_offsets"])
+            h[name][field] = rng.choice(odd)
+            raw = json.dumps(h).encode()
+            raw += b" " * (-len(raw) % 8)
+            body = bytearray(struct.pack("<Q", len(raw)) + raw + base[8 + head_len :])
+        with contextlib.suppress(rpc.MalformedPayload):
+            rpc.decode(body)
