@@ -46,7 +46,6 @@ class _Answer:
     learner: LearnerRow
     value: Any = None
     error: str | None = None
-    at: float = 0.0  # monotonic seconds when the answer arrived
 
 
 class RoundDriver:
@@ -78,6 +77,7 @@ class RoundDriver:
     async def cancel(self, task_id: int) -> None:
         """Stop the task's asyncio task; its state was already set by the caller."""
         job = self._tasks.pop(task_id, None)
+        self._reports.pop(task_id, None)
         if job is not None:
             job.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -278,11 +278,11 @@ class RoundDriver:
         async def one(lr: LearnerRow) -> _Answer:
             try:
                 value = await call(lr)
-                return _Answer(lr, value=value, at=time.monotonic())
+                return _Answer(lr, value=value)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure of one learner only leaves it out
-                return _Answer(lr, error=f"{type(exc).__name__}: {exc}", at=time.monotonic())
+                return _Answer(lr, error=f"{type(exc).__name__}: {exc}")
 
         jobs = {asyncio.ensure_future(one(lr)): lr for lr in learners}
         if not jobs:
