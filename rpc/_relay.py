@@ -268,6 +268,8 @@ class Relay:
                 status = int(request.headers.get(STATUS_HEADER, ""))
             except ValueError:
                 raise MalformedPayload(f"result lacks a numeric {STATUS_HEADER}") from None
+            if not 200 <= status <= 599:
+                raise MalformedPayload(f"{STATUS_HEADER} {status} is not an HTTP status")
             body = await read_body(request, self.max_body_bytes)
         except RPCError as exc:
             return error_response(exc)
