@@ -79,10 +79,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        service.async_tasks.fail_leftovers()
         service.driver.resume_all()
         try:
             yield
         finally:
+            await service.async_tasks.stop()
             await service.driver.stop()
             service.store.close()
 
@@ -191,10 +193,14 @@ def create_app(settings: Settings) -> FastAPI:
             parsed = parse_spec(spec)
         except SpecError as exc:
             raise BadInput(str(exc), code="invalid_spec") from None
-        if parsed.mode != "sync" or parsed.sync is None:
-            raise BadInput("mode: this orchestrator runs synchronous tasks (mode: sync); "
-                           "asynchronous mode is not served by this build", code="invalid_spec")
-        if parsed.sync.allocator not in allocator_names():
+        if parsed.async_ is not None:
+            from orchestrator.aggregation import AGGREGATORS
+
+            if parsed.async_.aggregator not in AGGREGATORS:
+                raise BadInput(f"async.aggregator: {parsed.async_.aggregator!r} is not "
+                               f"available here (available: {', '.join(sorted(AGGREGATORS))})",
+                               code="invalid_spec")
+        elif parsed.sync is not None and parsed.sync.allocator not in allocator_names():
             raise BadInput(f"sync.allocator: {parsed.sync.allocator!r} is not available here "
                            f"(available: {', '.join(allocator_names())})", code="invalid_spec")
         canonical = parsed.to_dict()
@@ -202,7 +208,11 @@ def create_app(settings: Settings) -> FastAPI:
         row = await asyncio.to_thread(
             service.store.create_task, canonical,
             lambda task_id, _dir: prepare_task(parsed, task_id, layout), time.time())
-        service.driver.launch(row.id)
+        if parsed.async_ is not None:
+            service.async_tasks.launch(row)
+            row = service.store.task(row.id)
+        else:
+            service.driver.launch(row.id)
         return task_view(row)
 
     @app.get("/v1/tasks", tags=["tasks"], dependencies=[Admin])
@@ -218,6 +228,7 @@ def create_app(settings: Settings) -> FastAPI:
         row = service.store.set_state(task_id, "cancelled", "cancelled by the user",
                                       time.time())
         await service.driver.cancel(task_id)
+        await service.async_tasks.cancel(task_id)
         return task_view(row)
 
     @app.get("/v1/tasks/{task_id}/rounds", tags=["tasks"], dependencies=[Admin])
@@ -249,6 +260,12 @@ def create_app(settings: Settings) -> FastAPI:
         data = service.store.layout.shard(task_id, n).read_bytes()
         service.metrics.bytes_served.labels(kind="shard").inc(len(data))
         return Response(data, media_type="application/octet-stream")
+
+    # -- asynchronous mode: pull / updates / status of running async tasks ------------------
+    from orchestrator.api_async import make_async_router
+
+    app.include_router(make_async_router(service.async_tasks.runners, learner),
+                       tags=["asynchronous tasks"])
 
     # -- RPC plumbing: duplex results come back here; NAT'ed agents poll the relay ---------
     app.mount("/rpc-callbacks", service.receiver.app)

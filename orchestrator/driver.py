@@ -65,7 +65,8 @@ class RoundDriver:
     def resume_all(self) -> None:
         """Start (or restart after a crash) every task that is pending or running."""
         for task in self.store.tasks(("pending", "running")):
-            self.launch(task.id)
+            if (task.spec or {}).get("mode", "sync") == "sync":
+                self.launch(task.id)
 
     def launch(self, task_id: int) -> None:
         """Run task `task_id` in the background of the current event loop."""

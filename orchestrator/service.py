@@ -49,6 +49,7 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         import rpc
+        from orchestrator.async_mode import AsyncTasks
         from orchestrator.driver import RoundDriver
 
         self.settings = settings
@@ -66,6 +67,7 @@ class Service:
         self.relay = rpc.Relay(caller_tokens={self.relay_secret},
                                authorize_worker=self._authorize_worker)
         self.driver = RoundDriver(self)
+        self.async_tasks = AsyncTasks(self)
 
     def _authorize_worker(self, name: str, token: str | None) -> bool:
         # A relayed agent serves under its enrolled name with its own learner token.

@@ -1,0 +1,78 @@
+"""Asynchronous tasks served by a real orchestrator process: SPIN end to end over REST.
+
+Three learners enroll, download their shards, and run SPIN's client (alg. 1) against the
+service's pull / updates routes; the task must aggregate its updates, record each version in
+its history, and finish.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from learner_agent.spin_client import SpinClient
+from orchestrator.fleet import LocalFleet
+from plexus.models import build_model
+from plexus.shards import decode_shard
+from plexus.tensors import decode_state
+
+SPEC: dict[str, Any] = {
+    "name": "async-spin", "model": "twonn", "mode": "async",
+    "dataset": {"name": "synthetic", "samples": 900, "test_fraction": 0.33},
+    "partition": {"shard_size": 200},  # 3 shards, one per learner
+    "async": {"aggregator": "spin", "k": 3, "pi_s": 0.5, "max_updates": 6,
+              "pull_threshold": 8, "epochs": 2},
+}
+
+
+# A client whose push lands after the task ended gets 404 and its thread raises (SpinClient
+# treats every error answer alike); that is the expected end here, not a failure.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_spin_task_runs_to_the_end_over_rest(shared_orchestrator: LocalFleet,
+                                             admin: httpx.Client) -> None:
+    url = shared_orchestrator.url
+    r = admin.post("/v1/tasks", json=SPEC)
+    assert r.status_code == 201, r.text
+    task = r.json()
+    assert task["state"] == "running"
+    stop = threading.Event()
+    threads, clients = [], []
+    for i in range(3):
+        enrolled = httpx.post(f"{url}/v1/learners/enroll", json={
+            "join_token": shared_orchestrator.join_token, "name": f"phone-{i}",
+            "facts": {}, "endpoint": None}).json()
+        http = httpx.Client(base_url=url, timeout=30.0,
+                            headers={"Authorization": f"Bearer {enrolled['token']}"})
+        x, y, _ = decode_shard(http.get(f"/v1/tasks/{task['id']}/shards/{i}").content)
+        model = build_model("twonn", tuple(x.shape[1:]), 10)  # the synthetic set has 10
+        client = SpinClient(http, task["id"], model, x, y, rate=60.0, pull_threshold=8,
+                            epochs=2, lr=0.05, seed=i)
+        clients.append(client)
+        threads.append(threading.Thread(target=client.run, args=(stop,), daemon=True))
+    for t in threads:
+        t.start()
+    end = time.monotonic() + 90
+    try:
+        while (state := admin.get(f"/v1/tasks/{task['id']}").json())["state"] == "running":
+            assert time.monotonic() < end, state
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=20)
+    assert state["state"] == "finished", state["reason"]
+    rounds = admin.get(f"/v1/tasks/{task['id']}/rounds").json()["rounds"]
+    assert len(rounds) >= 3
+    assert [r["model_version"] for r in rounds] == sorted({r["model_version"] for r in rounds})
+    assert all(r["accuracy"] is not None for r in rounds)
+    assert all(c.report.pushes >= 1 for c in clients)
+    _, meta = decode_state(admin.get(f"/v1/tasks/{task['id']}/model").content)
+    assert int(meta["version"]) == rounds[-1]["model_version"] == state["model_version"]
+    # The async routes are gone once the task has ended.
+    late = httpx.post(f"{url}/v1/tasks/{task['id']}/pull", json={"n_samples": 5},
+                      headers=clients[0].http.headers)
+    assert late.status_code == 404
