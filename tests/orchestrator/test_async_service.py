@@ -7,8 +7,10 @@ its history, and finish.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -76,3 +78,16 @@ def test_spin_task_runs_to_the_end_over_rest(shared_orchestrator: LocalFleet,
     late = httpx.post(f"{url}/v1/tasks/{task['id']}/pull", json={"n_samples": 5},
                       headers=clients[0].http.headers)
     assert late.status_code == 404
+
+
+def test_an_async_task_running_at_a_crash_is_failed_with_a_reason(tmp_path: Path) -> None:
+    with LocalFleet(tmp_path / "data") as fleet:
+        fleet.start_orchestrator()
+        with fleet.client() as client:
+            task = client.submit(SPEC)
+            assert task["state"] == "running"
+        fleet.kill_orchestrator(signal.SIGKILL)
+        fleet.start_orchestrator()
+        with fleet.client() as client:
+            after = client.task(task["id"])
+    assert after["state"] == "failed" and "restarted" in after["reason"]
