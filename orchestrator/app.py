@@ -54,10 +54,14 @@ def _bearer(authorization: str | None) -> str | None:
 def task_view(t: TaskRow) -> dict[str, Any]:
     """A task as the API shows it."""
     sync = (t.spec or {}).get("sync") or {}
-    return {"id": t.id, "name": t.name, "state": t.state, "reason": t.reason,
+    asynchronous = (t.spec or {}).get("async") or {}
+    return {"id": t.id, "name": t.name, "mode": (t.spec or {}).get("mode", "sync"),
+            "state": t.state, "reason": t.reason,
             "created_at": t.created_at, "started_at": t.started_at,
             "finished_at": t.finished_at, "rounds_done": t.rounds_done,
-            "rounds": sync.get("rounds"), "allocator": sync.get("allocator"),
+            # Async tasks have no fixed number of rounds (one row per aggregation).
+            "rounds": sync.get("rounds"),
+            "allocator": sync.get("allocator") or asynchronous.get("aggregator"),
             "model_version": t.model_version, "num_shards": t.num_shards, "spec": t.spec}
 
 

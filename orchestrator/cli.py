@@ -74,10 +74,10 @@ def follow(client: Client, task_id: int, *, poll_s: float = 0.5) -> dict[str, An
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     task = client.task(task_id)
-    total = int(task.get("rounds") or 1)
+    total = task.get("rounds")  # None for async tasks: an open-ended bar
     seen = 0
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                  TextColumn("{task.completed:.0f} rounds"), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), console=console) as progress:
         bar = progress.add_task(f"task {task_id}", total=total, info="")
         while True:
@@ -184,7 +184,8 @@ def register(app: typer.Typer) -> None:
                     table.add_column(col)
                 for t in client.tasks():
                     table.add_row(str(t["id"]), t["name"], str(t["allocator"]), t["state"],
-                                  f"{t['rounds_done']}/{t['rounds']}", t["reason"] or "")
+                                  f"{t['rounds_done']}/{t['rounds'] or '-'}",
+                                  t["reason"] or "")
                 console.print(table)
         except APIError as exc:
             _fail(exc)
@@ -259,7 +260,7 @@ def _summary(client: Client, task: dict[str, Any]) -> None:
     rounds = client.rounds(task["id"])
     reason = f" ({task['reason']})" if task["reason"] else ""
     console.print(f"task {task['id']} [bold]{task['state']}[/bold]{reason}: "
-                  f"{task['rounds_done']}/{task['rounds']} rounds, allocator "
+                  f"{task['rounds_done']}/{task['rounds'] or '-'} rounds, "
                   f"{task['allocator']}")
     if rounds:
         console.print(rounds_table(rounds, names))
