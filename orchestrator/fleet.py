@@ -86,6 +86,7 @@ class LocalFleet:
     join_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     # Agents that bind no port and serve through the orchestrator's relay (as behind NAT).
     relayed: set[str] = field(default_factory=set)
+    db_url: str | None = None  # None: SQLite file in data_dir
     orchestrator: _Proc | None = None
     agents: dict[str, _Proc] = field(default_factory=dict)
 
@@ -115,7 +116,8 @@ class LocalFleet:
             ["orchestrator", "serve", "--port", str(self.port), "--data-dir",
              str(self.data_dir), "--admin-token", self.admin_token, "--join-token",
              self.join_token, "--heartbeat-s", str(self.heartbeat_s), "--log-level",
-             "warning"], "orchestrator.log")
+             "warning", *(["--db-url", self.db_url] if self.db_url else [])],
+            "orchestrator.log")
         end = time.monotonic() + timeout_s
         with self.client() as c:
             while True:

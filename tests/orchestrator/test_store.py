@@ -7,7 +7,9 @@ tests against another database too.
 from __future__ import annotations
 
 import os
+import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,27 @@ SPEC = parse_spec({"name": "s", "dataset": {"name": "synthetic", "samples": 400}
 
 
 @pytest.fixture(params=URLS, ids=lambda u: "sqlite" if u is None else "db-url")
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    return Store(tmp_path / "data", request.param)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param is None:
+        yield Store(tmp_path / "data")
+        return
+    # A fresh database per test on the server PLEXUS_TEST_DB_URL names.
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    server = make_url(request.param)
+    name = f"plexus_test_{secrets.token_hex(4)}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f"CREATE DATABASE {name}"))
+    store = Store(tmp_path / "data", server.set(database=name).render_as_string(False))
+    try:
+        yield store
+    finally:
+        store.close()
+        with admin.connect() as c:
+            c.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
 
 
 def _create(store: Store) -> Any:
