@@ -447,9 +447,20 @@ class Testbed:
             raise StateError(f"learner {name!r} has no agent command recorded")
         self._start_agent(learner)
 
-    def pause(self, name: str) -> None:
-        """SIGSTOP every process of learner `name` (it holds its sockets but answers nothing)."""
-        cgroups.signal_all(self._leaves(self.learner(name)), signal.SIGSTOP)
+    def pause(self, name: str, *, timeout: float = 5.0) -> None:
+        """SIGSTOP every process of learner `name` (it holds its sockets but answers nothing).
+
+        Returns once the kernel shows each of them stopped: a signal is delivered
+        asynchronously, so a caller that checks right away must not see it still running.
+        """
+        sent = cgroups.signal_all(self._leaves(self.learner(name)), signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        for pid in sent:
+            while processes.state(pid) not in ("T", "t", None):
+                if time.monotonic() > deadline:
+                    raise TestbedError(f"learner {name!r}: process {pid} did not stop within "
+                                       f"{timeout:g} s of SIGSTOP")
+                time.sleep(0.01)
 
     def resume(self, name: str) -> None:
         """SIGCONT every process of learner `name`."""
