@@ -24,7 +24,7 @@ _PREFIX = typer.Option(
     "pxtb", "--prefix", help="Name prefix of the testbed (as in the fleet file)."
 )
 _STATE_ROOT = typer.Option(
-    None, "--state-root", help="Where state files live [/run/plexus-testbed]."
+    None, "--state-root", help="Where state files live (default /run/plexus-testbed)."
 )
 
 _FAULTS = ("link-down", "link-up", "rate", "kill", "restart", "pause", "resume")
