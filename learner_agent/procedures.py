@@ -72,6 +72,8 @@ class Agent:
         self._busy_lock = threading.Lock()
         self._rng: np.random.Generator = np.random.default_rng(seed)
         self._distribution: dict[str, float] | None = None
+        # The state drawn by `round_state` for this round; the next call naming no state uses it.
+        self._round_state: str | None = None
         if stress_heat is not None:
             from learner_agent.stressors import state_distribution
 
@@ -81,6 +83,9 @@ class Agent:
     def _pick_state(self, state: Any) -> str:
         from learner_agent.stressors import check_state, sample_state
 
+        if state is None and self._round_state is not None:
+            chosen, self._round_state = self._round_state, None
+            return chosen
         if state is None and self._distribution is not None:
             return sample_state(self._distribution, self._rng)
         if state is not None and not isinstance(state, str):
@@ -210,6 +215,26 @@ class Agent:
 
         return self._run(job)
 
+    def round_state(self, distribution: dict[str, float], reveal: bool = False
+                    ) -> dict[str, str | None]:
+        """Draw this round's stressor state from `distribution` (state → probability, thesis
+        4.3.1); the next `train` naming no state runs in it. Answers `{"state": s}` only when
+        `reveal` is true (MMTT-Ideal knows the state; MED and MMTT-Uncertain must not)."""
+        from learner_agent.stressors import STATES, sample_state
+
+        if not isinstance(distribution, dict) or not distribution:
+            raise BadTask(f"distribution must map states to probabilities, got {distribution!r}")
+        for name, p in distribution.items():
+            if name not in STATES:
+                raise BadTask(f"unknown stressor state {name!r}; choose from {', '.join(STATES)}")
+            if isinstance(p, bool) or not isinstance(p, int | float) or not p >= 0:
+                raise BadTask(f"probability of {name!r} must be a number ≥ 0, got {p!r}")
+        if not sum(distribution.values()) > 0:
+            raise BadTask("the state probabilities sum to 0; give at least one positive")
+        self._round_state = sample_state({k: float(v) for k, v in distribution.items()},
+                                         self._rng)
+        return {"state": self._round_state if reveal else None}
+
     def train(
         self,
         task: dict[str, Any],
@@ -280,4 +305,5 @@ def make_registry(agent: Agent) -> Any:
     registry.add(agent.plan, name="plan")
     registry.add(agent.benchmark, name="benchmark")
     registry.add(agent.train, name="train")
+    registry.add(agent.round_state, name="round_state")
     return registry

@@ -7,6 +7,7 @@ the field, and a task is created completely or not at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import time
 from collections.abc import AsyncIterator
@@ -21,11 +22,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.errors import (
     BadInput,
+    Conflict,
     Forbidden,
     NotFound,
     OrchestratorError,
     Unauthorized,
 )
+from orchestrator.multitask import JobRequest
 from orchestrator.service import Service, Settings
 from orchestrator.store import LearnerRow, RoundRow, TaskRow
 
@@ -84,10 +87,12 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.async_tasks.fail_leftovers()
+        service.jobs.fail_leftovers()
         service.driver.resume_all()
         try:
             yield
         finally:
+            await service.jobs.stop()
             await service.async_tasks.stop()
             await service.driver.stop()
             service.store.close()
@@ -264,6 +269,50 @@ def create_app(settings: Settings) -> FastAPI:
         data = service.store.layout.shard(task_id, n).read_bytes()
         service.metrics.bytes_served.labels(kind="shard").inc(len(data))
         return Response(data, media_type="application/octet-stream")
+
+    # -- multi-task jobs (thesis ch. 4): several sync tasks under MED / MMTT / equal --------
+    def _job_view(job_id: int) -> dict[str, Any]:
+        from orchestrator.multitask import job_view
+
+        job = service.store.job(job_id)
+        return job_view(job, service.store.job_rounds(job_id),
+                        [service.store.task(t) for t in job.task_ids])
+
+    @app.post("/v1/jobs", status_code=201, tags=["jobs"], dependencies=[Admin])
+    async def submit_job(body: JobRequest) -> dict[str, Any]:
+        from orchestrator.multitask import validate_job
+        from orchestrator.taskdata import prepare_task
+
+        options, specs = validate_job(body)
+        layout = service.store.layout
+        by_name = {s.name: s for s in specs}
+        job = await asyncio.to_thread(
+            service.store.create_job, body.name, options, [s.to_dict() for s in specs],
+            lambda task_id, spec, _dir: prepare_task(by_name[spec["name"]], task_id, layout),
+            time.time())
+        service.jobs.launch(job.id)
+        return _job_view(job.id)
+
+    @app.get("/v1/jobs", tags=["jobs"], dependencies=[Admin])
+    def list_jobs() -> dict[str, Any]:
+        return {"jobs": [{"id": j.id, "name": j.name, "state": j.state, "reason": j.reason,
+                          "allocator": j.options.get("allocator"), "task_ids": j.task_ids,
+                          "rounds_done": j.rounds_done} for j in service.store.jobs()]}
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], dependencies=[Admin])
+    def show_job(job_id: int) -> dict[str, Any]:
+        return _job_view(job_id)
+
+    @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"], dependencies=[Admin])
+    async def cancel_job(job_id: int) -> dict[str, Any]:
+        job = service.store.set_job_state(job_id, "cancelled", "cancelled by the user",
+                                          time.time())
+        await service.jobs.cancel(job_id)
+        for task_id in job.task_ids:
+            with contextlib.suppress(Conflict):
+                service.store.set_state(task_id, "cancelled", "its job was cancelled",
+                                        time.time())
+        return _job_view(job_id)
 
     # -- asynchronous mode: pull / updates / status of running async tasks ------------------
     from orchestrator.api_async import make_async_router

@@ -100,6 +100,9 @@ def register(app: typer.Typer) -> None:
                        no_args_is_help=True)
     app.add_typer(orch, name="orchestrator")
     app.add_typer(task, name="task")
+    job_app = typer.Typer(help="Show and cancel multi-task jobs (MED / MMTT / equal).",
+                          no_args_is_help=True)
+    app.add_typer(job_app, name="job")
 
     @orch.command("serve")
     def serve(
@@ -148,17 +151,45 @@ def register(app: typer.Typer) -> None:
 
     @task.command("submit")
     def submit(
-        spec_path: Annotated[Path, typer.Argument(help="Task spec, YAML or JSON.")],
+        spec_paths: Annotated[list[Path], typer.Argument(
+            help="Task spec(s), YAML or JSON; several make one multi-task job.")],
         wait: Annotated[bool, typer.Option(help="Follow the task until it ends.")] = False,
+        allocator: Annotated[str | None, typer.Option(
+            help="Multi-task job allocator: med | mmtt_uncertain | mmtt_ideal | equal "
+                 "(default med when several specs are given).")] = None,
+        budget: Annotated[float | None, typer.Option(
+            help="Job budget B per round (eq. 4.4d); default unlimited.")] = None,
+        min_shards: Annotated[int, typer.Option(
+            help="Job D_l: shards every learner must get (eq. 4.4e).")] = 0,
+        job_name: Annotated[str, typer.Option(help="Name of the multi-task job.")] = "job",
         url: URL = DEFAULT_URL, token: TOKEN = None, data_dir: DATA_DIR = DEFAULT_DATA,
     ) -> None:
-        """Submit a task spec; with --wait, show a progress bar per round."""
+        """Submit a task spec; with --wait, show a progress bar per round. Several specs (or
+        --allocator med/mmtt_*) submit one multi-task job (docs/orchestrator.md)."""
         from orchestrator.client import APIError
         from plexus.errors import SpecError
         from plexus.spec import load_spec
 
         try:
-            spec = load_spec(spec_path).to_dict()
+            if len(spec_paths) > 1 or allocator is not None:
+                specs = [load_spec(p).to_dict() for p in spec_paths]
+                job: dict[str, Any] = {"name": job_name, "allocator": allocator or "med",
+                                       "min_shards": min_shards, "tasks": specs}
+                if budget is not None:
+                    job["budget"] = budget
+                with _client(url, token, data_dir) as client:
+                    created = client.submit_job(job)
+                    console.print(f"job {created['id']} submitted ({created['name']}, "
+                                  f"{created['allocator']}, tasks "
+                                  f"{', '.join(str(t['id']) for t in created['tasks'])})")
+                    if not wait:
+                        return
+                    final = follow_job(client, created["id"])
+                    _job_summary(final)
+                    if final["state"] != "finished":
+                        raise typer.Exit(1)
+                return
+            spec = load_spec(spec_paths[0]).to_dict()
             with _client(url, token, data_dir) as client:
                 created = client.submit(spec)
                 console.print(f"task {created['id']} submitted ({created['name']})")
@@ -220,6 +251,35 @@ def register(app: typer.Typer) -> None:
         except APIError as exc:
             _fail(exc)
 
+    @job_app.command("show")
+    def job_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = False,
+                 url: URL = DEFAULT_URL, token: TOKEN = None,
+                 data_dir: DATA_DIR = DEFAULT_DATA) -> None:
+        """Show a multi-task job: its tasks, per-round records and thesis 4.3 metrics."""
+        from orchestrator.client import APIError
+
+        try:
+            with _client(url, token, data_dir) as client:
+                job = client.job(job_id)
+                if as_json:
+                    typer.echo(json.dumps(job, indent=2))
+                    return
+                _job_summary(job)
+        except APIError as exc:
+            _fail(exc)
+
+    @job_app.command("cancel")
+    def job_cancel(job_id: int, url: URL = DEFAULT_URL, token: TOKEN = None,
+                   data_dir: DATA_DIR = DEFAULT_DATA) -> None:
+        """Cancel a running multi-task job and its tasks."""
+        from orchestrator.client import APIError
+
+        try:
+            with _client(url, token, data_dir) as client:
+                console.print(f"job {job_id} is {client.cancel_job(job_id)['state']}")
+        except APIError as exc:
+            _fail(exc)
+
     @app.command("learners")
     def learners(url: URL = DEFAULT_URL, token: TOKEN = None,
                  data_dir: DATA_DIR = DEFAULT_DATA) -> None:
@@ -253,6 +313,41 @@ def register(app: typer.Typer) -> None:
 
         code = run_demo(rounds=rounds, deadline_s=deadline_s, keep=keep, console=console)
         raise typer.Exit(code)
+
+
+def follow_job(client: Client, job_id: int, *, poll_s: float = 0.5) -> dict[str, Any]:
+    """Poll a job until it ends, printing one line per recorded round; returns the job."""
+    shown = 0
+    while True:
+        job = client.job(job_id)
+        for rec in job["records"][shown:]:
+            met = "met" if rec["met_deadline"] else "missed"
+            console.print(f"round {rec['round']} {rec['task']}: {rec['duration_s']:.2f} s "
+                          f"(T {rec['deadline_s']:g} s, {met}), "
+                          f"{rec['samples_trained']}/{rec['samples_allocated']} samples")
+        shown = len(job["records"])
+        if job["state"] not in ("pending", "running"):
+            return job
+        time.sleep(poll_s)
+
+
+def _job_summary(job: dict[str, Any]) -> None:
+    reason = f" ({job['reason']})" if job["reason"] else ""
+    console.print(f"job {job['id']} [bold]{job['state']}[/bold]{reason}: {job['allocator']}, "
+                  f"{job['rounds_done']} rounds, tasks "
+                  + ", ".join(f"{t['id']} {t['name']} {t['state']}" for t in job["tasks"]))
+    m = job.get("metrics")
+    if not m:
+        return
+    table = Table()
+    for col in ("task", "avg training time", "satisfaction", "fulfillment", "data drop",
+                "occupancy"):
+        table.add_column(col)
+    for name, row in [*m["per_task"].items(), ("all", m)]:
+        table.add_row(name, f"{row['average_training_time_s']:.2f} s",
+                      f"{row['satisfaction_ratio']:.0%}", f"{row['average_task_fulfillment']:.0%}",
+                      f"{row['data_drop_rate']:.0%}", f"{row['occupancy']:.0%}")
+    console.print(table)
 
 
 def _summary(client: Client, task: dict[str, Any]) -> None:

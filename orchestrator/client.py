@@ -74,6 +74,20 @@ class Client:
     def learners(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/learners")["learners"]  # type: ignore[no-any-return]
 
+    def submit_job(self, job: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/jobs: several sync task specs under one allocator (docs/orchestrator.md)."""
+        return self._call("POST", "/v1/jobs", json=job)  # type: ignore[no-any-return]
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        """A job with its per-task per-round records and thesis 4.3 metrics."""
+        return self._call("GET", f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/jobs")["jobs"]  # type: ignore[no-any-return]
+
+    def cancel_job(self, job_id: int) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/cancel")  # type: ignore[no-any-return]
+
     def wait_healthy(self, timeout_s: float) -> None:
         """Poll /healthz until it answers, up to `timeout_s` seconds."""
         end = time.monotonic() + timeout_s

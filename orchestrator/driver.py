@@ -64,8 +64,9 @@ class RoundDriver:
 
     def resume_all(self) -> None:
         """Start (or restart after a crash) every task that is pending or running."""
+        in_jobs = self.store.job_task_ids()  # multi-task jobs run their own tasks
         for task in self.store.tasks(("pending", "running")):
-            if (task.spec or {}).get("mode", "sync") == "sync":
+            if (task.spec or {}).get("mode", "sync") == "sync" and task.id not in in_jobs:
                 self.launch(task.id)
 
     def launch(self, task_id: int) -> None:

@@ -68,6 +68,9 @@ class Service:
                                authorize_worker=self._authorize_worker)
         self.driver = RoundDriver(self)
         self.async_tasks = AsyncTasks(self)
+        from orchestrator.multitask import MultiTaskJobs
+
+        self.jobs = MultiTaskJobs(self)
 
     def _authorize_worker(self, name: str, token: str | None) -> bool:
         # A relayed agent serves under its enrolled name with its own learner token.

@@ -101,6 +101,38 @@ class RoundRow(Base):
     model_version: Mapped[int] = mapped_column(Integer)
 
 
+class JobRow(Base):
+    """A multi-task job: several synchronous tasks allocated together (docs/orchestrator.md)."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(256))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)  # allocator, budget, prices, ...
+    task_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rounds_done: Mapped[int] = mapped_column(Integer, default=0)
+    # What the job learned before its first round (state distributions, per-state benchmarks).
+    setup: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    ready: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class JobRoundRow(Base):
+    """One task in one global update cycle of a job: the record the thesis 4.3 metrics use."""
+
+    __tablename__ = "job_rounds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[int] = mapped_column(Integer)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class ModelVersionRow(Base):
     __tablename__ = "model_versions"
 
@@ -173,6 +205,7 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open the database at {url}: {exc}; check --db-url") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.discard_unready_jobs()
         self.discard_unready()
 
     @contextmanager
@@ -337,6 +370,128 @@ class Store:
         self.task(task_id)
         with self.session() as s:
             q = select(RoundRow).where(RoundRow.task_id == task_id).order_by(RoundRow.index)
+            return list(s.scalars(q))
+
+
+    # -- multi-task jobs ------------------------------------------------------------------
+
+    def create_job(self, name: str, options: dict[str, Any], specs: list[dict[str, Any]],
+                   prepare: Callable[[int, dict[str, Any], Path], dict[str, int]],
+                   now: float) -> JobRow:
+        """Insert a job and all its tasks, all or nothing.
+
+        The job row stays hidden (`ready` false) while its tasks are prepared one by one with
+        `prepare(task_id, spec, directory)`; if any preparation raises, every task made so far
+        and the job are removed, and a crash in between is swept at the next start.
+        """
+        with self.session() as s:
+            job = JobRow(name=name, options=options, task_ids=[], state="pending",
+                         created_at=now, ready=False)
+            s.add(job)
+            s.flush()
+            job_id = job.id
+        try:
+            for spec in specs:
+                task = self.create_task(spec, lambda tid, d, sp=spec: prepare(tid, sp, d), now)
+                with self.session() as s:
+                    row = s.get(JobRow, job_id)
+                    assert row is not None
+                    row.task_ids = [*row.task_ids, task.id]
+            with self.session() as s:
+                row = s.get(JobRow, job_id)
+                assert row is not None
+                row.ready = True
+                s.flush()
+                return row
+        except BaseException:
+            self._discard_job(job_id)
+            raise
+
+    def _discard_job(self, job_id: int) -> None:
+        with self.session() as s:
+            row = s.get(JobRow, job_id)
+            task_ids = list(row.task_ids) if row is not None else []
+        for task_id in task_ids:
+            self._discard(task_id)
+        with self.session() as s:
+            s.execute(delete(JobRoundRow).where(JobRoundRow.job_id == job_id))
+            s.execute(delete(JobRow).where(JobRow.id == job_id))
+
+    def discard_unready_jobs(self) -> None:
+        """Remove jobs (and their tasks) whose creation a crash interrupted."""
+        with self.session() as s:
+            ids = list(s.scalars(select(JobRow.id).where(JobRow.ready.is_(False))))
+        for job_id in ids:
+            self._discard_job(job_id)
+
+    def job(self, job_id: int) -> JobRow:
+        with self.session() as s:
+            row = s.get(JobRow, job_id)
+            if row is None or not row.ready:
+                raise NotFound(f"job {job_id} does not exist; list jobs with GET /v1/jobs",
+                               code="job_not_found")
+            return row
+
+    def jobs(self, states: tuple[str, ...] | None = None) -> list[JobRow]:
+        with self.session() as s:
+            q = select(JobRow).where(JobRow.ready.is_(True)).order_by(JobRow.id)
+            if states:
+                q = q.where(JobRow.state.in_(states))
+            return list(s.scalars(q))
+
+    def job_task_ids(self) -> set[int]:
+        """Ids of every task that belongs to a job (the single-task driver leaves them be)."""
+        with self.session() as s:
+            return {int(t) for ids in s.scalars(select(JobRow.task_ids)) for t in ids}
+
+    def set_job_state(self, job_id: int, state: str, reason: str | None, now: float,
+                      *, only_from: tuple[str, ...] = ACTIVE_STATES,
+                      setup: dict[str, Any] | None = None) -> JobRow:
+        """Move a job to `state` (and optionally store its setup); Conflict if not active."""
+        assert state in TASK_STATES
+        with self.session() as s:
+            row = s.get(JobRow, job_id, with_for_update=True)
+            if row is None or not row.ready:
+                raise NotFound(f"job {job_id} does not exist", code="job_not_found")
+            if row.state not in only_from:
+                raise Conflict(f"job {job_id} is {row.state}"
+                               + (f" ({row.reason})" if row.reason else "")
+                               + f"; it cannot become {state}")
+            row.state, row.reason = state, reason
+            if setup is not None:
+                row.setup = setup
+            if state == "running" and row.started_at is None:
+                row.started_at = now
+            if state in ("finished", "failed", "cancelled"):
+                row.finished_at = now
+            return row
+
+    def record_job_round(self, job_id: int, index: int,
+                         entries: list[tuple[int, dict[str, Any], Path, dict[str, Any]]],
+                         now: float) -> None:
+        """Commit one GUC of a job: per task its round row, model version and metric record
+        (`entries` holds (task_id, round values, model path, record)), all in one transaction."""
+        with self.session() as s:
+            job = s.get(JobRow, job_id, with_for_update=True)
+            if job is None or job.state != "running":
+                raise Conflict(f"job {job_id} is not running; its round is not recorded")
+            for task_id, values, model_path, record in entries:
+                task = s.get(TaskRow, task_id, with_for_update=True)
+                if task is None or task.state != "running":
+                    raise Conflict(f"task {task_id} is not running; its round is not recorded")
+                s.add(RoundRow(task_id=task_id, **values))
+                s.add(ModelVersionRow(task_id=task_id, version=values["model_version"],
+                                      path=str(model_path), created_at=now))
+                task.rounds_done = values["index"] + 1
+                task.model_version = values["model_version"]
+                s.add(JobRoundRow(job_id=job_id, index=index, task_id=task_id, record=record))
+            job.rounds_done = index + 1
+
+    def job_rounds(self, job_id: int) -> list[JobRoundRow]:
+        self.job(job_id)
+        with self.session() as s:
+            q = (select(JobRoundRow).where(JobRoundRow.job_id == job_id)
+                 .order_by(JobRoundRow.index, JobRoundRow.task_id))
             return list(s.scalars(q))
 
 

@@ -1,0 +1,521 @@
+"""Multi-task jobs: several synchronous tasks allocated together by MED, MMTT or equal split.
+
+Thesis chapter 4 on live agents. A job is a list of task specs and one job-level allocator
+(`med`, `mmtt_uncertain`, `mmtt_ideal`, `equal`). Before the first round the orchestrator
+draws each learner's stressor-state distribution (a random one-hot vector through a softmax
+with heat τ = 0.5, thesis 4.3.1) and asks every learner to run subset benchmarking in every
+state for every task (the agent applies the stressor during SB). Each global update cycle:
+
+1. every learner draws its own state for the round (`round_state`); only under MMTT-Ideal
+   does it tell the orchestrator which one it drew;
+2. a `MedInstance` (γ, per-state b and c, prices, D_i, T_i, Ω_i, α_i) is solved by
+   `orchestrator.allocation.mmtt.plan`; each learner serves at most one task (eq. 4.4f);
+3. every chosen learner trains its task under the drawn stressor and halts at T_i with a
+   partial update; each task is aggregated by FedAvg with the true samples trained;
+4. one record per task per round (training time, deadline met, samples trained vs
+   allocated, per-learner busy and idle time) is committed with the round; the thesis 4.3
+   metrics are computed from those records by `orchestrator.allocation.metrics`.
+
+A job that was running when the orchestrator stopped is failed with a reason at the next
+start (its per-state benchmarks and drawn states are not worth resuming half-way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.errors import BadInput, Conflict
+from orchestrator.store import JobRoundRow, JobRow, LearnerRow, TaskRow, write_atomic
+
+if TYPE_CHECKING:
+    from orchestrator.allocation.med import MedInstance
+    from orchestrator.service import Service
+    from plexus.spec import TaskSpec
+
+log = logging.getLogger("orchestrator.multitask")
+
+JobAllocator = Literal["med", "mmtt_uncertain", "mmtt_ideal", "equal"]
+# Job allocator name -> method name of orchestrator.allocation.mmtt.plan.
+METHODS: dict[str, str] = {"med": "med", "mmtt_uncertain": "mmtt-uncertain",
+                           "mmtt_ideal": "mmtt-ideal", "equal": "equal"}
+# The agent's stressor states (docs/protocol.md, `round_state`), in MedInstance state order.
+STATES: tuple[str, ...] = ("idle", "training", "downloading")
+# Subset benchmarking in three states for every task can take a while on a loaded device.
+BENCHMARK_TIMEOUT_S = 120.0
+ROUND_STATE_TIMEOUT_S = 10.0
+
+
+class JobOptions(BaseModel):
+    """Job-level settings; every task keeps its own D (deadline_s), rounds, data and model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("job", min_length=1, max_length=256)
+    allocator: JobAllocator = "med"
+    # B of eq. 4.4d; None means no budget limit (every shard affordable at any price).
+    budget: float | None = Field(None, ge=0)
+    min_shards: int = Field(0, ge=0)  # D_l of eq. 4.4e
+    prices: dict[str, float] = Field(default_factory=dict)  # learner name -> price per shard
+    default_price: float = Field(1.0, ge=0)
+    heat: float = Field(0.5, gt=0)  # τ of the heated softmax, thesis 4.3.1
+    # Wait for this many alive learners before benchmarking (default: one per task).
+    learners: int | None = Field(None, ge=1)
+    seed: int = 0
+    time_limit_s: float = Field(5.0, gt=0)  # solver time limit per round, seconds
+
+
+class JobRequest(JobOptions):
+    """POST /v1/jobs: the options plus the task specs (each as for POST /v1/tasks)."""
+
+    tasks: list[dict[str, Any]] = Field(min_length=1, max_length=64)
+
+
+def validate_job(body: JobRequest) -> tuple[dict[str, Any], list[TaskSpec]]:
+    """Parse every task spec; BadInput naming the field (`tasks[1].sync: ...`) if one is bad."""
+    from plexus.errors import SpecError
+    from plexus.spec import parse_spec
+
+    specs: list[TaskSpec] = []
+    for i, raw in enumerate(body.tasks):
+        try:
+            spec = parse_spec(raw)
+        except SpecError as exc:
+            raise BadInput(f"tasks[{i}]: {exc}", code="invalid_spec") from None
+        if spec.sync is None:
+            raise BadInput(f"tasks[{i}].mode: a multi-task job runs synchronous tasks "
+                           "(mode: sync with a sync section)", code="invalid_spec")
+        specs.append(spec)
+    names = [s.name for s in specs]
+    for i, n in enumerate(names):
+        if names.index(n) != i:
+            raise BadInput(f"tasks[{i}].name: {n!r} is used by tasks[{names.index(n)}]; "
+                           "task names in a job must differ", code="invalid_spec")
+    options = body.model_dump(exclude={"tasks"})
+    return options, specs
+
+
+def job_view(job: JobRow, rounds: list[JobRoundRow], tasks: list[TaskRow]) -> dict[str, Any]:
+    """A job as the API shows it, with the thesis 4.3 metrics of its recorded rounds."""
+    records = [r.record for r in rounds]
+    return {"id": job.id, "name": job.name, "state": job.state, "reason": job.reason,
+            "allocator": job.options.get("allocator"), "options": job.options,
+            "created_at": job.created_at, "started_at": job.started_at,
+            "finished_at": job.finished_at, "rounds_done": job.rounds_done,
+            "tasks": [{"id": t.id, "name": t.name, "state": t.state, "reason": t.reason,
+                       "rounds_done": t.rounds_done, "rounds": (t.spec.get("sync") or {})
+                       .get("rounds")} for t in tasks],
+            "setup": job.setup, "metrics": job_metrics(records), "records": records}
+
+
+def job_metrics(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Thesis 4.3 items 1–5 over the recorded task rounds (overall and per task), or None."""
+    from orchestrator.allocation.metrics import TaskRound, summarize
+
+    if not records:
+        return None
+    rows = [TaskRound(task=r["task"], round=r["round"], deadline_s=r["deadline_s"],
+                      duration_s=r["duration_s"], samples_total=r["samples_allocated"],
+                      samples_trained=r["samples_trained"],
+                      learner_busy_s=list(r["learner_busy_s"].values()))
+            for r in records]
+    per_task: dict[str, Any] = {}
+    for name in dict.fromkeys(r.task for r in rows):
+        per_task[name] = summarize([r for r in rows if r.task == name])
+    return {**summarize(rows), "task_rounds": len(rows), "per_task": per_task}
+
+
+def build_instance(tasks: list[TaskRow], specs: list[TaskSpec], learners: list[LearnerRow],
+                   setup: dict[str, Any], options: JobOptions) -> MedInstance:
+    """The MED instance of eq. 4.4 for this round's tasks and learners.
+
+    Bandwidth per state is the mean over tasks of what SB measured in that state (bytes/s);
+    compute per task and state is SB's samples/s; D_i is sync.total_shards (else every shard).
+    """
+    from orchestrator.allocation.med import MedInstance
+
+    task_specs = []
+    for t, spec in zip(tasks, specs, strict=True):
+        assert spec.sync is not None
+        task_specs.append({
+            "name": str(t.id), "shards": spec.sync.total_shards or t.num_shards,
+            "deadline_s": spec.sync.deadline_s, "model_bytes": t.model_bytes,
+            "shard_bytes": t.shard_bytes, "shard_samples": t.shard_samples,
+            "iterations": spec.training.iterations})
+    learner_specs = []
+    for lr in learners:
+        key = str(lr.id)
+        bench = setup["benchmarks"][key]
+        learner_specs.append({
+            "name": key, "price": options.prices.get(lr.name, options.default_price),
+            "state_probs": [setup["distributions"][key][s] for s in STATES],
+            "bandwidth": [float(np.mean([bench[str(t.id)][s]["bandwidth"] for t in tasks]))
+                          for s in STATES],
+            "compute": {str(t.id): [bench[str(t.id)][s]["compute"] for s in STATES]
+                        for t in tasks},
+            "benchmarked_state": STATES.index(setup["benchmarked_state"][key])})
+    prices = [w["price"] for w in learner_specs]
+    budget = options.budget
+    if budget is None:  # no limit: enough to pay every shard at the highest price
+        budget = float(sum(t["shards"] for t in task_specs) * max(prices, default=0.0)) + 1.0
+    return MedInstance(states=list(STATES), budget=budget, min_shards=options.min_shards,
+                       tasks=task_specs, learners=learner_specs)
+
+
+class _Reply:
+    def __init__(self, learner: LearnerRow, value: Any = None, error: str | None = None,
+                 elapsed_s: float = 0.0) -> None:
+        self.learner, self.value, self.error, self.elapsed_s = learner, value, error, elapsed_s
+
+
+async def _call_all(pairs: list[tuple[LearnerRow, Callable[[], Awaitable[Any]]]],
+                    timeout_s: float) -> list[_Reply]:
+    """Run every call at once; each reply carries its own elapsed seconds. Calls still open
+    after `timeout_s` are cancelled and answered with an error."""
+    t0 = time.monotonic()
+
+    async def one(lr: LearnerRow, call: Callable[[], Awaitable[Any]]) -> _Reply:
+        try:
+            value = await call()
+            return _Reply(lr, value=value, elapsed_s=time.monotonic() - t0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one learner's failure leaves only that learner out
+            return _Reply(lr, error=f"{type(exc).__name__}: {exc}",
+                          elapsed_s=time.monotonic() - t0)
+
+    jobs = [asyncio.ensure_future(one(lr, call)) for lr, call in pairs]
+    if not jobs:
+        return []
+    try:
+        await asyncio.wait(jobs, timeout=timeout_s)
+    except asyncio.CancelledError:
+        for j in jobs:
+            j.cancel()
+        raise
+    out = []
+    for j, (lr, _call) in zip(jobs, pairs, strict=True):
+        if j.done():
+            out.append(j.result())
+        else:
+            j.cancel()
+            out.append(_Reply(lr, error="no answer by deadline + grace", elapsed_s=timeout_s))
+    return out
+
+
+class MultiTaskJobs:
+    """Runs every multi-task job of one orchestrator, one asyncio task each."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.store = service.store
+        self._jobs: dict[int, asyncio.Task[None]] = {}
+
+    def fail_leftovers(self) -> None:
+        """Jobs (and their tasks) left running by a previous process are failed with a reason."""
+        now = time.time()
+        why = ("the orchestrator restarted during this multi-task job; its drawn states and "
+               "benchmarks are gone: submit the job again")
+        for job in self.store.jobs(("pending", "running")):
+            for task_id in job.task_ids:
+                with contextlib.suppress(Conflict):
+                    self.store.set_state(task_id, "failed", why, now)
+            self.store.set_job_state(job.id, "failed", why, now)
+
+    def launch(self, job_id: int) -> None:
+        self._jobs[job_id] = asyncio.get_running_loop().create_task(
+            self._run(job_id), name=f"job-{job_id}")
+
+    async def cancel(self, job_id: int) -> None:
+        job = self._jobs.pop(job_id, None)
+        if job is not None:
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await job
+
+    async def stop(self) -> None:
+        for job_id in list(self._jobs):
+            await self.cancel(job_id)
+
+    # -- one job --------------------------------------------------------------------------
+
+    async def _run(self, job_id: int) -> None:
+        from plexus.spec import load_spec
+
+        store = self.store
+        try:
+            job = await asyncio.to_thread(store.job, job_id)
+            options = JobOptions(**job.options)
+            tasks = [await asyncio.to_thread(store.task, t) for t in job.task_ids]
+            specs = [load_spec(t.spec) for t in tasks]
+            now = time.time()
+            await asyncio.to_thread(store.set_job_state, job_id, "running", None, now)
+            for t in tasks:
+                await asyncio.to_thread(store.set_state, t.id, "running", None, now)
+            learners = await self._wait_for_learners(options.learners or len(tasks))
+            setup = await self._setup(job_id, options, learners, tasks, specs)
+            await asyncio.to_thread(store.set_job_state, job_id, "running", None, time.time(),
+                                    setup=setup)
+            joined = [lr for lr in learners if str(lr.id) in setup["benchmarks"]]
+            from orchestrator.taskdata import load_test_split, read_state
+
+            layout = store.layout
+            tests = [await asyncio.to_thread(load_test_split, layout, t.id) for t in tasks]
+            models = [await asyncio.to_thread(read_state, layout.model(t.id, 0)) for t in tasks]
+            index = 0
+            while True:
+                active = [i for i, s in enumerate(specs)
+                          if s.sync is not None and index < s.sync.rounds]
+                if not active:
+                    break
+                alive_ids = {lr.id for lr in await asyncio.to_thread(
+                    self.service.alive_learners)}
+                here = [lr for lr in joined if lr.id in alive_ids]
+                if not here:
+                    raise RuntimeError("no benchmarked learner is alive any more")
+                await self._round(job_id, index, options, setup, here,
+                                  [tasks[i] for i in active], [specs[i] for i in active],
+                                  [tests[i] for i in active], models, active)
+                now = time.time()
+                for i, s in enumerate(specs):
+                    if s.sync is not None and s.sync.rounds == index + 1:
+                        await asyncio.to_thread(store.set_state, tasks[i].id, "finished",
+                                                None, now)
+                index += 1
+            await asyncio.to_thread(store.set_job_state, job_id, "finished", None, time.time())
+        except asyncio.CancelledError:
+            raise
+        except Conflict as exc:  # cancelled by a user while a round was finishing
+            log.info("job %s stopped: %s", job_id, exc)
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            self._fail(job_id, f"{type(exc).__name__}: {exc}")
+        finally:
+            if self._jobs.get(job_id) is asyncio.current_task():
+                self._jobs.pop(job_id, None)
+
+    def _fail(self, job_id: int, reason: str) -> None:
+        now = time.time()
+        with contextlib.suppress(Exception):
+            job = self.store.job(job_id)
+            for task_id in job.task_ids:
+                with contextlib.suppress(Conflict):
+                    self.store.set_state(task_id, "failed", reason, now)
+            self.store.set_job_state(job_id, "failed", reason, now)
+
+    async def _wait_for_learners(self, count: int) -> list[LearnerRow]:
+        while True:
+            alive = await asyncio.to_thread(self.service.alive_learners)
+            if len(alive) >= count:
+                return alive
+            await asyncio.sleep(0.5)
+
+    async def _setup(self, job_id: int, options: JobOptions, learners: list[LearnerRow],
+                     tasks: list[TaskRow], specs: list[TaskSpec]) -> dict[str, Any]:
+        """Draw state distributions, then SB by every learner in every state for every task."""
+        from orchestrator.allocation.med import heated_softmax
+
+        rng = np.random.default_rng([options.seed, job_id])
+        h = len(STATES)
+        distributions, benchmarked = {}, {}
+        for lr in learners:
+            # Thesis 4.3.1: a uniformly drawn one-hot vector through a softmax with heat τ.
+            probs = heated_softmax(np.eye(h)[int(rng.integers(h))], options.heat)
+            distributions[str(lr.id)] = {s: float(p) for s, p in zip(STATES, probs, strict=True)}
+            # MMTT-Uncertain believes the learner stays in the state it was in during SB.
+            benchmarked[str(lr.id)] = STATES[int(rng.choice(h, p=probs))]
+        driver = self.service.driver
+
+        def bench_all(lr: LearnerRow) -> Callable[[], Awaitable[Any]]:
+            async def run() -> dict[str, Any]:
+                stub = driver._stub(lr)  # the round driver's duplex stubs, shared
+                out: dict[str, Any] = {}
+                for t, spec in zip(tasks, specs, strict=True):
+                    per_state = {}
+                    for state in STATES:
+                        ans = await stub["benchmark"].acall(spec.to_dict(), t.id, state)
+                        per_state[state] = {"bandwidth": float(ans["bandwidth"]),
+                                            "compute": float(ans["compute"])}
+                    out[str(t.id)] = per_state
+                return out
+            return run
+
+        replies = await _call_all([(lr, bench_all(lr)) for lr in learners], BENCHMARK_TIMEOUT_S)
+        benchmarks = {str(r.learner.id): r.value for r in replies if r.error is None}
+        left_out = {str(r.learner.id): r.error for r in replies if r.error is not None}
+        if not benchmarks:
+            raise RuntimeError(f"no learner finished subset benchmarking: {left_out}")
+        return {"states": list(STATES), "distributions": distributions,
+                "benchmarked_state": benchmarked, "benchmarks": benchmarks,
+                "left_out": left_out,
+                "learner_names": {str(lr.id): lr.name for lr in learners}}
+
+    async def _round(self, job_id: int, index: int, options: JobOptions, setup: dict[str, Any],
+                     learners: list[LearnerRow], tasks: list[TaskRow], specs: list[TaskSpec],
+                     tests: list[Any], models: list[dict[str, Any]], slots: list[int]) -> None:
+        from orchestrator.allocation import assign_shard_ids
+        from orchestrator.allocation.med import check_allocation
+        from orchestrator.allocation.mmtt import plan
+
+        driver = self.service.driver
+        started_at = time.time()
+        method = METHODS[options.allocator]
+        reveal = options.allocator == "mmtt_ideal"
+
+        # 1. Every learner draws this round's state; only MMTT-Ideal hears which one.
+        def draw(lr: LearnerRow) -> Callable[[], Awaitable[Any]]:
+            dist = setup["distributions"][str(lr.id)]
+            return lambda: driver._stub(lr)["round_state"].acall(dist, reveal)
+
+        drawn = await _call_all([(lr, draw(lr)) for lr in learners], ROUND_STATE_TIMEOUT_S)
+        left_out = {str(r.learner.id): f"round_state: {r.error}" for r in drawn if r.error}
+        learners = [r.learner for r in drawn if r.error is None]
+        if not learners:
+            raise RuntimeError(f"no learner drew a state this round: {left_out}")
+        actual = None
+        if reveal:
+            states = {r.learner.id: r.value["state"] for r in drawn if r.error is None}
+            actual = [STATES.index(states[lr.id]) for lr in learners]
+
+        # 2. Allocate (eq. 4.4); an instance infeasible under its deadlines is solved again
+        # without 4.4b, and the learners then halt at T_i (the partial updates are kept).
+        inst = build_instance(tasks, specs, learners, setup, options)
+        t0 = time.monotonic()
+        res = await asyncio.to_thread(plan, inst, method, actual_states=actual,  # type: ignore[arg-type]
+                                      time_limit_s=options.time_limit_s,
+                                      soft_deadlines_if_infeasible=True, seed=options.seed)
+        plan_s = time.monotonic() - t0
+        if res.allocation is None:
+            families = ", ".join(res.infeasible_families) or "unknown"
+            raise RuntimeError(f"round {index}: {method} found no allocation ({res.status}; "
+                               f"constraint families: {families}); raise the budget or the "
+                               "deadlines, or lower min_shards")
+        alloc = np.asarray(res.allocation, dtype=int)
+        # Eq. 4.4f: a learner serves at most one task per round; never dispatch otherwise.
+        one_task = [v for v in check_allocation(inst, alloc, enforce_deadlines=False)
+                    if v.startswith("4.4f")]
+        if one_task:
+            raise RuntimeError(f"round {index}: the allocation breaks eq. 4.4f: {one_task}")
+
+        # 3. Dispatch: each chosen learner trains its one task, halting at that task's T_i.
+        calls: list[tuple[LearnerRow, Callable[[], Awaitable[Any]]]] = []
+        owner: dict[int, int] = {}  # learner id -> position of its task in `tasks`
+        counts: list[dict[str, int]] = []
+        shard_ids: list[dict[str, list[int]]] = []
+        for i, (t, spec) in enumerate(zip(tasks, specs, strict=True)):
+            c = {str(lr.id): int(alloc[i, j]) for j, lr in enumerate(learners)}
+            ids = assign_shard_ids(c, t.num_shards, seed=spec.seed, round_index=index)
+            counts.append(c)
+            shard_ids.append(ids)
+            assert spec.sync is not None
+            for lr in learners:
+                key = str(lr.id)
+                if c[key] > 0:
+                    owner[lr.id] = i
+                    calls.append((lr, self._train_call(lr, spec, t.id, index, ids[key],
+                                                       spec.sync.deadline_s)))
+        cutoff = max(s.sync.deadline_s + s.sync.grace_s for s in specs if s.sync is not None)
+        replies = await _call_all(calls, cutoff)
+        by_task: dict[int, list[_Reply]] = {i: [] for i in range(len(tasks))}
+        for r in replies:
+            by_task[owner[r.learner.id]].append(r)
+
+        # 4. Per task: FedAvg by true samples, evaluate, record.
+        entries = []
+        for i, (t, spec) in enumerate(zip(tasks, specs, strict=True)):
+            entries.append(await self._finish_task(
+                i, t, spec, index, started_at, plan_s, counts[i], shard_ids[i], by_task[i],
+                tests[i], models, slots[i], left_out, res, drawn))
+        await asyncio.to_thread(self.store.record_job_round, job_id, index, entries, time.time())
+        log.info("job %s round %s: %s", job_id, index,
+                 ", ".join(f"{e[3]['task']} {e[3]['duration_s']:.2f}s" for e in entries))
+
+    def _train_call(self, lr: LearnerRow, spec: TaskSpec, task_id: int, index: int,
+                    shards: list[int], deadline_s: float) -> Callable[[], Awaitable[Any]]:
+        stub = self.service.driver._stub(lr)
+        spec_dict = spec.to_dict()
+        # state None: the agent trains in the state it drew for this round (`round_state`).
+        return lambda: stub["train"].acall(spec_dict, task_id, index, shards, deadline_s, None)
+
+    async def _finish_task(self, i: int, t: TaskRow, spec: TaskSpec, index: int,
+                           started_at: float, plan_s: float, counts: dict[str, int],
+                           shard_ids: dict[str, list[int]], replies: list[_Reply],
+                           test: Any, models: list[dict[str, Any]], slot: int,
+                           left_round: dict[str, str], res: Any, drawn: list[_Reply]
+                           ) -> tuple[int, dict[str, Any], Any, dict[str, Any]]:
+        from orchestrator.aggregation.fedavg import weighted_average
+        from plexus.errors import BadTensors
+        from plexus.tensors import encode_state, validate_state
+
+        assert spec.sync is not None
+        state = models[slot]
+        samples: dict[str, int] = {}
+        busy: dict[str, float] = {}
+        left_out = {k: v for k, v in left_round.items()}
+        params, weights = [], []
+        for r in replies:
+            key = str(r.learner.id)
+            busy[key] = r.elapsed_s
+            if r.error is not None:
+                left_out[key] = r.error
+                continue
+            try:
+                n = int(r.value["samples_trained"])
+                if n < 0:
+                    raise ValueError(f"samples_trained is {n}")
+                validate_state(r.value["params"], state)
+            except (BadTensors, KeyError, TypeError, ValueError) as exc:
+                left_out[key] = f"bad answer: {exc}"
+                continue
+            samples[key] = n
+            if n > 0:
+                params.append(r.value["params"])
+                weights.append(float(n))
+        if params:
+            state = await asyncio.to_thread(weighted_average, params, weights)
+            models[slot] = state
+        # The task's GUC time: dispatch until the last of its learners answered (or was cut).
+        duration = max(busy.values(), default=0.0)
+        loss, accuracy = await asyncio.to_thread(self.service.driver._evaluate, spec, state, test)
+        version = index + 1
+        model_path = self.store.layout.model(t.id, version)
+        await asyncio.to_thread(
+            write_atomic, model_path,
+            encode_state(state, {"version": version, "task_id": t.id, "round": index}))
+        deadline = spec.sync.deadline_s
+        allocated_shards = sum(counts.values())
+        per_shard = t.shard_samples * spec.training.iterations
+        samples_allocated = allocated_shards * per_shard
+        trained = min(sum(samples.values()), samples_allocated)
+        drawn_states = {str(r.learner.id): r.value.get("state") for r in drawn
+                        if r.error is None and str(r.learner.id) in busy}
+        record = {
+            "task": t.name, "task_id": t.id, "round": index, "deadline_s": deadline,
+            "duration_s": duration, "met_deadline": duration <= deadline,
+            "shards_allocated": allocated_shards, "samples_allocated": samples_allocated,
+            "samples_trained": trained, "fulfillment": trained / samples_allocated
+            if samples_allocated else 0.0,
+            "allocation": {k: v for k, v in counts.items() if v > 0},
+            "learner_busy_s": busy,
+            "learner_idle_s": {k: max(0.0, duration - b) for k, b in busy.items()},
+            "learner_samples": samples, "states_revealed": drawn_states,
+            "left_out": {k: v for k, v in left_out.items() if k in busy},
+            "expected_delay_s": (res.task_delay_s[i] if res.task_delay_s else None),
+            "solver": {"method": res.method, "status": res.status, "backend": res.backend,
+                       "gap": res.gap, "notes": list(res.notes)},
+        }
+        values = {
+            "index": index, "started_at": started_at, "allocation": counts,
+            "shards": {k: v for k, v in shard_ids.items() if v}, "samples": samples,
+            "left_out": left_out, "plan_s": plan_s, "round_time_s": duration,
+            "truancy": (duration - deadline) / deadline, "loss": loss, "accuracy": accuracy,
+            "model_version": version,
+        }
+        return t.id, values, model_path, record
