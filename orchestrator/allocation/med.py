@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 if TYPE_CHECKING:
     from orchestrator.allocation.solvers import RawResult
 
-SolverName = Literal["auto", "dp", "gurobi", "highs"]
+SolverName = Literal["auto", "dp", "gurobi", "highs", "lagrange"]
 Status = Literal["optimal", "feasible", "infeasible", "no_solution", "licence_limit"]
 
 # Constraint families of eq. 4.4, as reported when an instance is infeasible.
@@ -565,9 +565,11 @@ def solve_med(
 ) -> MedResult:
     """Solve MED (thesis eq. 4.4) and report; never raises for an infeasible instance.
 
-    `solver`: "gurobi", "highs", "dp" (exact subset DP, small fleets only), or "auto" (the DP
-    when the fleet is small and its answer fits the budget, else Gurobi if it imports and the
-    model fits `gurobi_size_limit` variables/constraints, else HiGHS). `time_limit_s` seconds
+    `solver`: "gurobi", "highs", "dp" (exact subset DP, small fleets only), "lagrange" (greedy
+    + local search with a Lagrangian lower bound, `med_lagrange`), or "auto" (the DP when the
+    fleet is small and its answer fits the budget, else "lagrange"; if that is not proven within
+    `mip_gap`, Gurobi continues from its allocation when the model fits `gurobi_size_limit`,
+    and the better of the two bounds is reported; HiGHS only when no greedy start exists). `time_limit_s` seconds
     per solve, `mip_gap` relative. `enforce_deadlines=False` drops 4.4b (learners then halt at T_i).
     An infeasible instance comes back with status "infeasible" and `infeasible_families`.
     `warm_start` hands the solver `greedy_allocation` as its first incumbent;
@@ -594,10 +596,39 @@ def solve_med(
         elif solver == "dp":
             _note(notes, f"subset DP not applicable to {n} learners x {m} tasks; used the MILP")
         solver = "auto"
+    lagrange: MedResult | None = None
+    if solver == "lagrange" or (solver == "auto" and warm_start):
+        # Beyond the DP, auto starts with the Lagrangian backend (med_lagrange.py): its bound
+        # keeps the shard integrality the MILP's LP relaxation loses.
+        from orchestrator.allocation.med_lagrange import solve_lagrange
+
+        lagrange = solve_lagrange(inst, time_limit_s=time_limit_s, mip_gap=mip_gap,
+                                  enforce_deadlines=enforce_deadlines, method=method,
+                                  notes=notes)
+        if lagrange is None:
+            _note(notes, "greedy start found no feasible allocation; the MILP decides")
+        elif solver == "lagrange" or lagrange.status == "optimal":
+            return lagrange
+        solver = "auto"
     milp = build_milp(inst, relax=relax)
     kw = dict(time_limit_s=time_limit_s, mip_gap=mip_gap, gurobi_size_limit=gurobi_size_limit,
               seed=seed)
-    greedy = greedy_allocation(inst, enforce_deadlines=enforce_deadlines) if warm_start else None
+    if lagrange is not None:
+        greedy = lagrange.allocation
+    else:
+        greedy = (greedy_allocation(inst, enforce_deadlines=enforce_deadlines)
+                  if warm_start else None)
+    if lagrange is not None:
+        from orchestrator.allocation import solvers
+
+        # auto after an unproven Lagrangian answer: the MILP runs only where Gurobi takes it
+        # (HiGHS does not improve the greedy start from 50 x 5 up, docs/results.md).
+        too_big = solvers.licence_check(milp, gurobi_size_limit)
+        if not solvers.gurobi_importable() or too_big is not None:
+            _note(notes, "MILP not run after the Lagrangian backend: " +
+                  (too_big or "gurobipy does not import"))
+            return lagrange
+        kw["time_limit_s"] = max(0.1, time_limit_s - lagrange.solve_time_s)
     start = start_vector(milp, inst, greedy) if greedy is not None else None
     raw = _run(milp, solver, notes=notes, start=start, **kw)  # type: ignore[arg-type]
     if raw.values is None and greedy is not None and raw.status != "licence_limit":
@@ -623,6 +654,20 @@ def solve_med(
             raw.bound = lp.objective
             raw.gap = solvers._rel_gap(raw.objective, raw.bound)
             _note(notes, f"bound from the time-sharing LP relaxation ({lp.solve_time_s:.3g}s)")
+    if lagrange is not None and raw.objective is not None and lagrange.bound is not None and (
+        raw.bound is None or lagrange.bound > raw.bound
+    ):
+        # Both bounds are valid for the same problem: report the better one.
+        from orchestrator.allocation import solvers
+
+        raw.bound = min(lagrange.bound, raw.objective)
+        raw.gap = solvers._rel_gap(raw.objective, raw.bound)
+        if raw.gap is not None and raw.gap <= mip_gap:
+            raw.status = "optimal"
+        _note(notes, "bound from the Lagrangian relaxation")
+    if lagrange is not None:
+        raw.solve_time_s += lagrange.solve_time_s
+        raw.backend = f"lagrange+{raw.backend}"
     res = MedResult(method, raw.status, raw.backend, raw.objective, raw.bound, raw.gap,
                     raw.solve_time_s, None, None, milp.num_vars, milp.num_rows, notes=notes)
     if raw.status == "licence_limit":
