@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,10 @@ class Agent:
         self._distribution: dict[str, float] | None = None
         # The state drawn by `round_state` for this round; the next call naming no state uses it.
         self._round_state: str | None = None
+        # Its own stream, distinct per learner name: agents started with the same seed must
+        # not draw their round states in lockstep.
+        self._round_rng: np.random.Generator = np.random.default_rng(
+            [seed, zlib.crc32(name.encode())])
         if stress_heat is not None:
             from learner_agent.stressors import state_distribution
 
@@ -232,7 +237,7 @@ class Agent:
         if not sum(distribution.values()) > 0:
             raise BadTask("the state probabilities sum to 0; give at least one positive")
         self._round_state = sample_state({k: float(v) for k, v in distribution.items()},
-                                         self._rng)
+                                         self._round_rng)
         return {"state": self._round_state if reveal else None}
 
     def train(

@@ -322,7 +322,9 @@ class MultiTaskJobs:
         """Draw state distributions, then SB by every learner in every state for every task."""
         from orchestrator.allocation.med import heated_softmax
 
-        rng = np.random.default_rng([options.seed, job_id])
+        # Seeded by the job's seed alone: jobs with the same seed and learners draw the same
+        # distributions, so allocators can be compared on the same fleet.
+        rng = np.random.default_rng(options.seed)
         h = len(STATES)
         distributions, benchmarked = {}, {}
         for lr in learners:
