@@ -12,6 +12,7 @@ Sweeps as in thesis 4.3.1.1–2: learners 4→10 with 3 tasks (budget 300), and 
 `--trials` trials of 5 GUCs.
 
     .venv/bin/python benchmarks/med_vs_mmtt.py [--quick] [--trials K]
+    .venv/bin/python benchmarks/med_vs_mmtt.py --live   # live agents, med_vs_mmtt_live.*
 
 Writes benchmarks/results/med_vs_mmtt.json and .png; prints a one-line summary last.
 """
@@ -124,7 +125,24 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="3 trials, fewer sweep points")
     ap.add_argument("--trials", type=int, default=None, help="trials per point (thesis: 40)")
     ap.add_argument("--time-limit", type=float, default=2.0, help="seconds per MILP solve")
+    ap.add_argument("--live", action="store_true",
+                    help="live local agents with stressors instead of the simulation "
+                         "(benchmarks/med_vs_mmtt_live.py)")
+    ap.add_argument("--live-learners", type=int, nargs="+", default=[4, 6],
+                    help="--live: learner counts (3 tasks each)")
+    ap.add_argument("--live-tasks", type=int, nargs="+", default=[1, 2],
+                    help="--live: task counts on the largest fleet (3 is the learner sweep)")
+    ap.add_argument("--live-rounds", type=int, default=3, help="--live: GUCs per job")
+    ap.add_argument("--live-deadline", type=float, default=1.6,
+                    help="--live: deadline of the 40 s tasks of table 4.1, scaled, seconds")
+    ap.add_argument("--live-seeds", type=int, nargs="+", default=[0], help="--live: seeds")
     args = ap.parse_args()
+    if args.live:
+        from med_vs_mmtt_live import run_live
+
+        run_live(args.live_learners, args.live_tasks, rounds=args.live_rounds,
+                 deadline_scale=args.live_deadline, seeds=args.live_seeds, results=RESULTS)
+        return
     trials = args.trials or (3 if args.quick else 20)
     learners = [4, 7, 10] if args.quick else [4, 5, 6, 7, 8, 9, 10]
     tasks = [1, 3, 4] if args.quick else [1, 2, 3, 4]

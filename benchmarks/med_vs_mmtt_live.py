@@ -1,0 +1,184 @@
+"""MED vs MMTT on live local agents with stressors: `benchmarks/med_vs_mmtt.py --live`.
+
+A real orchestrator and N real agent processes on loopback (orchestrator.fleet.LocalFleet);
+each allocator runs one multi-task job (orchestrator/multitask.py) on the same fleet with the
+same seed, hence the same heated-softmax state distributions (heat 0.5), prices and believed
+states: per-state subset benchmarking, learners drawing their stressor state every GUC and
+training under it, halting at T_i. Metrics (thesis 4.3 items 1–5) are the job's own, computed
+from its recorded rounds.
+
+The three tasks of thesis table 4.1 sized to a 2-core machine: MNIST_FF (ThreeNN, μ = 2),
+MNIST_CN (ConvNet) and Fashion (FashionNet on synthetic 28×28 data, as Fashion-MNIST needs
+local IDX files), shards of 50 samples, D = 12 / 12 / 4 shards (thesis 60 / 60 / 20), deadlines
+in the thesis's 55 : 40 : 40 proportion, Adam at lr 1e-4 ... 1e-3. Prices are drawn per learner
+from N(1, 0.5) bounded to [0.1, 1.5], the budget keeps the thesis's 300 $ per 140 shards and
+D_l = 1 (thesis 4.3.1).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ALLOCATORS = ("med", "mmtt_uncertain", "mmtt_ideal", "equal")
+METRICS = ("average_training_time_s", "satisfaction_ratio", "average_task_fulfillment",
+           "data_drop_rate", "occupancy")
+SHARD = 50
+
+
+def table_41(deadline_scale: float, rounds: int) -> list[dict[str, Any]]:
+    """Thesis table 4.1 on this machine: deadlines 55 : 40 : 40 times `deadline_scale` / 40."""
+
+    def spec(name: str, model: str, dataset: dict[str, Any], iterations: int,
+             deadline_s: float, shards: int) -> dict[str, Any]:
+        return {"name": name, "model": model, "dataset": dataset,
+                "partition": {"shard_size": SHARD},
+                "training": {"optimizer": "adam", "lr": 1e-3, "iterations": iterations},
+                "sync": {"deadline_s": round(deadline_s, 3), "grace_s": 2.0, "rounds": rounds,
+                         "benchmark_shards": 2, "total_shards": shards}}
+
+    s = deadline_scale / 40.0
+    return [spec("mnist_ff", "threenn", {"name": "mnist5k"}, 2, 55 * s, 12),
+            spec("mnist_cn", "convnet", {"name": "mnist5k"}, 1, 40 * s, 12),
+            spec("fashion", "fashionnet", {"name": "synthetic", "samples": 1000}, 1, 40 * s, 4)]
+
+
+def prices(names: list[str], seed: int) -> dict[str, float]:
+    """Thesis 4.3.1: N(1.0, variance 0.5) bounded to [0.1, 1.5], one per learner."""
+    rng = np.random.default_rng(seed)
+    return {n: float(np.clip(rng.normal(1.0, 0.5 ** 0.5), 0.1, 1.5)) for n in names}
+
+
+def run_job(client: Any, allocator: str, tasks: list[dict[str, Any]], names: list[str],
+            seed: int, timeout_s: float = 300.0) -> dict[str, Any]:
+    budget = 300.0 / 140.0 * sum(t["sync"]["total_shards"] for t in tasks)
+    job = client.submit_job({"name": f"{allocator}-{len(names)}x{len(tasks)}",
+                             "allocator": allocator, "budget": budget, "min_shards": 1,
+                             "prices": prices(names, seed), "seed": seed,
+                             "learners": len(names), "tasks": tasks})
+    end = time.monotonic() + timeout_s
+    while (job := client.job(job["id"]))["state"] in ("pending", "running"):
+        if time.monotonic() > end:
+            client.cancel_job(job["id"])
+            raise TimeoutError(f"job {job['id']} ({allocator}) ran past {timeout_s} s")
+        time.sleep(0.5)
+    return job
+
+
+def point(n_learners: int, n_tasks: int, *, rounds: int, deadline_scale: float, seeds: list[int],
+          log: Any) -> list[dict[str, Any]]:
+    """Start a fleet of `n_learners` agents and run every allocator on it for each seed."""
+    from orchestrator.fleet import LocalFleet
+
+    names = [f"w{i}" for i in range(n_learners)]
+    tasks = table_41(deadline_scale, rounds)[:n_tasks]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="med-live-") as tmp:
+        fleet = LocalFleet(Path(tmp) / "data", speeds=dict.fromkeys(names, 1.0))
+        try:
+            fleet.start()
+            with fleet.client() as client:
+                for seed in seeds:
+                    for alloc in ALLOCATORS:
+                        t0 = time.monotonic()
+                        job = run_job(client, alloc, tasks, names, seed)
+                        m = job["metrics"] or {}
+                        rows.append({"learners": n_learners, "tasks": n_tasks, "seed": seed,
+                                     "allocator": alloc, "state": job["state"],
+                                     "reason": job["reason"], "wall_s": time.monotonic() - t0,
+                                     "metrics": {k: m.get(k) for k in METRICS},
+                                     "records": job["records"]})
+                        log(f"{n_learners} learners x {n_tasks} tasks seed {seed} {alloc}: "
+                            f"{job['state']} " + " ".join(
+                                f"{k}={m.get(k, float('nan')):.3f}" for k in METRICS))
+        finally:
+            fleet.stop()
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean of each metric per (learners, tasks, allocator) over seeds."""
+    out = []
+    keys = sorted({(r["learners"], r["tasks"]) for r in rows})
+    for n, m in keys:
+        entry: dict[str, Any] = {"learners": n, "tasks": m}
+        for alloc in ALLOCATORS:
+            got = [r for r in rows if (r["learners"], r["tasks"], r["allocator"]) == (n, m, alloc)
+                   and r["state"] == "finished"]
+            entry[alloc] = {k: statistics.fmean(r["metrics"][k] for r in got) if got else None
+                            for k in METRICS}
+        out.append(entry)
+    return out
+
+
+def plot(summary: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6))
+    labels = [f"{e['learners']}L×{e['tasks']}T" for e in summary]
+    x = np.arange(len(summary))
+    width = 0.8 / len(ALLOCATORS)
+    for ax, metric in zip(axes, METRICS, strict=True):
+        for a, alloc in enumerate(ALLOCATORS):
+            ys = [e[alloc][metric] if e[alloc][metric] is not None else np.nan for e in summary]
+            ax.bar(x + (a - 1.5) * width, ys, width, label=alloc)
+        ax.set_xticks(x, labels, rotation=30, fontsize=8)
+        ax.set_title(metric.replace("_", " "), fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("MED vs MMTT on live local agents with stressors (heat 0.5)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def rel(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return (a - b) / b
+
+
+def run_live(learners: list[int], tasks: list[int], *, rounds: int, deadline_scale: float,
+             seeds: list[int], results: Path) -> None:
+    """The live sweep; writes med_vs_mmtt_live.json / .png and prints a summary line last."""
+    started = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    points = [(n, 3) for n in learners] + [(max(learners), m) for m in tasks if m != 3]
+    for n, m in points:
+        rows += point(n, m, rounds=rounds, deadline_scale=deadline_scale, seeds=seeds,
+                      log=lambda line: print(line, flush=True))
+    summary = summarise(rows)
+    comp = []
+    for e in summary:
+        med, unc, ide = e["med"], e["mmtt_uncertain"], e["mmtt_ideal"]
+        comp.append({"learners": e["learners"], "tasks": e["tasks"],
+                     "med_vs_uncertain_time": rel(med["average_training_time_s"],
+                                                  unc["average_training_time_s"]),
+                     "med_vs_uncertain_drop": rel(med["data_drop_rate"], unc["data_drop_rate"]),
+                     "med_vs_ideal_time": rel(med["average_training_time_s"],
+                                              ide["average_training_time_s"])})
+    results.mkdir(parents=True, exist_ok=True)
+    out = {"benchmark": "med_vs_mmtt_live", "kind": "live local agents with stressors",
+           "rounds": rounds, "deadline_scale_s": deadline_scale, "seeds": seeds,
+           "tasks": table_41(deadline_scale, rounds), "summary": summary, "relative": comp,
+           "wall_s": time.monotonic() - started,
+           "rows": [{k: v for k, v in r.items() if k != "records"} for r in rows],
+           "records": {f"{r['learners']}x{r['tasks']}/{r['seed']}/{r['allocator']}":
+                       r["records"] for r in rows}}
+    (results / "med_vs_mmtt_live.json").write_text(json.dumps(out, indent=2))
+    plot(summary, results / "med_vs_mmtt_live.png")
+    parts = []
+    for c in comp:
+        fmt = [f"{v:+.0%}" if v is not None else "n/a" for v in
+               (c["med_vs_uncertain_time"], c["med_vs_uncertain_drop"], c["med_vs_ideal_time"])]
+        parts.append(f"{c['learners']}Lx{c['tasks']}T time vs U {fmt[0]}, drop vs U {fmt[1]}, "
+                     f"time vs I {fmt[2]}")
+    print("med_vs_mmtt --live: MED " + "; ".join(parts))
