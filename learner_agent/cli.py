@@ -2,12 +2,64 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
 console = Console(stderr=True)
+
+
+def read_token_file(path: Path) -> str:
+    """The join token held in `path`; refuses a file that group or other may read, since a
+    token on a shared device must stay with the agent's user (and never on a command line,
+    which every user can read in /proc)."""
+    try:
+        mode = path.stat().st_mode
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read join token file {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(
+            f"join token file {path} is readable by other users (mode "
+            f"{stat.S_IMODE(mode):o}); run `chmod 600 {path}`"
+        )
+    if not token:
+        raise ValueError(
+            f"join token file {path} is empty; write the orchestrator's join token to it"
+        )
+    return token
+
+
+def resolve_join_token(given: str | None, token_file: Path | None) -> str:
+    """One join token from --join-token / PLEXUS_JOIN_TOKEN or --join-token-file."""
+    if given and token_file is not None:
+        raise ValueError(
+            "give the join token once: --join-token (or PLEXUS_JOIN_TOKEN) or --join-token-file"
+        )
+    if token_file is not None:
+        return read_token_file(token_file)
+    if given:
+        return given
+    raise ValueError(
+        "no join token: pass --join-token-file PATH (a file of mode 600), set "
+        "PLEXUS_JOIN_TOKEN, or pass --join-token (visible to other users in the process list)"
+    )
+
+
+def tls_verify(ca_file: Path | None, insecure: bool) -> bool | str:
+    """What the agent verifies an https orchestrator with: the system's CAs (True), the CA
+    bundle in `ca_file` (its path), or nothing (False, `--insecure`, testing only)."""
+    if ca_file is not None and insecure:
+        raise ValueError("--ca-file and --insecure contradict each other; pass one")
+    if ca_file is not None:
+        if not ca_file.is_file():
+            raise ValueError(f"CA file {ca_file} does not exist; pass the orchestrator's CA "
+                             "certificate (PEM)")
+        return str(ca_file)
+    return not insecure
 
 
 def register(app: typer.Typer) -> None:
@@ -17,7 +69,21 @@ def register(app: typer.Typer) -> None:
     @agent.command("run")
     def run(
         orchestrator: str = typer.Option(..., help="Orchestrator base URL, e.g. http://host:8000"),
-        join_token: str = typer.Option(..., help="Join token the orchestrator's admin gave you"),
+        join_token: str | None = typer.Option(
+            None,
+            envvar="PLEXUS_JOIN_TOKEN",
+            help="Join token the orchestrator's admin gave you (other users can see it in the "
+            "process list: prefer --join-token-file or PLEXUS_JOIN_TOKEN)",
+        ),
+        join_token_file: Path | None = typer.Option(  # noqa: B008
+            None, help="File holding the join token; must not be readable by group/other"
+        ),
+        ca_file: Path | None = typer.Option(  # noqa: B008
+            None, help="CA certificate (PEM) to verify an https orchestrator with"
+        ),
+        insecure: bool = typer.Option(
+            False, help="Testing only: do not verify the orchestrator's TLS certificate"
+        ),
         relay: bool = typer.Option(False, help="Serve through the orchestrator's relay (NAT)"),
         name: str | None = typer.Option(None, help="Learner name (default: host name)"),
         host: str = typer.Option("0.0.0.0", help="Address to bind the RPC worker to"),
@@ -49,12 +115,25 @@ def register(app: typer.Typer) -> None:
         )
         if not verbose:
             logging.getLogger("httpx").setLevel(logging.WARNING)
+        try:
+            token = resolve_join_token(join_token, join_token_file)
+            verify = tls_verify(ca_file, insecure)
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        os.environ.pop("PLEXUS_JOIN_TOKEN", None)  # no child process needs to inherit it
+        if insecure:
+            console.print(
+                "[bold red]WARNING: --insecure: the orchestrator's TLS certificate is NOT "
+                "verified; anyone on the path can impersonate it and read the join token. "
+                "Use --ca-file in production.[/bold red]"
+            )
         if preload:
             import torch  # noqa: F401 - paying the import now keeps the first plan call fast
         try:
             daemon = AgentDaemon(
                 orchestrator,
-                join_token,
+                token,
                 name=name,
                 host=host,
                 port=port,
@@ -62,6 +141,7 @@ def register(app: typer.Typer) -> None:
                 data_dir=data_dir,
                 stress_heat=stress_heat,
                 threads=threads,
+                verify=verify,
             )
         except ValueError as exc:
             console.print(f"[red]error:[/red] {exc}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ class OrchestratorClient:
     """Blocking client for the `/v1` calls an agent makes; thread-safe (one httpx.Client)."""
 
     def __init__(
-        self, base_url: str, *, timeout_s: float = 30.0, verify: bool | str = True
+        self, base_url: str, *, timeout_s: float = 30.0, verify: bool | str | ssl.SSLContext = True
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token: str | None = None

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 import threading
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,9 @@ class AgentDaemon:
     """A running learner agent. `start()` returns once enrolled; `stop()` shuts it down.
 
     `backoff_s` is the first retry delay after the orchestrator is unreachable (seconds); it
-    doubles up to `max_backoff_s`.
+    doubles up to `max_backoff_s`. `verify` checks an https orchestrator's certificate: True
+    (system CAs), a CA file path, or False (testing only); it covers the REST calls, the duplex
+    results posted to its callback endpoint and the relay connection alike.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class AgentDaemon:
         threads: int = 1,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        verify: bool | str = True,
     ) -> None:
         self.data_dir = data_dir
         self.name = name or default_name(data_dir)
@@ -90,7 +94,12 @@ class AgentDaemon:
         self.relay = relay
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.client = OrchestratorClient(orchestrator_url)
+        # One SSL context for every connection to the orchestrator (a path given to httpx
+        # directly is deprecated there).
+        self.verify: bool | ssl.SSLContext = (
+            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        )
+        self.client = OrchestratorClient(orchestrator_url, verify=self.verify)
         self.agent = Agent(self.name, self.client, stress_heat=stress_heat, threads=threads)
         self.endpoint: str | None = None
         self.heartbeat_interval_s = 10.0
@@ -108,7 +117,9 @@ class AgentDaemon:
         `OrchestratorUnreachable` when a positive wait runs out (the retries go on)."""
         import rpc
 
-        self._worker = rpc.Worker(make_registry(self.agent), tokens=frozenset())
+        self._worker = rpc.Worker(
+            make_registry(self.agent), tokens=frozenset(), callback_verify=self.verify
+        )
         if not self.relay:
             self._server = self._worker.start(host=self.host, port=self.port)
             bound = urlsplit(self._server.url)
@@ -157,7 +168,7 @@ class AgentDaemon:
                     code="no_relay",
                 )
             self._relay_conn = self._worker.start_relay(
-                relay_url, self.name, token=self.client.token
+                relay_url, self.name, token=self.client.token, verify=self.verify
             )
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)

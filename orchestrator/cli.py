@@ -120,10 +120,15 @@ def register(app: typer.Typer) -> None:
             envvar="PLEXUS_ADMIN_TOKEN", help="Token for task and learner calls (default: "
             "generated once, kept in the data dir).")] = None,
         public_url: Annotated[str | None, typer.Option(
-            help="URL agents reach this orchestrator at (default: http://HOST:PORT).")] = None,
+            help="URL agents reach this orchestrator at (default: http(s)://HOST:PORT).")] = None,
         heartbeat_s: Annotated[float, typer.Option(
             help="Heartbeat interval asked of agents, seconds.")] = 5.0,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+        ssl_certfile: Annotated[Path | None, typer.Option(
+            help="TLS certificate (PEM, chain included): serve https (passed to uvicorn).")
+        ] = None,
+        ssl_keyfile: Annotated[Path | None, typer.Option(
+            help="Private key (PEM) of --ssl-certfile.")] = None,
     ) -> None:
         """Serve the REST API, the relay and the round driver until interrupted."""
         import logging
@@ -133,10 +138,13 @@ def register(app: typer.Typer) -> None:
         from orchestrator.app import create_app
         from orchestrator.service import Settings
 
+        if (ssl_certfile is None) != (ssl_keyfile is None):
+            _fail(ValueError("TLS needs both --ssl-certfile and --ssl-keyfile"))
+        scheme = "https" if ssl_certfile else "http"
         advertised = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         settings = Settings(
             data_dir=data_dir, db_url=db_url, join_token=join_token, admin_token=admin_token,
-            public_url=public_url or f"http://{advertised}:{port}",
+            public_url=public_url or f"{scheme}://{advertised}:{port}",
             heartbeat_interval_s=heartbeat_s, alive_after_s=max(4 * heartbeat_s, 10.0))
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per RPC poll is noise
@@ -147,7 +155,9 @@ def register(app: typer.Typer) -> None:
         console.print(f"join token: {service.join_token}")
         console.print(f"admin token: in {data_dir.resolve() / 'admin_token'}")
         sys.stdout.flush()
-        uvicorn.run(fastapi_app, host=host, port=port, log_level=log_level)
+        uvicorn.run(fastapi_app, host=host, port=port, log_level=log_level,
+                    ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+                    ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
 
     @task.command("submit")
     def submit(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,14 @@ class APIError(Exception):
 class Client:
     """Talks to one orchestrator with the admin token; every call raises APIError on a 4xx/5xx."""
 
-    def __init__(self, url: str, token: str | None, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str, token: str | None, *, timeout_s: float = 60.0,
+                 verify: bool | ssl.SSLContext = True) -> None:
+        """`verify` checks an https orchestrator's certificate (an SSLContext holding a
+        private CA, or False for none)."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s,
+                                  verify=verify)
 
     def close(self) -> None:
         self._http.close()

@@ -11,6 +11,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -87,23 +88,33 @@ class LocalFleet:
     # Agents that bind no port and serve through the orchestrator's relay (as behind NAT).
     relayed: set[str] = field(default_factory=set)
     db_url: str | None = None  # None: SQLite file in data_dir
+    # TLS: the orchestrator serves https with this certificate and key, and agents and the
+    # admin client verify it against `ca_file` (PEM).
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ca_file: Path | None = None
     orchestrator: _Proc | None = None
     agents: dict[str, _Proc] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_certfile else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def client(self) -> Client:
-        return Client(self.url, self.admin_token)
+        if self.ca_file is None:
+            return Client(self.url, self.admin_token)
+        return Client(self.url, self.admin_token,
+                      verify=ssl.create_default_context(cafile=str(self.ca_file)))
 
-    def _spawn(self, args: list[str], log_name: str, boot: str | None = None) -> _Proc:
+    def _spawn(self, args: list[str], log_name: str, boot: str | None = None,
+               env: dict[str, str] | None = None) -> _Proc:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / log_name, "ab")  # noqa: SIM115 - closed by _Proc.stop
         # One thread per process: several agents share few cores, as separate devices would
         # not, and oversubscribed BLAS threads would only add noise.
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-               "MKL_NUM_THREADS": "1"}
+               "MKL_NUM_THREADS": "1", **(env or {})}
         head = ["-c", boot] if boot else ["-m", "plexus.cli"]
         popen = subprocess.Popen([sys.executable, *head, *args], stdout=log,
                                  stderr=subprocess.STDOUT, env=env, start_new_session=True,
@@ -116,7 +127,9 @@ class LocalFleet:
             ["orchestrator", "serve", "--port", str(self.port), "--data-dir",
              str(self.data_dir), "--admin-token", self.admin_token, "--join-token",
              self.join_token, "--heartbeat-s", str(self.heartbeat_s), "--log-level",
-             "warning", *(["--db-url", self.db_url] if self.db_url else [])],
+             "warning", *(["--db-url", self.db_url] if self.db_url else []),
+             *(["--ssl-certfile", str(self.ssl_certfile), "--ssl-keyfile",
+                str(self.ssl_keyfile)] if self.ssl_certfile else [])],
             "orchestrator.log")
         end = time.monotonic() + timeout_s
         with self.client() as c:
@@ -142,11 +155,15 @@ class LocalFleet:
         boot = ("import sys, torch; from plexus.cli import main; sys.argv[0] = 'plexus'; "
                 "main()")
         self.speeds.setdefault(name, 1.0)
-        args = ["agent", "run", "--orchestrator", self.url, "--join-token", self.join_token,
-                "--name", name, "--host", "127.0.0.1"]
+        # The join token travels in the environment, not on the command line.
+        args = ["agent", "run", "--orchestrator", self.url, "--name", name, "--host",
+                "127.0.0.1"]
+        if self.ca_file is not None:
+            args += ["--ca-file", str(self.ca_file)]
         if name in self.relayed:
             args.append("--relay")
-        self.agents[name] = self._spawn(args, f"agent-{name}.log", boot=boot)
+        self.agents[name] = self._spawn(args, f"agent-{name}.log", boot=boot,
+                                        env={"PLEXUS_JOIN_TOKEN": self.join_token})
 
     def throttle(self, name: str) -> None:
         """Impose agent `name`'s emulated speed (a CPU duty cycle) from now on."""

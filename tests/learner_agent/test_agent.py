@@ -1,13 +1,16 @@
-"""The agent process enrolls against a real server and answers its procedures over RPC."""
+"""The agent process enrolls against the real orchestrator and answers its procedures over RPC."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
-import socket
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,147 +18,198 @@ import torch
 
 import rpc
 from learner_agent.daemon import AgentDaemon
+from orchestrator.client import Client
+from orchestrator.fleet import LocalFleet
 
-from .conftest import JOIN_TOKEN, TASK, StandIn, make_standin
+from .conftest import TASK
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def agent_process(standin: StandIn, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "plexus.cli",
-        "agent",
-        "run",
-        "--orchestrator",
-        standin.url,
-        "--join-token",
-        JOIN_TOKEN,
-        "--name",
-        "pi-07",
-        "--host",
-        "127.0.0.1",
-        "--data-dir",
-        str(tmp_path / "agent"),
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+def _poll(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < end, f"{what} did not happen within {timeout_s} s"
+        time.sleep(0.1)
+
+
+def _learner(client: Client, name: str) -> dict[str, object] | None:
+    return next((lr for lr in client.learners() if lr["name"] == name and lr["alive"]), None)
+
+
+def _learner_token(fleet: LocalFleet, name: str) -> str:
+    # The token the orchestrator issued is in its store (the API never shows it); only a
+    # test that plays the orchestrator's part in calling the agent needs it.
+    with sqlite3.connect(fleet.data_dir / "plexus.db") as db:
+        row = db.execute("SELECT token FROM learners WHERE name = ?", (name,)).fetchone()
+    assert row is not None, f"learner {name} is not in the orchestrator's store"
+    return str(row[0])
+
+
+def _shard_bytes_served(fleet: LocalFleet) -> float:
+    with Client(fleet.url, None) as c:
+        text = c._http.get("/metrics").text
+    found = re.search(r'^plexus_bytes_served_total\{kind="shard"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.fixture(scope="module")
+def orchestrator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFleet, int]]:
+    """A real `plexus orchestrator serve` with TASK submitted and cancelled at once: its
+    shards and model stay served, and no round driver calls the agents under test."""
+    fleet = LocalFleet(tmp_path_factory.mktemp("orch") / "data")
     try:
-        yield proc
+        fleet.start_orchestrator()
+        with fleet.client() as c:
+            task_id = int(c.submit(TASK)["id"])
+            c.cancel(task_id)
+        yield fleet, task_id
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        fleet.stop()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _agent_cmd(url: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "plexus.cli", "agent", "run", "--orchestrator", url, *extra]
 
 
 def test_agent_process_enrolls_and_answers(
-    standin: StandIn, agent_process: subprocess.Popen[bytes]
+    orchestrator: tuple[LocalFleet, int], tmp_path: Path
 ) -> None:
-    standin.wait_for(lambda: "pi-07" in standin.learners and standin.heartbeats >= 1)
-    record = standin.learners["pi-07"]
-    assert set(record["facts"]) == {
-        "cores",
-        "memory_bytes",
-        "load_1m",
-        "platform",
-        "machine",
-        "cuda",
-    }
-    assert record["endpoint"].startswith("http://127.0.0.1:")
-    # The idle agent started by the CLI has not loaded torch (its ~250 MB wait for a task).
-    maps = Path(f"/proc/{agent_process.pid}/maps")
-    if maps.exists():
-        assert "libtorch" not in maps.read_text()
-
-    # Without the learner token the worker refuses to run anything.
-    with rpc.connect(record["endpoint"]) as anonymous, pytest.raises(rpc.AuthError):
-        anonymous.status()
-
-    with rpc.connect(record["endpoint"], token=record["token"], duplex=True, timeout=60) as agent:
-        bench = agent.benchmark(TASK, 1, None)
-        assert bench["bandwidth"] > 0 and bench["compute"] > 0 and bench["state"] == "idle"
-
-        plan = agent.plan(TASK, 1)
-        assert set(plan) == {"a_k"} and isinstance(plan["a_k"], int) and plan["a_k"] > 0
-
-        # A bad spec is a typed error, and the agent keeps serving.
-        with pytest.raises(rpc.RemoteError) as info:
-            agent.plan({**TASK, "model": "resnet"}, 1)
-        assert info.value.remote_type == "BadTask" and "model" in str(info.value)
-
-        answer = agent.train(TASK, 1, 0, [0, 1, 2], 30.0, None)
-        assert answer["samples_trained"] == 3 * 100 * 2 and not answer["halted"]
-        assert answer["model_version"] == 5
-        assert isinstance(answer["params"]["1.weight"], torch.Tensor)
-
-        status = agent.status()
-        assert status["name"] == "pi-07" and not status["busy"]
-        assert "bandwidth" not in status["facts"] and "compute" not in status["facts"]
-    assert agent_process.poll() is None
-    agent_process.send_signal(signal.SIGTERM)
-    assert agent_process.wait(timeout=20) in (0, -signal.SIGTERM)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_daemon_waits_for_the_orchestrator_and_re_enrolls_when_forgotten() -> None:
-    port = _free_port()
-    daemon = AgentDaemon(
-        f"http://127.0.0.1:{port}", JOIN_TOKEN, name="late", backoff_s=0.05, max_backoff_s=0.2
+    fleet, task_id = orchestrator
+    token_file = tmp_path / "join-token"
+    token_file.write_text(fleet.join_token + "\n")
+    token_file.chmod(0o600)
+    proc = subprocess.Popen(
+        _agent_cmd(fleet.url, "--join-token-file", str(token_file), "--name", "pi-07",
+                   "--host", "127.0.0.1", "--data-dir", str(tmp_path / "agent")),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    try:
+        with fleet.client() as admin:
+            _poll(lambda: _learner(admin, "pi-07") is not None, "enrolment of pi-07")
+            record = _learner(admin, "pi-07")
+            assert record is not None
+            version = admin.task(task_id)["model_version"]
+        assert set(record["facts"]) == {  # type: ignore[arg-type]
+            "cores", "memory_bytes", "load_1m", "platform", "machine", "cuda"}
+        endpoint = str(record["endpoint"])
+        assert endpoint.startswith("http://127.0.0.1:")
+        # The idle agent started by the CLI has not loaded torch (its ~250 MB wait for a task).
+        maps = Path(f"/proc/{proc.pid}/maps")
+        if maps.exists():
+            assert "libtorch" not in maps.read_text()
+
+        # Without the learner token the worker refuses to run anything.
+        with rpc.connect(endpoint) as anonymous, pytest.raises(rpc.AuthError):
+            anonymous.status()
+
+        token = _learner_token(fleet, "pi-07")
+        with rpc.connect(endpoint, token=token, duplex=True, timeout=60) as agent:
+            bench = agent.benchmark(TASK, task_id, None)
+            assert bench["bandwidth"] > 0 and bench["compute"] > 0 and bench["state"] == "idle"
+
+            plan = agent.plan(TASK, task_id)
+            assert set(plan) == {"a_k"} and isinstance(plan["a_k"], int) and plan["a_k"] > 0
+
+            # A bad spec is a typed error, and the agent keeps serving.
+            with pytest.raises(rpc.RemoteError) as info:
+                agent.plan({**TASK, "model": "resnet"}, task_id)
+            assert info.value.remote_type == "BadTask" and "model" in str(info.value)
+
+            answer = agent.train(TASK, task_id, 0, [0, 1, 2], 30.0, None)
+            assert answer["samples_trained"] == 3 * 100 * 2 and not answer["halted"]
+            assert answer["model_version"] == version
+            assert isinstance(answer["params"]["1.weight"], torch.Tensor)
+
+            status = agent.status()
+            assert status["name"] == "pi-07" and not status["busy"]
+            assert "bandwidth" not in status["facts"] and "compute" not in status["facts"]
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
+    finally:
+        _stop(proc)
+
+
+def test_agent_refuses_a_readable_token_file_and_a_missing_token(
+    orchestrator: tuple[LocalFleet, int], tmp_path: Path
+) -> None:
+    fleet, _ = orchestrator
+    token_file = tmp_path / "join-token"
+    token_file.write_text(fleet.join_token)
+    token_file.chmod(0o644)
+    env = {k: v for k, v in os.environ.items() if k != "PLEXUS_JOIN_TOKEN"}
+    loose = subprocess.run(_agent_cmd(fleet.url, "--join-token-file", str(token_file)),
+                           capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert loose.returncode == 2 and "chmod 600" in loose.stderr
+    none = subprocess.run(_agent_cmd(fleet.url), capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+    assert none.returncode == 2 and "--join-token-file" in none.stderr
+
+
+def test_daemon_waits_for_the_orchestrator_and_re_enrolls_when_forgotten(
+    tmp_path: Path,
+) -> None:
+    fleet = LocalFleet(tmp_path / "data")
+    daemon = AgentDaemon(fleet.url, fleet.join_token, name="late", backoff_s=0.05,
+                         max_backoff_s=0.2)
     daemon.start(wait_s=0)
     try:
         assert not daemon.enrolled.is_set()  # nothing listens yet: it keeps retrying
-        state = make_standin()
-        with rpc.ServerThread(state.app(), port=port).start():
-            assert daemon.enrolled.wait(30)
-            state.wait_for(lambda: state.heartbeats >= 1)
-            state.forget_learners()  # e.g. the orchestrator lost its store
-            state.wait_for(lambda: state.enrolls >= 2 and daemon.client.token in state.tokens)
-            assert daemon.enrolled.is_set()
+        fleet.start_orchestrator()
+        assert daemon.enrolled.wait(30)
+        first_token = daemon.client.token
+        # The orchestrator goes away and comes back having lost its store: the agent's
+        # heartbeats are refused, so it enrolls again under the same name.
+        fleet.kill_orchestrator()
+        shutil.rmtree(fleet.data_dir)
+        fleet.start_orchestrator()
+        with fleet.client() as admin:
+            _poll(lambda: _learner(admin, "late") is not None, "re-enrolment of late")
+        assert daemon.client.token != first_token
+        assert daemon.client.token == _learner_token(fleet, "late")
     finally:
         daemon.stop()
+        fleet.stop()
 
 
-def test_stressor_states_in_benchmark_and_train(standin: StandIn) -> None:
+def test_stressor_states_in_benchmark_and_train(orchestrator: tuple[LocalFleet, int]) -> None:
     from learner_agent.client import OrchestratorClient
     from learner_agent.errors import BadTask
     from learner_agent.procedures import Agent
 
-    client = OrchestratorClient(standin.url)
-    client.enroll(JOIN_TOKEN, "stressed", {}, None)
+    fleet, task_id = orchestrator
+    client = OrchestratorClient(fleet.url)
+    client.enroll(fleet.join_token, "stressed", {}, None)
     agent = Agent("stressed", client)
     try:
-        before = standin.shard_gets
-        answer = agent.benchmark(TASK, 1, "downloading")
+        shard_size = len(client.shard(task_id, 0))
+        before = _shard_bytes_served(fleet)
+        answer = agent.benchmark(TASK, task_id, "downloading")
         assert answer["state"] == "downloading" and answer["compute"] > 0
         # 2 benchmark shards plus at least one competing download by the stressor
-        assert standin.shard_gets - before >= 2 + 1
-        trained = agent.train(TASK, 1, 0, [0], 30.0, "training")
+        assert _shard_bytes_served(fleet) - before >= (2 + 1) * shard_size
+        trained = agent.train(TASK, task_id, 0, [0], 30.0, "training")
         assert trained["samples_trained"] == 200 and agent.status()["state"] == "idle"
         # More benchmark shards than the task has (6): the agent reuses the ones it got.
         big = {**TASK, "sync": {**TASK["sync"], "benchmark_shards": 9}}
-        assert agent.benchmark(big, 1, None)["compute"] > 0
+        assert agent.benchmark(big, task_id, None)["compute"] > 0
         with pytest.raises(BadTask, match="stressor state"):
-            agent.benchmark(TASK, 1, "sleeping")
+            agent.benchmark(TASK, task_id, "sleeping")
         with pytest.raises(BadTask, match="deadline_s"):
-            agent.train(TASK, 1, 0, [0], -1.0, None)
+            agent.train(TASK, task_id, 0, [0], -1.0, None)
         with pytest.raises(BadTask, match="shard"):
-            agent.train(TASK, 1, 0, [-3], 5.0, None)
+            agent.train(TASK, task_id, 0, [-3], 5.0, None)
     finally:
         client.close()

@@ -15,7 +15,7 @@ from learner_agent.benchmarking import (
 )
 from plexus.models import build_model
 
-from .conftest import make_standin
+from .conftest import make_task_data
 
 
 class StepClock:
@@ -30,7 +30,7 @@ class StepClock:
 
 
 def test_sb_measures_bandwidth_and_compute_from_shards() -> None:
-    state = make_standin()
+    state = make_task_data()
     clock = StepClock()
 
     def fetch(n: int) -> bytes:
@@ -50,7 +50,7 @@ def test_sb_measures_bandwidth_and_compute_from_shards() -> None:
 
 
 def test_dummy_parameters_stay_apart_from_the_real_model() -> None:
-    state = make_standin()
+    state = make_task_data()
     real = build_model("twonn", (1, 28, 28), 10)
     before = {k: v.clone() for k, v in real.state_dict().items()}
     subset_benchmark(state.spec, lambda n: state.shards[n], [0, 1], initial_state=real.state_dict())

@@ -7,7 +7,7 @@ import torch
 from learner_agent.trainer import train_round
 from plexus.tensors import decode_state
 
-from .conftest import make_standin
+from .conftest import make_task_data
 
 
 class BatchClock:
@@ -24,7 +24,7 @@ class BatchClock:
 
 
 def test_deadline_cuts_mid_pass() -> None:
-    state = make_standin()  # shards of 100, batch 25, μ = 2: 3 shards = 12 batches per pass
+    state = make_task_data()  # shards of 100, batch 25, μ = 2: 3 shards = 12 batches per pass
     clock = BatchClock()
     result = train_round(
         state.spec, state.model, state.shards[:3], deadline=17.5, clock=clock, on_batch=clock.tick
@@ -38,7 +38,7 @@ def test_deadline_cuts_mid_pass() -> None:
 
 
 def test_no_deadline_trains_every_pass() -> None:
-    state = make_standin()
+    state = make_task_data()
     result = train_round(state.spec, state.model, state.shards[:2], deadline=None)
     assert not result.halted and result.samples_trained == 400
     wire = result.to_wire()
