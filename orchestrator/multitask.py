@@ -292,8 +292,11 @@ class MultiTaskJobs:
             await asyncio.to_thread(store.set_job_state, job_id, "finished", None, time.time())
         except asyncio.CancelledError:
             raise
-        except Conflict as exc:  # cancelled by a user while a round was finishing
+        except Conflict as exc:
+            # The job was cancelled (nothing left to do) or one of its tasks was cancelled on
+            # its own, which ends the job: its rounds are committed for all tasks together.
             log.info("job %s stopped: %s", job_id, exc)
+            self._fail(job_id, f"stopped: {exc}")
         except Exception as exc:
             log.exception("job %s failed", job_id)
             self._fail(job_id, f"{type(exc).__name__}: {exc}")
@@ -305,6 +308,8 @@ class MultiTaskJobs:
         now = time.time()
         with contextlib.suppress(Exception):
             job = self.store.job(job_id)
+            if job.state not in ("pending", "running"):
+                return  # cancelled by a user: the cancel route settles its tasks
             for task_id in job.task_ids:
                 with contextlib.suppress(Conflict):
                     self.store.set_state(task_id, "failed", reason, now)
@@ -436,6 +441,10 @@ class MultiTaskJobs:
                 i, t, spec, index, started_at, plan_s, counts[i], shard_ids[i], by_task[i],
                 tests[i], models, slots[i], left_out, res, drawn))
         await asyncio.to_thread(self.store.record_job_round, job_id, index, entries, time.time())
+        m = self.service.metrics
+        for _task_id, values, _path, _record in entries:
+            m.rounds.labels(allocator=options.allocator).inc()
+            m.round_time.observe(values["round_time_s"])
         log.info("job %s round %s: %s", job_id, index,
                  ", ".join(f"{e[3]['task']} {e[3]['duration_s']:.2f}s" for e in entries))
 
