@@ -602,7 +602,14 @@ def solve_med(
         # keeps the shard integrality the MILP's LP relaxation loses.
         from orchestrator.allocation.med_lagrange import solve_lagrange
 
-        lagrange = solve_lagrange(inst, time_limit_s=time_limit_s, mip_gap=mip_gap,
+        from orchestrator.allocation import solvers
+
+        # When Gurobi may continue afterwards (it imports and a model of 2·m·n + m columns can
+        # fit its licence), the Lagrangian backend gets half the time.
+        may_follow = solver == "auto" and solvers.gurobi_importable() and (
+            gurobi_size_limit is None or 2 * m * n + m <= gurobi_size_limit)
+        lagrange = solve_lagrange(inst, time_limit_s=time_limit_s * (0.5 if may_follow else 1.0),
+                                  mip_gap=mip_gap,
                                   enforce_deadlines=enforce_deadlines, method=method,
                                   notes=notes)
         if lagrange is None:

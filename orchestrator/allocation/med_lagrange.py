@@ -35,8 +35,6 @@ from orchestrator.allocation.med import (
     Coefficients,
     MedInstance,
     MedResult,
-    _exact_task_time,
-    _integer_moves,
     _task_fill,
     check_allocation,
     coefficients,
@@ -45,6 +43,7 @@ from orchestrator.allocation.med import (
     med_objective,
 )
 from orchestrator.allocation.med import task_time_lower_bounds
+from orchestrator.allocation.med_search import local_search
 
 
 @dataclass
@@ -76,7 +75,7 @@ def _capacity(co: Coefficients, i: int, t: np.ndarray, need: int, elig: np.ndarr
 
 
 def _price_task(co: Coefficients, i: int, u: np.ndarray, grid: np.ndarray, need: int,
-                elig: np.ndarray, D: int, rounds: int = 6, tol: float = 2e-4
+                elig: np.ndarray, D: int, rounds: int = 3, tol: float = 2e-4
                 ) -> tuple[float, np.ndarray, np.ndarray]:
     """A lower bound on min_{t,S} t + Σ_S u_j for task i, the z of the interval attaining it,
     and the refined grid.
@@ -103,7 +102,7 @@ def _price_task(co: Coefficients, i: int, u: np.ndarray, grid: np.ndarray, need:
     # Keep the grid from growing without end: drop points whose intervals are far above the
     # best (merging two intervals keeps the bound valid, only looser there).
     keep = np.ones(grid.size, dtype=bool)
-    far = np.nonzero(low > best_point * 1.05 + 1e-12)[0]
+    far = np.nonzero(low > best_point * 1.02 + 1e-12)[0]
     inner = far[(far > 0) & np.isin(far - 1, far)]
     keep[inner] = False
     return float(low[k]), z[k + 1], grid[keep]
@@ -111,18 +110,23 @@ def _price_task(co: Coefficients, i: int, u: np.ndarray, grid: np.ndarray, need:
 
 def _cover(Q: np.ndarray, u: np.ndarray, D: int) -> tuple[np.ndarray, np.ndarray]:
     """Fractional covering per grid row: min Σ_j u_j z_j s.t. Σ_j Q_kj z_j ≥ D, 0 ≤ z ≤ 1
-    (z_j = 0 where Q_kj = 0). Returns (cost per row, z per row); cost is ∞ where the row's
-    learners cannot carry D. Learners with u_j ≤ 0 are taken whole (they only lower the cost)."""
+    (z_j = 0 where Q_kj = 0), a lower bound on the 0/1 covering. Returns (cost per row, z per
+    row); cost is ∞ where the row's learners cannot carry D. Learners with u_j ≤ 0 are taken
+    whole (they only lower the cost), the rest by increasing u_j/Q_kj.
+
+    (Branching on the one fractional learner, as in Martello and Toth's knapsack bound, was
+    tried: it moved the 200 x 10 bound by < 0.05 % and cost 50 % more time per iteration.)
+    """
     usable = Q > 0
     key = np.where(usable, u[None, :] / np.where(usable, Q, 1), np.inf)
-    order = np.argsort(key, axis=1, kind="stable")
-    Qs = np.take_along_axis(Q, order, axis=1).astype(float)
+    order = np.argsort(key, axis=1)
+    Qs = np.take_along_axis(Q, order, axis=1)
     us = u[order]
     before = np.cumsum(Qs, axis=1) - Qs
     frac = np.clip((D - before) / np.where(Qs > 0, Qs, 1.0), 0.0, 1.0)
     zs = np.where(Qs > 0, np.where(us <= 0, 1.0, frac), 0.0)
     cost = (zs * us).sum(axis=1)
-    cost = np.where(Qs.sum(axis=1) >= D, cost, np.inf)
+    cost = np.where(before[:, -1] + Qs[:, -1] >= D, cost, np.inf)
     z = np.empty_like(zs)
     np.put_along_axis(z, order, zs, axis=1)
     return cost, z
@@ -235,19 +239,6 @@ def _fill(co: Coefficients, owner: np.ndarray, need: int) -> np.ndarray | None:
     return alloc
 
 
-def improve_assignment(co: Coefficients, owner: np.ndarray, need: int, *,
-                       max_evals: int = 20_000) -> np.ndarray:
-    """Single-learner moves between tasks while the exact whole-shard Σ_i t_i drops
-    (`med._integer_moves`, candidates ordered by the continuous completion-time proxy)."""
-    m, _ = co.fixed.shape
-    elig = co.cap >= need
-    r = np.where(elig, 1.0 / co.per_shard, 0.0)
-    a = np.where(elig, co.fixed / co.per_shard, 0.0)
-    num = co.shards.astype(float) + np.array([a[i, owner == i].sum() for i in range(m)])
-    den = np.array([r[i, owner == i].sum() for i in range(m)])
-    return _integer_moves(co, owner, elig, need, num, den, a, r, max_evals=max_evals)
-
-
 def lagrangian_repair(co: Coefficients, prefer: np.ndarray, fallback: np.ndarray, need: int,
                       dl: int) -> np.ndarray:
     """A learner → task map from the dual solution: each learner goes where the best-u
@@ -287,20 +278,36 @@ def solve_lagrange(
     dl = inst.min_shards
     need = max(1, dl)
     best_alloc, best_obj = greedy, med_objective(inst, greedy)
-    owner = np.where((greedy > 0).any(axis=0), np.argmax(greedy > 0, axis=0), -1)
-    times = expected_delays(inst, greedy).max(axis=1)
-    left = max(0.05, time_limit_s - (time.perf_counter() - started))
-    lb = lagrangian_bound(co, need=need, equality=dl > 0, incumbent=best_obj, owner=owner,
-                          task_times=times, deadline_s=0.8 * left, target_gap=mip_gap)
-    if lb.prefer is not None and (time.perf_counter() - started) < time_limit_s:
-        cand = improve_assignment(co, lagrangian_repair(co, lb.prefer, owner, need, dl), need)
-        alloc = _fill(co, cand, need if dl > 0 else 1)
+    fill_need = need if dl > 0 else 1
+
+    def polish(owner: np.ndarray, seconds: float, label: str) -> np.ndarray:
+        """Local search from `owner`; keeps the result if it beats the incumbent."""
+        nonlocal best_alloc, best_obj
+        cand = local_search(co, owner, need, deadline_s=seconds)
+        alloc = _fill(co, cand, fill_need)
         if alloc is not None and not check_allocation(
                 inst, alloc, enforce_deadlines=enforce_deadlines):
             obj = med_objective(inst, alloc)
-            if obj < best_obj:
+            if obj < best_obj - 1e-12:
                 best_alloc, best_obj = alloc, obj
-                notes.append("incumbent from the Lagrangian repair + local search")
+                notes.append(f"incumbent improved by {label}")
+        return cand
+
+    def owner_of(alloc: np.ndarray) -> np.ndarray:
+        return np.where((alloc > 0).any(axis=0), np.argmax(alloc > 0, axis=0), -1)
+
+    # Time split: 35 % local search from the greedy, 45 % bound, the rest a second search
+    # from the dual solution's assignment.
+    polish(owner_of(greedy), 0.35 * time_limit_s, "local search from the greedy start")
+    owner = owner_of(best_alloc)
+    times = expected_delays(inst, best_alloc).max(axis=1)
+    left = max(0.05, time_limit_s - (time.perf_counter() - started))
+    lb = lagrangian_bound(co, need=need, equality=dl > 0, incumbent=best_obj, owner=owner,
+                          task_times=times, deadline_s=0.7 * left, target_gap=mip_gap)
+    left = time_limit_s - (time.perf_counter() - started)
+    if lb.prefer is not None and left > 0 and (best_obj - lb.bound) > mip_gap * best_obj:
+        polish(lagrangian_repair(co, lb.prefer, owner, need, dl), left,
+               "local search from the Lagrangian dual's assignment")
     bound = min(lb.bound, best_obj)
     gap = (best_obj - bound) / best_obj if best_obj > 0 else 0.0
     notes.append(f"Lagrangian bound: {lb.iterations} subgradient iterations, {lb.seconds:.3g}s; "

@@ -25,7 +25,7 @@ def test_bound_never_exceeds_the_brute_force_optimum(seed: int, min_shards: int,
     optimum = brute_force(inst)
     assert optimum is not None
 
-    res = solve_med(inst, solver="lagrange", time_limit_s=5, mip_gap=1e-9)
+    res = solve_med(inst, solver="lagrange", time_limit_s=1.5, mip_gap=1e-9)
 
     assert res.backend == "lagrange" and res.allocation is not None
     assert check_allocation(inst, res.allocation) == []
@@ -40,7 +40,7 @@ def test_bound_is_valid_and_close_on_the_thesis_instance() -> None:
     exact = solve_med(inst, solver="dp")
     assert exact.status == "optimal" and exact.objective is not None
 
-    res = solve_med(inst, solver="lagrange", time_limit_s=5, mip_gap=1e-9)
+    res = solve_med(inst, solver="lagrange", time_limit_s=1.5, mip_gap=1e-9)
 
     assert res.bound is not None and res.objective is not None
     assert res.bound <= exact.objective * (1 + 1e-9) <= res.objective * (1 + 1e-9)
@@ -50,7 +50,7 @@ def test_bound_is_valid_and_close_on_the_thesis_instance() -> None:
 
 def test_bound_from_any_multipliers_is_below_a_feasible_allocation() -> None:
     inst = scaled_instance(40, 4, seed=3)
-    res = solve_med(inst, solver="lagrange", time_limit_s=3)
+    res = solve_med(inst, solver="lagrange", time_limit_s=1.5)
     assert res.allocation is not None and res.objective is not None
     assert check_allocation(inst, res.allocation) == []
     co = coefficients(inst)
@@ -62,7 +62,7 @@ def test_bound_from_any_multipliers_is_below_a_feasible_allocation() -> None:
 
 def test_status_is_optimal_only_within_the_requested_gap() -> None:
     inst = scaled_instance(60, 3, seed=2)
-    res = solve_med(inst, solver="lagrange", time_limit_s=3, mip_gap=1e-6)
+    res = solve_med(inst, solver="lagrange", time_limit_s=1.5, mip_gap=1e-6)
     assert res.gap is not None
     assert (res.status == "optimal") == (res.gap <= 1e-6)
 
