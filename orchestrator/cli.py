@@ -125,10 +125,11 @@ def register(app: typer.Typer) -> None:
             help="Heartbeat interval asked of agents, seconds.")] = 5.0,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
         ssl_certfile: Annotated[Path | None, typer.Option(
+            envvar="PLEXUS_SSL_CERTFILE",
             help="TLS certificate (PEM, chain included): serve https (passed to uvicorn).")
         ] = None,
         ssl_keyfile: Annotated[Path | None, typer.Option(
-            help="Private key (PEM) of --ssl-certfile.")] = None,
+            envvar="PLEXUS_SSL_KEYFILE", help="Private key (PEM) of --ssl-certfile.")] = None,
     ) -> None:
         """Serve the REST API, the relay and the round driver until interrupted."""
         import logging

@@ -130,7 +130,9 @@ class LocalFleet:
              "warning", *(["--db-url", self.db_url] if self.db_url else []),
              *(["--ssl-certfile", str(self.ssl_certfile), "--ssl-keyfile",
                 str(self.ssl_keyfile)] if self.ssl_certfile else [])],
-            "orchestrator.log")
+            "orchestrator.log",
+            # It calls relayed agents through its own relay over https: trust the CA there.
+            env={"SSL_CERT_FILE": str(self.ca_file)} if self.ca_file else None)
         end = time.monotonic() + timeout_s
         with self.client() as c:
             while True:

@@ -1,4 +1,4 @@
-"""The orchestrator serves https; an agent verifying it with --ca-file enrolls and trains."""
+"""Orchestrator over https: agents with --ca-file, direct and relayed, enroll and train."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def tls_fleet(tmp_path: Path) -> Iterator[LocalFleet]:
         blob.write_to_path(str(cert), append=True)
     leaf.private_key_pem.write_to_path(str(key))
     ca.cert_pem.write_to_path(str(ca_file))
-    fleet = LocalFleet(tmp_path / "data", ssl_certfile=cert, ssl_keyfile=key, ca_file=ca_file)
+    fleet = LocalFleet(tmp_path / "data", ssl_certfile=cert, ssl_keyfile=key, ca_file=ca_file,
+                       relayed={"tls-nat"})
     try:
         yield fleet
     finally:
@@ -57,7 +58,12 @@ def test_agent_enrolls_over_https_and_the_orchestrator_calls_it(tls_fleet: Local
     ctx = ssl.create_default_context(cafile=str(tls_fleet.ca_file))
     assert httpx.get(tls_fleet.url + "/healthz", verify=ctx, timeout=5).status_code == 200
 
-    tls_fleet.start_agent("tls-pi")
+    # One agent serving on its own port, one behind "NAT" long-polling the https relay.
+    tls_fleet.speeds.update({"tls-pi": 1.0, "tls-nat": 1.0})
+    for name in tls_fleet.speeds:
+        tls_fleet.spawn_agent(name)
+    with tls_fleet.client() as admin:
+        admin.wait_learners(2, timeout_s=60)
     with tls_fleet.client() as admin:
         task_id = admin.submit(TASK)["id"]
         end = time.monotonic() + 120
@@ -68,9 +74,9 @@ def test_agent_enrolls_over_https_and_the_orchestrator_calls_it(tls_fleet: Local
     # The DAB round asked the agent to plan (subset benchmarking) and to train, both duplex:
     # their results came back to the orchestrator's https callback endpoint.
     assert task["state"] == "finished", task
-    assert len(rounds) == 1
-    (learner_id, shards), = rounds[0]["allocation"].items()
-    assert shards > 0 and rounds[0]["samples"][learner_id] > 0
+    assert len(rounds) == 1 and len(rounds[0]["allocation"]) == 2, rounds
+    for learner_id, shards in rounds[0]["allocation"].items():
+        assert shards > 0 and rounds[0]["samples"][learner_id] > 0, rounds
 
     # The driver falls back to fetching a result by call id, so the round alone does not
     # prove the agent's https callbacks work: call it with a receiver that counts the
