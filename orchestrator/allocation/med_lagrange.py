@@ -198,13 +198,13 @@ def lagrangian_bound(
         if value > best:
             best, stall = value, 0
             prefer = np.where(zz.max(axis=0) > 0, np.argmax(zz, axis=0), -1)
+        else:
+            stall += 1
+            if stall >= 2:  # no progress: halve the step (standard subgradient rule)
+                step_scale, stall = step_scale * 0.5, 0
         history.append(best)
         if len(history) > 25 and history[-1] - history[-26] <= 2e-4 * abs(history[-1]):
             break  # converged for practical purposes: < 0.02 % gained in 25 iterations
-        else:
-            stall += 1
-            if stall >= 6:  # no progress: halve the step (standard subgradient rule)
-                step_scale, stall = step_scale * 0.5, 0
         if incumbent is not None and best >= incumbent * (1 - target_gap):
             break
         if time.perf_counter() - started > deadline_s:
