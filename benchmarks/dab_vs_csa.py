@@ -11,9 +11,14 @@ halt at D. The sweep is anchored on CSA's own GUC time T_csa measured with a loo
 D = f · T_csa, so the tightest deadline sits where the thesis' did (CSA ≈ 60 % over).
 
     .venv/bin/python benchmarks/dab_vs_csa.py [--quick]
+    sudo .venv/bin/python benchmarks/dab_vs_csa.py \
+        --testbed deploy/testbed/fleets/thesis-ch3-jetsons.yaml
 
 Writes benchmarks/results/dab_vs_csa.json and .png; prints a one-line summary last. Timings
-come from a shared 2-core machine and are noisy.
+come from a shared 2-core machine and are noisy. With `--testbed FLEET.yaml` (root) the same
+sweep runs on the emulated testbed (docs/testbed.md: each agent in its own network namespace
+with a capped link and a CPU quota, thesis fig. 3.6 used four Jetson Nanos) instead of
+duty-cycled local agents, and writes benchmarks/results/testbed_dab_vs_csa.json and .png.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from deploy.testbed.bench import add_testbed_option
 from orchestrator.client import Client
 from orchestrator.fleet import LocalFleet
 
@@ -77,7 +84,7 @@ def run_task(client: Client, spec: dict[str, Any], timeout_s: float = 600.0
     }
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, title: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,9 +108,19 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         a.set_xlabel("deadline D (s)")
         a.set_ylabel(ylabel)
         a.legend()
-    fig.suptitle("DAB vs CSA, 3 local agents (emulated speeds 100/50/25 % CPU), TwoNN MNIST-5k")
+    fig.suptitle(title or "DAB vs CSA, 3 local agents (emulated speeds 100/50/25 % CPU), "
+                 "TwoNN MNIST-5k")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _fleet(testbed: Path | None, tmp: Path) -> Any:
+    """LocalFleet's duty-cycled local agents, or the emulated testbed of `testbed`."""
+    if testbed is None:
+        return LocalFleet(tmp / "data", speeds=dict(SPEEDS))
+    from deploy.testbed.bench import TestbedFleet
+
+    return TestbedFleet(testbed)
 
 
 def main() -> None:
@@ -112,14 +129,27 @@ def main() -> None:
                         help="3 deadlines and 2 rounds instead of 5 and 3")
     parser.add_argument("--target-s", type=float, default=6.0,
                         help="CSA GUC time to size the fixed total for (seconds)")
+    parser.add_argument("--factors", default=None,
+                        help="deadlines as multiples of T_csa, e.g. 0.6,1.4 (overrides --quick)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per task")
+    add_testbed_option(parser)
     args = parser.parse_args()
     factors = [0.6, 1.0, 1.4] if args.quick else [0.6, 0.75, 0.9, 1.1, 1.4]
-    rounds = 2 if args.quick else 3
+    if args.factors:
+        factors = [float(f) for f in args.factors.split(",")]
+    rounds = args.rounds or (2 if args.quick else 3)
     RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    name = "testbed_dab_vs_csa" if args.testbed else "dab_vs_csa"
     with tempfile.TemporaryDirectory(prefix="dab-vs-csa-") as tmp, \
-            LocalFleet(Path(tmp) / "data", speeds=dict(SPEEDS)) as fleet:
+            _fleet(args.testbed, Path(tmp)) as fleet:
         fleet.start()
+        speeds: dict[str, Any] = dict(SPEEDS)
+        if args.testbed:
+            from deploy.testbed.bench import TestbedFleet
+
+            assert isinstance(fleet, TestbedFleet) and fleet.bed is not None
+            speeds = {lr.name: lr.profile for lr in fleet.bed.learners}
         with fleet.client() as client:
             # Size CSA's fixed total so that its GUC takes about --target-s, then measure
             # T_csa with a loose deadline; the sweep is D = f · T_csa.
@@ -152,16 +182,21 @@ def main() -> None:
             or dab[-1]["accuracy"] >= csa[-1]["accuracy"],
     }
     out = {
-        "benchmark": "dab_vs_csa", "quick": args.quick, "speeds": SPEEDS,
+        "benchmark": name, "quick": args.quick, "speeds": speeds,
+        "testbed": str(args.testbed) if args.testbed else None,
+        "command": " ".join(["sudo" if args.testbed else "", ".venv/bin/python",
+                             *sys.argv]).strip(),
         "csa_total_shards": total, "t_csa_s": t_csa, "rounds": rounds, "rows": rows,
         "summary": summary, "wall_s": time.monotonic() - started,
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
                     "load_1m_at_end": os.getloadavg()[0]},
         "thesis_anchor": "tightest deadline: DAB +7 %, CSA +63 % (thesis 3.4.2.2)",
     }
-    (RESULTS / "dab_vs_csa.json").write_text(json.dumps(out, indent=2))
-    plot(rows, RESULTS / "dab_vs_csa.png")
-    print(f"dab_vs_csa: tightest D={dab[0]['deadline_s']:.2f}s truancy DAB "
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
+    title = (f"DAB vs CSA on the emulated testbed ({args.testbed.name}: "
+             f"{len(speeds)} learners), TwoNN MNIST-5k" if args.testbed else None)
+    plot(rows, RESULTS / f"{name}.png", title)
+    print(f"{name}: tightest D={dab[0]['deadline_s']:.2f}s truancy DAB "
           f"{100 * summary['dab_truancy_tightest']:+.1f}% vs CSA "
           f"{100 * summary['csa_truancy_tightest']:+.1f}% (CSA/DAB GUC time "
           f"{summary['guc_time_ratio_tightest_csa_over_dab']:.2f}x); DAB max truancy "

@@ -18,6 +18,15 @@ namespace capped with a tbf qdisc (`--cap-rate`, bytes/s). A last part starts
 
     .venv/bin/python benchmarks/subset_benchmarking.py            # 20 repetitions
     .venv/bin/python benchmarks/subset_benchmarking.py --quick    # 3 repetitions, fewer sizes
+    sudo .venv/bin/python benchmarks/subset_benchmarking.py \
+        --testbed deploy/testbed/fleets/thesis-ch3.yaml           # on the emulated testbed
+
+With `--testbed FLEET.yaml` (root) SB runs inside every learner of the emulated testbed
+(docs/testbed.md), one learner at a time, against shards served from the bridge; the truth is a
+pass over 120 shards (desktop, Jetson) or 15 (Pis) and a download of 60 or 15 shards, as in
+`deploy.testbed.reproduce`. Sizes 2, 4, 6, 8 and 3 repetitions by default (`--quick`: 2, 4, one
+repetition, a quarter of the truth); writes benchmarks/results/testbed_subset_benchmarking.json
+and .png.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from deploy.testbed.bench import add_testbed_option
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -547,12 +558,25 @@ def main() -> None:
         action="store_true",
         help="only re-measure the agent's memory into the existing JSON",
     )
+    add_testbed_option(parser)
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.host, args.port)
+        return
+    if args.testbed is not None:
+        from deploy.testbed.reproduce import sb_reproduction
+
+        sb_reproduction(
+            args.testbed,
+            [2, 4] if args.quick else [2, 4, 6, 8],
+            args.reps or (1 if args.quick else 3),
+            RESULTS / "testbed_subset_benchmarking.json",
+            command=" ".join(["sudo", ".venv/bin/python", *sys.argv]),
+            truth_scale=0.25 if args.quick else 1.0,
+        )
         return
     path = RESULTS / "subset_benchmarking.json"
     if args.rss_only:

@@ -1,9 +1,10 @@
 """Run `plexus agent run` from an installed config file and a private join-token file.
 
 `deploy/install-agent.sh` writes both and points systemd (or the `plexus-agent` wrapper in
-`--no-systemd` installs) at `python -m deploy.agent_service --config FILE`. The token is read
-here and handed to the CLI in-process, so it never appears on a command line (which every user
-of the device can read in /proc) or in the environment.
+`--no-systemd` installs) at `python -m deploy.agent_service --config FILE`. The token file goes
+to the CLI as `--join-token-file`, so the token never appears on a command line (which every
+user of the device can read in /proc) or in the environment; the CLI refuses a token file that
+group or other may read.
 
 The config file holds `KEY=VALUE` lines (`#` starts a comment):
 
@@ -11,14 +12,14 @@ The config file holds `KEY=VALUE` lines (`#` starts a comment):
     PLEXUS_JOIN_TOKEN_FILE=/etc/plexus-agent/join-token  # required, mode 0600 or 0400
     PLEXUS_NAME=pi-kitchen        PLEXUS_RELAY=0        PLEXUS_HOST=0.0.0.0
     PLEXUS_PORT=8701              PLEXUS_DATA_DIR=/var/lib/plexus-agent
-    SSL_CERT_FILE=/etc/plexus-agent/ca.pem   # trust a private CA for an https orchestrator
+    PLEXUS_CA_FILE=/etc/plexus-agent/ca.pem  # trust a private CA for an https orchestrator
+
+(`SSL_CERT_FILE=` is read as `PLEXUS_CA_FILE=`, as older installs wrote it.)
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import stat
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ _KNOWN = {
     "PLEXUS_HOST",
     "PLEXUS_PORT",
     "PLEXUS_DATA_DIR",
+    "PLEXUS_CA_FILE",
     "SSL_CERT_FILE",
 }
 
@@ -61,27 +63,29 @@ def read_config(path: Path) -> dict[str, str]:
 
 
 def read_token(path: Path) -> str:
-    """Read the join token, refusing a file that users other than its owner can read."""
+    """Read the join token, refusing a file that users other than its owner can read (the
+    same check `plexus agent run --join-token-file` makes, run early by `--check`)."""
+    from learner_agent.cli import read_token_file
+
     try:
-        mode = path.stat().st_mode
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise AgentConfigError(f"cannot read join token file {path}: {exc.strerror}") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise AgentConfigError(
-            f"join token file {path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
-            f"run `chmod 600 {path}`"
-        )
-    if not token:
-        raise AgentConfigError(
-            f"join token file {path} is empty; write the orchestrator's token to it"
-        )
-    return token
+        return read_token_file(path)
+    except ValueError as exc:
+        raise AgentConfigError(str(exc)) from None
 
 
-def agent_argv(config: dict[str, str], token: str) -> list[str]:
-    """The `plexus` CLI arguments equivalent to the config (token included)."""
-    argv = ["agent", "run", "--orchestrator", config["PLEXUS_ORCHESTRATOR"], "--join-token", token]
+def agent_argv(config: dict[str, str]) -> list[str]:
+    """The `plexus` CLI arguments equivalent to the config (the token by its file)."""
+    argv = [
+        "agent",
+        "run",
+        "--orchestrator",
+        config["PLEXUS_ORCHESTRATOR"],
+        "--join-token-file",
+        config["PLEXUS_JOIN_TOKEN_FILE"],
+    ]
+    ca_file = config.get("PLEXUS_CA_FILE") or config.get("SSL_CERT_FILE")
+    if ca_file:
+        argv += ["--ca-file", ca_file]
     if config.get("PLEXUS_NAME"):
         argv += ["--name", config["PLEXUS_NAME"]]
     if config.get("PLEXUS_RELAY", "0").lower() in ("1", "true", "yes"):
@@ -110,18 +114,14 @@ def main(args: list[str] | None = None) -> None:
     options = parser.parse_args(args)
     try:
         config = read_config(options.config)
-        token = read_token(Path(config["PLEXUS_JOIN_TOKEN_FILE"]))
+        read_token(Path(config["PLEXUS_JOIN_TOKEN_FILE"]))
     except AgentConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    argv = agent_argv(config, token)
+    argv = agent_argv(config)
     if options.check:
-        shown = ["<token>" if a == token else a for a in argv]
-        print("plexus " + " ".join(shown))
+        print("plexus " + " ".join(argv))
         return
-    if config.get("SSL_CERT_FILE"):
-        # httpx reads it when it builds its TLS context: the agent then trusts a private CA.
-        os.environ["SSL_CERT_FILE"] = config["SSL_CERT_FILE"]
     from plexus.cli import app
 
     app(args=argv, prog_name="plexus")

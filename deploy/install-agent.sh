@@ -254,11 +254,11 @@ if [[ $WRITE_CONFIG -eq 1 ]]; then
         printf '%s' "$PLEXUS_JOIN_TOKEN" >"$TOKEN_DEST"
     fi
     chmod 600 "$TOKEN_DEST"
-    CA_LINE="# SSL_CERT_FILE=$ETC_DIR/ca.pem   (trust a private CA for an https orchestrator)"
+    CA_LINE="# PLEXUS_CA_FILE=$ETC_DIR/ca.pem   (trust a private CA for an https orchestrator)"
     if [[ -n "$CA_CERT" ]]; then
         cp "$CA_CERT" "$ETC_DIR/ca.pem"
         chmod 644 "$ETC_DIR/ca.pem"
-        CA_LINE="SSL_CERT_FILE=$ETC_DIR/ca.pem"
+        CA_LINE="PLEXUS_CA_FILE=$ETC_DIR/ca.pem"
     fi
     cat >"$CONFIG" <<EOF
 # Plexus learner agent configuration, read by \`python -m deploy.agent_service --config $CONFIG\`.

@@ -258,11 +258,33 @@ def main(argv: list[str] | None = None) -> None:
             args.fleet, factors, args.rounds, args.out or RESULTS / "testbed_dab_vs_csa.json"
         )
         return
-    args.fleet = args.fleet or Path(__file__).parent / "fleets" / "thesis-ch3.yaml"
-    args.out = args.out or RESULTS / "testbed_subset_benchmarking.json"
-    sizes = [int(s) for s in args.sizes.split(",")]
+    fleet_path = args.fleet or Path(__file__).parent / "fleets" / "thesis-ch3.yaml"
+    sb_reproduction(
+        fleet_path,
+        [int(s) for s in args.sizes.split(",")],
+        args.repeats,
+        args.out or RESULTS / "testbed_subset_benchmarking.json",
+        command=f"sudo .venv/bin/python -m deploy.testbed.reproduce --fleet {fleet_path} "
+        f"--sizes {args.sizes} --repeats {args.repeats}",
+    )
 
-    fleet_data = load_fleet(args.fleet)
+
+def sb_reproduction(
+    fleet_path: Path,
+    sizes: list[int],
+    repeats: int,
+    out: Path,
+    *,
+    command: str,
+    truth_scale: float = 1.0,
+) -> None:
+    """SB vs FLOPS in every learner of the fleet (figs. 3.2, 3.3); writes `out` and its PNG.
+
+    `truth_scale` shrinks the measured truth (120 / 15 training shards, 60 / 15 downloaded)
+    for smoke runs; 1.0 is the thesis's sizes. Used by `benchmarks/subset_benchmarking.py
+    --testbed`.
+    """
+    fleet_data = load_fleet(fleet_path)
     # Only the network and the limits: SB is run by the probe, not through a task.
     from dataclasses import replace
 
@@ -274,10 +296,14 @@ def main(argv: list[str] | None = None) -> None:
     shards = make_shards(SPEC, 120)
     started = time.perf_counter()
     bed = Testbed.up(fleet)
+
+    def scaled(n: int) -> int:
+        return max(max(sizes), round(n * truth_scale))
+
     try:
         profiles = {lr.name: lr.profile for lr in bed.learners}
-        train = {n: 120 if _is_fast(p) else 15 for n, p in profiles.items()}
-        download = {n: 60 if _is_fast(p) else 15 for n, p in profiles.items()}
+        train = {n: scaled(120 if _is_fast(p) else 15) for n, p in profiles.items()}
+        download = {n: scaled(60 if _is_fast(p) else 15) for n, p in profiles.items()}
         with BlobServer(bed.state.bridge_ip, shards=shards) as server:
             raw = subset_benchmark_on_testbed(
                 bed,
@@ -286,13 +312,12 @@ def main(argv: list[str] | None = None) -> None:
                 sizes=sizes,
                 train_shards=train,
                 download_shards=download,
-                repeats=args.repeats,
+                repeats=repeats,
             )
     finally:
         bed.down()
     summary: dict[str, Any] = {
-        "command": f"sudo .venv/bin/python -m deploy.testbed.reproduce --fleet {args.fleet} "
-        f"--sizes {args.sizes} --repeats {args.repeats}",
+        "command": command,
         "fleet": {
             n: {k: profiles[n][k] for k in ("name", "cpu", "memory_bytes", "down_rate", "up_rate")}
             for n in profiles
@@ -316,9 +341,9 @@ def main(argv: list[str] | None = None) -> None:
             for n, r in raw.items()
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=1))
-    _plot(summary, args.out.with_suffix(".png"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1))
+    _plot(summary, out.with_suffix(".png"))
     worst = max(
         statistics.fmean(v["runtime"]) for e in summary["errors"].values() for v in e.values()
     )

@@ -243,8 +243,9 @@ class Testbed:
             "run",
             "--orchestrator",
             self.state.url,
-            "--join-token",
-            self.token,
+            # The token file (mode 600) keeps the token out of every process listing.
+            "--join-token-file",
+            str(self.state_dir / "join-token"),
             "--name",
             learner.name,
         ]

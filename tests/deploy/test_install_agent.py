@@ -90,7 +90,7 @@ def test_prefix_install_without_systemd(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert check.returncode == 0, check.stderr
-    assert "--relay" in check.stdout and "<token>" in check.stdout
+    assert "--relay" in check.stdout and f"--join-token-file {token_copy}" in check.stdout
     assert "join-secret-42" not in check.stdout
 
 
@@ -121,18 +121,20 @@ def test_launcher_keeps_the_token_private(tmp_path: Path) -> None:
     config_file = tmp_path / "agent.conf"
     config_file.write_text(
         f"PLEXUS_ORCHESTRATOR=https://o.lan:8443\nPLEXUS_JOIN_TOKEN_FILE={token}\n"
-        "PLEXUS_PORT=8701  # rpc port\n"
+        "PLEXUS_PORT=8701  # rpc port\nPLEXUS_CA_FILE=/etc/plexus-agent/ca.pem\n"
     )
-    argv = agent_argv(read_config(config_file), "s3cret")
-    assert argv[:6] == [
+    argv = agent_argv(read_config(config_file))
+    assert argv[:8] == [
         "agent",
         "run",
         "--orchestrator",
         "https://o.lan:8443",
-        "--join-token",
-        "s3cret",
+        "--join-token-file",
+        str(token),
+        "--ca-file",
+        "/etc/plexus-agent/ca.pem",
     ]
-    assert argv[-2:] == ["--port", "8701"]
+    assert argv[-2:] == ["--port", "8701"] and "s3cret" not in argv
     config_file.write_text("PLEXUS_ORCHESTRATR=https://o.lan\n")
     with pytest.raises(AgentConfigError, match="expected KEY=VALUE"):
         read_config(config_file)
