@@ -28,7 +28,7 @@ from orchestrator.errors import (
     OrchestratorError,
     Unauthorized,
 )
-from orchestrator.multitask import JobRequest
+from orchestrator.multitask import JOB_ONLY, JobRequest
 from orchestrator.service import Service, Settings
 from orchestrator.store import LearnerRow, RoundRow, TaskRow
 
@@ -209,6 +209,11 @@ def create_app(settings: Settings) -> FastAPI:
                 raise BadInput(f"async.aggregator: {parsed.async_.aggregator!r} is not "
                                f"available here (available: {', '.join(sorted(AGGREGATORS))})",
                                code="invalid_spec")
+        elif parsed.sync is not None and parsed.sync.allocator in JOB_ONLY:
+            raise BadInput(f"sync.allocator: {parsed.sync.allocator!r} allocates several tasks "
+                           "together: submit them as a multi-task job (POST /v1/jobs, or "
+                           f"`plexus task submit A.yaml B.yaml --allocator "
+                           f"{parsed.sync.allocator}`)", code="invalid_spec")
         elif parsed.sync is not None and parsed.sync.allocator not in allocator_names():
             raise BadInput(f"sync.allocator: {parsed.sync.allocator!r} is not available here "
                            f"(available: {', '.join(allocator_names())})", code="invalid_spec")

@@ -46,6 +46,8 @@ JobAllocator = Literal["med", "mmtt_uncertain", "mmtt_ideal", "equal"]
 # Job allocator name -> method name of orchestrator.allocation.mmtt.plan.
 METHODS: dict[str, str] = {"med": "med", "mmtt_uncertain": "mmtt-uncertain",
                            "mmtt_ideal": "mmtt-ideal", "equal": "equal"}
+# Allocators that only exist for several tasks together (equal split also runs single tasks).
+JOB_ONLY: tuple[str, ...] = ("med", "mmtt_uncertain", "mmtt_ideal")
 # The agent's stressor states (docs/protocol.md, `round_state`), in MedInstance state order.
 STATES: tuple[str, ...] = ("idle", "training", "downloading")
 # Subset benchmarking in three states for every task can take a while on a loaded device.

@@ -79,6 +79,10 @@ def test_bad_jobs_are_refused_whole_naming_the_field(fleet: LocalFleet) -> None:
             client.submit_job({"allocator": "med", "tasks": unloadable})
         assert 400 <= err.value.status < 500, err.value.detail
         assert (len(client.tasks()), len(client.jobs())) == before
+        # A single task cannot ask for MED: it is pointed at multi-task jobs.
+        with pytest.raises(APIError) as err:
+            client.submit({**THREE[0], "sync": {**THREE[0]["sync"], "allocator": "med"}})
+        assert err.value.status == 422 and "/v1/jobs" in err.value.detail
 
 
 def test_three_tasks_under_med_record_rounds_the_metrics_come_from(fleet: LocalFleet) -> None:
