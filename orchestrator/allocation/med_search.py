@@ -111,7 +111,11 @@ def local_search(co: Coefficients, owner: np.ndarray, need: int, *, deadline_s: 
     while time.perf_counter() - started < deadline_s:
         # Moves: j from its task to task i (or from idle, when idle learners are allowed).
         base = np.where(owner >= 0, rem, 0.0 if idle_ok else np.inf)
-        delta = add + base[None, :]
+        with np.errstate(invalid="ignore"):
+            # −∞ + ∞ (a task with no finite time gaining a learner its own task cannot lose)
+            # is not a move.
+            delta = np.nan_to_num(add + base[None, :], nan=np.inf, posinf=np.inf,
+                                  neginf=-np.inf)
         k = int(np.argmin(delta))
         i_new, j = divmod(k, n)
         best = float(delta[i_new, j])
