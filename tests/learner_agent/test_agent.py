@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -156,6 +157,31 @@ def test_agent_refuses_a_readable_token_file_and_a_missing_token(
     none = subprocess.run(_agent_cmd(fleet.url), capture_output=True, text=True, env=env,
                           timeout=60, check=False)
     assert none.returncode == 2 and "--join-token-file" in none.stderr
+    both = subprocess.run(
+        _agent_cmd(fleet.url, "--ca-file", str(token_file), "--insecure"),
+        capture_output=True, text=True, env={**env, "PLEXUS_JOIN_TOKEN": "t"}, timeout=60,
+        check=False)
+    assert both.returncode == 2 and "contradict" in both.stderr
+
+    # --insecure runs, but says loudly what it gives up before it starts serving.
+    insecure = subprocess.Popen(
+        _agent_cmd(fleet.url, "--insecure", "--name", "insecure", "--host", "127.0.0.1"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**env, "PLEXUS_JOIN_TOKEN": fleet.join_token, "COLUMNS": "200"})
+    killer = threading.Timer(60, insecure.kill)
+    killer.start()
+    try:
+        seen = []
+        assert insecure.stderr is not None
+        for line in insecure.stderr:
+            seen.append(line)
+            if "serving" in line:
+                break
+        text = "".join(seen)
+        assert "WARNING: --insecure" in text and text.index("WARNING") < text.index("serving")
+    finally:
+        killer.cancel()
+        _stop(insecure)  # type: ignore[arg-type]
 
 
 def test_daemon_waits_for_the_orchestrator_and_re_enrolls_when_forgotten(
