@@ -41,10 +41,9 @@ from orchestrator.allocation.med import (
     expected_delays,
     greedy_allocation,
     med_objective,
+    task_time_lower_bounds,
 )
-from orchestrator.allocation.med import task_time_lower_bounds
 from orchestrator.allocation.med_search import local_search
-
 
 FULL_EVERY = 5  # iterations per whole-grid (proven) evaluation of L(u)
 
@@ -74,7 +73,7 @@ def _capacity(co: Coefficients, i: int, t: np.ndarray, need: int, elig: np.ndarr
     """q_ij(t) for each t (rows) and learner j (columns), 0 where j cannot serve i by t."""
     Q = np.floor((t[:, None] - co.fixed[i][None, :]) / co.per_shard[i][None, :] + 1e-9)
     Q = np.minimum(Q, co.cap[i][None, :])
-    return np.where((Q >= need) & elig[None, :], Q, 0.0)
+    return np.where((need <= Q) & elig[None, :], Q, 0.0)
 
 
 def _price_task(co: Coefficients, i: int, u: np.ndarray, grid: np.ndarray, need: int,
@@ -313,7 +312,6 @@ def solve_lagrange(
     if greedy is None:
         return None
     co = coefficients(inst, enforce_deadlines=enforce_deadlines)
-    m, n = co.fixed.shape
     dl = inst.min_shards
     need = max(1, dl)
     best_alloc, best_obj = greedy, med_objective(inst, greedy)

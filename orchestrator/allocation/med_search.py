@@ -157,7 +157,8 @@ def _best_swap(co: Coefficients, tasks: list[_Task], owner: np.ndarray, t: np.nd
     # Estimate with finite parts only (a swap can be allowed where the single move is not).
     r = np.where(np.isfinite(rem[a_idx]), rem[a_idx], 0.0)
     ad = np.where(np.isfinite(add), add, 1e30)
-    est = (r[:, None] + ad[A[None, :], a_idx[:, None]]) + (r[None, :] + ad[A[:, None], a_idx[None, :]])
+    est = (r[:, None] + ad[A[None, :], a_idx[:, None]]) + (
+        r[None, :] + ad[A[:, None], a_idx[None, :]])
     est = np.where(A[:, None] < A[None, :], est, np.inf)  # one order per pair, other tasks only
     flat = np.argsort(est, axis=None)[:limit]
     pa, pb = np.unravel_index(flat, est.shape)
