@@ -68,6 +68,10 @@ class Agent:
         self.client = client
         self.clock = clock
         self.state = "idle"
+        from learner_agent.async_runs import AsyncRuns
+
+        # Async tasks (join_async / leave_async) run in their own threads, not under _work.
+        self.asynchronous = AsyncRuns(client, self._configure_torch)
         self._work = threading.Lock()  # one benchmark or training at a time
         self._busy = 0
         self._busy_lock = threading.Lock()
@@ -173,12 +177,14 @@ class Agent:
 
     # -- procedures ------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """`{name, busy, state, facts}`; facts never include benchmark scores."""
+        """`{name, busy, state, facts, async}`; facts never include benchmark scores; `async`
+        lists the async tasks joined (learner_agent.async_runs)."""
         return {
             "name": self.name,
             "busy": self._busy > 0,
             "state": self.state,
             "facts": device_facts(),
+            "async": self.asynchronous.progress(),
         }
 
     def plan(self, task: dict[str, Any], task_id: int) -> dict[str, int]:
@@ -310,5 +316,7 @@ def make_registry(agent: Agent) -> Any:
     registry.add(agent.plan, name="plan")
     registry.add(agent.benchmark, name="benchmark")
     registry.add(agent.train, name="train")
+    registry.add(agent.asynchronous.join, name="join_async")
+    registry.add(agent.asynchronous.leave, name="leave_async")
     registry.add(agent.round_state, name="round_state")
     return registry

@@ -6,19 +6,30 @@ current model (`POST /v1/tasks/{id}/pull`), trains E epochs over everything it h
 pushes the result (`POST /v1/tasks/{id}/updates`, safetensors with metadata `base_version`,
 `n_samples`). A sample that arrived meanwhile triggers the next pull at once. A `204` answer
 to a pull (FedBuff / PORT: not picked this round) means: ask again after `retry_s`.
+
+Between epochs the client asks `GET /v1/tasks/{id}/stop` whether the server (PORT) wants it to
+stop and push what it has. A `404` (the task ended or was cancelled) or a `409` other than
+`unknown_version` ends the run normally (`report.ended` says why); an update answered `409
+unknown_version` (its base version is no longer held) is dropped and the client pulls again.
+Any other error answer raises `OrchestratorRefused`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from learner_agent.errors import OrchestratorRefused
 from plexus.tensors import decode_state, encode_state
+
+
+class _Ended(Exception):
+    """The task is over (404, or a 409 other than unknown_version): stop the run normally."""
 
 
 @dataclass
@@ -28,8 +39,25 @@ class SpinClientReport:
     pulls: int = 0
     pushes: int = 0
     not_picked: int = 0
+    dropped: int = 0  # updates answered 409 unknown_version (base version no longer held)
+    stopped_early: int = 0  # trainings cut short by the server's stop request (PORT)
+    held: int = 0  # samples arrived so far
     versions: list[int] = field(default_factory=list)
     answers: list[dict[str, Any]] = field(default_factory=list)
+    ended: str | None = None  # why the run ended, once it has
+
+    def progress(self) -> dict[str, Any]:
+        """A JSON-ready summary (counts, last version trained from, end reason)."""
+        return {
+            "pulls": self.pulls,
+            "pushes": self.pushes,
+            "not_picked": self.not_picked,
+            "dropped": self.dropped,
+            "stopped_early": self.stopped_early,
+            "held": self.held,
+            "last_version": self.versions[-1] if self.versions else None,
+            "ended": self.ended,
+        }
 
 
 class SpinClient:
@@ -38,8 +66,8 @@ class SpinClient:
     ``model`` is a torch module of the task's architecture (its weights are replaced by every
     pulled model); ``x``, ``y`` the learner's partition in arrival order. ``rate`` is λ in
     samples/s, ``pull_threshold`` is D, ``epochs`` E, ``lr`` η and ``batch_size`` B.
-    ``http`` is an ``httpx.Client`` whose base URL is the orchestrator and whose headers carry
-    the learner token.
+    ``http`` is an ``httpx.Client`` whose base URL is the orchestrator; ``headers`` (e.g. the
+    learner token), a mapping or a function returning one, are sent with every request.
     """
 
     def __init__(
@@ -58,6 +86,7 @@ class SpinClient:
         seed: int = 0,
         retry_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        headers: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         if rate <= 0:
             raise ValueError(f"arrival rate must be positive samples/s, got {rate}")
@@ -76,61 +105,118 @@ class SpinClient:
         self.seed = seed
         self.retry_s = retry_s
         self.clock = clock
+        self._extra = headers
         rng = np.random.default_rng(seed)
         self._gaps = np.cumsum(rng.exponential(1.0 / rate, len(y)))
         self.report = SpinClientReport()
 
     def run(self, stop: threading.Event, max_rounds: int | None = None) -> SpinClientReport:
-        """Loop until ``stop`` is set, ``max_rounds`` pushes are done or the data runs out."""
+        """Loop until ``stop`` is set, ``max_rounds`` pushes are done, the data runs out or the
+        task ends on the server (``report.ended`` says which)."""
         start = self.clock()
         trained_upto = 0
-        while not stop.is_set():
-            elapsed = self.clock() - start
-            held = int(np.searchsorted(self._gaps, elapsed, side="right"))
-            if held >= self.pull_threshold and held > trained_upto:
-                if self._round(held):
-                    trained_upto = held
-                    if max_rounds is not None and self.report.pushes >= max_rounds:
-                        break
-                else:
-                    stop.wait(self.retry_s)
-                continue
-            if held >= len(self.y):
-                break  # every sample has arrived and been trained on
-            # Wait for the next arrival (or for stop).
-            stop.wait(max(0.0, float(self._gaps[held]) - elapsed))
+        try:
+            while not stop.is_set():
+                elapsed = self.clock() - start
+                held = int(np.searchsorted(self._gaps, elapsed, side="right"))
+                self.report.held = held
+                if held >= self.pull_threshold and held > trained_upto:
+                    if self._round(held, stop):
+                        trained_upto = held
+                        if max_rounds is not None and self.report.pushes >= max_rounds:
+                            self.report.ended = f"pushed {max_rounds} updates"
+                            break
+                    else:
+                        stop.wait(self.retry_s)
+                    continue
+                if held >= len(self.y):
+                    self.report.ended = "every sample has arrived and been trained on"
+                    break
+                # Wait for the next arrival (or for stop).
+                stop.wait(max(0.0, float(self._gaps[held]) - elapsed))
+        except _Ended as exc:
+            self.report.ended = str(exc)
+        if self.report.ended is None:
+            self.report.ended = "told to stop"
         return self.report
 
-    def _round(self, held: int) -> bool:
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers sent with every request (evaluated now when given as a function)."""
+        extra = self._extra() if callable(self._extra) else self._extra
+        return dict(extra or {})
+
+    def _check(self, r: Any, what: str) -> None:
+        """Raise `_Ended` for a task that is over, `OrchestratorRefused` for other errors."""
+        if r.status_code < 400:
+            return
+        code, detail = "http_error", r.text[:300]
+        try:
+            body = r.json()
+            code, detail = str(body.get("error", code)), str(body.get("detail", detail))
+        except ValueError:
+            pass
+        if r.status_code == 404 or (r.status_code == 409 and code != "unknown_version"):
+            raise _Ended(f"task {self.task_id} ended ({what} answered {r.status_code} {code}: "
+                         f"{detail})")
+        raise OrchestratorRefused(
+            f"{what} for task {self.task_id} answered {r.status_code} {code}: {detail}",
+            status=r.status_code, code=code)
+
+    def _asked_to_stop(self) -> bool:
+        r = self.http.get(f"/v1/tasks/{self.task_id}/stop", headers=self.headers)
+        self._check(r, "stop query")
+        return bool(r.json().get("stop", False))
+
+    def _round(self, held: int, stop: threading.Event) -> bool:
         from plexus.training import train
 
         self.report.pulls += 1
-        r = self.http.post(f"/v1/tasks/{self.task_id}/pull", json={"n_samples": held})
+        r = self.http.post(f"/v1/tasks/{self.task_id}/pull", json={"n_samples": held},
+                           headers=self.headers)
         if r.status_code == 204:
             self.report.not_picked += 1
             return False
-        r.raise_for_status()
+        self._check(r, "pull")
         state, meta = decode_state(r.content)
         version = int(meta["version"])
         self.model.load_state_dict(state)
-        train(
-            self.model,
-            self.x[:held],
-            self.y[:held],
-            passes=self.epochs,
-            batch_size=self.batch_size,
-            optimizer="sgd",
-            lr=self.lr,
-            seed=self.seed + self.report.pushes,
-        )
+        for epoch in range(self.epochs):
+            if epoch > 0:
+                if stop.is_set():
+                    return False  # leaving: the half-trained model is not pushed
+                if self._asked_to_stop():
+                    # PORT: a client past the staleness bound stops and sends what it has.
+                    self.report.stopped_early += 1
+                    break
+            train(
+                self.model,
+                self.x[:held],
+                self.y[:held],
+                passes=1,
+                batch_size=self.batch_size,
+                optimizer="sgd",
+                lr=self.lr,
+                seed=self.seed + self.report.pushes * self.epochs + epoch,
+            )
         body = encode_state(self.model.state_dict(), {"base_version": version, "n_samples": held})
         answer = self.http.post(
             f"/v1/tasks/{self.task_id}/updates",
             content=body,
-            headers={"content-type": "application/octet-stream"},
+            headers={**self.headers, "content-type": "application/octet-stream"},
         )
-        answer.raise_for_status()
+        if answer.status_code == 409 and _code(answer) == "unknown_version":
+            self.report.dropped += 1
+            return True  # these samples were trained on; the next arrival pulls again
+        self._check(answer, "update")
         self.report.pushes += 1
         self.report.versions.append(version)
         self.report.answers.append(answer.json())
         return True
+
+
+def _code(r: Any) -> str:
+    try:
+        return str(r.json().get("error", ""))
+    except ValueError:
+        return ""

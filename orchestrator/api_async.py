@@ -8,7 +8,9 @@ attribute, or a string). Errors answer JSON `{"error": code, "detail": text}`:
   ``204`` when the server has not picked this learner (FedBuff / PORT): pull again later;
 * updates → ``200 {"accepted", "version", "aggregated"}``; ``422 bad_update`` for wrong
   names / shapes / dtypes / non-finite values / missing metadata, ``409 unknown_version`` for a
-  base version the server does not hold; rejected updates are counted and never aggregated.
+  base version the server does not hold; rejected updates are counted and never aggregated;
+* stop (``GET``) → ``200 {"stop": bool}``: whether the server (PORT) asks this learner to stop
+  training and push what it has; clients ask between epochs.
 """
 
 from __future__ import annotations
@@ -93,6 +95,13 @@ def make_async_router(
         except BadUpdate as exc:
             return _error(422, "bad_update", str(exc))
         return JSONResponse(result)
+
+    @router.get("/v1/tasks/{task_id}/stop")
+    async def stop(task_id: int, who: Any = Depends(learner)) -> Response:  # noqa: B008
+        r = runner_for(task_id)
+        if isinstance(r, JSONResponse):
+            return r
+        return JSONResponse({"stop": r.should_stop(_name(who))})
 
     @router.get("/v1/tasks/{task_id}/async")
     async def status(task_id: int, who: Any = Depends(learner)) -> Response:  # noqa: B008

@@ -275,6 +275,25 @@ def create_app(settings: Settings) -> FastAPI:
         service.metrics.bytes_served.labels(kind="shard").inc(len(data))
         return Response(data, media_type="application/octet-stream")
 
+    @app.get("/v1/tasks/{task_id}/partitions/{client}", tags=["asynchronous tasks"])
+    def task_partition(task_id: int, client: int,
+                       me: LearnerRow = Depends(learner)) -> Response:  # noqa: B008
+        from orchestrator.taskdata import client_shard
+
+        given = service.async_tasks.client_of(task_id, me.id)
+        if given is None:
+            raise NotFound(f"learner {me.name} is not a client of running asynchronous task "
+                           f"{task_id}; wait for the orchestrator's join_async call",
+                           code="not_a_client")
+        if given != client:
+            raise Forbidden(f"learner {me.name} is client {given} of task {task_id}, not "
+                            f"{client}: download partition {given}")
+        task = service.store.task(task_id)
+        data = service.store.layout.shard(task_id,
+                                          client_shard(task.num_shards, client)).read_bytes()
+        service.metrics.bytes_served.labels(kind="partition").inc(len(data))
+        return Response(data, media_type="application/octet-stream")
+
     # -- multi-task jobs (thesis ch. 4): several sync tasks under MED / MMTT / equal --------
     def _job_view(job_id: int) -> dict[str, Any]:
         from orchestrator.multitask import job_view

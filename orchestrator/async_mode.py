@@ -6,6 +6,15 @@ this module connects them to the service: it builds a runner per submitted async
 the task's model v0 and spec, records every aggregation as a row of the task's history (with
 its model version written to disk), and ends the task after `async.max_updates` updates.
 
+Learner agents take part on their own: while a task runs, every alive learner is given a client
+index c (in the order they join; kept if it re-enrolls) and told over RPC to `join_async`; the
+agent then downloads its partition (`GET /v1/tasks/{id}/partitions/c`, the task's shard c, cut
+by Dirichlet(α)) and runs SPIN's client alg. 1 against the pull / updates routes. A learner that
+enrolls later, or re-enrolls after a restart, is joined at the next sweep (every
+`ENLIST_EVERY_S`); a failed join is retried after `JOIN_RETRY_S`. When the task ends or is
+cancelled, every joined agent is told to `leave_async` (best effort: the routes answer 404 by
+then anyway, which the client takes as the end).
+
 An async task's update queue lives in memory, so unlike a synchronous task it cannot resume
 after the orchestrator restarts: it is marked failed with that reason.
 """
@@ -19,13 +28,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import Conflict
-from orchestrator.store import TaskRow, write_atomic
+from orchestrator.store import LearnerRow, TaskRow, write_atomic
 
 if TYPE_CHECKING:
     from orchestrator.async_tasks import AsyncTaskRunner
     from orchestrator.service import Service
 
 log = logging.getLogger("orchestrator.async_mode")
+ENLIST_EVERY_S = 1.0  # how often a running task looks for alive learners not yet joined
+JOIN_TIMEOUT_S = 30.0  # join_async / leave_async return at once; this covers a slow relay
+JOIN_RETRY_S = 10.0  # wait this long before asking a learner that failed to join again
 RESTART_REASON = ("the orchestrator restarted: an asynchronous task's update queue is held in "
                   "memory and cannot resume; submit the task again")
 
@@ -37,6 +49,18 @@ class AsyncTasks:
         self.service = service
         self.runners: dict[int, AsyncTaskRunner] = {}
         self._watchers: dict[int, asyncio.Task[None]] = {}
+        # Per task: learner id → client index (its partition), and learner id → the token it
+        # joined under (a re-enrolled learner has a new token and a fresh agent: join again).
+        self.clients: dict[int, dict[int, int]] = {}
+        self._joined: dict[int, dict[int, LearnerRow]] = {}
+        self._joining: dict[int, set[int]] = {}
+        self._failed: dict[int, dict[int, float]] = {}
+        self._calls: set[asyncio.Task[None]] = set()
+        self._stubs: dict[tuple[str, str], Any] = {}
+
+    def client_of(self, task_id: int, learner_id: int) -> int | None:
+        """The client index (partition) a learner was given in a running async task."""
+        return self.clients.get(task_id, {}).get(learner_id)
 
     def fail_leftovers(self) -> None:
         """At start-up: async tasks a previous process was running cannot resume."""
@@ -73,13 +97,19 @@ class AsyncTasks:
         params: dict[str, Any] = {"k": a.k, "staleness": a.staleness}
         if a.aggregator == "spin":
             params["pi_s"] = a.pi_s
+        else:
+            # FedBuff / PORT have no timeout; a selection round that found no client holding
+            # data is drawn again after π seconds (their own default, 10 s, would idle a small
+            # live fleet), with the task seed for the draws.
+            params.update(selection_interval_s=a.pi_s, seed=spec.seed)
         core = create_aggregator(a.aggregator, read_state(layout.model(task.id, 0)), **params)
         runner = AsyncTaskRunner(core, evaluate=score, max_updates=a.max_updates)
         self.service.store.set_state(task.id, "running", None, time.time())
         runner.start()
         self.runners[task.id] = runner
+        self.clients[task.id] = {}
         self._watchers[task.id] = asyncio.get_running_loop().create_task(
-            self._watch(task.id, runner, snapshots), name=f"async-task-{task.id}")
+            self._watch(task.id, runner, snapshots, task.spec), name=f"async-task-{task.id}")
 
     async def cancel(self, task_id: int) -> None:
         """Stop a task's runner and watcher (its state was set by the caller)."""
@@ -95,16 +125,116 @@ class AsyncTasks:
     async def stop(self) -> None:
         for task_id in list(self.runners):
             await self.cancel(task_id)
+        calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+        for call in calls:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await call
+        for stub in self._stubs.values():
+            with contextlib.suppress(Exception):
+                stub.close()
+        self._stubs.clear()
+
+    # -- learner agents: join and leave ------------------------------------------------------
+
+    def _stub(self, learner: LearnerRow) -> Any:
+        """A duplex stub for the learner's agent: straight to its worker, or via our relay."""
+        import rpc
+
+        if learner.endpoint:
+            url, token = learner.endpoint, learner.token  # the agent's worker checks it
+        else:
+            url, token = f"{self.service.relay_url}/{learner.name}", self.service.relay_secret
+        stub = self._stubs.get((url, token))
+        if stub is None:
+            stub = rpc.connect(url, token=token, duplex=True, timeout=None,
+                               callback=self.service.receiver, poll_interval_s=1.0)
+            self._stubs[(url, token)] = stub
+        return stub
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        call = asyncio.get_running_loop().create_task(coro, name=name)
+        self._calls.add(call)
+        call.add_done_callback(self._calls.discard)
+
+    async def _enlist(self, task_id: int, spec: dict[str, Any]) -> None:
+        """Join every alive learner that is not (or no longer) in the task."""
+        alive = await asyncio.to_thread(self.service.alive_learners)
+        clients = self.clients.setdefault(task_id, {})
+        joined = self._joined.setdefault(task_id, {})
+        joining = self._joining.setdefault(task_id, set())
+        failed = self._failed.setdefault(task_id, {})
+        now = time.monotonic()
+        for lr in alive:
+            done = joined.get(lr.id)
+            if (done is not None and done.token == lr.token) or lr.id in joining:
+                continue
+            if now - failed.get(lr.id, -JOIN_RETRY_S) < JOIN_RETRY_S:
+                continue
+            client = clients.setdefault(lr.id, len(clients))
+            joining.add(lr.id)
+            self._spawn(self._join(task_id, spec, lr, client), f"join-{task_id}-{lr.name}")
+
+    async def _join(self, task_id: int, spec: dict[str, Any], lr: LearnerRow,
+                    client: int) -> None:
+        try:
+            await asyncio.wait_for(self._stub(lr)["join_async"].acall(spec, task_id, client),
+                                   JOIN_TIMEOUT_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one learner failing to join only leaves it out for now
+            log.warning("learner %s could not join async task %s: %s: %s", lr.name, task_id,
+                        type(exc).__name__, exc)
+            self._failed.setdefault(task_id, {})[lr.id] = time.monotonic()
+        else:
+            if task_id in self.runners:
+                self._joined.setdefault(task_id, {})[lr.id] = lr
+            else:  # the task ended while the join was on its way
+                self._spawn(self._leave(task_id, [lr]), f"leave-{task_id}-{lr.name}")
+        finally:
+            self._joining.get(task_id, set()).discard(lr.id)
+
+    async def _leave(self, task_id: int, learners: list[LearnerRow]) -> None:
+        async def one(lr: LearnerRow) -> None:
+            try:
+                await asyncio.wait_for(self._stub(lr)["leave_async"].acall(task_id),
+                                       JOIN_TIMEOUT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the routes answer 404 now: the agent ends by itself
+                log.info("learner %s did not confirm leaving async task %s: %s", lr.name,
+                         task_id, exc)
+
+        await asyncio.gather(*(one(lr) for lr in learners))
+
+    def _release(self, task_id: int) -> None:
+        """Forget a task's learners and tell the joined agents to leave (in the background)."""
+        joined = self._joined.pop(task_id, {})
+        self.clients.pop(task_id, None)
+        self._joining.pop(task_id, None)
+        self._failed.pop(task_id, None)
+        if not joined:
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to tell
+            self._spawn(self._leave(task_id, list(joined.values())), f"leave-{task_id}")
 
     async def _watch(self, task_id: int, runner: AsyncTaskRunner,
-                     snapshots: list[dict[str, Any]]) -> None:
+                     snapshots: list[dict[str, Any]], spec: dict[str, Any]) -> None:
         from plexus.tensors import encode_state
 
         store = self.service.store
         recorded = 0
         last = time.monotonic()
+        enlisted = -ENLIST_EVERY_S
         try:
             while True:
+                if time.monotonic() - enlisted >= ENLIST_EVERY_S:
+                    enlisted = time.monotonic()
+                    try:
+                        await self._enlist(task_id, spec)
+                    except Exception:  # a store hiccup must not end the task
+                        log.exception("async task %s: looking for learners failed", task_id)
                 finished = runner.finished.is_set()
                 history = runner.status()["history"]
                 for entry in history[recorded:]:
@@ -115,9 +245,16 @@ class AsyncTasks:
                     snapshots[recorded] = {}  # written once; free the memory
                     await asyncio.to_thread(write_atomic, path, encode_state(
                         state, {"version": version, "task_id": task_id}))
+                    # Async rows: `allocation` counts the updates each learner (by id, as in
+                    # sync rows) contributed to this aggregation.
+                    ids = {lr.name: str(lr.id) for lr in self._joined.get(task_id, {}).values()}
+                    contributed: dict[str, int] = {}
+                    for name in entry.get("clients", []):
+                        key = ids.get(name, name)
+                        contributed[key] = contributed.get(key, 0) + 1
                     await asyncio.to_thread(store.record_round, task_id, {
                         "index": recorded, "started_at": time.time(),
-                        "allocation": {}, "shards": {},
+                        "allocation": contributed, "shards": {},
                         "samples": {},
                         "left_out": {}, "plan_s": 0.0, "round_time_s": now - last,
                         # No deadline in asynchronous mode: truancy is recorded as 0.
@@ -142,5 +279,6 @@ class AsyncTasks:
         finally:
             self.runners.pop(task_id, None)
             self._watchers.pop(task_id, None)
+            self._release(task_id)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(runner.close)

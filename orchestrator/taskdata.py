@@ -52,8 +52,13 @@ def prepare_task(spec: TaskSpec, task_id: int, layout: Layout) -> dict[str, int]
     if not model_fits(spec.model, data.input_shape):
         raise BadInput(f"model: {spec.model} does not fit inputs shaped {data.input_shape} of "
                        f"dataset {spec.dataset.name}; pick another model", code="invalid_spec")
+    cut = spec.partition
+    if spec.async_ is not None and cut.kind != "dirichlet":
+        # An async task's shards are its clients' partitions (shard c for client c), always
+        # non-i.i.d. by Dirichlet(partition.alpha) as in SPIN's experiments (SPIN paper, V).
+        cut = cut.model_copy(update={"kind": "dirichlet"})
     try:
-        shards = partition(data.train_y, spec.partition, spec.seed)
+        shards = partition(data.train_y, cut, spec.seed)
     except PlexusError as exc:
         raise BadInput(f"partition: {exc}", code="invalid_spec") from None
     shard_bytes = 0
@@ -71,6 +76,12 @@ def prepare_task(spec: TaskSpec, task_id: int, layout: Layout) -> dict[str, int]
     write_atomic(layout.model(task_id, 0), blob)
     return {"num_shards": len(shards), "shard_samples": spec.partition.shard_size,
             "shard_bytes": shard_bytes, "model_bytes": len(blob)}
+
+
+def client_shard(num_shards: int, client: int) -> int:
+    """The shard holding async client `client`'s partition: shard c, wrapping round when a
+    task has more clients than shards (two clients then share one partition)."""
+    return client % num_shards
 
 
 def load_test_split(layout: Layout, task_id: int
