@@ -6,12 +6,14 @@ Every metric the job reports is recomputed here from its recorded per-task round
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from orchestrator.client import APIError, Client
 from orchestrator.fleet import LocalFleet
@@ -163,12 +165,22 @@ def test_three_tasks_under_med_record_rounds_the_metrics_come_from(fleet: LocalF
         assert metrics["per_task"][name] == pytest.approx(summarize(mine))
 
 
-def test_mmtt_ideal_hears_the_drawn_states(fleet: LocalFleet) -> None:
-    with fleet.client() as client:
-        created = client.submit_job({"allocator": "mmtt_ideal", "seed": 3,
-                                     "tasks": [task("one", {"name": "digits"}, deadline_s=2.0,
-                                                    rounds=1)]})
-        job = finished_job(client, created["id"])
+def test_mmtt_ideal_from_the_cli_hears_the_drawn_states(fleet: LocalFleet,
+                                                        tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from plexus.cli import app
+
+    spec = tmp_path / "one.yaml"
+    spec.write_text(yaml.safe_dump(task("one", {"name": "digits"}, deadline_s=2.0, rounds=1)))
+    auth = ["--url", fleet.url, "--token", fleet.admin_token]
+    result = CliRunner().invoke(app, ["task", "submit", str(spec), "--allocator", "mmtt_ideal",
+                                      "--wait", *auth])
+    assert result.exit_code == 0, result.output
+    assert "satisfaction" in result.output  # the metrics table
+    job_id = int(result.output.split()[1])
+    shown = CliRunner().invoke(app, ["job", "show", str(job_id), "--json", *auth])
+    job = json.loads(shown.output)
     assert job["state"] == "finished", job["reason"]
     (record,) = job["records"]
     assert record["states_revealed"]
