@@ -143,7 +143,7 @@ def build_instance(tasks: list[TaskRow], specs: list[TaskSpec], learners: list[L
     """
     from orchestrator.allocation.med import MedInstance
 
-    task_specs = []
+    task_specs: list[dict[str, Any]] = []
     for t, spec in zip(tasks, specs, strict=True):
         assert spec.sync is not None
         task_specs.append({
@@ -151,7 +151,7 @@ def build_instance(tasks: list[TaskRow], specs: list[TaskSpec], learners: list[L
             "deadline_s": spec.sync.deadline_s, "model_bytes": t.model_bytes,
             "shard_bytes": t.shard_bytes, "shard_samples": t.shard_samples,
             "iterations": spec.training.iterations})
-    learner_specs = []
+    learner_specs: list[dict[str, Any]] = []
     for lr in learners:
         key = str(lr.id)
         bench = setup["benchmarks"][key]
@@ -163,12 +163,13 @@ def build_instance(tasks: list[TaskRow], specs: list[TaskSpec], learners: list[L
             "compute": {str(t.id): [bench[str(t.id)][s]["compute"] for s in STATES]
                         for t in tasks},
             "benchmarked_state": STATES.index(setup["benchmarked_state"][key])})
-    prices = [w["price"] for w in learner_specs]
+    prices = [float(w["price"]) for w in learner_specs]
     budget = options.budget
     if budget is None:  # no limit: enough to pay every shard at the highest price
         budget = float(sum(t["shards"] for t in task_specs) * max(prices, default=0.0)) + 1.0
-    return MedInstance(states=list(STATES), budget=budget, min_shards=options.min_shards,
-                       tasks=task_specs, learners=learner_specs)
+    return MedInstance.model_validate({
+        "states": list(STATES), "budget": budget, "min_shards": options.min_shards,
+        "tasks": task_specs, "learners": learner_specs})
 
 
 class _Reply:

@@ -392,7 +392,11 @@ class Store:
             job_id = job.id
         try:
             for spec in specs:
-                task = self.create_task(spec, lambda tid, d, sp=spec: prepare(tid, sp, d), now)
+
+                def prepare_one(tid: int, d: Path, sp: dict[str, Any] = spec) -> dict[str, int]:
+                    return prepare(tid, sp, d)
+
+                task = self.create_task(spec, prepare_one, now)
                 with self.session() as s:
                     row = s.get(JobRow, job_id)
                     assert row is not None
