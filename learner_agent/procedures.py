@@ -77,7 +77,9 @@ class Agent:
         self._busy_lock = threading.Lock()
         self._rng: np.random.Generator = np.random.default_rng(seed)
         self._distribution: dict[str, float] | None = None
-        # The state drawn by `round_state` for this round; the next call naming no state uses it.
+        # The state drawn by `round_state` for this round; a `train` naming state "drawn" uses
+        # it. Only that explicit name consumes it, so a draw left over from a round in which the
+        # learner got no shards never leaks into a later call of a single-task driver.
         self._round_state: str | None = None
         # Its own stream, distinct per learner name: agents started with the same seed must
         # not draw their round states in lockstep.
@@ -92,7 +94,9 @@ class Agent:
     def _pick_state(self, state: Any) -> str:
         from learner_agent.stressors import check_state, sample_state
 
-        if state is None and self._round_state is not None:
+        if state == "drawn":
+            if self._round_state is None:
+                raise BadTask("state 'drawn' needs a round_state call first (multi-task rounds)")
             chosen, self._round_state = self._round_state, None
             return chosen
         if state is None and self._distribution is not None:
@@ -229,7 +233,7 @@ class Agent:
     def round_state(self, distribution: dict[str, float], reveal: bool = False
                     ) -> dict[str, str | None]:
         """Draw this round's stressor state from `distribution` (state → probability, thesis
-        4.3.1); the next `train` naming no state runs in it. Answers `{"state": s}` only when
+        4.3.1); the next `train` naming state "drawn" runs in it. Answers `{"state": s}` only when
         `reveal` is true (MMTT-Ideal knows the state; MED and MMTT-Uncertain must not)."""
         from learner_agent.stressors import STATES, sample_state
 

@@ -455,8 +455,9 @@ class MultiTaskJobs:
                     shards: list[int], deadline_s: float) -> Callable[[], Awaitable[Any]]:
         stub = self.service.driver._stub(lr)
         spec_dict = spec.to_dict()
-        # state None: the agent trains in the state it drew for this round (`round_state`).
-        return lambda: stub["train"].acall(spec_dict, task_id, index, shards, deadline_s, None)
+        # "drawn": the agent trains in the state it drew for this round (`round_state`).
+        return lambda: stub["train"].acall(spec_dict, task_id, index, shards, deadline_s,
+                                           "drawn")
 
     async def _finish_task(self, i: int, t: TaskRow, spec: TaskSpec, index: int,
                            started_at: float, plan_s: float, counts: dict[str, int],

@@ -36,3 +36,12 @@ def test_draws_follow_the_distribution_and_differ_between_learners() -> None:
 def test_bad_distributions_are_refused(bad: object) -> None:
     with pytest.raises(BadTask):
         agent("w1").round_state(bad, False)  # type: ignore[arg-type]
+
+
+def test_only_a_call_naming_drawn_uses_the_draw_and_only_once() -> None:
+    a = agent("w1")
+    a.round_state({"training": 1.0}, False)
+    assert a._pick_state(None) == "idle"  # a single-task call never inherits the draw
+    assert a._pick_state("drawn") == "training"
+    with pytest.raises(BadTask, match="round_state"):
+        a._pick_state("drawn")
