@@ -137,8 +137,9 @@ class AgentDaemon:
             )
 
     def stop(self) -> None:
-        """Stop heartbeating and serving."""
+        """Stop heartbeating and serving; async client threads are told to stop first."""
         self._stop.set()
+        self.agent.asynchronous.leave_all()
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._relay_conn is not None:

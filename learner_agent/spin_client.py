@@ -11,7 +11,8 @@ Between epochs the client asks `GET /v1/tasks/{id}/stop` whether the server (POR
 stop and push what it has. A `404` (the task ended or was cancelled) or a `409` other than
 `unknown_version` ends the run normally (`report.ended` says why); an update answered `409
 unknown_version` (its base version is no longer held) is dropped and the client pulls again.
-Any other error answer raises `OrchestratorRefused`.
+Any other error answer raises `OrchestratorRefused`. A connection failure is retried after
+`retry_s`, doubling up to 10 s (the round's training is lost, the samples are not).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import numpy as np
 
 from learner_agent.errors import OrchestratorRefused
@@ -41,6 +43,7 @@ class SpinClientReport:
     not_picked: int = 0
     dropped: int = 0  # updates answered 409 unknown_version (base version no longer held)
     stopped_early: int = 0  # trainings cut short by the server's stop request (PORT)
+    unreachable: int = 0  # rounds lost to connection failures (retried)
     held: int = 0  # samples arrived so far
     versions: list[int] = field(default_factory=list)
     answers: list[dict[str, Any]] = field(default_factory=list)
@@ -54,6 +57,7 @@ class SpinClientReport:
             "not_picked": self.not_picked,
             "dropped": self.dropped,
             "stopped_early": self.stopped_early,
+            "unreachable": self.unreachable,
             "held": self.held,
             "last_version": self.versions[-1] if self.versions else None,
             "ended": self.ended,
@@ -115,13 +119,22 @@ class SpinClient:
         task ends on the server (``report.ended`` says which)."""
         start = self.clock()
         trained_upto = 0
+        failures = 0  # consecutive connection failures, for the back-off
         try:
             while not stop.is_set():
                 elapsed = self.clock() - start
                 held = int(np.searchsorted(self._gaps, elapsed, side="right"))
                 self.report.held = held
                 if held >= self.pull_threshold and held > trained_upto:
-                    if self._round(held, stop):
+                    try:
+                        done = self._round(held, stop)
+                    except httpx.TransportError:
+                        self.report.unreachable += 1
+                        failures += 1
+                        stop.wait(min(10.0, self.retry_s * 2 ** min(failures, 8)))
+                        continue
+                    failures = 0
+                    if done:
                         trained_upto = held
                         if max_rounds is not None and self.report.pushes >= max_rounds:
                             self.report.ended = f"pushed {max_rounds} updates"
