@@ -18,10 +18,12 @@ no more than q(t_{k+1}) shards per learner, so the interval's value is t_k + cov
 (2) the covering problem min Σ u_j z_j, Σ q_j z_j ≥ D_i is solved with z ∈ [0, 1] (sorting by
 u_j/q_j). The budget 4.4d, the per-learner minimum 4.4e and D_l·|S| ≤ D_i are dropped from the
 subproblem (dropping constraints only lowers a lower bound). u is improved by subgradient ascent
-with Polyak steps towards the incumbent; the grid is refined around each task's current t.
+with Polyak steps towards the incumbent; the grid is refined around each task's minimum. Only
+every FULL_EVERY-th iteration evaluates the whole grid (those values are the proven bound); the
+others probe a few t per task to steer u cheaply.
 
-The local search (`improve_assignment`) moves single learners between tasks and swaps pairs,
-accepting a change only when the exact whole-shard Σ_i t_i drops.
+`solve_lagrange` (backend "lagrange") wraps the bound between two runs of the exact local
+search of `med_search`.
 """
 
 from __future__ import annotations
