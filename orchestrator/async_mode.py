@@ -126,6 +126,9 @@ class AsyncTasks:
         for task_id in list(self.runners):
             await self.cancel(task_id)
         calls = list(self._calls)
+        if calls:
+            # Give the leave_async calls just sent a moment to reach the agents.
+            await asyncio.wait(calls, timeout=2.0)
         for call in calls:
             call.cancel()
         for call in calls:
