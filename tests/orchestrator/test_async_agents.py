@@ -7,6 +7,7 @@ arrivals against the pull / updates routes. SPIN and FedBuff each run one task o
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -127,18 +128,33 @@ def test_three_agents_raise_accuracy(start_accuracy: Future[float], fleet: Local
     assert final["model_version"] == rounds[-1]["model_version"] == len(rounds)
 
 
-def test_partitions_only_for_the_learner_given_them(fleet: LocalFleet) -> None:
-    # A learner that is no client of a running task gets 404, an unauthenticated caller 401.
+def test_partitions_are_private_and_cancel_ends_every_client(fleet: LocalFleet) -> None:
+    one = PARTITION * 64 * 4
+    served = partition_bytes(fleet)
     with fleet.client() as client:
         task = client.submit(spec("spin"))
+        end = time.monotonic() + 30
+        while partition_bytes(fleet) - served < 3 * one:  # all three agents have joined
+            assert time.monotonic() < end, "the agents did not download their partitions"
+            time.sleep(0.1)
+        # A learner that is no client of the task gets 404 (or 403 once it has been given an
+        # index of its own: it is alive for a while after enrolling); no token gets 401.
         outsider = httpx.post(f"{fleet.url}/v1/learners/enroll", json={
             "join_token": fleet.join_token, "name": "outsider", "facts": {}}).json()
         try:
             r = httpx.get(f"{fleet.url}/v1/tasks/{task['id']}/partitions/0",
                           headers={"Authorization": f"Bearer {outsider['token']}"})
-            # The outsider sends no heartbeat after enrolling, but it is alive for a while and
-            # may be joined: then only its own index is served.
             assert r.status_code in (403, 404), r.text
             assert httpx.get(f"{fleet.url}/v1/tasks/{task['id']}/partitions/0").status_code == 401
         finally:
             client.cancel(task["id"])
+    # Cancelling ends every agent's client thread (leave_async, or the routes' 404): each
+    # agent logs the end of its run.
+    pattern = re.compile(rf"async task {task['id']}: client \d+ ended")
+    end = time.monotonic() + 30
+    while True:
+        logs = [(fleet.data_dir / f"agent-{name}.log").read_text() for name in AGENTS]
+        if all(pattern.search(text) for text in logs):
+            break
+        assert time.monotonic() < end, "an agent's client did not end after the cancel"
+        time.sleep(0.2)
