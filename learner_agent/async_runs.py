@@ -149,6 +149,7 @@ class AsyncRuns:
             epochs=a.epochs,
             lr=spec.training.lr,
             batch_size=spec.training.batch_size,
+            optimizer=spec.training.optimizer,
             # Each client its own arrival times and shuffles, reproducible from the task seed.
             seed=spec.seed * 1000 + run.client,
             # Read per request, so a re-enrolment's new learner token is used at once.

@@ -69,7 +69,8 @@ class SpinClient:
 
     ``model`` is a torch module of the task's architecture (its weights are replaced by every
     pulled model); ``x``, ``y`` the learner's partition in arrival order. ``rate`` is λ in
-    samples/s, ``pull_threshold`` is D, ``epochs`` E, ``lr`` η and ``batch_size`` B.
+    samples/s, ``pull_threshold`` is D, ``epochs`` E, ``lr`` η, ``batch_size`` B and
+    ``optimizer`` "sgd" or "adam" (a fresh optimiser every epoch).
     ``http`` is an ``httpx.Client`` whose base URL is the orchestrator; ``headers`` (e.g. the
     learner token), a mapping or a function returning one, are sent with every request.
     """
@@ -87,6 +88,7 @@ class SpinClient:
         epochs: int = 1,
         lr: float = 0.05,
         batch_size: int = 16,
+        optimizer: str = "sgd",
         seed: int = 0,
         retry_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
@@ -106,6 +108,7 @@ class SpinClient:
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
+        self.optimizer = optimizer
         self.seed = seed
         self.retry_s = retry_s
         self.clock = clock
@@ -208,7 +211,7 @@ class SpinClient:
                 self.y[:held],
                 passes=1,
                 batch_size=self.batch_size,
-                optimizer="sgd",
+                optimizer=self.optimizer,
                 lr=self.lr,
                 seed=self.seed + self.report.pushes * self.epochs + epoch,
             )
