@@ -126,9 +126,10 @@ class AsyncTasks:
         for task_id in list(self.runners):
             await self.cancel(task_id)
         calls = list(self._calls)
-        if calls:
+        leaving = [c for c in calls if c.get_name().startswith("leave-")]
+        if leaving:
             # Give the leave_async calls just sent a moment to reach the agents.
-            await asyncio.wait(calls, timeout=2.0)
+            await asyncio.wait(leaving, timeout=2.0)
         for call in calls:
             call.cancel()
         for call in calls:

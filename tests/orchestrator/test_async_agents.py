@@ -19,6 +19,7 @@ import pytest
 
 from orchestrator.client import Client
 from orchestrator.fleet import LocalFleet
+from plexus.shards import decode_shard
 
 pytestmark = pytest.mark.slow
 
@@ -137,15 +138,23 @@ def test_partitions_are_private_and_cancel_ends_every_client(fleet: LocalFleet) 
         while partition_bytes(fleet) - served < 3 * one:  # all three agents have joined
             assert time.monotonic() < end, "the agents did not download their partitions"
             time.sleep(0.1)
-        # A learner that is no client of the task gets 404 (or 403 once it has been given an
-        # index of its own: it is alive for a while after enrolling); no token gets 401.
+        # A learner enrolling while the task runs is given the next index (3) at the next
+        # sweep (its join call fails: no agent serves it). Until then it is no client (404);
+        # then another client's partition is refused (403) and its own served; no token: 401.
         outsider = httpx.post(f"{fleet.url}/v1/learners/enroll", json={
             "join_token": fleet.join_token, "name": "outsider", "facts": {}}).json()
+        auth = {"Authorization": f"Bearer {outsider['token']}"}
+        base = f"{fleet.url}/v1/tasks/{task['id']}/partitions"
         try:
-            r = httpx.get(f"{fleet.url}/v1/tasks/{task['id']}/partitions/0",
-                          headers={"Authorization": f"Bearer {outsider['token']}"})
-            assert r.status_code in (403, 404), r.text
-            assert httpx.get(f"{fleet.url}/v1/tasks/{task['id']}/partitions/0").status_code == 401
+            end = time.monotonic() + 10
+            while (r := httpx.get(f"{base}/0", headers=auth)).status_code == 404:
+                assert r.json()["error"] == "not_a_client", r.text
+                assert time.monotonic() < end, "the late learner was never given an index"
+                time.sleep(0.1)
+            assert r.status_code == 403, r.text
+            own = httpx.get(f"{base}/3", headers=auth)
+            assert own.status_code == 200 and decode_shard(own.content)[1].shape == (PARTITION,)
+            assert httpx.get(f"{base}/0").status_code == 401
         finally:
             client.cancel(task["id"])
     # Cancelling ends every agent's client thread (leave_async, or the routes' 404): each
