@@ -348,12 +348,19 @@ def solve_lagrange(
     if lb.prefer is not None and left > 0 and (best_obj - lb.bound) > mip_gap * best_obj:
         polish(lagrangian_repair(co, lb.prefer, owner, need, dl), left,
                "local search from the Lagrangian dual's assignment")
-    bound = min(lb.bound, best_obj)
-    gap = (best_obj - bound) / best_obj if best_obj > 0 else 0.0
+    bound: float | None = min(lb.bound, best_obj)
+    gap: float | None = (best_obj - lb.bound) / best_obj if best_obj > 0 else 0.0
     notes.append(f"Lagrangian bound: {lb.iterations} subgradient iterations, {lb.seconds:.3g}s; "
                  "the budget (4.4d) is not in the bound")
+    if not np.isfinite(lb.bound):
+        # +∞ would mean a task cannot be served at all, which the incumbent contradicts
+        # (a numerical edge); −∞ that no iteration finished. Either way: no proven bound.
+        notes.append("no usable Lagrangian bound; gap unknown")
+        bound = gap = None
+    else:
+        gap = max(0.0, gap or 0.0)
     delays = expected_delays(inst, best_alloc).max(axis=1)
-    status = "optimal" if gap <= mip_gap else "feasible"
+    status = "optimal" if gap is not None and gap <= mip_gap else "feasible"
     return MedResult(method, status, "lagrange", best_obj, bound, gap,
                      time.perf_counter() - started, best_alloc,
                      [float(x) for x in delays], 0, 0, notes=notes)
