@@ -52,7 +52,7 @@ def live() -> Iterator[dict[str, Any]]:
 
     initial = {n: t.detach().clone() for n, t in model.state_dict().items()}
     core = create_aggregator("spin", initial, k=3, pi_s=0.5)
-    runner = AsyncTaskRunner(core, evaluate=score, max_updates=12)
+    runner = AsyncTaskRunner(core, evaluate=score, max_updates=24)
     runner.start()
     app = FastAPI()
     app.include_router(make_async_router({7: runner}, _learner))
@@ -97,7 +97,7 @@ def test_three_learners_raise_accuracy(live: dict[str, Any]) -> None:
                 ds.train_y[sl],
                 rate=60.0,
                 pull_threshold=8,
-                epochs=2,
+                epochs=3,
                 lr=0.05,
                 seed=i,
             )
@@ -109,7 +109,7 @@ def test_three_learners_raise_accuracy(live: dict[str, Any]) -> None:
     stop.set()
     for t in threads:
         t.join(timeout=20)
-    assert finished, f"task did not aggregate 12 updates in time: {runner.status()}"
+    assert finished, f"task did not aggregate 24 updates in time: {runner.status()}"
     status = runner.status()
     assert status["rejected"] == 0
     assert all(c.report.pushes >= 1 for c in clients)
