@@ -17,7 +17,7 @@ from rich.console import Console
 
 _err = Console(stderr=True)
 
-_SOLVERS = ("auto", "dp", "gurobi", "highs")
+_SOLVERS = ("auto", "dp", "gurobi", "highs", "lagrange")
 _METHODS = ("med", "mmtt-uncertain", "mmtt-ideal", "equal")
 
 
@@ -28,7 +28,7 @@ def _fail(message: str) -> typer.Exit:
 
 def plan_med(
     instance: Annotated[Path, typer.Argument(help="Instance JSON (schema: docs/med.md).")],
-    solver: Annotated[str, typer.Option(help="auto | dp | gurobi | highs")] = "auto",
+    solver: Annotated[str, typer.Option(help="auto | dp | gurobi | highs | lagrange")] = "auto",
     time_limit: Annotated[float, typer.Option(help="Seconds per solve.")] = 10.0,
     mip_gap: Annotated[float, typer.Option(help="Relative MIP gap to stop at.")] = 1e-4,
     method: Annotated[str, typer.Option(help="med | mmtt-uncertain | mmtt-ideal | equal")] = "med",
