@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/plexus demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check plexus rpc orchestrator learner_agent deploy benchmarks tests
