@@ -117,7 +117,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def plot(summary: list[dict[str, Any]], path: Path) -> None:
+def plot(summary: list[dict[str, Any]], path: Path, title: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,7 +134,8 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
         ax.set_xticks(x, labels, rotation=30, fontsize=8)
         ax.set_title(metric.replace("_", " "), fontsize=9)
     axes[0].legend(fontsize=7)
-    fig.suptitle("MED vs MMTT on live local agents with stressors (heat 0.5)", fontsize=10)
+    fig.suptitle(title or "MED vs MMTT on live local agents with stressors (heat 0.5)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
