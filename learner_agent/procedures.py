@@ -285,11 +285,16 @@ class Agent:
             t0 = self.clock()
             with download_stress(chosen, self._stress_fetch(task_id)):
                 model_payload = self.client.model(task_id)
+                # An allocation may name a shard several times (DAB duplicates shards when
+                # Σa_k exceeds the dataset): each distinct shard crosses the link once.
+                fetched: dict[int, bytes] = {}
                 payloads = []
                 for n in ids:
                     if self.clock() >= deadline:
                         break  # out of time before all data arrived: train on what is here
-                    payloads.append(self.client.shard(task_id, n))
+                    if n not in fetched:
+                        fetched[n] = self.client.shard(task_id, n)
+                    payloads.append(fetched[n])
             download_s = self.clock() - t0
             with training_stress(chosen):
                 result = train_round(

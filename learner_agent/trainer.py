@@ -70,8 +70,12 @@ def train_round(
     state, meta = decode_state(model_payload, reference=model.state_dict())
     model.load_state_dict(state)
     xs, ys = [], []
+    decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # a repeated shard decodes once
     for payload in shard_payloads:
-        x, y, _ = decode_shard(payload)
+        if id(payload) not in decoded:
+            x, y, _ = decode_shard(payload)
+            decoded[id(payload)] = (x, y)
+        x, y = decoded[id(payload)]
         xs.append(x)
         ys.append(y)
     allocated = sum(len(y) for y in ys)

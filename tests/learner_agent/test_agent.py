@@ -239,3 +239,26 @@ def test_stressor_states_in_benchmark_and_train(orchestrator: tuple[LocalFleet, 
             agent.train(TASK, task_id, 0, [-3], 5.0, None)
     finally:
         client.close()
+
+
+def test_a_shard_named_several_times_is_downloaded_once(
+    orchestrator: tuple[LocalFleet, int],
+) -> None:
+    # DAB duplicates shards when Σa_k exceeds the dataset: the learner trains on every copy
+    # but fetches each distinct shard over the link only once.
+    from learner_agent.client import OrchestratorClient
+    from learner_agent.procedures import Agent
+
+    fleet, task_id = orchestrator
+    client = OrchestratorClient(fleet.url)
+    client.enroll(fleet.join_token, "duplicates", {}, None)
+    agent = Agent("duplicates", client)
+    try:
+        shard_size = len(client.shard(task_id, 0))
+        before = _shard_bytes_served(fleet)
+        answer = agent.train(TASK, task_id, 0, [0, 1, 0, 1, 0], 30.0, None)
+        assert answer["samples_trained"] == 5 * 100 * 2 and not answer["halted"]
+        assert answer["samples_allocated"] == 5 * 100 * 2
+        assert _shard_bytes_served(fleet) - before == 2 * shard_size
+    finally:
+        client.close()
