@@ -156,9 +156,13 @@ def register(app: typer.Typer) -> None:
         console.print(f"join token: {service.join_token}")
         console.print(f"admin token: in {data_dir.resolve() / 'admin_token'}")
         sys.stdout.flush()
+        # Shutdown waits for open requests at most a few seconds: relay long-polls and the
+        # orchestrator's own keep-alive calls through its https relay would otherwise hold a
+        # SIGTERM for tens of seconds. Durable state is committed per round, so nothing is lost.
         uvicorn.run(fastapi_app, host=host, port=port, log_level=log_level,
                     ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
-                    ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
+                    ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+                    timeout_graceful_shutdown=3)
 
     @task.command("submit")
     def submit(
