@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from orchestrator.allocation.stdout_guard import quiet_solver
 from orchestrator.errors import OrchestratorError
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ def _rel_gap(obj: float | None, bound: float | None) -> float | None:
     return abs(obj - bound) / abs(obj)
 
 
+@quiet_solver
 def solve_highs(
     milp: Milp,
     *,
@@ -148,6 +150,7 @@ def solve_highs(
                      h.modelStatusToString(ms))
 
 
+@quiet_solver
 def solve_gurobi(
     milp: Milp,
     *,

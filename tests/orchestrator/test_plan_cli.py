@@ -88,3 +88,56 @@ def test_mmtt_ideal_takes_the_current_states() -> None:
     proc = run_plan(str(EXAMPLE), "--method", "mmtt-ideal", "--states", ",".join(["1"] * 10))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["method"] == "mmtt-ideal"
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+# Every backend `plan med` offers, with what it needs; "auto" and "lagrange" may call HiGHS
+# or Gurobi underneath, so their stdout is checked too.
+_BACKENDS = [
+    ("auto", None),
+    ("dp", None),
+    ("lagrange", None),
+    ("highs", "highspy"),
+    ("gurobi", "gurobipy"),
+]
+
+
+def test_every_installed_backend_prints_exactly_one_json_document() -> None:
+    """No solver library writes to stdout (highspy ≥ 1.16 prints a banner from C)."""
+    tried = []
+    for solver, module in _BACKENDS:
+        if module is not None and not _installed(module):
+            continue
+        tried.append(solver)
+        proc = run_plan(str(EXAMPLE), "--solver", solver, "--time-limit", "0.5", root=True)
+        assert proc.returncode in (0, 1), (solver, proc.stderr)
+        doc, end = json.JSONDecoder().raw_decode(proc.stdout)
+        assert proc.stdout[end:].strip() == "", (solver, proc.stdout[end:][:200])
+        assert proc.stdout.lstrip().startswith("{"), (solver, proc.stdout[:200])
+        assert doc["method"] == "med"
+    # The dev extra installs both MILP backends: they must really have been exercised here.
+    assert {"highs", "gurobi"} <= set(tried), tried
+
+
+def test_stdout_guard_sends_c_level_writes_to_stderr() -> None:
+    code = (
+        "import os, threading\n"
+        "from orchestrator.allocation.stdout_guard import solver_stdout_to_stderr\n"
+        "print('before', flush=True)\n"
+        "def noisy():\n"
+        "    with solver_stdout_to_stderr():\n"
+        "        os.write(1, b'banner\\n')\n"
+        "        print('python-level')\n"
+        "ts = [threading.Thread(target=noisy) for _ in range(4)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "print('after', flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert proc.stdout.split() == ["before", "after"]
+    assert proc.stderr.count("banner") == 4 and proc.stderr.count("python-level") == 4
