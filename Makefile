@@ -21,7 +21,8 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check plexus rpc orchestrator learner_agent deploy benchmarks tests
-	$(VENV)/bin/mypy rpc plexus
+	$(VENV)/bin/mypy rpc plexus learner_agent
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
