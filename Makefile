@@ -24,7 +24,8 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check plexus rpc orchestrator learner_agent deploy benchmarks tests
-	$(VENV)/bin/mypy rpc plexus
+	$(VENV)/bin/mypy rpc plexus learner_agent
+	$(VENV)/bin/lint-imports
 
 # Every direct and transitive dependency of the dev extra, pinned for Python 3.11 on Linux
 # x86-64; the ranges in pyproject.toml stay what the library promises to others.
