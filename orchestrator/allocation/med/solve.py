@@ -108,7 +108,6 @@ def solve_med(
         notes.append("deadlines (4.4b) not enforced: learners halt at T_i")
     m, n = len(inst.tasks), len(inst.learners)
     if solver in ("auto", "dp"):
-
         if dp.dp_applicable(n, m):
             co = coefficients(inst, enforce_deadlines=enforce_deadlines)
             alloc, why, secs = dp.solve_dp(co, inst.min_shards, inst.budget)
@@ -125,7 +124,6 @@ def solve_med(
     if solver == "lagrange" or (solver == "auto" and warm_start):
         # Beyond the DP, auto starts with the Lagrangian backend (lagrange.py): its bound
         # keeps the shard integrality the MILP's LP relaxation loses.
-
         # When Gurobi may continue afterwards (it imports and a model of 2·m·n + m columns can
         # fit its licence), the Lagrangian backend gets half the time.
         may_follow = solver == "auto" and solvers.gurobi_importable() and (
@@ -148,7 +146,6 @@ def solve_med(
         greedy = (greedy_allocation(inst, enforce_deadlines=enforce_deadlines)
                   if warm_start else None)
     if lagrange is not None:
-
         # auto after an unproven Lagrangian answer: the MILP runs only where Gurobi takes it
         # (HiGHS does not improve the greedy start from 50 x 5 up, docs/results.md).
         too_big = solvers.licence_check(milp, gurobi_size_limit)
@@ -169,7 +166,6 @@ def solve_med(
     if raw.status == "feasible" and relaxation_bound and (raw.gap is None or raw.gap > mip_gap):
         # The solver stopped early, often before its root LP finished on large models: the
         # small time-sharing LP still gives a valid lower bound (never a worse one is used).
-
         # Interior point without crossover: only the optimal value is needed (25 % faster
         # than simplex at 1000 x 20).
         lp = solvers.solve_highs(timeshare_relaxation(milp), time_limit_s=time_limit_s,
@@ -185,7 +181,6 @@ def solve_med(
         raw.bound is None or lagrange.bound > raw.bound
     ):
         # Both bounds are valid for the same problem: report the better one.
-
         raw.bound = min(lagrange.bound, raw.objective)
         raw.gap = solvers.rel_gap(raw.objective, raw.bound)
         if raw.gap is not None and raw.gap <= mip_gap:
