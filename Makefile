@@ -1,16 +1,19 @@
-# Two commands for a newcomer: `make demo` and `make test`. Both bootstrap .venv when missing.
+# Two commands for a newcomer: `make demo` and `make test`. Both bootstrap .venv when missing,
+# installing the exact versions of requirements/dev.lock (`make lock` regenerates it).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LOCK   := requirements/dev.lock
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint lock bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# torch first, pinned to the CPU build, so nothing pulls a CUDA build.
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -21,7 +24,18 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check plexus rpc orchestrator learner_agent deploy benchmarks tests
-	$(VENV)/bin/mypy rpc plexus
+	$(VENV)/bin/mypy rpc plexus learner_agent
+	$(VENV)/bin/lint-imports
+
+# Every direct and transitive dependency of the dev extra, pinned for Python 3.11 on Linux
+# x86-64; the ranges in pyproject.toml stay what the library promises to others.
+lock: $(STAMP)
+	$(PY) -m pip install --quiet pip-tools
+	$(VENV)/bin/pip-compile --quiet --extra dev --strip-extras --allow-unsafe \
+	    --no-emit-find-links --no-emit-index-url --no-emit-trusted-host \
+	    -c requirements/torch-cpu.txt -o $(LOCK) pyproject.toml
+	@# the project itself is installed editable, not from the lock; torch's local label goes
+	sed -i -e '/ @ file:\/\//d' -e 's/^torch==\(.*\)+cpu$$/torch==\1/' $(LOCK)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

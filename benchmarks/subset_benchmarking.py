@@ -24,9 +24,9 @@ namespace capped with a tbf qdisc (`--cap-rate`, bytes/s). A last part starts
 With `--testbed FLEET.yaml` (root) SB runs inside every learner of the emulated testbed
 (docs/testbed.md), one learner at a time, against shards served from the bridge; the truth is a
 pass over 120 shards (desktop, Jetson) or 15 (Pis) and a download of 60 or 15 shards, as in
-`deploy.testbed.reproduce`. Sizes 2, 4, 6, 8 and 3 repetitions by default (`--quick`: 2, 4, one
-repetition, a quarter of the truth); writes benchmarks/results/testbed_subset_benchmarking.json
-and .png.
+`benchmarks/testbed_reproduce.py`. Sizes 2, 4, 6, 8 and 3 repetitions by default (`--quick`:
+2, 4, one repetition, a quarter of the truth); writes
+benchmarks/results/testbed_subset_benchmarking.json and .png.
 """
 
 from __future__ import annotations
@@ -567,7 +567,7 @@ def main() -> None:
         serve(args.serve, args.host, args.port)
         return
     if args.testbed is not None:
-        from deploy.testbed.reproduce import sb_reproduction
+        from testbed_reproduce import sb_reproduction
 
         sb_reproduction(
             args.testbed,

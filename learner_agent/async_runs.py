@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from learner_agent.arguments import check_int, parse_task
 from learner_agent.errors import BadTask
 
 if TYPE_CHECKING:
@@ -66,12 +67,9 @@ class AsyncRuns:
     def join(self, task: dict[str, Any], task_id: int, client: int) -> dict[str, Any]:
         """Start taking part in async task `task_id` as client `client`; returns at once with
         `{"task_id", "client", "joined"}` (`joined` false when already running it)."""
-        from learner_agent.procedures import parse_task
-
         spec = parse_task(task)
-        for name, value in (("task_id", task_id), ("client", client)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise BadTask(f"{name} must be an integer ≥ 0, got {value!r}")
+        check_int("task_id", task_id)
+        check_int("client", client)
         if spec.async_ is None:
             raise BadTask("join_async is for asynchronous tasks (mode: async)")
         with self._lock:

@@ -41,10 +41,3 @@ def device_facts() -> dict[str, Any]:
         "machine": platform.machine(),
         "cuda": _has_cuda(),
     }
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process in bytes."""
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)

@@ -13,6 +13,8 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from learner_agent.arguments import check_int, parse_task
+from learner_agent.async_runs import AsyncRuns
 from learner_agent.errors import BadTask, OrchestratorRefused
 from learner_agent.facts import device_facts
 
@@ -22,25 +24,6 @@ if TYPE_CHECKING:
     from learner_agent.benchmarking import SBResult
     from learner_agent.client import OrchestratorClient
     from plexus.spec import TaskSpec
-
-
-def parse_task(task: Any) -> TaskSpec:
-    """The task spec as a `TaskSpec`, or `BadTask` naming the bad field."""
-    from plexus.errors import SpecError
-    from plexus.spec import load_spec
-
-    if not isinstance(task, dict):
-        raise BadTask(f"task must be a task spec mapping, got {type(task).__name__}")
-    try:
-        return load_spec(task)
-    except SpecError as exc:
-        raise BadTask(str(exc)) from None
-
-
-def _check_int(name: str, value: Any, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise BadTask(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-    return value
 
 
 class Agent:
@@ -68,8 +51,6 @@ class Agent:
         self.client = client
         self.clock = clock
         self.state = "idle"
-        from learner_agent.async_runs import AsyncRuns
-
         # Async tasks (join_async / leave_async) run in their own threads, not under _work.
         self.asynchronous = AsyncRuns(client, self._configure_torch)
         self._work = threading.Lock()  # one benchmark or training at a time
@@ -194,7 +175,7 @@ class Agent:
     def plan(self, task: dict[str, Any], task_id: int) -> dict[str, int]:
         """DAB (alg. 10): subset-benchmark privately, answer only `{"a_k": int}` (eq. 3.5)."""
         spec = parse_task(task)
-        _check_int("task_id", task_id)
+        check_int("task_id", task_id)
 
         def job() -> dict[str, Any]:
             from learner_agent.dab import plan_shards
@@ -219,7 +200,7 @@ class Agent:
     ) -> dict[str, Any]:
         """For centralized allocators: `{"bandwidth": bytes/s, "compute": samples/s, "state"}`."""
         spec = parse_task(task)
-        _check_int("task_id", task_id)
+        check_int("task_id", task_id)
         if spec.sync is None:
             raise BadTask("benchmark is for synchronous tasks (mode: sync)")
         chosen = self._pick_state(state)
@@ -263,11 +244,11 @@ class Agent:
         after the call arrived; answer parameters and the true samples trained."""
         arrived = self.clock()
         spec = parse_task(task)
-        _check_int("task_id", task_id)
-        _check_int("round", round)
+        check_int("task_id", task_id)
+        check_int("round", round)
         if not isinstance(shards, list):
             raise BadTask(f"shards must be a list of shard numbers, got {shards!r}")
-        ids = [_check_int("shard", s) for s in shards]
+        ids = [check_int("shard", s) for s in shards]
         if (
             isinstance(deadline_s, bool)
             or not isinstance(deadline_s, int | float)
@@ -317,15 +298,23 @@ class Agent:
 
 
 def make_registry(agent: Agent) -> Any:
-    """An `rpc.Registry` serving the agent's four procedures under their protocol names."""
+    """An `rpc.Registry` serving the agent's procedures under their protocol names
+    (`plexus.protocol`); each function's parameters are checked against its declared call."""
     import rpc
+    from plexus import protocol
 
+    served: dict[type[protocol.Call], Callable[..., Any]] = {
+        protocol.Status: agent.status,
+        protocol.Plan: agent.plan,
+        protocol.Benchmark: agent.benchmark,
+        protocol.Train: agent.train,
+        protocol.JoinAsync: agent.asynchronous.join,
+        protocol.LeaveAsync: agent.asynchronous.leave,
+        protocol.RoundState: agent.round_state,
+    }
+    assert set(served) == set(protocol.CALLS), "every declared procedure is served"
     registry = rpc.Registry()
-    registry.add(agent.status, name="status")
-    registry.add(agent.plan, name="plan")
-    registry.add(agent.benchmark, name="benchmark")
-    registry.add(agent.train, name="train")
-    registry.add(agent.asynchronous.join, name="join_async")
-    registry.add(agent.asynchronous.leave, name="leave_async")
-    registry.add(agent.round_state, name="round_state")
+    for call, fn in served.items():
+        protocol.check_signature(call, fn)
+        registry.add(fn, name=call.name)
     return registry

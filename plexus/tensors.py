@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -102,11 +101,3 @@ def validate_state(state: Mapping[str, Any], reference: Mapping[str, Any]) -> No
         values = got.detach().cpu().numpy() if hasattr(got, "detach") else np.asarray(got)
         if values.dtype.kind == "f" and values.size and not np.isfinite(values).all():
             raise BadTensors(f"tensor {name!r} holds NaN or infinite values")
-
-
-def state_bytes(state: Mapping[str, Any]) -> int:
-    """Raw size in bytes of the tensors in a state dict."""
-    return sum(
-        math.prod(t.shape) * t.element_size() if hasattr(t, "element_size") else int(t.nbytes)
-        for t in state.values()
-    )

@@ -13,10 +13,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rpc._http import STATUS_HEADER, bearer, check_token, error_response, read_body
+from rpc._http import (
+    DEFAULT_MAX_BODY_BYTES,
+    STATUS_HEADER,
+    bearer,
+    check_token,
+    error_response,
+    json_app,
+    read_body,
+)
 from rpc._server import ServerThread
 from rpc._wire import Buffer
-from rpc._worker import DEFAULT_MAX_BODY_BYTES, json_app
 from rpc.errors import CallNotFound, MalformedPayload, RPCError
 
 

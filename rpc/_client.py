@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import queue
-import ssl
 import threading
 import time
 import uuid
@@ -21,6 +20,7 @@ from rpc._http import (
     CALLBACK_TOKEN_HEADER,
     MODE_HEADER,
     ClientPool,
+    tls_verify,
 )
 from rpc._wire import CONTENT_TYPE, Buffer, Encoded, alloc, decode_result, encode_call
 from rpc.errors import (
@@ -70,13 +70,6 @@ def _is_outcome(raw: RawOutcome) -> bool:
     """True when a fetch returned the call's outcome (not "no such call")."""
     head = bytes(raw.body[:256])
     return not (raw.status == CallNotFound.status and b'"call_not_found"' in head)
-
-
-def _verify(verify: Any) -> Any:
-    # httpx 0.28 deprecates CA bundle paths; turn one into an SSLContext.
-    if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
-    return verify
 
 
 class _Deadline:
@@ -242,7 +235,7 @@ class Remote:
         self.timeout = timeout
         self.poll_interval_s = poll_interval_s
         self._callback = callback
-        self._verify = _verify(verify)
+        self._verify = tls_verify(verify)
         self._client = httpx.Client(verify=self._verify, timeout=None)
         self._aclients = ClientPool(self._verify)
 

@@ -1,10 +1,11 @@
-"""Server-side HTTP pieces shared by the worker, the relay and the callback receiver."""
+"""HTTP pieces shared by the worker, the relay, the callback receiver and the caller."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import re
+import ssl
 import threading
 import time
 import traceback
@@ -13,8 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute
 
 from rpc._wire import CHUNK_BYTES, CONTENT_TYPE, Buffer, Encoded, alloc, encode_result
 from rpc.errors import (
@@ -32,6 +36,33 @@ MODE_HEADER = "x-rpc-mode"
 CALLBACK_HEADER = "x-rpc-callback"
 CALLBACK_TOKEN_HEADER = "x-rpc-callback-token"
 PROCEDURE_HEADER = "x-rpc-procedure"
+
+# The default limit on one request body, in bytes.
+DEFAULT_MAX_BODY_BYTES = 2**31
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = "not_found" if exc.status_code == 404 else "bad_request"
+    if exc.status_code == 405:
+        code = "method_not_allowed"
+    return JSONResponse(
+        error_body(code, f"{request.method} {request.url.path}: {exc.detail}"),
+        status_code=exc.status_code,
+    )
+
+
+def json_app(routes: list[BaseRoute]) -> Starlette:
+    """A Starlette app whose unrouted requests also get JSON error bodies."""
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+
+
+def tls_verify(verify: Any) -> Any:
+    """httpx's `verify` option; a CA bundle path becomes an SSLContext (httpx 0.28 deprecates
+    paths)."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
 
 
 def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:

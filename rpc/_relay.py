@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 from starlette.requests import Request
@@ -22,6 +22,7 @@ from rpc._http import (
     CALL_ID_RE,
     CALLBACK_HEADER,
     CALLBACK_TOKEN_HEADER,
+    DEFAULT_MAX_BODY_BYTES,
     MODE_HEADER,
     PROCEDURE_HEADER,
     STATUS_HEADER,
@@ -33,7 +34,9 @@ from rpc._http import (
     check_token,
     deliver,
     error_response,
+    json_app,
     read_body,
+    tls_verify,
 )
 from rpc._server import ServerThread
 from rpc._wire import CONTENT_TYPE, Buffer, Encoded
@@ -44,9 +47,6 @@ from rpc.errors import (
     RPCError,
     TransportError,
 )
-
-if TYPE_CHECKING:
-    from rpc._worker import Worker
 
 WORKER_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
@@ -67,7 +67,7 @@ class Relay:
         caller_tokens: Collection[str] | None = None,
         worker_tokens: Mapping[str, str] | None = None,
         authorize_worker: Callable[[str, str], bool] | None = None,
-        max_body_bytes: int = 2**31,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         result_ttl_s: float = 600.0,
         poll_wait_s: float = 2.0,
         redeliver_after_s: float = 30.0,
@@ -76,8 +76,6 @@ class Relay:
         """Token options are described in docs/rpc.md; bytes limit per body; seconds for
         `result_ttl_s`, `poll_wait_s` (how long one poll is held open) and
         `redeliver_after_s` (when a call handed out but never acknowledged is queued again)."""
-        from rpc._worker import json_app
-
         self.caller_tokens = frozenset(caller_tokens) if caller_tokens is not None else None
         self.worker_tokens = dict(worker_tokens) if worker_tokens is not None else None
         self.authorize_worker = authorize_worker
@@ -289,12 +287,18 @@ class Relay:
             self.calls.drop(key)
 
 
+class CallRunner(Protocol):
+    """What a relay connection needs of its worker: run one encoded call (rpc.Worker does)."""
+
+    async def execute(self, name: str, body: Buffer) -> Outcome: ...
+
+
 class RelayConnection:
     """A worker serving through a relay: a thread that long-polls for calls and runs them."""
 
     def __init__(
         self,
-        worker: Worker,
+        worker: CallRunner,
         relay_url: str,
         name: str,
         *,
@@ -303,13 +307,11 @@ class RelayConnection:
     ) -> None:
         if not WORKER_NAME_RE.match(name):
             raise ValueError(f"worker name {name!r} must be 1-128 of [A-Za-z0-9_.-]")
-        from rpc._client import _verify
-
         self.worker = worker
         self.url = f"{relay_url.rstrip('/')}/{name}"
         self.name = name
         self.token = token
-        self.verify = _verify(verify)
+        self.verify = tls_verify(verify)
         self.error: BaseException | None = None
         self._connected = threading.Event()
         self._acks: list[str] = []

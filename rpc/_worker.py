@@ -7,10 +7,8 @@ import functools
 import uuid
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -20,6 +18,7 @@ from rpc._http import (
     CALL_ID_RE,
     CALLBACK_HEADER,
     CALLBACK_TOKEN_HEADER,
+    DEFAULT_MAX_BODY_BYTES,
     MODE_HEADER,
     CallStore,
     ClientPool,
@@ -28,11 +27,12 @@ from rpc._http import (
     check_content_type,
     check_token,
     deliver,
-    error_body,
     error_response,
+    json_app,
     read_body,
 )
 from rpc._registry import Procedure, Registry, default_registry
+from rpc._relay import Relay, RelayConnection
 from rpc._server import ServerThread
 from rpc._wire import Buffer, decode_call
 from rpc.errors import (
@@ -42,27 +42,6 @@ from rpc.errors import (
     RPCError,
     UnknownProcedure,
 )
-
-if TYPE_CHECKING:
-    from rpc._relay import Relay, RelayConnection
-
-DEFAULT_MAX_BODY_BYTES = 2**31
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = "not_found" if exc.status_code == 404 else "bad_request"
-    if exc.status_code == 405:
-        code = "method_not_allowed"
-    return JSONResponse(
-        error_body(code, f"{request.method} {request.url.path}: {exc.detail}"),
-        status_code=exc.status_code,
-    )
-
-
-def json_app(routes: list[BaseRoute]) -> Starlette:
-    """A Starlette app whose unrouted requests also get JSON error bodies."""
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
 
 
 class Worker:
@@ -280,14 +259,10 @@ class Worker:
         self, relay_url: str, name: str, *, token: str | None = None, verify: Any = True
     ) -> RelayConnection:
         """Serve through a relay (binds no port); returns the running connection."""
-        from rpc._relay import RelayConnection
-
         return RelayConnection(self, relay_url, name, token=token, verify=verify).start()
 
     def serve_relay(
         self, relay_url: str, name: str, *, token: str | None = None, verify: Any = True
     ) -> None:
         """Serve through a relay in this thread until interrupted."""
-        from rpc._relay import RelayConnection
-
         RelayConnection(self, relay_url, name, token=token, verify=verify).run()

@@ -158,14 +158,6 @@ def read_rate(device: str, *, netns: str | None = None) -> float | None:
     return None
 
 
-def has_qdisc(device: str) -> bool:
-    """Whether a root htb qdisc is installed on a root-namespace device."""
-    done = run(["tc", "-j", "qdisc", "show", "dev", device], check=False)
-    if done.returncode != 0 or not done.stdout.strip():
-        return False
-    return any(q.get("kind") == "htb" for q in json.loads(done.stdout))
-
-
 def set_link(device: str, up: bool) -> None:
     """Bring a root-namespace link up or down (a learner's link fault)."""
     run(["ip", "link", "set", device, "up" if up else "down"])

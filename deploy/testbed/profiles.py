@@ -169,11 +169,6 @@ def parse_size(value: str | int) -> int:
     return size
 
 
-def format_rate(rate: float) -> str:
-    """A rate in bytes/s written as Mbit/s, the unit link rates are usually quoted in."""
-    return f"{rate * 8 / 1e6:.1f} Mbit/s"
-
-
 def tc_rate(rate: float) -> str:
     """A rate in bytes/s written for `tc` (bits per second, integer)."""
     return f"{round(rate * 8)}bit"

@@ -1,12 +1,13 @@
 """Run the agent's subset benchmarking inside a testbed learner, and time the real thing after.
 
-`python -m deploy.testbed.sb_probe --url http://BRIDGE:PORT --spec SPEC.json --sizes 2,4
---train-shards 15 --download-shards 60` fetches shards from a `bench.BlobServer` (path
-`/shards/{i}`), and for each benchmark size n runs `learner_agent.benchmarking.subset_benchmark`
-on n shards (the agent's own SB code: b_k in bytes/s, c_k in samples/s). It then measures the
-truth SB predicts: the seconds to download `--download-shards` shards and to train a fresh model
-one pass over `--train-shards` shards (thesis 3.4.2.1, figs. 3.2 and 3.3), and the FLOPS
-baseline's prediction of the same training time (thesis 3.4.1). Prints one JSON object.
+`python benchmarks/testbed_sb_probe.py --url http://BRIDGE:PORT --spec SPEC.json --sizes 2,4
+--train-shards 15 --download-shards 60` fetches shards from a `deploy.testbed.bench.BlobServer`
+(path `/shards/{i}`), and for each benchmark size n runs
+`learner_agent.benchmarking.subset_benchmark` on n shards (the agent's own SB code: b_k in
+bytes/s, c_k in samples/s). It then measures the truth SB predicts: the seconds to download
+`--download-shards` shards and to train a fresh model one pass over `--train-shards` shards
+(thesis 3.4.2.1, figs. 3.2 and 3.3), and the FLOPS baseline's prediction of the same training
+time (thesis 3.4.1). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def _one_run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deploy.testbed.sb_probe", description=__doc__)
+    parser = argparse.ArgumentParser(prog="benchmarks/testbed_sb_probe.py", description=__doc__)
     parser.add_argument("--url", required=True, help="base URL of the shard server")
     parser.add_argument("--spec", type=Path, required=True, help="task spec (JSON)")
     parser.add_argument("--sizes", default="2", help="benchmark sizes in shards, comma-separated")

@@ -1,7 +1,8 @@
 """Thesis chapter 3 experiments on the emulated fleet: SB (figs. 3.2, 3.3), DAB vs CSA (3.6-3.8).
 
-    sudo .venv/bin/python -m deploy.testbed.reproduce --fleet deploy/testbed/fleets/thesis-ch3.yaml
-    sudo .venv/bin/python -m deploy.testbed.reproduce --what dab-vs-csa
+    sudo .venv/bin/python benchmarks/testbed_reproduce.py \
+        --fleet deploy/testbed/fleets/thesis-ch3.yaml
+    sudo .venv/bin/python benchmarks/testbed_reproduce.py --what dab-vs-csa
 
 `--what sb` (default):
 Brings the fleet up (no orchestrator, no agents), serves MNIST-5k shards of 500 samples from the
@@ -13,7 +14,7 @@ Reports |predicted − measured| / measured per device and size (thesis 3.4), wr
 benchmarks/results/testbed_subset_benchmarking.json and .png, prints a one-line summary last.
 
 `--what dab-vs-csa`: the deadline sweep of `benchmarks/dab_vs_csa.py` (its own task spec and
-round summary, loaded from that file), run on four emulated Jetson Nanos as in thesis fig. 3.6
+round summary, imported from that script), run on four emulated Jetson Nanos as in thesis fig. 3.6
 instead of LocalFleet's duty-cycled local agents. Writes
 benchmarks/results/testbed_dab_vs_csa.json and .png.
 """
@@ -23,16 +24,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from deploy.testbed.bench import BlobServer, make_shards, subset_benchmark_on_testbed
+from deploy.errors import TestbedError
+from deploy.testbed.bench import BlobServer
 from deploy.testbed.fleet import load_fleet
 from deploy.testbed.testbed import Testbed
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+FLEETS = ROOT / "deploy" / "testbed" / "fleets"
+# Run inside each learner, by path: the learner's python imports learner_agent and plexus.
+SB_PROBE = Path(__file__).resolve().with_name("testbed_sb_probe.py")
 
 SPEC: dict[str, Any] = {
     "name": "testbed-sb",
@@ -166,26 +173,95 @@ def _plot_dab_vs_csa(
     plt.close(fig)
 
 
-FOUR_JETSONS = Path(__file__).parent / "fleets" / "thesis-ch3-jetsons.yaml"
+FOUR_JETSONS = FLEETS / "thesis-ch3-jetsons.yaml"
 
 
-def _load_dab_vs_csa() -> Any:
-    import importlib.util
+def make_shards(spec_data: dict[str, Any], count: int) -> list[bytes]:
+    """Encode `count` shards of the spec's dataset (`shard_size` samples each) for a BlobServer.
 
-    path = ROOT / "benchmarks" / "dab_vs_csa.py"
-    spec = importlib.util.spec_from_file_location("dab_vs_csa", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"{path} is missing; it provides the DAB vs CSA task spec")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    Shards repeat when the dataset holds fewer than `count`.
+    """
+    from plexus.datasets import load_dataset
+    from plexus.shards import encode_shard, partition
+    from plexus.spec import load_spec
+
+    spec = load_spec(spec_data)
+    data = load_dataset(spec.dataset, seed=spec.seed)
+    parts = partition(data.train_y, spec.partition, spec.seed)
+    return [
+        encode_shard(
+            data.train_x[parts[i % len(parts)]],
+            data.train_y[parts[i % len(parts)]],
+            {"shard": i, "samples": len(parts[i % len(parts)])},
+        )
+        for i in range(count)
+    ]
+
+
+def subset_benchmark_on_testbed(
+    bed: Testbed,
+    server: BlobServer,
+    spec_data: dict[str, Any],
+    *,
+    sizes: list[int],
+    train_shards: dict[str, int],
+    download_shards: dict[str, int],
+    repeats: int = 1,
+    names: list[str] | None = None,
+    timeout: float = 600.0,
+) -> dict[str, dict[str, Any]]:
+    """Run the agent's SB (`sb_probe`) in each learner, one learner at a time.
+
+    One at a time because on real hardware each device benchmarks on its own resources; here
+    learners share the host's cores, and running them together would let one learner's load
+    slow another beyond what its quota says. `train_shards` / `download_shards` give, per
+    learner, how many shards the measured truth trains on and downloads. Returns sb_probe's JSON
+    (`{"runs": [{"sb": [...], "truth": {...}}, ...]}`) per learner.
+    """
+    chosen = names or [lr.name for lr in bed.learners]
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=bed.state_dir, delete=False) as f:
+        json.dump(spec_data, f)
+        spec_path = f.name
+    try:
+        for name in chosen:
+            argv = [
+                sys.executable,
+                str(SB_PROBE),
+                "--url",
+                server.base_url,
+                "--spec",
+                spec_path,
+                "--sizes",
+                ",".join(str(n) for n in sizes),
+                "--train-shards",
+                str(train_shards[name]),
+                "--download-shards",
+                str(download_shards[name]),
+                "--available",
+                str(server.shard_count),
+                "--repeats",
+                str(repeats),
+            ]
+            done = bed.run_in(name, argv, timeout=timeout)
+            if done.returncode != 0:
+                raise TestbedError(
+                    f"subset benchmarking in learner {name!r} failed (exit {done.returncode}): "
+                    f"{done.stderr.decode(errors='replace').strip()[-800:]}"
+                )
+            results[name] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    finally:
+        Path(spec_path).unlink(missing_ok=True)
+    return results
 
 
 def dab_vs_csa(fleet_source: Path | None, factors: list[float], rounds: int, out: Path) -> None:
     """DAB and CSA tasks over a deadline sweep anchored on CSA's own GUC time (seconds)."""
+    # A sibling script: benchmarks/ is on sys.path when a benchmark runs (python benchmarks/X.py).
+    import dab_vs_csa as bench
+
     from deploy.testbed.bench import TestbedFleet
 
-    bench = _load_dab_vs_csa()
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with TestbedFleet(fleet_source or FOUR_JETSONS) as fleet:
@@ -212,7 +288,7 @@ def dab_vs_csa(fleet_source: Path | None, factors: list[float], rounds: int, out
     csa = sorted((r for r in rows if r["allocator"] == "csa"), key=lambda r: r["deadline_s"])
     result = {
         "benchmark": "testbed_dab_vs_csa",
-        "command": f"sudo .venv/bin/python -m deploy.testbed.reproduce --what dab-vs-csa "
+        "command": f"sudo .venv/bin/python benchmarks/testbed_reproduce.py --what dab-vs-csa "
         f"--factors {','.join(str(f) for f in factors)} --rounds {rounds}",
         "fleet": profiles,
         "csa_total_shards": total,
@@ -233,7 +309,7 @@ def dab_vs_csa(fleet_source: Path | None, factors: list[float], rounds: int, out
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m deploy.testbed.reproduce",
+        prog="benchmarks/testbed_reproduce.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -258,13 +334,13 @@ def main(argv: list[str] | None = None) -> None:
             args.fleet, factors, args.rounds, args.out or RESULTS / "testbed_dab_vs_csa.json"
         )
         return
-    fleet_path = args.fleet or Path(__file__).parent / "fleets" / "thesis-ch3.yaml"
+    fleet_path = args.fleet or FLEETS / "thesis-ch3.yaml"
     sb_reproduction(
         fleet_path,
         [int(s) for s in args.sizes.split(",")],
         args.repeats,
         args.out or RESULTS / "testbed_subset_benchmarking.json",
-        command=f"sudo .venv/bin/python -m deploy.testbed.reproduce --fleet {fleet_path} "
+        command=f"sudo .venv/bin/python benchmarks/testbed_reproduce.py --fleet {fleet_path} "
         f"--sizes {args.sizes} --repeats {args.repeats}",
     )
 
