@@ -4,7 +4,7 @@ Instances come from `scaled_instance(n, m)`: table 4.1 tasks repeated, the thesi
 learner (14 shards) and budget ratio, 3 stressor states, heated-softmax state distributions.
 Gurobi runs only where the model fits its size-limited licence (2000 variables/constraints);
 the exact subset DP only where m·3^n is small (thesis-sized fleets). The Lagrangian backend
-(`med_lagrange`, what "auto" uses past the DP) runs with the goal's time as its limit (2 s at
+(`med.lagrange`, what "auto" uses past the DP) runs with the goal's time as its limit (2 s at
 200 x 10, 10 s at 1000 x 20; elsewhere 2 s up to 200 learners and 5 s above); "auto" (that
 backend, then Gurobi from its allocation) runs with 4 s where the model fits Gurobi's licence
 and the subset DP does not apply. The greedy start
@@ -34,8 +34,8 @@ from orchestrator.allocation.med import (
     solve_med,
     thesis_instance,
 )
-from orchestrator.allocation.solvers import GUROBI_SIZE_LIMIT, gurobi_importable, licence_check
-from orchestrator.allocation.solvers_dp import dp_applicable
+from orchestrator.allocation.med.dp import dp_applicable
+from orchestrator.allocation.med.solvers import GUROBI_SIZE_LIMIT, gurobi_importable, licence_check
 
 FULL_SIZES = [(10, 3), (20, 3), (50, 5), (100, 5), (200, 10), (500, 10), (1000, 20)]
 QUICK_SIZES = [(10, 3), (50, 5), (200, 10)]

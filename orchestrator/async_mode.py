@@ -72,7 +72,7 @@ class AsyncTasks:
 
     def launch(self, task: TaskRow) -> None:
         """Build and start the runner of a freshly created async task."""
-        from orchestrator.aggregation import create_aggregator
+        from orchestrator.aggregation import build_aggregator
         from orchestrator.async_tasks import AsyncTaskRunner
         from orchestrator.taskdata import initial_model, load_test_split, read_state
         from plexus.spec import load_spec
@@ -94,15 +94,12 @@ class AsyncTasks:
             loss, acc = evaluate(scorer, x, y)
             return float(loss), float(acc)
 
-        params: dict[str, Any] = {"k": a.k, "staleness": a.staleness}
-        if a.aggregator == "spin":
-            params["pi_s"] = a.pi_s
-        else:
-            # FedBuff / PORT have no timeout; a selection round that found no client holding
-            # data is drawn again after π seconds (their own default, 10 s, would idle a small
-            # live fleet), with the task seed for the draws.
-            params.update(selection_interval_s=a.pi_s, seed=spec.seed)
-        core = create_aggregator(a.aggregator, read_state(layout.model(task.id, 0)), **params)
+        # FedBuff / PORT have no timeout; a selection round that found no client holding data
+        # is drawn again after π seconds (their own default, 10 s, would idle a small live
+        # fleet), with the task seed for the draws. Each aggregator takes the settings it has.
+        core = build_aggregator(a.aggregator, read_state(layout.model(task.id, 0)),
+                                staleness=a.staleness, k=a.k, pi_s=a.pi_s,
+                                selection_interval_s=a.pi_s, seed=spec.seed)
         runner = AsyncTaskRunner(core, evaluate=score, max_updates=a.max_updates)
         self.service.store.set_state(task.id, "running", None, time.time())
         runner.start()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -18,6 +18,13 @@ ModelName = Literal["twonn", "threenn", "convnet", "fashionnet", "lenet5"]
 DatasetName = Literal["mnist5k", "digits", "synthetic", "mnist", "fashion_mnist"]
 MODEL_NAMES: tuple[str, ...] = ("twonn", "threenn", "convnet", "fashionnet", "lenet5")
 DATASET_NAMES: tuple[str, ...] = ("mnist5k", "digits", "synthetic", "mnist", "fashion_mnist")
+# Asynchronous aggregators and staleness handlers: written once here, because a spec is checked
+# without importing the orchestrator; `orchestrator.aggregation.registry` refuses to import
+# unless its registries hold exactly these names.
+AggregatorName = Literal["spin", "fedbuff", "port"]
+StalenessName = Literal["none", "poly", "dcasgd"]
+AGGREGATOR_NAMES: tuple[str, ...] = get_args(AggregatorName)
+STALENESS_NAMES: tuple[str, ...] = get_args(StalenessName)
 
 
 class _Strict(BaseModel):
@@ -75,13 +82,13 @@ class SyncSpec(_Strict):
 class AsyncSpec(_Strict):
     """Asynchronous mode: SPIN, FedBuff or PORT aggregation (SPIN paper)."""
 
-    aggregator: Literal["spin", "fedbuff", "port"] = "spin"
+    aggregator: AggregatorName = "spin"
     k: int = Field(10, ge=1)
     pi_s: float = Field(30.0, gt=0.0)
     pull_threshold: int = Field(50, ge=1)
     epochs: int = Field(1, ge=1)
     arrival_rate: float = Field(1.0, gt=0.0)  # λ, samples/s
-    staleness: Literal["none", "poly", "dcasgd"] = "none"
+    staleness: StalenessName = "none"
     max_updates: int = Field(100, ge=1)
 
 

@@ -1,7 +1,8 @@
 """Aggregators: pure cores that combine learner updates into the global model.
 
-``weighted_average`` is FedAvg for the synchronous rounds; ``create_aggregator(name, state,
-**params)`` builds an asynchronous core (``spin``, ``fedbuff``, ``port``) driven by events.
+``weighted_average`` is FedAvg for the synchronous rounds; ``build_aggregator(name, state,
+**settings)`` (``registry.py``, used by live async tasks and the simulator alike) builds an
+asynchronous core (``spin``, ``fedbuff``, ``port``) driven by events.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from orchestrator.aggregation.base import (
     Dispatch,
     StopTraining,
     Update,
-    create_aggregator,
     register_aggregator,
 )
 from orchestrator.aggregation.errors import (
@@ -26,6 +26,13 @@ from orchestrator.aggregation.errors import (
 from orchestrator.aggregation.fedavg import weighted_average
 from orchestrator.aggregation.fedbuff import FedBuffAggregator
 from orchestrator.aggregation.port import PortAggregator
+from orchestrator.aggregation.registry import (
+    AGGREGATOR_NAMES,
+    aggregator_class,
+    build_aggregator,
+    create_aggregator,
+    staleness_class,
+)
 from orchestrator.aggregation.spin import SpinAggregator
 from orchestrator.aggregation.staleness import (
     STALENESS_NAMES,
@@ -38,6 +45,7 @@ from orchestrator.aggregation.staleness import (
 
 __all__ = [
     "AGGREGATORS",
+    "AGGREGATOR_NAMES",
     "STALENESS_NAMES",
     "Aggregated",
     "AggregationError",
@@ -56,8 +64,11 @@ __all__ = [
     "UnknownAggregator",
     "UnknownVersion",
     "Update",
+    "aggregator_class",
+    "build_aggregator",
     "create_aggregator",
     "create_staleness",
     "register_aggregator",
+    "staleness_class",
     "weighted_average",
 ]

@@ -32,11 +32,11 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 
-from orchestrator.aggregation.errors import BadUpdate, UnknownAggregator, UnknownVersion
+from orchestrator.aggregation.errors import BadUpdate, UnknownVersion
 from orchestrator.aggregation.fedavg import weighted_average
 from orchestrator.aggregation.staleness import StalenessHandler, create_staleness
 
@@ -299,17 +299,3 @@ def register_aggregator(name: str) -> Callable[[A], A]:
         return cls
 
     return deco
-
-
-def create_aggregator(name: str, initial_state: State, **params: Any) -> AsyncAggregator:
-    """Build the registered aggregator ``name`` (``spin``, ``fedbuff``, ``port``)."""
-    # Importing the modules fills the registry; done here so `base` stays import-cycle free.
-    from orchestrator.aggregation import fedbuff, port, spin  # noqa: F401
-
-    try:
-        cls = AGGREGATORS[name]
-    except KeyError:
-        raise UnknownAggregator(
-            f"unknown aggregator {name!r}; choose one of {', '.join(sorted(AGGREGATORS))}"
-        ) from None
-    return cls(initial_state, **params)

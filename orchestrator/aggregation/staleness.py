@@ -99,19 +99,19 @@ class DCASGDStaleness(StalenessHandler):
         return out
 
 
-_HANDLERS: dict[str, type[StalenessHandler]] = {
+HANDLERS: dict[str, type[StalenessHandler]] = {
     NoStaleness.name: NoStaleness,
     PolynomialStaleness.name: PolynomialStaleness,
     DCASGDStaleness.name: DCASGDStaleness,
 }
 
-STALENESS_NAMES: tuple[str, ...] = tuple(_HANDLERS)
+STALENESS_NAMES: tuple[str, ...] = tuple(HANDLERS)
 
 
 def create_staleness(name: str, **params: float) -> StalenessHandler:
     """Build the staleness handler ``name`` (``none``, ``poly``, ``dcasgd``)."""
     try:
-        cls = _HANDLERS[name]
+        cls = HANDLERS[name]
     except KeyError:
         raise UnknownAggregator(
             f"unknown staleness handler {name!r}; choose one of {', '.join(STALENESS_NAMES)}"

@@ -21,6 +21,7 @@ from orchestrator.allocation.base import (
     learner_time_s,
     register,
 )
+from orchestrator.allocation.errors import AllocationError, PlanInputError, SolverUnavailable
 
 # MED and MMTT live in their own modules (another engineer's); they register themselves on
 # import, and an installation without them still offers the three schemes above.
@@ -32,10 +33,13 @@ for _optional in ("orchestrator.allocation.med", "orchestrator.allocation.mmtt")
             raise
 
 __all__ = [
+    "AllocationError",
     "Allocator",
     "LearnerReport",
+    "PlanInputError",
     "Probe",
     "RoundContext",
+    "SolverUnavailable",
     "allocator_names",
     "assign_shard_ids",
     "csa",

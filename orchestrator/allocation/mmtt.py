@@ -16,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 
+from orchestrator.allocation.errors import PlanInputError
 from orchestrator.allocation.med import (
     MedInstance,
     MedResult,
@@ -23,7 +24,6 @@ from orchestrator.allocation.med import (
     expected_delays,
     solve_med,
 )
-from orchestrator.errors import BadInput
 
 Method = Literal["med", "mmtt-uncertain", "mmtt-ideal", "equal"]
 METHODS: tuple[Method, ...] = ("med", "mmtt-uncertain", "mmtt-ideal", "equal")
@@ -33,11 +33,10 @@ def believed_instance(inst: MedInstance, states: Sequence[int]) -> MedInstance:
     """`inst` with each learner certain (γ = 1) of being in `states[j]` (eq. 4.3 → eq. 4.2)."""
     h = len(inst.learners[0].state_probs)
     if len(states) != len(inst.learners):
-        raise BadInput(f"got {len(states)} states for {len(inst.learners)} learners; give one "
-                       "state index per learner", code="invalid_states")
+        raise PlanInputError(f"got {len(states)} states for {len(inst.learners)} learners; "
+                             "give one state index per learner")
     if any(not 0 <= s < h for s in states):
-        raise BadInput(f"state indices must lie in [0, {h}); got {list(states)}",
-                       code="invalid_states")
+        raise PlanInputError(f"state indices must lie in [0, {h}); got {list(states)}")
     return inst.with_state_probs(np.eye(h)[np.asarray(states, dtype=int)])
 
 
@@ -102,12 +101,10 @@ def plan(
         model = believed_instance(inst, [w.benchmarked_state for w in inst.learners])
     elif method == "mmtt-ideal":
         if actual_states is None:
-            raise BadInput("mmtt-ideal needs actual_states: the state of every learner now",
-                           code="invalid_states")
+            raise PlanInputError("mmtt-ideal needs actual_states: the state of every learner now")
         model = believed_instance(inst, actual_states)
     else:
-        raise BadInput(f"unknown method {method!r}; choose one of {', '.join(METHODS)}",
-                       code="invalid_method")
+        raise PlanInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     kw = dict(solver=solver, time_limit_s=time_limit_s, mip_gap=mip_gap,
               gurobi_size_limit=gurobi_size_limit, seed=seed, method=method)
     res = solve_med(model, diagnose=diagnose, **kw)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from plexus.spec import DatasetSpec, ModelName
+from plexus.spec import AggregatorName, DatasetSpec, ModelName, StalenessName
 
 
 class SimulationConfigError(ValueError):
@@ -80,7 +80,7 @@ class DeviceConfig(_Strict):
 class AggregatorConfig(_Strict):
     """Which server runs and its parameters (each used only by the aggregators named)."""
 
-    name: Literal["spin", "fedbuff", "port"] = "spin"
+    name: AggregatorName = "spin"
     k: int = Field(10, ge=1)  # all: buffer size K
     pi_s: float | None = Field(30.0, gt=0.0)  # spin: timeout π (seconds); null = off
     concurrency: int = Field(20, ge=1)  # fedbuff, port: clients drawn per round
@@ -88,7 +88,7 @@ class AggregatorConfig(_Strict):
     staleness_bound: int = Field(3, ge=1)  # port: versions before a client is stopped
     similarity_weight: float = Field(1.0, ge=0.0)  # port
     staleness_weight: float = Field(1.0, ge=0.0)  # port
-    staleness: Literal["none", "poly", "dcasgd"] = "none"  # all
+    staleness: StalenessName = "none"  # all
     poly_a: float = Field(0.5, ge=0.0)  # staleness = poly: exponent a
     dcasgd_c: float = Field(1.0, ge=0.0)  # staleness = dcasgd: strength c
 

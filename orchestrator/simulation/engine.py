@@ -28,8 +28,7 @@ from orchestrator.aggregation import (
     Decision,
     Dispatch,
     StopTraining,
-    create_aggregator,
-    create_staleness,
+    build_aggregator,
 )
 from orchestrator.simulation.config import SimulationConfig
 from orchestrator.simulation.population import (
@@ -171,33 +170,12 @@ def build_world(
 
 
 def make_core(config: SimulationConfig, initial_state: dict[str, torch.Tensor]) -> AsyncAggregator:
-    """The aggregator core a config names, with its parameters."""
+    """The aggregator core a config names, with its parameters (each aggregator takes its own)."""
     a = config.aggregator
-    params: dict[str, float] = {}
-    if a.staleness == "poly":
-        params = {"a": a.poly_a}
-    elif a.staleness == "dcasgd":
-        params = {"c": a.dcasgd_c}
-    handler = create_staleness(a.staleness, **params)
-    common: dict[str, Any] = {"k": a.k, "staleness": handler}
-    if a.name == "spin":
-        return create_aggregator("spin", initial_state, pi_s=a.pi_s, **common)
-    selection: dict[str, Any] = {
-        "concurrency": a.concurrency,
-        "selection_interval_s": a.selection_interval_s,
-        "seed": _seed_for(config.seed, 7),
-    }
-    if a.name == "fedbuff":
-        return create_aggregator("fedbuff", initial_state, **selection, **common)
-    return create_aggregator(
-        "port",
-        initial_state,
-        staleness_bound=a.staleness_bound,
-        similarity_weight=a.similarity_weight,
-        staleness_weight=a.staleness_weight,
-        **selection,
-        **common,
-    )
+    settings = a.model_dump(exclude={"name", "staleness", "poly_a", "dcasgd_c"})
+    settings["seed"] = _seed_for(config.seed, 7)  # FedBuff / PORT draws
+    return build_aggregator(a.name, initial_state, staleness=a.staleness,
+                            staleness_params={"a": a.poly_a, "c": a.dcasgd_c}, **settings)
 
 
 class Simulation:

@@ -19,7 +19,7 @@ from orchestrator.allocation.med import (
     solve_med,
     thesis_instance,
 )
-from orchestrator.allocation.solvers import GUROBI_SIZE_LIMIT, gurobi_importable
+from orchestrator.allocation.med.solvers import GUROBI_SIZE_LIMIT, gurobi_importable
 
 BACKENDS = ["highs", pytest.param("gurobi", marks=pytest.mark.skipif(
     not gurobi_importable(), reason="gurobipy not installed"))]

@@ -13,7 +13,7 @@ from orchestrator.allocation.med import (
     solve_med,
     thesis_instance,
 )
-from orchestrator.allocation.med_lagrange import lagrangian_bound
+from orchestrator.allocation.med.lagrange import lagrangian_bound
 from tests.orchestrator.test_med import brute_force, small_instance
 
 

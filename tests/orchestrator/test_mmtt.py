@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from orchestrator.allocation.errors import PlanInputError
 from orchestrator.allocation.med import (
     LearnerSpec,
     MedInstance,
@@ -14,7 +15,6 @@ from orchestrator.allocation.med import (
     thesis_instance,
 )
 from orchestrator.allocation.mmtt import believed_instance, equal_split, plan
-from orchestrator.errors import BadInput
 
 
 def two_faced_instance() -> MedInstance:
@@ -52,9 +52,9 @@ def test_mmtt_ideal_uses_the_states_it_is_given() -> None:
 
 
 def test_mmtt_ideal_requires_states() -> None:
-    with pytest.raises(BadInput, match="actual_states"):
+    with pytest.raises(PlanInputError, match="actual_states"):
         plan(two_faced_instance(), "mmtt-ideal")
-    with pytest.raises(BadInput, match="state indices"):
+    with pytest.raises(PlanInputError, match="state indices"):
         believed_instance(two_faced_instance(), [0, 7])
 
 

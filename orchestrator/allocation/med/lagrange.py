@@ -23,7 +23,7 @@ every FULL_EVERY-th iteration evaluates the whole grid (those values are the pro
 others probe a few t per task to steer u cheaply.
 
 `solve_lagrange` (backend "lagrange") wraps the bound between two runs of the exact local
-search of `med_search`.
+search of `search`.
 """
 
 from __future__ import annotations
@@ -33,19 +33,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchestrator.allocation.med import (
+from orchestrator.allocation.med.greedy import greedy_allocation, task_fill
+from orchestrator.allocation.med.milp import task_time_lower_bounds
+from orchestrator.allocation.med.model import (
     Coefficients,
     MedInstance,
     MedResult,
-    _task_fill,
     check_allocation,
     coefficients,
     expected_delays,
-    greedy_allocation,
     med_objective,
-    task_time_lower_bounds,
 )
-from orchestrator.allocation.med_search import local_search
+from orchestrator.allocation.med.search import local_search
 
 FULL_EVERY = 5  # iterations per whole-grid (proven) evaluation of L(u)
 
@@ -272,7 +271,7 @@ def _fill(co: Coefficients, owner: np.ndarray, need: int) -> np.ndarray | None:
     alloc = np.zeros((m, n), dtype=np.int64)
     for i in range(m):
         members = np.nonzero(owner == i)[0]
-        filled = _task_fill(co, i, members, need)
+        filled = task_fill(co, i, members, need)
         if filled is None:
             return None
         alloc[i, members] = filled[0]

@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from orchestrator.allocation.med_model import (
+from orchestrator.allocation.med.model import (
     Coefficients,
     MedInstance,
     coefficients,

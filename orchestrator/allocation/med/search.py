@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from orchestrator.allocation.med import Coefficients
+from orchestrator.allocation.med.model import Coefficients
 
 
 class _Task:

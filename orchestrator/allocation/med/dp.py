@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from orchestrator.allocation.med import Coefficients
+    from orchestrator.allocation.med.model import Coefficients
 
 MAX_PAIRS = 2_000_000  # m·3^n subset pairs examined at most (n ≤ 12 for m ≤ 3)
 

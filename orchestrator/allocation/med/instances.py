@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from orchestrator.allocation.med_model import LearnerSpec, MedInstance, TaskSpec
+from orchestrator.allocation.med.model import LearnerSpec, MedInstance, TaskSpec
 
 # ---------------------------------------------------------------- thesis-shaped instances
 

@@ -9,7 +9,7 @@ deadlines and delays in seconds, prices per shard in the budget's currency.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -233,3 +233,78 @@ def check_allocation(
         if (d[:, j] > 0).sum() > 1:
             bad.append(f"4.4f: learner {w.name} serves {(d[:, j] > 0).sum()} tasks")
     return bad
+
+
+# ---------------------------------------------------------------- what a solve reports
+
+
+@dataclass
+class MedResult:
+    """An allocation and the solver's report.
+
+    `allocation[i, j]` is d_ij in shards (None unless a solution was found); `objective` is the
+    solver's Σ_i t_i and `task_delay_s` the recomputed max_j δ_ij per task, seconds; `gap` is
+    |objective − bound| / |objective|; `solve_time_s` is the solver's own run time, seconds.
+    `infeasible_families` names the eq. 4.4 families whose relaxation alone restores
+    feasibility (several names in one entry joined by "+" when only a pair does).
+    """
+
+    method: str
+    status: Status
+    backend: str | None
+    objective: float | None
+    bound: float | None
+    gap: float | None
+    solve_time_s: float
+    allocation: np.ndarray | None
+    task_delay_s: list[float] | None
+    num_vars: int
+    num_rows: int
+    infeasible_families: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def solved(self) -> bool:
+        return self.allocation is not None
+
+    def to_dict(self, inst: MedInstance) -> dict[str, object]:
+        """A JSON-ready report: allocation as {task: {learner: shards}} (zeros left out)."""
+        alloc: dict[str, dict[str, int]] | None = None
+        assignment: dict[str, str | None] | None = None
+        if self.allocation is not None:
+            alloc, assignment = {}, {}
+            for i, t in enumerate(inst.tasks):
+                alloc[t.name] = {
+                    w.name: int(self.allocation[i, j])
+                    for j, w in enumerate(inst.learners)
+                    if self.allocation[i, j] > 0
+                }
+            for j, w in enumerate(inst.learners):
+                served = np.nonzero(self.allocation[:, j] > 0)[0]
+                assignment[w.name] = inst.tasks[int(served[0])].name if served.size else None
+        cost = (
+            float((self.allocation * np.array([w.price for w in inst.learners])).sum())
+            if self.allocation is not None
+            else None
+        )
+        return {
+            "method": self.method,
+            "status": self.status,
+            "backend": self.backend,
+            "objective_s": self.objective,
+            "bound_s": self.bound,
+            "gap": self.gap,
+            "solve_time_s": self.solve_time_s,
+            "num_vars": self.num_vars,
+            "num_constraints": self.num_rows,
+            "task_delay_s": (
+                dict(zip([t.name for t in inst.tasks], self.task_delay_s, strict=True))
+                if self.task_delay_s is not None
+                else None
+            ),
+            "cost": cost,
+            "allocation": alloc,
+            "assignment": assignment,
+            "infeasible_families": self.infeasible_families,
+            "notes": self.notes,
+        }

@@ -1,7 +1,7 @@
 """MILP backends for MED: Gurobi (gurobipy) and HiGHS (highspy) behind one function signature.
 
-Both receive the same `Milp` (one scipy sparse matrix, built once in `med.build_milp`), so the
-two backends solve literally the same model. The solvers are imported lazily: importing this
+Both receive the same `Milp` (one scipy sparse matrix, built once in `milp.build_milp`), so
+the two backends solve literally the same model. The solvers are imported lazily: importing this
 module costs nothing and works where neither is installed. Run times are the solvers' own.
 """
 
@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from orchestrator.allocation.errors import SolverUnavailable
 from orchestrator.allocation.stdout_guard import quiet_solver
-from orchestrator.errors import OrchestratorError
 
 if TYPE_CHECKING:
-    from orchestrator.allocation.med import Milp
+    from orchestrator.allocation.med.milp import Milp
 
 # The licence that ships inside the gurobipy wheel stops at 2000 variables and 2000 linear
 # constraints (Gurobi error 10010 "Model too large for size-limited license").
@@ -38,15 +38,6 @@ class RawResult:
     gap: float | None
     solve_time_s: float
     message: str = ""
-
-
-class SolverUnavailable(OrchestratorError):
-    """The requested solver cannot be imported; install it or ask for another backend.
-
-    Part of the orchestrator's hierarchy (OrchestratorError → SolverUnavailable, HTTP 500,
-    code "solver_unavailable")."""
-
-    code = "solver_unavailable"
 
 
 def gurobi_importable() -> bool:
@@ -71,7 +62,8 @@ def licence_check(milp: Milp, size_limit: int | None = GUROBI_SIZE_LIMIT) -> str
     return None
 
 
-def _rel_gap(obj: float | None, bound: float | None) -> float | None:
+def rel_gap(obj: float | None, bound: float | None) -> float | None:
+    """|obj − bound| / |obj| (Gurobi's MIP gap); None if either is missing or infinite."""
     if obj is None or bound is None or not math.isfinite(obj) or not math.isfinite(bound):
         return None
     # Gurobi's definition: |obj − bound| / |obj|, with 0 when both are 0.
@@ -146,7 +138,7 @@ def solve_highs(
         status = "feasible"
     else:
         status = "no_solution"
-    return RawResult("highs", status, values, obj, bound, _rel_gap(obj, bound), runtime,
+    return RawResult("highs", status, values, obj, bound, rel_gap(obj, bound), runtime,
                      h.modelStatusToString(ms))
 
 
@@ -211,7 +203,7 @@ def solve_gurobi(
             status = "feasible"
         else:
             status = "no_solution"
-        return RawResult("gurobi", status, values, obj, bound, _rel_gap(obj, bound), runtime,
+        return RawResult("gurobi", status, values, obj, bound, rel_gap(obj, bound), runtime,
                          f"gurobi status {st}")
     except gp.GurobiError as exc:
         if getattr(exc, "errno", None) == 10010:

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from orchestrator.allocation.med_model import (
+from orchestrator.allocation.med.model import (
     Coefficients,
     MedInstance,
     check_allocation,
@@ -17,7 +17,7 @@ from orchestrator.allocation.med_model import (
 # ---------------------------------------------------------------- greedy start (primal heuristic)
 
 
-def _task_fill(
+def task_fill(
     co: Coefficients, i: int, members: np.ndarray, need: int
 ) -> tuple[np.ndarray, float] | None:
     """Smallest-delay integer split of task i over `members`: (shards per member, max δ).
@@ -132,7 +132,7 @@ def greedy_allocation(
     (all learners join when D_l ≥ 1, else only while it helps); learners then move between
     tasks while the proxy sum improves, and again while the exact whole-shard times improve
     (at most `max_evals` exact task-time evaluations); finally each task is split in whole
-    shards by `_task_fill`. Checks 4.4b–4.4f at the end and gives up (None) if any fail.
+    shards by `task_fill`. Checks 4.4b–4.4f at the end and gives up (None) if any fail.
     """
     co = coefficients(inst, enforce_deadlines=enforce_deadlines)
     m, n = co.fixed.shape
@@ -193,7 +193,7 @@ def greedy_allocation(
     alloc = np.zeros((m, n), dtype=np.int64)
     for i in range(m):
         members = np.nonzero(owner == i)[0]
-        filled = _task_fill(co, i, members, need if dl > 0 else 1)
+        filled = task_fill(co, i, members, need if dl > 0 else 1)
         if filled is None:
             return None
         alloc[i, members] = filled[0]

@@ -1,148 +1,33 @@
-"""MED: multi-task allocation minimising the summed maximum expected delay (thesis eq. 4.4).
+"""MED's public entry: `solve_med` chooses a backend (auto), runs it and reports; and
+`diagnose_infeasible` names the constraint families an infeasible instance breaks.
 
 Sans-IO: an instance goes in, an allocation and a solver report come out; no file, socket or
 clock is touched here (the solver reports its own run time). The ILP of thesis eq. 4.4 is
-linearised as written out in docs/algorithms.md ("MED"); the two solver backends (Gurobi,
-HiGHS) live in `orchestrator.allocation.solvers` and receive the same sparse matrix.
-
-This module solves and reports; the pieces live by concept and are re-exported here so that
-`from orchestrator.allocation.med import ...` keeps working: `med_model` (schema, eq. 4.3
-coefficients, objective, constraint check), `med_milp` (the linearised model),
-`med_greedy` (greedy start), `med_instances` (thesis-shaped instances), `med_lagrange`
-(Lagrangian bound and backend), `med_search` (exact local search), `solvers_dp` (subset DP).
-
-Units: model and shard sizes in bytes, bandwidth b in bytes/s, compute c in samples/s (as in
-`plexus.cost`; the thesis's eq. 4.2 writes c in shards/s, which is the case s = μ = 1),
-deadlines and delays in seconds, prices per shard in the budget's currency.
+linearised as written out in docs/algorithms.md ("MED"); the two MILP backends (Gurobi,
+HiGHS) live in `med.solvers` and receive the same sparse matrix.
 """
-
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from orchestrator.allocation.med_greedy import (
-    _exact_task_time,
-    _integer_moves,
-    _task_fill,
-    greedy_allocation,
-)
-from orchestrator.allocation.med_instances import (
-    STATE_NAMES,
-    heated_softmax,
-    scaled_instance,
-    thesis_instance,
-)
-from orchestrator.allocation.med_milp import (
-    Milp,
-    build_milp,
-    start_vector,
-    task_time_lower_bounds,
-    timeshare_relaxation,
-)
-from orchestrator.allocation.med_model import (
+from orchestrator.allocation.errors import SolverUnavailable
+from orchestrator.allocation.med import dp, solvers
+from orchestrator.allocation.med.greedy import greedy_allocation
+from orchestrator.allocation.med.lagrange import solve_lagrange
+from orchestrator.allocation.med.milp import Milp, build_milp, start_vector, timeshare_relaxation
+from orchestrator.allocation.med.model import (
     FAMILIES,
-    Coefficients,
-    LearnerSpec,
     MedInstance,
+    MedResult,
     SolverName,
-    Status,
-    TaskSpec,
-    check_allocation,
     coefficients,
     expected_delays,
     med_objective,
 )
-
-if TYPE_CHECKING:
-    from orchestrator.allocation.solvers import RawResult
-
-__all__ = [
-    "FAMILIES", "STATE_NAMES", "Coefficients", "LearnerSpec", "MedInstance", "MedResult",
-    "Milp", "SolverName", "Status", "TaskSpec", "_exact_task_time", "_integer_moves",
-    "_task_fill", "build_milp", "check_allocation", "coefficients", "diagnose_infeasible",
-    "expected_delays", "greedy_allocation", "heated_softmax", "med_objective",
-    "scaled_instance", "solve_med", "start_vector", "task_time_lower_bounds",
-    "thesis_instance", "timeshare_relaxation",
-]
-
+from orchestrator.allocation.med.solvers import RawResult
 
 # ---------------------------------------------------------------- solving and reporting
-
-
-@dataclass
-class MedResult:
-    """An allocation and the solver's report.
-
-    `allocation[i, j]` is d_ij in shards (None unless a solution was found); `objective` is the
-    solver's Σ_i t_i and `task_delay_s` the recomputed max_j δ_ij per task, seconds; `gap` is
-    |objective − bound| / |objective|; `solve_time_s` is the solver's own run time, seconds.
-    `infeasible_families` names the eq. 4.4 families whose relaxation alone restores
-    feasibility (several names in one entry joined by "+" when only a pair does).
-    """
-
-    method: str
-    status: Status
-    backend: str | None
-    objective: float | None
-    bound: float | None
-    gap: float | None
-    solve_time_s: float
-    allocation: np.ndarray | None
-    task_delay_s: list[float] | None
-    num_vars: int
-    num_rows: int
-    infeasible_families: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def solved(self) -> bool:
-        return self.allocation is not None
-
-    def to_dict(self, inst: MedInstance) -> dict[str, object]:
-        """A JSON-ready report: allocation as {task: {learner: shards}} (zeros left out)."""
-        alloc: dict[str, dict[str, int]] | None = None
-        assignment: dict[str, str | None] | None = None
-        if self.allocation is not None:
-            alloc, assignment = {}, {}
-            for i, t in enumerate(inst.tasks):
-                alloc[t.name] = {
-                    w.name: int(self.allocation[i, j])
-                    for j, w in enumerate(inst.learners)
-                    if self.allocation[i, j] > 0
-                }
-            for j, w in enumerate(inst.learners):
-                served = np.nonzero(self.allocation[:, j] > 0)[0]
-                assignment[w.name] = inst.tasks[int(served[0])].name if served.size else None
-        cost = (
-            float((self.allocation * np.array([w.price for w in inst.learners])).sum())
-            if self.allocation is not None
-            else None
-        )
-        return {
-            "method": self.method,
-            "status": self.status,
-            "backend": self.backend,
-            "objective_s": self.objective,
-            "bound_s": self.bound,
-            "gap": self.gap,
-            "solve_time_s": self.solve_time_s,
-            "num_vars": self.num_vars,
-            "num_constraints": self.num_rows,
-            "task_delay_s": (
-                dict(zip([t.name for t in inst.tasks], self.task_delay_s, strict=True))
-                if self.task_delay_s is not None
-                else None
-            ),
-            "cost": cost,
-            "allocation": alloc,
-            "assignment": assignment,
-            "infeasible_families": self.infeasible_families,
-            "notes": self.notes,
-        }
 
 
 def _run(
@@ -156,14 +41,13 @@ def _run(
     notes: list[str],
     start: np.ndarray | None = None,
 ) -> RawResult:
-    from orchestrator.allocation import solvers
 
     if solver == "highs":
         return solvers.solve_highs(milp, time_limit_s=time_limit_s, mip_gap=mip_gap, seed=seed,
                                    start=start)
     if solver == "gurobi":
         if not solvers.gurobi_importable():
-            raise solvers.SolverUnavailable(
+            raise SolverUnavailable(
                 "solver='gurobi' but gurobipy does not import; install gurobipy or use "
                 "solver='highs' / 'auto'"
             )
@@ -207,7 +91,7 @@ def solve_med(
     """Solve MED (thesis eq. 4.4) and report; never raises for an infeasible instance.
 
     `solver`: "gurobi", "highs", "dp" (exact subset DP, small fleets only), "lagrange" (greedy
-    + local search with a Lagrangian lower bound, `med_lagrange`), or "auto" (the DP when the
+    + local search with a Lagrangian lower bound, `med.lagrange`), or "auto" (the DP when the
     fleet is small and its answer fits the budget, else "lagrange"; if that is not proven within
     `mip_gap`, Gurobi continues from its allocation when the model fits `gurobi_size_limit`,
     and the better of the two bounds is reported; HiGHS only when no greedy start exists).
@@ -224,11 +108,9 @@ def solve_med(
         notes.append("deadlines (4.4b) not enforced: learners halt at T_i")
     m, n = len(inst.tasks), len(inst.learners)
     if solver in ("auto", "dp"):
-        from orchestrator.allocation import solvers_dp
-
-        if solvers_dp.dp_applicable(n, m):
+        if dp.dp_applicable(n, m):
             co = coefficients(inst, enforce_deadlines=enforce_deadlines)
-            alloc, why, secs = solvers_dp.solve_dp(co, inst.min_shards, inst.budget)
+            alloc, why, secs = dp.solve_dp(co, inst.min_shards, inst.budget)
             if alloc is not None:
                 obj = med_objective(inst, alloc)
                 return MedResult(method, "optimal", "dp", obj, obj, 0.0, secs, alloc,
@@ -240,11 +122,8 @@ def solve_med(
         solver = "auto"
     lagrange: MedResult | None = None
     if solver == "lagrange" or (solver == "auto" and warm_start):
-        # Beyond the DP, auto starts with the Lagrangian backend (med_lagrange.py): its bound
+        # Beyond the DP, auto starts with the Lagrangian backend (lagrange.py): its bound
         # keeps the shard integrality the MILP's LP relaxation loses.
-        from orchestrator.allocation import solvers
-        from orchestrator.allocation.med_lagrange import solve_lagrange
-
         # When Gurobi may continue afterwards (it imports and a model of 2·m·n + m columns can
         # fit its licence), the Lagrangian backend gets half the time.
         may_follow = solver == "auto" and solvers.gurobi_importable() and (
@@ -267,8 +146,6 @@ def solve_med(
         greedy = (greedy_allocation(inst, enforce_deadlines=enforce_deadlines)
                   if warm_start else None)
     if lagrange is not None:
-        from orchestrator.allocation import solvers
-
         # auto after an unproven Lagrangian answer: the MILP runs only where Gurobi takes it
         # (HiGHS does not improve the greedy start from 50 x 5 up, docs/results.md).
         too_big = solvers.licence_check(milp, gurobi_size_limit)
@@ -289,8 +166,6 @@ def solve_med(
     if raw.status == "feasible" and relaxation_bound and (raw.gap is None or raw.gap > mip_gap):
         # The solver stopped early, often before its root LP finished on large models: the
         # small time-sharing LP still gives a valid lower bound (never a worse one is used).
-        from orchestrator.allocation import solvers
-
         # Interior point without crossover: only the optimal value is needed (25 % faster
         # than simplex at 1000 x 20).
         lp = solvers.solve_highs(timeshare_relaxation(milp), time_limit_s=time_limit_s,
@@ -300,16 +175,14 @@ def solve_med(
             raw.bound is None or lp.objective > raw.bound
         ):
             raw.bound = lp.objective
-            raw.gap = solvers._rel_gap(raw.objective, raw.bound)
+            raw.gap = solvers.rel_gap(raw.objective, raw.bound)
             _note(notes, f"bound from the time-sharing LP relaxation ({lp.solve_time_s:.3g}s)")
     if lagrange is not None and raw.objective is not None and lagrange.bound is not None and (
         raw.bound is None or lagrange.bound > raw.bound
     ):
         # Both bounds are valid for the same problem: report the better one.
-        from orchestrator.allocation import solvers
-
         raw.bound = min(lagrange.bound, raw.objective)
-        raw.gap = solvers._rel_gap(raw.objective, raw.bound)
+        raw.gap = solvers.rel_gap(raw.objective, raw.bound)
         if raw.gap is not None and raw.gap <= mip_gap:
             raw.status = "optimal"
         _note(notes, "bound from the Lagrangian relaxation")
