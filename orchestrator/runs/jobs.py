@@ -323,12 +323,7 @@ class JobDriver:
     async def _round(self, job_id: int, index: int, options: JobOptions, setup: dict[str, Any],
                      learners: list[LearnerRow], tasks: list[TaskRow], specs: list[TaskSpec],
                      tests: list[Any], models: list[dict[str, Any]], slots: list[int]) -> None:
-        from orchestrator.allocation import assign_shard_ids
-        from orchestrator.allocation.med import check_allocation
-        from orchestrator.allocation.mmtt import plan
-
         started_at = time.time()
-        method = METHODS[options.allocator]
         reveal = options.allocator == "mmtt_ideal"
 
         # 1. Every learner draws this round's state; only MMTT-Ideal hears which one.
@@ -346,14 +341,44 @@ class JobDriver:
             states = {r.learner.id: r.value["state"] for r in drawn if r.error is None}
             actual = [STATES.index(states[lr.id]) for lr in learners]
 
-        # 2. Allocate (eq. 4.4); an instance infeasible under its deadlines is solved again
-        # without 4.4b, and the learners then halt at T_i (the partial updates are kept).
-        inst = build_instance(tasks, specs, learners, setup, options)
+        # 2. Allocate (eq. 4.4).
         t0 = time.monotonic()
+        res, alloc = await self._allocate(index, options, setup, learners, tasks, specs, actual)
+        plan_s = time.monotonic() - t0
+
+        # 3. Dispatch: each chosen learner trains its one task, halting at that task's T_i.
+        counts, shard_ids, by_task = await self._dispatch(index, alloc, learners, tasks, specs)
+
+        # 4. Per task: FedAvg by true samples, evaluate, record.
+        entries = []
+        for i, (t, spec) in enumerate(zip(tasks, specs, strict=True)):
+            entries.append(await self._finish_task(
+                i, t, spec, index, started_at, plan_s, counts[i], shard_ids[i], by_task[i],
+                tests[i], models, slots[i], left_out, res, drawn))
+        await asyncio.to_thread(self.store.record_job_round, job_id, index, entries, time.time())
+        m = self.metrics
+        for _task_id, values, _path, _record in entries:
+            m.rounds.labels(allocator=options.allocator).inc()
+            m.round_time.observe(values["round_time_s"])
+        log.info("job %s round %s: %s", job_id, index,
+                 ", ".join(f"{e[3]['task']} {e[3]['duration_s']:.2f}s" for e in entries))
+
+    async def _allocate(self, index: int, options: JobOptions, setup: dict[str, Any],
+                        learners: list[LearnerRow], tasks: list[TaskRow], specs: list[TaskSpec],
+                        actual: list[int] | None) -> tuple[Any, Any]:
+        """Solve this round's instance (eq. 4.4): the plan result and its allocation matrix.
+
+        An instance infeasible under its deadlines is solved again without 4.4b, and the
+        learners then halt at T_i (the partial updates are kept).
+        """
+        from orchestrator.allocation.med import check_allocation
+        from orchestrator.allocation.mmtt import plan
+
+        method = METHODS[options.allocator]
+        inst = build_instance(tasks, specs, learners, setup, options)
         res = await asyncio.to_thread(plan, inst, method, actual_states=actual,  # type: ignore[arg-type]
                                       time_limit_s=options.time_limit_s,
                                       soft_deadlines_if_infeasible=True, seed=options.seed)
-        plan_s = time.monotonic() - t0
         if res.allocation is None:
             families = ", ".join(res.infeasible_families) or "unknown"
             raise RuntimeError(f"round {index}: {method} found no allocation ({res.status}; "
@@ -365,8 +390,16 @@ class JobDriver:
                     if v.startswith("4.4f")]
         if one_task:
             raise RuntimeError(f"round {index}: the allocation breaks eq. 4.4f: {one_task}")
+        return res, alloc
 
-        # 3. Dispatch: each chosen learner trains its one task, halting at that task's T_i.
+    async def _dispatch(self, index: int, alloc: Any, learners: list[LearnerRow],
+                        tasks: list[TaskRow], specs: list[TaskSpec]
+                        ) -> tuple[list[dict[str, int]], list[dict[str, list[int]]],
+                                   dict[int, list[Reply]]]:
+        """Every chosen learner trains its one task; per task: shard counts, shard ids and the
+        replies, cut off at the latest D + grace of the tasks."""
+        from orchestrator.allocation import assign_shard_ids
+
         calls: list[Call] = []
         owner: dict[int, int] = {}  # learner id -> position of its task in `tasks`
         counts: list[dict[str, int]] = []
@@ -388,20 +421,7 @@ class JobDriver:
         by_task: dict[int, list[Reply]] = {i: [] for i in range(len(tasks))}
         for r in replies:
             by_task[owner[r.learner.id]].append(r)
-
-        # 4. Per task: FedAvg by true samples, evaluate, record.
-        entries = []
-        for i, (t, spec) in enumerate(zip(tasks, specs, strict=True)):
-            entries.append(await self._finish_task(
-                i, t, spec, index, started_at, plan_s, counts[i], shard_ids[i], by_task[i],
-                tests[i], models, slots[i], left_out, res, drawn))
-        await asyncio.to_thread(self.store.record_job_round, job_id, index, entries, time.time())
-        m = self.metrics
-        for _task_id, values, _path, _record in entries:
-            m.rounds.labels(allocator=options.allocator).inc()
-            m.round_time.observe(values["round_time_s"])
-        log.info("job %s round %s: %s", job_id, index,
-                 ", ".join(f"{e[3]['task']} {e[3]['duration_s']:.2f}s" for e in entries))
+        return counts, shard_ids, by_task
 
     def _train_call(self, lr: LearnerRow, spec: TaskSpec, task_id: int, index: int,
                     shards: list[int], deadline_s: float) -> Callable[[], Awaitable[Any]]:
