@@ -1,12 +1,14 @@
 """The orchestrator's one exception tree.
 
-Every error the orchestrator raises on purpose is an `OrchestratorError`; each carries `code`
-(a stable string, sent as `error` in a JSON answer) and `detail` (what was wrong and what to
-do). No error here knows HTTP: `orchestrator.api.errors` maps classes to statuses at the API
-edge (shown on the right), so pure code (allocators, aggregators, the simulator) raises the
-same errors whether a request, a CLI command or a benchmark called it::
+Every error the orchestrator raises on purpose is a `ServiceError` (not `OrchestratorError`:
+that name is the learner agent's, in `learner_agent.errors`, for a failed call to the
+orchestrator). Each carries `code` (a stable string, sent as `error` in a JSON answer) and
+`detail` (what was wrong and what to do). No error here knows HTTP: `orchestrator.api.errors`
+maps classes to statuses at the API edge (shown on the right), so pure code (allocators,
+aggregators, the simulator) raises the same errors whether a request, a CLI command or a
+benchmark called it::
 
-    OrchestratorError              internal            (500)
+    ServiceError                   internal            (500)
     ├── BadInput                   invalid_request     (422)  a bad field or value
     │   └── SimulationConfigError  (simulation.config)        a simulator config is bad
     ├── Unauthorized               unauthorized        (401)  a token is missing or wrong
@@ -29,7 +31,7 @@ answered, and a client must not import the service's modules to catch it.
 from __future__ import annotations
 
 
-class OrchestratorError(Exception):
+class ServiceError(Exception):
     """Root of every error the orchestrator raises on purpose."""
 
     code = "internal"
@@ -41,38 +43,38 @@ class OrchestratorError(Exception):
             self.code = code
 
 
-class BadInput(OrchestratorError):
+class BadInput(ServiceError):
     """A request body, parameter, instance or config is malformed or impossible; the message
     names the field."""
 
     code = "invalid_request"
 
 
-class Unauthorized(OrchestratorError):
+class Unauthorized(ServiceError):
     """No token, or a token that is not valid for this call."""
 
     code = "unauthorized"
 
 
-class Forbidden(OrchestratorError):
+class Forbidden(ServiceError):
     """A valid token that may not do this (e.g. a learner heartbeating as another)."""
 
     code = "forbidden"
 
 
-class NotFound(OrchestratorError):
+class NotFound(ServiceError):
     """The task, learner, shard or model asked for does not exist."""
 
     code = "not_found"
 
 
-class Conflict(OrchestratorError):
+class Conflict(ServiceError):
     """The request does not fit the current state (e.g. cancelling a finished task)."""
 
     code = "conflict"
 
 
-class StoreError(OrchestratorError):
+class StoreError(ServiceError):
     """The database or the data directory could not be read or written."""
 
     code = "store_error"

@@ -2,7 +2,7 @@
 
 ::
 
-    AggregationError (orchestrator.errors.OrchestratorError, ValueError)
+    AggregationError (orchestrator.errors.ServiceError, ValueError)
     ├── UnknownAggregator   a name that is not in the registry
     ├── UnknownVersion      an update trained from a model version the server never sent
     └── BadUpdate           an update whose tensors do not match the global model
@@ -13,10 +13,10 @@ belong to the orchestrator's one error tree (``orchestrator.errors``).
 
 from __future__ import annotations
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ServiceError
 
 
-class AggregationError(OrchestratorError, ValueError):
+class AggregationError(ServiceError, ValueError):
     """Base class of every error raised by an aggregator core."""
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ServiceError
 
 if TYPE_CHECKING:
     from orchestrator.allocation.med import Milp
@@ -39,10 +39,10 @@ class RawResult:
     message: str = ""
 
 
-class SolverUnavailable(OrchestratorError):
+class SolverUnavailable(ServiceError):
     """The requested solver cannot be imported; install it or ask for another backend.
 
-    Part of the orchestrator's hierarchy (OrchestratorError → SolverUnavailable, HTTP 500,
+    Part of the orchestrator's hierarchy (ServiceError → SolverUnavailable, HTTP 500,
     code "solver_unavailable")."""
 
     code = "solver_unavailable"

@@ -1,4 +1,4 @@
-"""The HTTP edge of the error tree: each `OrchestratorError` class → one status code.
+"""The HTTP edge of the error tree: each `ServiceError` class → one status code.
 
 Errors are raised without any HTTP status (`orchestrator.errors`); only here does a class get
 its status, looked up along the class's MRO (a subclass answers like its nearest mapped
@@ -17,13 +17,13 @@ from orchestrator.errors import (
     Conflict,
     Forbidden,
     NotFound,
-    OrchestratorError,
+    ServiceError,
     StoreError,
     Unauthorized,
 )
 
-STATUS: dict[type[OrchestratorError], int] = {
-    OrchestratorError: 500,
+STATUS: dict[type[ServiceError], int] = {
+    ServiceError: 500,
     BadInput: 422,
     Unauthorized: 401,
     Forbidden: 403,
@@ -33,7 +33,7 @@ STATUS: dict[type[OrchestratorError], int] = {
 }
 
 
-def status_of(exc: OrchestratorError) -> int:
+def status_of(exc: ServiceError) -> int:
     """The HTTP status an error answers with."""
     for cls in type(exc).__mro__:
         if cls in STATUS:
@@ -42,7 +42,7 @@ def status_of(exc: OrchestratorError) -> int:
 
 
 async def _own(_r: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, OrchestratorError)
+    assert isinstance(exc, ServiceError)
     return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=status_of(exc))
 
 
@@ -69,7 +69,7 @@ async def _crash(_r: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     """Answer every error of `app` as JSON `{"error", "detail"}`."""
-    app.add_exception_handler(OrchestratorError, _own)
+    app.add_exception_handler(ServiceError, _own)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _crash)

@@ -64,7 +64,7 @@ def plan_med(
 
     from orchestrator.allocation.med import MedInstance
     from orchestrator.allocation.mmtt import plan
-    from orchestrator.errors import OrchestratorError
+    from orchestrator.errors import ServiceError
 
     try:
         inst = MedInstance.model_validate(raw)
@@ -88,7 +88,7 @@ def plan_med(
                    time_limit_s=time_limit, mip_gap=mip_gap,
                    gurobi_size_limit=gurobi_size_limit or None,
                    soft_deadlines_if_infeasible=soft_deadlines)
-    except OrchestratorError as exc:  # bad --states / --method, or a solver not installed
+    except ServiceError as exc:  # bad --states / --method, or a solver not installed
         raise _fail(str(exc)) from None
     sys.stdout.write(json.dumps(res.to_dict(inst), indent=2) + "\n")
     if res.allocation is None:
