@@ -36,7 +36,7 @@ from typing import Any
 
 from deploy.testbed.bench import add_testbed_option
 from orchestrator.client import Client
-from orchestrator.fleet import LocalFleet
+from orchestrator.local.fleet import LocalFleet
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SPEEDS = {"fast": 1.0, "medium": 0.5, "slow": 0.25}

@@ -207,7 +207,7 @@ def main() -> None:
 def _preloading(fleet_path: Path) -> Any:
     """The fleet of `fleet_path`, its agents importing torch before they enroll.
 
-    LocalFleet does the same (orchestrator/fleet.py, `spawn_agent`): importing torch is a
+    LocalFleet does the same (orchestrator/local/fleet.py, `spawn_agent`): importing torch is a
     one-off cost of a fresh process (30–60 s under a Jetson's scaled CPU quota), not part of
     the experiment, and paid inside the first job it would eat the job's subset-benchmarking
     timeout. A fleet file with its own agent command is used as written.

@@ -1,7 +1,7 @@
 """MED vs MMTT on live local agents with stressors: `benchmarks/med_vs_mmtt.py --live`.
 
-A real orchestrator and N real agent processes on loopback (orchestrator.fleet.LocalFleet);
-each allocator runs one multi-task job (orchestrator/multitask.py) on the same fleet with the
+A real orchestrator and N real agent processes on loopback (orchestrator.local.fleet.LocalFleet);
+each allocator runs one multi-task job (orchestrator/runs/jobs.py) on the same fleet with the
 same seed, hence the same heated-softmax state distributions (heat 0.5), prices and believed
 states: per-state subset benchmarking, learners drawing their stressor state every GUC and
 training under it, halting at T_i. Metrics (thesis 4.3 items 1–5) are the job's own, computed
@@ -74,7 +74,7 @@ def run_job(client: Any, allocator: str, tasks: list[dict[str, Any]], names: lis
 def point(n_learners: int, n_tasks: int, *, rounds: int, deadline_scale: float, seeds: list[int],
           log: Any) -> list[dict[str, Any]]:
     """Start a fleet of `n_learners` agents and run every allocator on it for each seed."""
-    from orchestrator.fleet import LocalFleet
+    from orchestrator.local.fleet import LocalFleet
 
     names = [f"w{i}" for i in range(n_learners)]
     tasks = table_41(deadline_scale, rounds)[:n_tasks]

@@ -93,18 +93,6 @@ class Client:
     def cancel_job(self, job_id: int) -> dict[str, Any]:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")  # type: ignore[no-any-return]
 
-    def wait_healthy(self, timeout_s: float) -> None:
-        """Poll /healthz until it answers, up to `timeout_s` seconds."""
-        end = time.monotonic() + timeout_s
-        while True:
-            try:
-                self.health()
-                return
-            except APIError:
-                if time.monotonic() > end:
-                    raise
-            time.sleep(0.1)
-
     def wait_learners(self, count: int, timeout_s: float) -> list[dict[str, Any]]:
         """Poll until at least `count` learners are alive, up to `timeout_s` seconds."""
         end = time.monotonic() + timeout_s

@@ -1,26 +1,41 @@
-"""Exceptions of the orchestrator, each mapped to one HTTP status and a stable error code.
+"""The orchestrator's one exception tree.
 
-Hierarchy::
+Every error the orchestrator raises on purpose is a `ServiceError` (not `OrchestratorError`:
+that name is the learner agent's, in `learner_agent.errors`, for a failed call to the
+orchestrator). Each carries `code` (a stable string, sent as `error` in a JSON answer) and
+`detail` (what was wrong and what to do). No error here knows HTTP: `orchestrator.api.errors`
+maps classes to statuses at the API edge (shown on the right), so pure code (allocators,
+aggregators, the simulator) raises the same errors whether a request, a CLI command or a
+benchmark called it::
 
-    OrchestratorError          (500 internal)
-    ├── BadInput               (422 invalid_*)   a request names a bad field or value
-    ├── Unauthorized           (401 unauthorized) a token is missing or wrong
-    ├── Forbidden              (403 forbidden)    a valid token asks for someone else's thing
-    ├── NotFound               (404 *_not_found)  a task, learner, shard or model is unknown
-    ├── Conflict               (409 conflict)     the request clashes with the current state
-    └── StoreError             (500 store_error)  the database or data directory failed
+    ServiceError                   internal            (500)
+    ├── BadInput                   invalid_request     (422)  a bad field or value
+    │   └── SimulationConfigError  (simulation.config)        a simulator config is bad
+    ├── Unauthorized               unauthorized        (401)  a token is missing or wrong
+    ├── Forbidden                  forbidden           (403)  a valid token, someone else's thing
+    ├── NotFound                   not_found           (404)  unknown task, learner, shard, model
+    ├── Conflict                   conflict            (409)  clashes with the current state
+    ├── StoreError                 store_error         (500)  the database or data dir failed
+    ├── AllocationError            allocation_error    (500)  (allocation.errors)
+    │   ├── PlanInputError         invalid_request     (422)  bad plan method or states
+    │   └── SolverUnavailable      solver_unavailable  (500)  no solver backend here
+    └── AggregationError           (aggregation.errors, also ValueError)
+        ├── UnknownAggregator      a name that is not in the registry
+        ├── UnknownVersion         an update from a model version never sent (409 at pull)
+        └── BadUpdate              an update unlike the global model (422 at updates)
 
-Every error carries `code` (the stable string sent as `error` in the JSON body) and a message
-that says what was wrong and what to do.
+`SimulationConfigError` and `AggregationError` are also `ValueError`s, as they were before
+they joined the tree. `orchestrator.client.APIError` stays outside it: it is raised on the
+client side of the HTTP connection (CLI, benchmarks, tests), carries the status the server
+answered, and a client must not import the service's modules to catch it.
 """
 
 from __future__ import annotations
 
 
-class OrchestratorError(Exception):
+class ServiceError(Exception):
     """Root of every error the orchestrator raises on purpose."""
 
-    status = 500
     code = "internal"
 
     def __init__(self, detail: str, *, code: str | None = None) -> None:
@@ -30,43 +45,38 @@ class OrchestratorError(Exception):
             self.code = code
 
 
-class BadInput(OrchestratorError):
-    """A request body or parameter is malformed or impossible; the message names the field."""
+class BadInput(ServiceError):
+    """A request body, parameter, instance or config is malformed or impossible; the message
+    names the field."""
 
-    status = 422
     code = "invalid_request"
 
 
-class Unauthorized(OrchestratorError):
+class Unauthorized(ServiceError):
     """No token, or a token that is not valid for this call."""
 
-    status = 401
     code = "unauthorized"
 
 
-class Forbidden(OrchestratorError):
+class Forbidden(ServiceError):
     """A valid token that may not do this (e.g. a learner heartbeating as another)."""
 
-    status = 403
     code = "forbidden"
 
 
-class NotFound(OrchestratorError):
+class NotFound(ServiceError):
     """The task, learner, shard or model asked for does not exist."""
 
-    status = 404
     code = "not_found"
 
 
-class Conflict(OrchestratorError):
+class Conflict(ServiceError):
     """The request does not fit the current state (e.g. cancelling a finished task)."""
 
-    status = 409
     code = "conflict"
 
 
-class StoreError(OrchestratorError):
+class StoreError(ServiceError):
     """The database or the data directory could not be read or written."""
 
-    status = 500
     code = "store_error"

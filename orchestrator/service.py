@@ -1,15 +1,24 @@
-"""One orchestrator instance: settings, store, metrics, RPC plumbing and the round driver."""
+"""One orchestrator instance: its settings and the wiring of its parts.
+
+`Service(settings)` builds the store, the metrics, the RPC plumbing (callback receiver and
+relay), the learner gateway and the three drivers (sync tasks, jobs, async tasks), and starts
+and stops them. It knows no HTTP: `orchestrator.api.create_app` wraps a Service in the FastAPI
+app. Nothing in `orchestrator.runs` imports this module; each driver gets the store, the
+gateway and the metrics it needs.
+"""
 
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from orchestrator.metrics import Metrics
-from orchestrator.store import LearnerRow, Store, write_atomic
+from orchestrator.runs.asynchronous import AsyncDriver
+from orchestrator.runs.gateway import LearnerGateway
+from orchestrator.runs.jobs import JobDriver
+from orchestrator.runs.sync import SyncDriver
+from orchestrator.store import Store, write_atomic
 
 
 @dataclass
@@ -49,28 +58,27 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         import rpc
-        from orchestrator.async_mode import AsyncTasks
-        from orchestrator.driver import RoundDriver
 
         self.settings = settings
         self.store = Store(settings.data_dir, settings.db_url)
         root = self.store.layout.root
         self.join_token = _token_file(root / "join_token", settings.join_token)
         self.admin_token = _token_file(root / "admin_token", settings.admin_token)
-        self.metrics = Metrics(lambda: len(self.alive_learners()))
         base = settings.public_url.rstrip("/")
         self.relay_url = f"{base}/relay"
         self.receiver = rpc.CallbackReceiver(public_url=f"{base}/rpc-callbacks")
         # The relay queues calls for agents behind NAT but does not pass the caller's token on
         # to them, so only this orchestrator may call through it: with a secret of its own.
-        self.relay_secret = secrets.token_urlsafe(24)
-        self.relay = rpc.Relay(caller_tokens={self.relay_secret},
+        relay_secret = secrets.token_urlsafe(24)
+        self.relay = rpc.Relay(caller_tokens={relay_secret},
                                authorize_worker=self._authorize_worker)
-        self.driver = RoundDriver(self)
-        self.async_tasks = AsyncTasks(self)
-        from orchestrator.multitask import MultiTaskJobs
-
-        self.jobs = MultiTaskJobs(self)
+        self.gateway = LearnerGateway(self.store, relay_url=self.relay_url,
+                                      relay_secret=relay_secret, receiver=self.receiver,
+                                      alive_after_s=settings.alive_after_s)
+        self.metrics = Metrics(lambda: len(self.gateway.alive()))
+        self.sync = SyncDriver(self.store, self.gateway, self.metrics)
+        self.jobs = JobDriver(self.store, self.gateway, self.metrics)
+        self.asynchronous = AsyncDriver(self.store, self.gateway, self.metrics)
 
     def _authorize_worker(self, name: str, token: str | None) -> bool:
         # A relayed agent serves under its enrolled name with its own learner token.
@@ -79,15 +87,16 @@ class Service:
         row = self.store.learner_by_token(token)
         return row is not None and row.name == name
 
-    def alive_learners(self, now: float | None = None) -> list[LearnerRow]:
-        """Learners whose last heartbeat is younger than `alive_after_s`."""
-        now = time.time() if now is None else now
-        horizon = now - self.settings.alive_after_s
-        return [lr for lr in self.store.learners() if lr.last_seen >= horizon]
+    def start(self) -> None:
+        """In the running event loop: settle what a previous process left, resume sync tasks."""
+        self.asynchronous.fail_leftovers()
+        self.jobs.fail_leftovers()
+        self.sync.resume_all()
 
-    def learner_view(self, lr: LearnerRow, now: float) -> dict[str, Any]:
-        """A learner as the API shows it (never its token)."""
-        return {"id": lr.id, "name": lr.name, "endpoint": lr.endpoint, "facts": lr.facts,
-                "enrolled_at": lr.enrolled_at, "last_seen": lr.last_seen,
-                "alive": lr.last_seen >= now - self.settings.alive_after_s,
-                "via": "direct" if lr.endpoint else "relay"}
+    async def stop(self) -> None:
+        """Stop every driver (durable state stays for the next start), then close."""
+        await self.jobs.stop()
+        await self.asynchronous.stop()
+        await self.sync.stop()
+        self.gateway.close()
+        self.store.close()

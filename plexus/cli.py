@@ -13,9 +13,7 @@ import typer
 # Modules that define `register(app: typer.Typer) -> None`.
 _COMMAND_MODULES = (
     "learner_agent.cli",  # plexus agent run
-    "orchestrator.cli",  # plexus orchestrator serve, task ..., learners, demo
-    "orchestrator.planning_cli",  # plexus plan med
-    "orchestrator.simulation.cli",  # plexus simulate
+    "orchestrator.cli",  # plexus orchestrator serve, task, job, learners, demo, plan, simulate
     "deploy.testbed.cli",  # plexus testbed up|down|status
 )
 

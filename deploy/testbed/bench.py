@@ -194,7 +194,7 @@ def measure_compute(
 
 
 class TestbedFleet:
-    """The testbed behind the same surface as `orchestrator.fleet.LocalFleet`.
+    """The testbed behind the same surface as `orchestrator.local.fleet.LocalFleet`.
 
     A benchmark written against LocalFleet (`with fleet: fleet.start(); fleet.client()`) runs on
     the testbed by constructing this instead: `TestbedFleet("fleet.yaml")`. The fleet file must

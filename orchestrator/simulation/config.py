@@ -9,11 +9,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from orchestrator.errors import BadInput
 from plexus.spec import AggregatorName, DatasetSpec, ModelName, StalenessName
 
 
-class SimulationConfigError(ValueError):
+class SimulationConfigError(BadInput, ValueError):
     """A simulator config that does not parse or validate; the message says which key."""
+
+    code = "invalid_config"
 
 
 class _Strict(BaseModel):

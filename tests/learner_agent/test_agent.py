@@ -21,7 +21,7 @@ import torch
 import rpc
 from learner_agent.daemon import AgentDaemon
 from orchestrator.client import Client
-from orchestrator.fleet import LocalFleet
+from orchestrator.local.fleet import LocalFleet
 
 from .conftest import TASK
 

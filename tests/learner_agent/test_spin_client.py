@@ -21,8 +21,8 @@ from learner_agent.client import OrchestratorClient
 from learner_agent.errors import BadTask
 from learner_agent.spin_client import SpinClient
 from orchestrator.aggregation import create_aggregator
-from orchestrator.api_async import make_async_router
-from orchestrator.async_tasks import AsyncTaskRunner
+from orchestrator.api.asynchronous import make_async_router
+from orchestrator.runs.async_runner import AsyncTaskRunner
 from plexus.datasets import load_dataset
 from plexus.models import build_model
 from plexus.spec import DatasetSpec

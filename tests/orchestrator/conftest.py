@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from orchestrator.fleet import LocalFleet
+from orchestrator.local.fleet import LocalFleet
 
 
 @pytest.fixture(scope="module")

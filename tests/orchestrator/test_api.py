@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.fleet import LocalFleet as Orchestrator
+from orchestrator.local.fleet import LocalFleet as Orchestrator
 from plexus.shards import decode_shard
 from plexus.tensors import decode_state
 

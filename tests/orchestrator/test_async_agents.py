@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from orchestrator.client import Client
-from orchestrator.fleet import LocalFleet
+from orchestrator.local.fleet import LocalFleet
 from plexus.shards import decode_shard
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def spec(aggregator: str) -> dict[str, Any]:
 
 def initial_accuracy(body: dict[str, Any]) -> float:
     """Accuracy of model version 0 on the task's held-out split (the same seeded code)."""
-    from orchestrator.taskdata import initial_model
+    from orchestrator.runs.taskdata import initial_model
     from plexus.datasets import load_dataset
     from plexus.spec import load_spec
     from plexus.training import evaluate

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from learner_agent.spin_client import SpinClient
-from orchestrator.fleet import LocalFleet
+from orchestrator.local.fleet import LocalFleet
 from plexus.models import build_model
 from plexus.shards import decode_shard
 from plexus.tensors import decode_state

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.fleet import LocalFleet
+from orchestrator.local.fleet import LocalFleet
 from plexus.cli import app
 
 runner = CliRunner()

@@ -1,6 +1,7 @@
 """End to end with real processes: an orchestrator and three agents of emulated speeds.
 
-Speeds are a CPU duty cycle (fast 100 %, medium 30 %, slow 10 %), see orchestrator/emulation.py.
+Speeds are a CPU duty cycle (fast 100 %, medium 30 %, slow 10 %), see
+orchestrator/local/emulation.py.
 The medium agent binds no port and serves through the orchestrator's relay, as an agent behind
 NAT would. One fleet serves the whole module; the fault tests come last (they kill processes).
 """
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from orchestrator.client import Client
-from orchestrator.fleet import LocalFleet
+from orchestrator.local.fleet import LocalFleet
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from orchestrator.client import APIError, Client
-from orchestrator.fleet import LocalFleet
+from orchestrator.local.fleet import LocalFleet
 
 pytestmark = pytest.mark.slow
 

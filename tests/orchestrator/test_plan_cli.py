@@ -15,7 +15,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "med_thesi
 # Only the `plan` group, in its own process: the full `plexus` root also imports the other
 # packages' command modules, which has nothing to do with what these tests check.
 _PLAN_ONLY = (
-    "import typer; from orchestrator.planning_cli import register; "
+    "import typer; from orchestrator.cli.plan import register; "
     "app = typer.Typer(); register(app); app()"
 )
 

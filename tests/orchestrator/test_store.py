@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import BadInput, Conflict, NotFound
+from orchestrator.runs.taskdata import prepare_task
 from orchestrator.store import Store, write_atomic
-from orchestrator.taskdata import prepare_task
 from plexus.spec import parse_spec
 
 URLS = [None] + ([os.environ["PLEXUS_TEST_DB_URL"]] if os.environ.get("PLEXUS_TEST_DB_URL")

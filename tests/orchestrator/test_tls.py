@@ -14,7 +14,7 @@ import pytest
 import trustme
 
 import rpc
-from orchestrator.fleet import LocalFleet
+from orchestrator.local.fleet import LocalFleet
 
 TASK = {
     "name": "tls",

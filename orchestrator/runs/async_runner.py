@@ -3,7 +3,7 @@
 The aggregator core (``orchestrator.aggregation``) decides; this runner only feeds it events
 with ``time.monotonic()`` times, keeps a per-learner mailbox of models the core dispatched, wakes
 the core at ``next_deadline()`` from a timer thread (SPIN's π), decodes and validates uploaded
-tensors, and scores each new version. The REST layer (``orchestrator.api_async``) is a thin
+tensors, and scores each new version. The REST layer (``orchestrator.api.asynchronous``) is a thin
 shell over it.
 """
 

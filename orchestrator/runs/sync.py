@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.allocation import (
@@ -27,35 +26,30 @@ from orchestrator.allocation import (
     get_allocator,
 )
 from orchestrator.errors import Conflict
-from orchestrator.store import LearnerRow, Store, TaskRow, write_atomic
-from orchestrator.taskdata import load_test_split, read_state
+from orchestrator.metrics import Metrics
+from orchestrator.runs.gateway import Call, LearnerGateway
+from orchestrator.runs.rounds import TestSplit, close_round
+from orchestrator.runs.taskdata import load_test_split, read_state
+from orchestrator.store import LearnerRow, Store, TaskRow
 
 if TYPE_CHECKING:
-    from orchestrator.service import Service
     from plexus.spec import TaskSpec
 
-log = logging.getLogger("orchestrator.driver")
+log = logging.getLogger("orchestrator.runs.sync")
 
 # Asking a learner (subset benchmarking: download n shards, train on them, perhaps import torch
 # for the first time) gets this much longer than a round before the learner is left out.
 PROBE_EXTRA_S = 60.0
 
 
-@dataclass
-class _Answer:
-    learner: LearnerRow
-    value: Any = None
-    error: str | None = None
-
-
-class RoundDriver:
+class SyncDriver:
     """Runs every active synchronous task of one orchestrator, one asyncio task each."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.store: Store = service.store
+    def __init__(self, store: Store, gateway: LearnerGateway, metrics: Metrics) -> None:
+        self.store = store
+        self.gateway = gateway
+        self.metrics = metrics
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._stubs: dict[tuple[str, str], Any] = {}
         # Per task: what each learner reported, kept across rounds unless the allocator asks
         # again every round. In memory only: after a restart learners are asked once more.
         self._reports: dict[int, dict[str, LearnerReport]] = {}
@@ -64,7 +58,7 @@ class RoundDriver:
 
     def resume_all(self) -> None:
         """Start (or restart after a crash) every task that is pending or running."""
-        in_jobs = self.store.job_task_ids()  # multi-task jobs run their own tasks
+        in_jobs = self.store.job_task_ids()  # jobs run their own tasks
         for task in self.store.tasks(("pending", "running")):
             if (task.spec or {}).get("mode", "sync") == "sync" and task.id not in in_jobs:
                 self.launch(task.id)
@@ -78,26 +72,22 @@ class RoundDriver:
 
     async def cancel(self, task_id: int) -> None:
         """Stop the task's asyncio task; its state was already set by the caller."""
-        job = self._tasks.pop(task_id, None)
+        aio = self._tasks.pop(task_id, None)
         self._reports.pop(task_id, None)
-        if job is not None:
-            job.cancel()
+        if aio is not None:
+            aio.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await job
+                await aio
 
     async def stop(self) -> None:
         """Stop every task without touching its state, so a restart resumes it."""
-        jobs = list(self._tasks.values())
+        running = list(self._tasks.values())
         self._tasks.clear()
-        for job in jobs:
-            job.cancel()
-        for job in jobs:
+        for aio in running:
+            aio.cancel()
+        for aio in running:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await job
-        for stub in self._stubs.values():
-            with contextlib.suppress(Exception):
-                stub.close()
-        self._stubs.clear()
+                await aio
 
     # -- one task -------------------------------------------------------------------------
 
@@ -138,21 +128,13 @@ class RoundDriver:
             if self._tasks.get(task_id) is current:
                 self._tasks.pop(task_id, None)
 
-    async def _wait_for_learners(self) -> list[LearnerRow]:
-        # A task submitted before any learner enrolled waits for the first one.
-        while True:
-            alive = await asyncio.to_thread(self.service.alive_learners)
-            if alive:
-                return alive
-            await asyncio.sleep(0.5)
-
     async def _round(self, task: TaskRow, spec: TaskSpec, allocator: Allocator, index: int,
-                     state: dict[str, Any], test: tuple[Any, Any, tuple[int, ...], int]
-                     ) -> dict[str, Any]:
+                     state: dict[str, Any], test: TestSplit) -> dict[str, Any]:
         assert spec.sync is not None
         sync = spec.sync
         spec_dict = spec.to_dict()
-        learners = await self._wait_for_learners()
+        # A task submitted before any learner enrolled waits for the first one.
+        learners = await self.gateway.wait_for_alive()
         started_at = time.time()
         ctx = RoundContext(
             num_shards=task.num_shards, shard_samples=task.shard_samples,
@@ -178,66 +160,34 @@ class RoundDriver:
         halt_s = sync.deadline_s if allocator.halts_at_deadline else sync.deadline_s + sync.grace_s
         cutoff_s = sync.deadline_s + sync.grace_s
         t1 = time.monotonic()
-        answers = await self._gather(
-            chosen,
-            lambda lr: self._stub(lr)["train"].acall(
-                spec_dict, task.id, index, shard_ids[str(lr.id)], halt_s, None),
-            cutoff_s,
-        )
+        replies = await self.gateway.gather(
+            [(lr, self._train(lr, spec_dict, task.id, index, shard_ids[str(lr.id)], halt_s))
+             for lr in chosen], cutoff_s)
         round_end = time.monotonic()
-        states, weights, samples = [], [], {}
-        from plexus.errors import BadTensors
-        from plexus.tensors import encode_state, validate_state
-
-        for ans in answers:
-            key = str(ans.learner.id)
-            if ans.error is not None:
-                left_out[key] = ans.error
-                continue
-            try:
-                params = ans.value["params"]
-                n = int(ans.value["samples_trained"])
-                if n < 0:
-                    raise ValueError(f"samples_trained is {n}")
-                validate_state(params, state)
-            except (BadTensors, KeyError, TypeError, ValueError) as exc:
-                left_out[key] = f"bad answer: {exc}"
-                continue
-            self.service.metrics.updates.inc()
-            samples[key] = n
-            if n > 0:
-                states.append(params)
-                weights.append(float(n))
-                path = self.store.layout.update(task.id, index, ans.learner.id)
-                await asyncio.to_thread(write_atomic, path,
-                                        encode_state(params, {"round": index, "samples": n}))
         # Step 7: FedAvg weighted by samples trained; nobody answered -> the model stays.
-        if states:
-            from orchestrator.aggregation.fedavg import weighted_average
-
-            state = await asyncio.to_thread(weighted_average, states, weights)
+        closed = await close_round(self.store, self.metrics, task.id, spec, index, state,
+                                   replies, test, left_out, keep_updates=True)
         round_time = round_end - t1  # GUC time: dispatch until the last answer or the cut-off
-        loss, accuracy = await asyncio.to_thread(self._evaluate, spec, state, test)
-        version = index + 1  # round r turns model version r into r + 1
-        model_path = self.store.layout.model(task.id, version)
-        await asyncio.to_thread(
-            write_atomic, model_path,
-            encode_state(state, {"version": version, "task_id": task.id, "round": index}))
         truancy = (round_time - sync.deadline_s) / sync.deadline_s  # thesis 3.4, metric 6
         await asyncio.to_thread(self.store.record_round, task.id, {
             "index": index, "started_at": started_at, "allocation": counts,
-            "shards": {k: v for k, v in shard_ids.items() if v}, "samples": samples,
+            "shards": {k: v for k, v in shard_ids.items() if v}, "samples": closed.samples,
             "left_out": left_out, "plan_s": plan_s, "round_time_s": round_time,
-            "truancy": truancy, "loss": loss, "accuracy": accuracy, "model_version": version,
-        }, model_path, time.time())
-        m = self.service.metrics
+            "truancy": truancy, "loss": closed.loss, "accuracy": closed.accuracy,
+            "model_version": closed.version,
+        }, closed.model_path, time.time())
+        m = self.metrics
         m.rounds.labels(allocator=allocator.name).inc()
         m.round_time.observe(round_time)
         m.truancy.labels(task=str(task.id)).set(truancy)
         m.left_out.inc(sum(1 for k in left_out if k in {str(c.id) for c in chosen}))
         log.info("task %s round %s: %.2fs, truancy %+.1f%%, accuracy %.3f", task.id, index,
-                 round_time, 100 * truancy, accuracy if accuracy is not None else float("nan"))
-        return state
+                 round_time, 100 * truancy, closed.accuracy)
+        return closed.state
+
+    def _train(self, lr: LearnerRow, spec: dict[str, Any], task_id: int, index: int,
+               shards: list[int], halt_s: float) -> Callable[[], Awaitable[Any]]:
+        return lambda: self.gateway.train(lr, spec, task_id, index, shards, halt_s, None)
 
     async def _probe(self, allocator: Allocator, learners: list[LearnerRow], task_id: int,
                      spec_dict: dict[str, Any], timeout_s: float, left_out: dict[str, str]
@@ -250,13 +200,12 @@ class RoundDriver:
             known.clear()
         ask = [lr for lr in learners if str(lr.id) not in known]
 
-        def call(lr: LearnerRow) -> Awaitable[Any]:
-            stub = self._stub(lr)
+        def call(lr: LearnerRow) -> Call:
             if proc == "plan":
-                return stub["plan"].acall(spec_dict, task_id)  # type: ignore[no-any-return]
-            return stub["benchmark"].acall(spec_dict, task_id, None)  # type: ignore[no-any-return]
+                return lr, lambda: self.gateway.plan(lr, spec_dict, task_id)
+            return lr, lambda: self.gateway.benchmark(lr, spec_dict, task_id, None)
 
-        for ans in await self._gather(ask, call, timeout_s):
+        for ans in await self.gateway.gather([call(lr) for lr in ask], timeout_s):
             key = str(ans.learner.id)
             if ans.error is not None:
                 left_out[key] = f"{proc}: {ans.error}"
@@ -271,60 +220,3 @@ class RoundDriver:
             except (KeyError, TypeError, ValueError) as exc:
                 left_out[key] = f"{proc}: bad answer {exc!r}"
         return [known[str(lr.id)] for lr in learners if str(lr.id) in known]
-
-    async def _gather(self, learners: list[LearnerRow],
-                      call: Callable[[LearnerRow], Awaitable[Any]], timeout_s: float
-                      ) -> list[_Answer]:
-        """Call every learner at once; whoever has not answered after `timeout_s` is out."""
-
-        async def one(lr: LearnerRow) -> _Answer:
-            try:
-                value = await call(lr)
-                return _Answer(lr, value=value)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure of one learner only leaves it out
-                return _Answer(lr, error=f"{type(exc).__name__}: {exc}")
-
-        jobs = {asyncio.ensure_future(one(lr)): lr for lr in learners}
-        if not jobs:
-            return []
-        try:
-            done, pending = await asyncio.wait(jobs, timeout=timeout_s)
-        except asyncio.CancelledError:
-            for j in jobs:
-                j.cancel()
-            raise
-        out = [j.result() for j in done]
-        for j in pending:
-            j.cancel()
-            out.append(_Answer(jobs[j], error="no answer by deadline + grace"))
-        return out
-
-    def _stub(self, learner: LearnerRow) -> Any:
-        """A duplex stub for the learner: straight to its worker, or through our relay."""
-        import rpc
-
-        if learner.endpoint:
-            url, token = learner.endpoint, learner.token  # the agent's worker checks it
-        else:
-            url, token = f"{self.service.relay_url}/{learner.name}", self.service.relay_secret
-        key = (url, token)
-        stub = self._stubs.get(key)
-        if stub is None:
-            stub = rpc.connect(url, token=token, duplex=True, timeout=None,
-                               callback=self.service.receiver, poll_interval_s=1.0)
-            self._stubs[key] = stub
-        return stub
-
-    @staticmethod
-    def _evaluate(spec: TaskSpec, state: dict[str, Any],
-                  test: tuple[Any, Any, tuple[int, ...], int]) -> tuple[float, float]:
-        from orchestrator.taskdata import initial_model
-        from plexus.training import evaluate
-
-        x, y, shape, classes = test
-        model = initial_model(spec, shape, classes)
-        model.load_state_dict(state)
-        loss, acc = evaluate(model, x, y)
-        return float(loss), float(acc)

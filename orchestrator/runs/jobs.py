@@ -1,4 +1,4 @@
-"""Multi-task jobs: several synchronous tasks allocated together by MED, MMTT or equal split.
+"""Jobs: several synchronous tasks allocated together by MED, MMTT or equal split.
 
 Thesis chapter 4 on live agents. A job is a list of task specs and one job-level allocator
 (`med`, `mmtt_uncertain`, `mmtt_ideal`, `equal`). Before the first round the orchestrator
@@ -33,14 +33,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import BadInput, Conflict
-from orchestrator.store import JobRoundRow, JobRow, LearnerRow, TaskRow, write_atomic
+from orchestrator.metrics import Metrics
+from orchestrator.runs.gateway import Call, LearnerGateway, Reply
+from orchestrator.runs.rounds import ClosedRound, TestSplit, close_round
+from orchestrator.store import JobRoundRow, JobRow, LearnerRow, Store, TaskRow
 
 if TYPE_CHECKING:
     from orchestrator.allocation.med import MedInstance
-    from orchestrator.service import Service
     from plexus.spec import TaskSpec
 
-log = logging.getLogger("orchestrator.multitask")
+log = logging.getLogger("orchestrator.runs.jobs")
 
 JobAllocator = Literal["med", "mmtt_uncertain", "mmtt_ideal", "equal"]
 # Job allocator name -> method name of orchestrator.allocation.mmtt.plan.
@@ -172,53 +174,13 @@ def build_instance(tasks: list[TaskRow], specs: list[TaskSpec], learners: list[L
         "tasks": task_specs, "learners": learner_specs})
 
 
-class _Reply:
-    def __init__(self, learner: LearnerRow, value: Any = None, error: str | None = None,
-                 elapsed_s: float = 0.0) -> None:
-        self.learner, self.value, self.error, self.elapsed_s = learner, value, error, elapsed_s
+class JobDriver:
+    """Runs every job of one orchestrator, one asyncio task each."""
 
-
-async def _call_all(pairs: list[tuple[LearnerRow, Callable[[], Awaitable[Any]]]],
-                    timeout_s: float) -> list[_Reply]:
-    """Run every call at once; each reply carries its own elapsed seconds. Calls still open
-    after `timeout_s` are cancelled and answered with an error."""
-    t0 = time.monotonic()
-
-    async def one(lr: LearnerRow, call: Callable[[], Awaitable[Any]]) -> _Reply:
-        try:
-            value = await call()
-            return _Reply(lr, value=value, elapsed_s=time.monotonic() - t0)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # one learner's failure leaves only that learner out
-            return _Reply(lr, error=f"{type(exc).__name__}: {exc}",
-                          elapsed_s=time.monotonic() - t0)
-
-    jobs = [asyncio.ensure_future(one(lr, call)) for lr, call in pairs]
-    if not jobs:
-        return []
-    try:
-        await asyncio.wait(jobs, timeout=timeout_s)
-    except asyncio.CancelledError:
-        for j in jobs:
-            j.cancel()
-        raise
-    out = []
-    for j, (lr, _call) in zip(jobs, pairs, strict=True):
-        if j.done():
-            out.append(j.result())
-        else:
-            j.cancel()
-            out.append(_Reply(lr, error="no answer by deadline + grace", elapsed_s=timeout_s))
-    return out
-
-
-class MultiTaskJobs:
-    """Runs every multi-task job of one orchestrator, one asyncio task each."""
-
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.store = service.store
+    def __init__(self, store: Store, gateway: LearnerGateway, metrics: Metrics) -> None:
+        self.store = store
+        self.gateway = gateway
+        self.metrics = metrics
         self._jobs: dict[int, asyncio.Task[None]] = {}
 
     def fail_leftovers(self) -> None:
@@ -262,12 +224,12 @@ class MultiTaskJobs:
             await asyncio.to_thread(store.set_job_state, job_id, "running", None, now)
             for t in tasks:
                 await asyncio.to_thread(store.set_state, t.id, "running", None, now)
-            learners = await self._wait_for_learners(options.learners or len(tasks))
+            learners = await self.gateway.wait_for_alive(options.learners or len(tasks))
             setup = await self._setup(job_id, options, learners, tasks, specs)
             await asyncio.to_thread(store.set_job_state, job_id, "running", None, time.time(),
                                     setup=setup)
             joined = [lr for lr in learners if str(lr.id) in setup["benchmarks"]]
-            from orchestrator.taskdata import load_test_split, read_state
+            from orchestrator.runs.taskdata import load_test_split, read_state
 
             layout = store.layout
             tests = [await asyncio.to_thread(load_test_split, layout, t.id) for t in tasks]
@@ -278,8 +240,7 @@ class MultiTaskJobs:
                           if s.sync is not None and index < s.sync.rounds]
                 if not active:
                     break
-                alive_ids = {lr.id for lr in await asyncio.to_thread(
-                    self.service.alive_learners)}
+                alive_ids = {lr.id for lr in await asyncio.to_thread(self.gateway.alive)}
                 here = [lr for lr in joined if lr.id in alive_ids]
                 if not here:
                     raise RuntimeError("no benchmarked learner is alive any more")
@@ -318,13 +279,6 @@ class MultiTaskJobs:
                     self.store.set_state(task_id, "failed", reason, now)
             self.store.set_job_state(job_id, "failed", reason, now)
 
-    async def _wait_for_learners(self, count: int) -> list[LearnerRow]:
-        while True:
-            alive = await asyncio.to_thread(self.service.alive_learners)
-            if len(alive) >= count:
-                return alive
-            await asyncio.sleep(0.5)
-
     async def _setup(self, job_id: int, options: JobOptions, learners: list[LearnerRow],
                      tasks: list[TaskRow], specs: list[TaskSpec]) -> dict[str, Any]:
         """Draw state distributions, then SB by every learner in every state for every task."""
@@ -341,23 +295,22 @@ class MultiTaskJobs:
             distributions[str(lr.id)] = {s: float(p) for s, p in zip(STATES, probs, strict=True)}
             # MMTT-Uncertain believes the learner stays in the state it was in during SB.
             benchmarked[str(lr.id)] = STATES[int(rng.choice(h, p=probs))]
-        driver = self.service.driver
+        gateway = self.gateway
 
-        def bench_all(lr: LearnerRow) -> Callable[[], Awaitable[Any]]:
+        def bench_all(lr: LearnerRow) -> Call:
             async def run() -> dict[str, Any]:
-                stub = driver._stub(lr)  # the round driver's duplex stubs, shared
                 out: dict[str, Any] = {}
                 for t, spec in zip(tasks, specs, strict=True):
                     per_state = {}
                     for state in STATES:
-                        ans = await stub["benchmark"].acall(spec.to_dict(), t.id, state)
+                        ans = await gateway.benchmark(lr, spec.to_dict(), t.id, state)
                         per_state[state] = {"bandwidth": float(ans["bandwidth"]),
                                             "compute": float(ans["compute"])}
                     out[str(t.id)] = per_state
                 return out
-            return run
+            return lr, run
 
-        replies = await _call_all([(lr, bench_all(lr)) for lr in learners], BENCHMARK_TIMEOUT_S)
+        replies = await gateway.gather([bench_all(lr) for lr in learners], BENCHMARK_TIMEOUT_S)
         benchmarks = {str(r.learner.id): r.value for r in replies if r.error is None}
         left_out = {str(r.learner.id): r.error for r in replies if r.error is not None}
         if not benchmarks:
@@ -370,21 +323,15 @@ class MultiTaskJobs:
     async def _round(self, job_id: int, index: int, options: JobOptions, setup: dict[str, Any],
                      learners: list[LearnerRow], tasks: list[TaskRow], specs: list[TaskSpec],
                      tests: list[Any], models: list[dict[str, Any]], slots: list[int]) -> None:
-        from orchestrator.allocation import assign_shard_ids
-        from orchestrator.allocation.med import check_allocation
-        from orchestrator.allocation.mmtt import plan
-
-        driver = self.service.driver
         started_at = time.time()
-        method = METHODS[options.allocator]
         reveal = options.allocator == "mmtt_ideal"
 
         # 1. Every learner draws this round's state; only MMTT-Ideal hears which one.
-        def draw(lr: LearnerRow) -> Callable[[], Awaitable[Any]]:
+        def draw(lr: LearnerRow) -> Call:
             dist = setup["distributions"][str(lr.id)]
-            return lambda: driver._stub(lr)["round_state"].acall(dist, reveal)
+            return lr, lambda: self.gateway.round_state(lr, dist, reveal)
 
-        drawn = await _call_all([(lr, draw(lr)) for lr in learners], ROUND_STATE_TIMEOUT_S)
+        drawn = await self.gateway.gather([draw(lr) for lr in learners], ROUND_STATE_TIMEOUT_S)
         left_out = {str(r.learner.id): f"round_state: {r.error}" for r in drawn if r.error}
         learners = [r.learner for r in drawn if r.error is None]
         if not learners:
@@ -394,14 +341,44 @@ class MultiTaskJobs:
             states = {r.learner.id: r.value["state"] for r in drawn if r.error is None}
             actual = [STATES.index(states[lr.id]) for lr in learners]
 
-        # 2. Allocate (eq. 4.4); an instance infeasible under its deadlines is solved again
-        # without 4.4b, and the learners then halt at T_i (the partial updates are kept).
-        inst = build_instance(tasks, specs, learners, setup, options)
+        # 2. Allocate (eq. 4.4).
         t0 = time.monotonic()
+        res, alloc = await self._allocate(index, options, setup, learners, tasks, specs, actual)
+        plan_s = time.monotonic() - t0
+
+        # 3. Dispatch: each chosen learner trains its one task, halting at that task's T_i.
+        counts, shard_ids, by_task = await self._dispatch(index, alloc, learners, tasks, specs)
+
+        # 4. Per task: FedAvg by true samples, evaluate, record.
+        entries = []
+        for i, (t, spec) in enumerate(zip(tasks, specs, strict=True)):
+            entries.append(await self._finish_task(
+                i, t, spec, index, started_at, plan_s, counts[i], shard_ids[i], by_task[i],
+                tests[i], models, slots[i], left_out, res, drawn))
+        await asyncio.to_thread(self.store.record_job_round, job_id, index, entries, time.time())
+        m = self.metrics
+        for _task_id, values, _path, _record in entries:
+            m.rounds.labels(allocator=options.allocator).inc()
+            m.round_time.observe(values["round_time_s"])
+        log.info("job %s round %s: %s", job_id, index,
+                 ", ".join(f"{e[3]['task']} {e[3]['duration_s']:.2f}s" for e in entries))
+
+    async def _allocate(self, index: int, options: JobOptions, setup: dict[str, Any],
+                        learners: list[LearnerRow], tasks: list[TaskRow], specs: list[TaskSpec],
+                        actual: list[int] | None) -> tuple[Any, Any]:
+        """Solve this round's instance (eq. 4.4): the plan result and its allocation matrix.
+
+        An instance infeasible under its deadlines is solved again without 4.4b, and the
+        learners then halt at T_i (the partial updates are kept).
+        """
+        from orchestrator.allocation.med import check_allocation
+        from orchestrator.allocation.mmtt import plan
+
+        method = METHODS[options.allocator]
+        inst = build_instance(tasks, specs, learners, setup, options)
         res = await asyncio.to_thread(plan, inst, method, actual_states=actual,  # type: ignore[arg-type]
                                       time_limit_s=options.time_limit_s,
                                       soft_deadlines_if_infeasible=True, seed=options.seed)
-        plan_s = time.monotonic() - t0
         if res.allocation is None:
             families = ", ".join(res.infeasible_families) or "unknown"
             raise RuntimeError(f"round {index}: {method} found no allocation ({res.status}; "
@@ -413,9 +390,17 @@ class MultiTaskJobs:
                     if v.startswith("4.4f")]
         if one_task:
             raise RuntimeError(f"round {index}: the allocation breaks eq. 4.4f: {one_task}")
+        return res, alloc
 
-        # 3. Dispatch: each chosen learner trains its one task, halting at that task's T_i.
-        calls: list[tuple[LearnerRow, Callable[[], Awaitable[Any]]]] = []
+    async def _dispatch(self, index: int, alloc: Any, learners: list[LearnerRow],
+                        tasks: list[TaskRow], specs: list[TaskSpec]
+                        ) -> tuple[list[dict[str, int]], list[dict[str, list[int]]],
+                                   dict[int, list[Reply]]]:
+        """Every chosen learner trains its one task; per task: shard counts, shard ids and the
+        replies, cut off at the latest D + grace of the tasks."""
+        from orchestrator.allocation import assign_shard_ids
+
+        calls: list[Call] = []
         owner: dict[int, int] = {}  # learner id -> position of its task in `tasks`
         counts: list[dict[str, int]] = []
         shard_ids: list[dict[str, list[int]]] = []
@@ -432,105 +417,69 @@ class MultiTaskJobs:
                     calls.append((lr, self._train_call(lr, spec, t.id, index, ids[key],
                                                        spec.sync.deadline_s)))
         cutoff = max(s.sync.deadline_s + s.sync.grace_s for s in specs if s.sync is not None)
-        replies = await _call_all(calls, cutoff)
-        by_task: dict[int, list[_Reply]] = {i: [] for i in range(len(tasks))}
+        replies = await self.gateway.gather(calls, cutoff)
+        by_task: dict[int, list[Reply]] = {i: [] for i in range(len(tasks))}
         for r in replies:
             by_task[owner[r.learner.id]].append(r)
-
-        # 4. Per task: FedAvg by true samples, evaluate, record.
-        entries = []
-        for i, (t, spec) in enumerate(zip(tasks, specs, strict=True)):
-            entries.append(await self._finish_task(
-                i, t, spec, index, started_at, plan_s, counts[i], shard_ids[i], by_task[i],
-                tests[i], models, slots[i], left_out, res, drawn))
-        await asyncio.to_thread(self.store.record_job_round, job_id, index, entries, time.time())
-        m = self.service.metrics
-        for _task_id, values, _path, _record in entries:
-            m.rounds.labels(allocator=options.allocator).inc()
-            m.round_time.observe(values["round_time_s"])
-        log.info("job %s round %s: %s", job_id, index,
-                 ", ".join(f"{e[3]['task']} {e[3]['duration_s']:.2f}s" for e in entries))
+        return counts, shard_ids, by_task
 
     def _train_call(self, lr: LearnerRow, spec: TaskSpec, task_id: int, index: int,
                     shards: list[int], deadline_s: float) -> Callable[[], Awaitable[Any]]:
-        stub = self.service.driver._stub(lr)
         spec_dict = spec.to_dict()
         # "drawn": the agent trains in the state it drew for this round (`round_state`).
-        return lambda: stub["train"].acall(spec_dict, task_id, index, shards, deadline_s,
-                                           "drawn")
+        return lambda: self.gateway.train(lr, spec_dict, task_id, index, shards, deadline_s,
+                                          "drawn")
 
     async def _finish_task(self, i: int, t: TaskRow, spec: TaskSpec, index: int,
                            started_at: float, plan_s: float, counts: dict[str, int],
-                           shard_ids: dict[str, list[int]], replies: list[_Reply],
-                           test: Any, models: list[dict[str, Any]], slot: int,
-                           left_round: dict[str, str], res: Any, drawn: list[_Reply]
+                           shard_ids: dict[str, list[int]], replies: list[Reply],
+                           test: TestSplit, models: list[dict[str, Any]], slot: int,
+                           left_round: dict[str, str], res: Any, drawn: list[Reply]
                            ) -> tuple[int, dict[str, Any], Any, dict[str, Any]]:
-        from orchestrator.aggregation.fedavg import weighted_average
-        from plexus.errors import BadTensors
-        from plexus.tensors import encode_state, validate_state
-
         assert spec.sync is not None
-        state = models[slot]
-        samples: dict[str, int] = {}
-        busy: dict[str, float] = {}
-        left_out = {k: v for k, v in left_round.items()}
-        params, weights = [], []
-        for r in replies:
-            key = str(r.learner.id)
-            busy[key] = r.elapsed_s
-            if r.error is not None:
-                left_out[key] = r.error
-                continue
-            try:
-                n = int(r.value["samples_trained"])
-                if n < 0:
-                    raise ValueError(f"samples_trained is {n}")
-                validate_state(r.value["params"], state)
-            except (BadTensors, KeyError, TypeError, ValueError) as exc:
-                left_out[key] = f"bad answer: {exc}"
-                continue
-            samples[key] = n
-            if n > 0:
-                params.append(r.value["params"])
-                weights.append(float(n))
-        if params:
-            state = await asyncio.to_thread(weighted_average, params, weights)
-            models[slot] = state
+        busy = {str(r.learner.id): r.elapsed_s for r in replies}
+        closed = await close_round(self.store, self.metrics, t.id, spec, index, models[slot],
+                                   replies, test, dict(left_round))
+        models[slot] = closed.state
         # The task's GUC time: dispatch until the last of its learners answered (or was cut).
         duration = max(busy.values(), default=0.0)
-        loss, accuracy = await asyncio.to_thread(self.service.driver._evaluate, spec, state, test)
-        version = index + 1
-        model_path = self.store.layout.model(t.id, version)
-        await asyncio.to_thread(
-            write_atomic, model_path,
-            encode_state(state, {"version": version, "task_id": t.id, "round": index}))
         deadline = spec.sync.deadline_s
-        allocated_shards = sum(counts.values())
-        per_shard = t.shard_samples * spec.training.iterations
-        samples_allocated = allocated_shards * per_shard
-        trained = min(sum(samples.values()), samples_allocated)
-        drawn_states = {str(r.learner.id): r.value.get("state") for r in drawn
-                        if r.error is None and str(r.learner.id) in busy}
-        record = {
-            "task": t.name, "task_id": t.id, "round": index, "deadline_s": deadline,
-            "duration_s": duration, "met_deadline": duration <= deadline,
-            "shards_allocated": allocated_shards, "samples_allocated": samples_allocated,
-            "samples_trained": trained, "fulfillment": trained / samples_allocated
-            if samples_allocated else 0.0,
-            "allocation": {k: v for k, v in counts.items() if v > 0},
-            "learner_busy_s": busy,
-            "learner_idle_s": {k: max(0.0, duration - b) for k, b in busy.items()},
-            "learner_samples": samples, "states_revealed": drawn_states,
-            "left_out": {k: v for k, v in left_out.items() if k in busy},
-            "expected_delay_s": (res.task_delay_s[i] if res.task_delay_s else None),
-            "solver": {"method": res.method, "status": res.status, "backend": res.backend,
-                       "gap": res.gap, "notes": list(res.notes)},
-        }
+        record = _task_record(i, t, spec, index, counts, busy, duration, closed, res, drawn)
         values = {
             "index": index, "started_at": started_at, "allocation": counts,
-            "shards": {k: v for k, v in shard_ids.items() if v}, "samples": samples,
-            "left_out": left_out, "plan_s": plan_s, "round_time_s": duration,
-            "truancy": (duration - deadline) / deadline, "loss": loss, "accuracy": accuracy,
-            "model_version": version,
+            "shards": {k: v for k, v in shard_ids.items() if v}, "samples": closed.samples,
+            "left_out": closed.left_out, "plan_s": plan_s, "round_time_s": duration,
+            "truancy": (duration - deadline) / deadline, "loss": closed.loss,
+            "accuracy": closed.accuracy, "model_version": closed.version,
         }
-        return t.id, values, model_path, record
+        return t.id, values, closed.model_path, record
+
+
+def _task_record(i: int, t: TaskRow, spec: TaskSpec, index: int, counts: dict[str, int],
+                 busy: dict[str, float], duration: float, closed: ClosedRound, res: Any,
+                 drawn: list[Reply]) -> dict[str, Any]:
+    """One task's record of a job round: the thesis 4.3 metrics are computed from these."""
+    assert spec.sync is not None
+    deadline = spec.sync.deadline_s
+    samples, left_out = closed.samples, closed.left_out
+    allocated_shards = sum(counts.values())
+    per_shard = t.shard_samples * spec.training.iterations
+    samples_allocated = allocated_shards * per_shard
+    trained = min(sum(samples.values()), samples_allocated)
+    drawn_states = {str(r.learner.id): r.value.get("state") for r in drawn
+                    if r.error is None and str(r.learner.id) in busy}
+    return {
+        "task": t.name, "task_id": t.id, "round": index, "deadline_s": deadline,
+        "duration_s": duration, "met_deadline": duration <= deadline,
+        "shards_allocated": allocated_shards, "samples_allocated": samples_allocated,
+        "samples_trained": trained, "fulfillment": trained / samples_allocated
+        if samples_allocated else 0.0,
+        "allocation": {k: v for k, v in counts.items() if v > 0},
+        "learner_busy_s": busy,
+        "learner_idle_s": {k: max(0.0, duration - b) for k, b in busy.items()},
+        "learner_samples": samples, "states_revealed": drawn_states,
+        "left_out": {k: v for k, v in left_out.items() if k in busy},
+        "expected_delay_s": (res.task_delay_s[i] if res.task_delay_s else None),
+        "solver": {"method": res.method, "status": res.status, "backend": res.backend,
+                   "gap": res.gap, "notes": list(res.notes)},
+    }

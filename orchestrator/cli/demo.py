@@ -3,7 +3,7 @@
 Everything runs on this machine on loopback: the orchestrator on the embedded defaults (SQLite
 in a temporary data directory, MNIST-5k) and three `plexus agent run` processes. The agents
 are equally fast hardware, so their speeds are emulated by a CPU duty cycle (SIGSTOP/SIGCONT;
-`orchestrator.emulation`), and the demo says so.
+`orchestrator.local.emulation`), and the demo says so.
 """
 
 from __future__ import annotations
@@ -12,10 +12,31 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `demo` command."""
+    app.command("demo")(demo)
+
+
+def demo(
+    rounds: Annotated[int, typer.Option(help="Global update cycles.")] = 4,
+    deadline_s: Annotated[float, typer.Option(help="Deadline D per cycle, seconds.")]
+    = 4.0,
+    keep: Annotated[bool, typer.Option(help="Keep the temporary data directory.")]
+    = False,
+) -> None:
+    """Orchestrator + three local agents of emulated speeds + one DAB task (TwoNN, MNIST-5k)."""
+    from orchestrator.cli.common import console
+
+    code = run_demo(rounds=rounds, deadline_s=deadline_s, keep=keep, console=console)
+    raise typer.Exit(code)
+
 
 SPEEDS = {"fast": 1.0, "medium": 0.35, "slow": 0.1}
 
@@ -35,8 +56,8 @@ def demo_spec(rounds: int, deadline_s: float) -> dict[str, Any]:
 
 def run_demo(*, rounds: int, deadline_s: float, keep: bool, console: Console) -> int:
     """Run the demo end to end; return the process exit code (0 when the task finished)."""
-    from orchestrator.cli import follow, rounds_table
-    from orchestrator.fleet import LocalFleet
+    from orchestrator.cli.render import follow, rounds_table
+    from orchestrator.local.fleet import LocalFleet
 
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="plexus-demo-"))

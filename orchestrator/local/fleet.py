@@ -1,7 +1,7 @@
 """A local fleet: one orchestrator process and agent processes of emulated speeds on loopback.
 
 Used by `plexus demo`, the end-to-end tests and `benchmarks/dab_vs_csa.py`. Each process is a
-real `plexus ... ` command line; speeds are imposed with `orchestrator.emulation.DutyCycle`.
+real `plexus ... ` command line; speeds are imposed with `orchestrator.local.emulation.DutyCycle`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from orchestrator.client import APIError, Client
-from orchestrator.emulation import DutyCycle
+from orchestrator.local.emulation import DutyCycle
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""Durable state: learners, tasks, rounds and model versions in SQL, tensors as files.
+"""The database: learners, tasks, rounds, jobs and model versions in SQL.
 
 SQLAlchemy 2 over a SQLite file under the data directory by default, or any URL given (e.g.
 PostgreSQL); the code path is the same. Model versions, shards, test splits and uploaded
@@ -10,14 +10,10 @@ file, fsync, rename), and a round row is committed only after its model file is 
 from __future__ import annotations
 
 import hmac
-import json
-import os
 import secrets
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from orchestrator.errors import Conflict, NotFound, StoreError
+from orchestrator.store.files import Layout
 
 TASK_STATES = ("pending", "running", "finished", "failed", "cancelled")
 ACTIVE_STATES = ("pending", "running")
@@ -141,48 +138,6 @@ class ModelVersionRow(Base):
     version: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(String(1024))
     created_at: Mapped[float] = mapped_column(Float)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one.
-
-    Temp file in the same directory, fsync, rename, then fsync the directory so the rename
-    itself survives a power cut.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a data directory keeps its files."""
-
-    root: Path
-
-    def task_dir(self, task_id: int) -> Path:
-        return self.root / "tasks" / str(task_id)
-
-    def shard(self, task_id: int, n: int) -> Path:
-        return self.task_dir(task_id) / "shards" / f"{n}.safetensors"
-
-    def test_split(self, task_id: int) -> Path:
-        return self.task_dir(task_id) / "test.safetensors"
-
-    def model(self, task_id: int, version: int) -> Path:
-        return self.task_dir(task_id) / "models" / f"v{version}.safetensors"
-
-    def update(self, task_id: int, round_index: int, learner_id: int) -> Path:
-        return self.task_dir(task_id) / "updates" / f"r{round_index}" / f"l{learner_id}.safetensors"
 
 
 class Store:
@@ -506,13 +461,3 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON for logs and CLI output."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-
-def now_s() -> float:
-    """Wall-clock seconds since the epoch (what timestamps in the store are)."""
-    return time.time()

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.aggregation import BadUpdate, UnknownVersion
-from orchestrator.async_tasks import AsyncTaskRunner
+from orchestrator.runs.async_runner import AsyncTaskRunner
 
 MAX_UPDATE_BYTES = 256 * 1024 * 1024
 

@@ -1,10 +1,11 @@
 """Asynchronous tasks (SPIN / FedBuff / PORT) inside the orchestrator service.
 
 The aggregator cores (`orchestrator.aggregation`) and their live runner and REST routes
-(`orchestrator.async_tasks`, `orchestrator.api_async`) come from the asynchronous-mode work;
-this module connects them to the service: it builds a runner per submitted async task from
-the task's model v0 and spec, records every aggregation as a row of the task's history (with
-its model version written to disk), and ends the task after `async.max_updates` updates.
+(`orchestrator.runs.async_runner`, `orchestrator.api.asynchronous`) come from the
+asynchronous-mode work; this module connects them to the orchestrator: it builds a runner per
+submitted async task from the task's model v0 and spec, records every aggregation as a row of
+the task's history (with its model version written to disk), and ends the task after
+`async.max_updates` updates.
 
 Learner agents take part on their own: while a task runs, every alive learner is given a client
 index c (in the order they join; kept if it re-enrolls) and told over RPC to `join_async`; the
@@ -28,13 +29,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import Conflict
-from orchestrator.store import LearnerRow, TaskRow, write_atomic
+from orchestrator.metrics import Metrics
+from orchestrator.runs.gateway import LearnerGateway
+from orchestrator.runs.rounds import write_model
+from orchestrator.store import LearnerRow, Store, TaskRow
 
 if TYPE_CHECKING:
-    from orchestrator.async_tasks import AsyncTaskRunner
-    from orchestrator.service import Service
+    from orchestrator.runs.async_runner import AsyncTaskRunner
 
-log = logging.getLogger("orchestrator.async_mode")
+log = logging.getLogger("orchestrator.runs.asynchronous")
 ENLIST_EVERY_S = 1.0  # how often a running task looks for alive learners not yet joined
 JOIN_TIMEOUT_S = 30.0  # join_async / leave_async return at once; this covers a slow relay
 JOIN_RETRY_S = 10.0  # wait this long before asking a learner that failed to join again
@@ -42,11 +45,13 @@ RESTART_REASON = ("the orchestrator restarted: an asynchronous task's update que
                   "memory and cannot resume; submit the task again")
 
 
-class AsyncTasks:
+class AsyncDriver:
     """The running asynchronous tasks of one orchestrator, task id → runner."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, store: Store, gateway: LearnerGateway, metrics: Metrics) -> None:
+        self.store = store
+        self.gateway = gateway
+        self.metrics = metrics
         self.runners: dict[int, AsyncTaskRunner] = {}
         self._watchers: dict[int, asyncio.Task[None]] = {}
         # Per task: learner id → client index (its partition), and learner id → the token it
@@ -56,7 +61,6 @@ class AsyncTasks:
         self._joining: dict[int, set[int]] = {}
         self._failed: dict[int, dict[int, float]] = {}
         self._calls: set[asyncio.Task[None]] = set()
-        self._stubs: dict[tuple[str, str], Any] = {}
 
     def client_of(self, task_id: int, learner_id: int) -> int | None:
         """The client index (partition) a learner was given in a running async task."""
@@ -64,7 +68,7 @@ class AsyncTasks:
 
     def fail_leftovers(self) -> None:
         """At start-up: async tasks a previous process was running cannot resume."""
-        store = self.service.store
+        store = self.store
         for task in store.tasks(("pending", "running")):
             if (task.spec or {}).get("mode") == "async":
                 with contextlib.suppress(Conflict):
@@ -73,15 +77,15 @@ class AsyncTasks:
     def launch(self, task: TaskRow) -> None:
         """Build and start the runner of a freshly created async task."""
         from orchestrator.aggregation import build_aggregator
-        from orchestrator.async_tasks import AsyncTaskRunner
-        from orchestrator.taskdata import initial_model, load_test_split, read_state
+        from orchestrator.runs.async_runner import AsyncTaskRunner
+        from orchestrator.runs.taskdata import initial_model, load_test_split, read_state
         from plexus.spec import load_spec
         from plexus.training import evaluate
 
         spec = load_spec(task.spec)
         assert spec.async_ is not None
         a = spec.async_
-        layout = self.service.store.layout
+        layout = self.store.layout
         x, y, shape, classes = load_test_split(layout, task.id)
         scorer = initial_model(spec, shape, classes)
         snapshots: list[dict[str, Any]] = []
@@ -101,7 +105,7 @@ class AsyncTasks:
                                 staleness=a.staleness, k=a.k, pi_s=a.pi_s,
                                 selection_interval_s=a.pi_s, seed=spec.seed)
         runner = AsyncTaskRunner(core, evaluate=score, max_updates=a.max_updates)
-        self.service.store.set_state(task.id, "running", None, time.time())
+        self.store.set_state(task.id, "running", None, time.time())
         runner.start()
         self.runners[task.id] = runner
         self.clients[task.id] = {}
@@ -132,27 +136,8 @@ class AsyncTasks:
         for call in calls:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await call
-        for stub in self._stubs.values():
-            with contextlib.suppress(Exception):
-                stub.close()
-        self._stubs.clear()
 
     # -- learner agents: join and leave ------------------------------------------------------
-
-    def _stub(self, learner: LearnerRow) -> Any:
-        """A duplex stub for the learner's agent: straight to its worker, or via our relay."""
-        import rpc
-
-        if learner.endpoint:
-            url, token = learner.endpoint, learner.token  # the agent's worker checks it
-        else:
-            url, token = f"{self.service.relay_url}/{learner.name}", self.service.relay_secret
-        stub = self._stubs.get((url, token))
-        if stub is None:
-            stub = rpc.connect(url, token=token, duplex=True, timeout=None,
-                               callback=self.service.receiver, poll_interval_s=1.0)
-            self._stubs[(url, token)] = stub
-        return stub
 
     def _spawn(self, coro: Any, name: str) -> None:
         call = asyncio.get_running_loop().create_task(coro, name=name)
@@ -161,7 +146,7 @@ class AsyncTasks:
 
     async def _enlist(self, task_id: int, spec: dict[str, Any]) -> None:
         """Join every alive learner that is not (or no longer) in the task."""
-        alive = await asyncio.to_thread(self.service.alive_learners)
+        alive = await asyncio.to_thread(self.gateway.alive)
         clients = self.clients.setdefault(task_id, {})
         joined = self._joined.setdefault(task_id, {})
         joining = self._joining.setdefault(task_id, set())
@@ -180,7 +165,7 @@ class AsyncTasks:
     async def _join(self, task_id: int, spec: dict[str, Any], lr: LearnerRow,
                     client: int) -> None:
         try:
-            await asyncio.wait_for(self._stub(lr)["join_async"].acall(spec, task_id, client),
+            await asyncio.wait_for(self.gateway.join_async(lr, spec, task_id, client),
                                    JOIN_TIMEOUT_S)
         except asyncio.CancelledError:
             raise
@@ -199,8 +184,7 @@ class AsyncTasks:
     async def _leave(self, task_id: int, learners: list[LearnerRow]) -> None:
         async def one(lr: LearnerRow) -> None:
             try:
-                await asyncio.wait_for(self._stub(lr)["leave_async"].acall(task_id),
-                                       JOIN_TIMEOUT_S)
+                await asyncio.wait_for(self.gateway.leave_async(lr, task_id), JOIN_TIMEOUT_S)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the routes answer 404 now: the agent ends by itself
@@ -220,11 +204,32 @@ class AsyncTasks:
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to tell
             self._spawn(self._leave(task_id, list(joined.values())), f"leave-{task_id}")
 
+    async def _record(self, task_id: int, index: int, entry: dict[str, Any], state: Any,
+                      round_time_s: float) -> None:
+        """Write one aggregation's model version and record it as round `index`."""
+        version = int(entry["version"])
+        path = await write_model(self.store, task_id, version, state,
+                                 {"version": version, "task_id": task_id})
+        # Async rows: `allocation` counts the updates each learner (by id, as in sync rows)
+        # contributed to this aggregation.
+        ids = {lr.name: str(lr.id) for lr in self._joined.get(task_id, {}).values()}
+        contributed: dict[str, int] = {}
+        for name in entry.get("clients", []):
+            key = ids.get(name, name)
+            contributed[key] = contributed.get(key, 0) + 1
+        await asyncio.to_thread(self.store.record_round, task_id, {
+            "index": index, "started_at": time.time(), "allocation": contributed,
+            "shards": {}, "samples": {}, "left_out": {}, "plan_s": 0.0,
+            "round_time_s": round_time_s,
+            # No deadline in asynchronous mode: truancy is recorded as 0.
+            "truancy": 0.0, "loss": entry.get("loss"), "accuracy": entry.get("accuracy"),
+            "model_version": version,
+        }, path, time.time())
+        self.metrics.updates.inc(len(entry.get("clients", [])))
+
     async def _watch(self, task_id: int, runner: AsyncTaskRunner,
                      snapshots: list[dict[str, Any]], spec: dict[str, Any]) -> None:
-        from plexus.tensors import encode_state
-
-        store = self.service.store
+        store = self.store
         recorded = 0
         last = time.monotonic()
         enlisted = -ENLIST_EVERY_S
@@ -240,29 +245,9 @@ class AsyncTasks:
                 history = runner.status()["history"]
                 for entry in history[recorded:]:
                     now = time.monotonic()
-                    version = int(entry["version"])
-                    path = store.layout.model(task_id, version)
                     state = snapshots[recorded]
                     snapshots[recorded] = {}  # written once; free the memory
-                    await asyncio.to_thread(write_atomic, path, encode_state(
-                        state, {"version": version, "task_id": task_id}))
-                    # Async rows: `allocation` counts the updates each learner (by id, as in
-                    # sync rows) contributed to this aggregation.
-                    ids = {lr.name: str(lr.id) for lr in self._joined.get(task_id, {}).values()}
-                    contributed: dict[str, int] = {}
-                    for name in entry.get("clients", []):
-                        key = ids.get(name, name)
-                        contributed[key] = contributed.get(key, 0) + 1
-                    await asyncio.to_thread(store.record_round, task_id, {
-                        "index": recorded, "started_at": time.time(),
-                        "allocation": contributed, "shards": {},
-                        "samples": {},
-                        "left_out": {}, "plan_s": 0.0, "round_time_s": now - last,
-                        # No deadline in asynchronous mode: truancy is recorded as 0.
-                        "truancy": 0.0, "loss": entry.get("loss"),
-                        "accuracy": entry.get("accuracy"), "model_version": version,
-                    }, path, time.time())
-                    self.service.metrics.updates.inc(len(entry.get("clients", [])))
+                    await self._record(task_id, recorded, entry, state, now - last)
                     recorded += 1
                     last = now
                 if finished:

@@ -1,0 +1,25 @@
+"""`GET /healthz` and `GET /metrics` (Prometheus text format)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from orchestrator.api.deps import ServiceDep
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz")
+def healthz(service: ServiceDep) -> dict[str, Any]:
+    """Whether the service answers, and how many tasks run."""
+    return {"ok": True, "tasks_running": len(service.store.tasks(("running",)))}
+
+
+@router.get("/metrics")
+def metrics(service: ServiceDep) -> Response:
+    """The Prometheus metrics of this orchestrator."""
+    return Response(service.metrics.render(),
+                    media_type="text/plain; version=0.0.4; charset=utf-8")

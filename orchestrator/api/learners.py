@@ -1,0 +1,71 @@
+"""Learner routes: enroll, heartbeat, list."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.api.deps import AdminDep, LearnerDep, ServiceDep
+from orchestrator.errors import Forbidden, Unauthorized
+from orchestrator.store import LearnerRow
+
+router = APIRouter(tags=["learners"])
+
+
+class EnrollRequest(BaseModel):
+    """POST /v1/learners/enroll."""
+
+    model_config = ConfigDict(extra="forbid")
+    join_token: str
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    facts: dict[str, Any] = Field(default_factory=dict)
+    endpoint: str | None = Field(None, max_length=512, pattern=r"^https?://")
+
+
+class HeartbeatRequest(BaseModel):
+    """POST /v1/learners/{id}/heartbeat (the body is optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    facts: dict[str, Any] | None = None
+
+
+def learner_view(lr: LearnerRow, now: float, alive_after_s: float) -> dict[str, Any]:
+    """A learner as the API shows it (never its token)."""
+    return {"id": lr.id, "name": lr.name, "endpoint": lr.endpoint, "facts": lr.facts,
+            "enrolled_at": lr.enrolled_at, "last_seen": lr.last_seen,
+            "alive": lr.last_seen >= now - alive_after_s,
+            "via": "direct" if lr.endpoint else "relay"}
+
+
+@router.post("/v1/learners/enroll", status_code=201)
+def enroll(body: EnrollRequest, service: ServiceDep) -> dict[str, Any]:
+    """Enroll (or re-enroll) a learner with the join token; answer its own token."""
+    if not hmac.compare_digest(body.join_token, service.join_token):
+        raise Unauthorized("join_token is wrong: use the token the orchestrator printed "
+                           "at start (or <data dir>/join_token)")
+    row = service.store.enroll(body.name, body.facts, body.endpoint, time.time())
+    return {"learner_id": row.id, "name": row.name, "token": row.token,
+            "relay_url": service.relay_url,
+            "heartbeat_interval_s": service.settings.heartbeat_interval_s}
+
+
+@router.post("/v1/learners/{learner_id}/heartbeat")
+def heartbeat(learner_id: int, me: LearnerDep, service: ServiceDep,
+              body: Annotated[HeartbeatRequest | None, Body()] = None) -> dict[str, Any]:
+    """A learner says it is alive (and perhaps sends new facts)."""
+    if me.id != learner_id:
+        raise Forbidden(f"this token belongs to learner {me.id}, not {learner_id}")
+    service.store.heartbeat(learner_id, body.facts if body else None, time.time())
+    return {"ok": True}
+
+
+@router.get("/v1/learners", dependencies=[AdminDep])
+def list_learners(service: ServiceDep) -> dict[str, Any]:
+    """Every enrolled learner and whether it is alive."""
+    now = time.time()
+    after = service.settings.alive_after_s
+    return {"learners": [learner_view(lr, now, after) for lr in service.store.learners()]}

@@ -1,0 +1,160 @@
+"""Task routes: submit, list, show, cancel, rounds, and the files learners download."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+from fastapi.responses import Response
+
+from orchestrator.api.deps import AdminDep, LearnerDep, LearnerOrAdminDep, ServiceDep
+from orchestrator.errors import BadInput, Forbidden, NotFound
+from orchestrator.runs.jobs import JOB_ONLY
+from orchestrator.store import RoundRow, TaskRow
+
+router = APIRouter(tags=["tasks"])
+
+
+def task_view(t: TaskRow) -> dict[str, Any]:
+    """A task as the API shows it."""
+    sync = (t.spec or {}).get("sync") or {}
+    asynchronous = (t.spec or {}).get("async") or {}
+    return {"id": t.id, "name": t.name, "mode": (t.spec or {}).get("mode", "sync"),
+            "state": t.state, "reason": t.reason,
+            "created_at": t.created_at, "started_at": t.started_at,
+            "finished_at": t.finished_at, "rounds_done": t.rounds_done,
+            # Async tasks have no fixed number of rounds (one row per aggregation).
+            "rounds": sync.get("rounds"),
+            "allocator": sync.get("allocator") or asynchronous.get("aggregator"),
+            "model_version": t.model_version, "num_shards": t.num_shards, "spec": t.spec}
+
+
+def round_view(r: RoundRow) -> dict[str, Any]:
+    """A finished round as the API shows it."""
+    return {"index": r.index, "started_at": r.started_at, "allocation": r.allocation,
+            "shards": r.shards, "samples": r.samples, "left_out": r.left_out,
+            "plan_s": r.plan_s, "round_time_s": r.round_time_s, "truancy": r.truancy,
+            "loss": r.loss, "accuracy": r.accuracy, "model_version": r.model_version}
+
+
+def parse_task(spec: dict[str, Any]) -> Any:
+    """The parsed spec of a single task; BadInput naming the field if it cannot run here."""
+    from orchestrator.aggregation import AGGREGATORS
+    from orchestrator.allocation import allocator_names
+    from plexus.errors import SpecError
+    from plexus.spec import parse_spec
+
+    try:
+        parsed = parse_spec(spec)
+    except SpecError as exc:
+        raise BadInput(str(exc), code="invalid_spec") from None
+    if parsed.async_ is not None:
+        if parsed.async_.aggregator not in AGGREGATORS:
+            raise BadInput(f"async.aggregator: {parsed.async_.aggregator!r} is not "
+                           f"available here (available: {', '.join(sorted(AGGREGATORS))})",
+                           code="invalid_spec")
+    elif parsed.sync is not None and parsed.sync.allocator in JOB_ONLY:
+        raise BadInput(f"sync.allocator: {parsed.sync.allocator!r} allocates several tasks "
+                       "together: submit them as a job (POST /v1/jobs, or "
+                       f"`plexus task submit A.yaml B.yaml --allocator "
+                       f"{parsed.sync.allocator}`)", code="invalid_spec")
+    elif parsed.sync is not None and parsed.sync.allocator not in allocator_names():
+        raise BadInput(f"sync.allocator: {parsed.sync.allocator!r} is not available here "
+                       f"(available: {', '.join(allocator_names())})", code="invalid_spec")
+    return parsed
+
+
+@router.post("/v1/tasks", status_code=201, dependencies=[AdminDep])
+async def submit(spec: Annotated[dict[str, Any], Body()], service: ServiceDep
+                 ) -> dict[str, Any]:
+    """Create a task completely (or not at all) and start it."""
+    from orchestrator.runs.taskdata import prepare_task
+
+    parsed = parse_task(spec)
+    layout = service.store.layout
+    row = await asyncio.to_thread(
+        service.store.create_task, parsed.to_dict(),
+        lambda task_id, _dir: prepare_task(parsed, task_id, layout), time.time())
+    if parsed.async_ is not None:
+        service.asynchronous.launch(row)
+        row = service.store.task(row.id)
+    else:
+        service.sync.launch(row.id)
+    return task_view(row)
+
+
+@router.get("/v1/tasks", dependencies=[AdminDep])
+def list_tasks(service: ServiceDep) -> dict[str, Any]:
+    """Every task."""
+    return {"tasks": [task_view(t) for t in service.store.tasks()]}
+
+
+@router.get("/v1/tasks/{task_id}", dependencies=[AdminDep])
+def show_task(task_id: int, service: ServiceDep) -> dict[str, Any]:
+    """One task."""
+    return task_view(service.store.task(task_id))
+
+
+@router.post("/v1/tasks/{task_id}/cancel", dependencies=[AdminDep])
+async def cancel_task(task_id: int, service: ServiceDep) -> dict[str, Any]:
+    """Cancel a pending or running task."""
+    row = service.store.set_state(task_id, "cancelled", "cancelled by the user", time.time())
+    await service.sync.cancel(task_id)
+    await service.asynchronous.cancel(task_id)
+    return task_view(row)
+
+
+@router.get("/v1/tasks/{task_id}/rounds", dependencies=[AdminDep])
+def task_rounds(task_id: int, service: ServiceDep) -> dict[str, Any]:
+    """A task's finished rounds."""
+    return {"task_id": task_id,
+            "rounds": [round_view(r) for r in service.store.rounds(task_id)]}
+
+
+@router.get("/v1/tasks/{task_id}/model", dependencies=[LearnerOrAdminDep])
+def task_model(task_id: int, service: ServiceDep) -> Response:
+    """The task's current model version (safetensors)."""
+    task = service.store.task(task_id)
+    path = service.store.layout.model(task_id, task.model_version)
+    if not path.exists():
+        raise NotFound(f"model version {task.model_version} of task {task_id} is missing "
+                       "from the data directory", code="model_not_found")
+    data = path.read_bytes()
+    service.metrics.bytes_served.labels(kind="model").inc(len(data))
+    return Response(data, media_type="application/octet-stream",
+                    headers={"X-Model-Version": str(task.model_version)})
+
+
+@router.get("/v1/tasks/{task_id}/shards/{n}")
+def task_shard(task_id: int, n: int, _me: LearnerDep, service: ServiceDep) -> Response:
+    """Shard `n` of a task, for an enrolled learner."""
+    task = service.store.task(task_id)
+    if not 0 <= n < task.num_shards:
+        raise NotFound(f"shard {n} not found for task {task_id} (task has "
+                       f"{task.num_shards} shards, 0..{task.num_shards - 1})",
+                       code="shard_not_found")
+    data = service.store.layout.shard(task_id, n).read_bytes()
+    service.metrics.bytes_served.labels(kind="shard").inc(len(data))
+    return Response(data, media_type="application/octet-stream")
+
+
+@router.get("/v1/tasks/{task_id}/partitions/{client}", tags=["asynchronous tasks"])
+def task_partition(task_id: int, client: int, me: LearnerDep, service: ServiceDep
+                   ) -> Response:
+    """Partition `client` of a running async task, for the learner that is that client."""
+    from orchestrator.runs.taskdata import client_shard
+
+    given = service.asynchronous.client_of(task_id, me.id)
+    if given is None:
+        raise NotFound(f"learner {me.name} is not a client of running asynchronous task "
+                       f"{task_id}; wait for the orchestrator's join_async call",
+                       code="not_a_client")
+    if given != client:
+        raise Forbidden(f"learner {me.name} is client {given} of task {task_id}, not "
+                        f"{client}: download partition {given}")
+    task = service.store.task(task_id)
+    data = service.store.layout.shard(task_id, client_shard(task.num_shards, client)).read_bytes()
+    service.metrics.bytes_served.labels(kind="partition").inc(len(data))
+    return Response(data, media_type="application/octet-stream")

@@ -1,0 +1,151 @@
+"""The learner gateway: how every driver reaches the learner agents.
+
+One duplex stub per learner (straight to its worker, or through the orchestrator's relay for an
+agent behind NAT), shared by the synchronous, job and asynchronous drivers; `gather` calls many
+learners at once under one time limit; one typed method per agent procedure (docs/protocol.md).
+The gateway also answers which learners are alive (last heartbeat younger than
+`alive_after_s`). It knows the store and the RPC plumbing, never a driver or the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.store import LearnerRow, Store
+
+# One learner's call: the learner and a function that starts the call.
+Call = tuple[LearnerRow, Callable[[], Awaitable[Any]]]
+
+
+@dataclass
+class Reply:
+    """One learner's answer (`value`) or why it has none (`error`), after `elapsed_s`."""
+
+    learner: LearnerRow
+    value: Any = None
+    error: str | None = None
+    elapsed_s: float = 0.0
+
+
+class LearnerGateway:
+    """Stubs, calls and liveness of the learners of one orchestrator."""
+
+    def __init__(self, store: Store, *, relay_url: str, relay_secret: str, receiver: Any,
+                 alive_after_s: float) -> None:
+        self.store = store
+        self.relay_url = relay_url
+        self.relay_secret = relay_secret
+        self.receiver = receiver
+        self.alive_after_s = alive_after_s
+        self._stubs: dict[tuple[str, str], Any] = {}
+
+    # -- learners -------------------------------------------------------------------------
+
+    def alive(self, now: float | None = None) -> list[LearnerRow]:
+        """Learners whose last heartbeat is younger than `alive_after_s`."""
+        now = time.time() if now is None else now
+        horizon = now - self.alive_after_s
+        return [lr for lr in self.store.learners() if lr.last_seen >= horizon]
+
+    async def wait_for_alive(self, count: int = 1) -> list[LearnerRow]:
+        """The alive learners, once there are at least `count` of them."""
+        while True:
+            alive = await asyncio.to_thread(self.alive)
+            if len(alive) >= count:
+                return alive
+            await asyncio.sleep(0.5)
+
+    def stub(self, learner: LearnerRow) -> Any:
+        """A duplex stub for the learner: straight to its worker, or through our relay."""
+        import rpc
+
+        if learner.endpoint:
+            url, token = learner.endpoint, learner.token  # the agent's worker checks it
+        else:
+            url, token = f"{self.relay_url}/{learner.name}", self.relay_secret
+        key = (url, token)
+        stub = self._stubs.get(key)
+        if stub is None:
+            stub = rpc.connect(url, token=token, duplex=True, timeout=None,
+                               callback=self.receiver, poll_interval_s=1.0)
+            self._stubs[key] = stub
+        return stub
+
+    def close(self) -> None:
+        """Close every stub (after the drivers have stopped)."""
+        for stub in self._stubs.values():
+            with contextlib.suppress(Exception):
+                stub.close()
+        self._stubs.clear()
+
+    # -- many learners at once --------------------------------------------------------------
+
+    @staticmethod
+    async def gather(calls: list[Call], timeout_s: float) -> list[Reply]:
+        """Run every call at once; one reply per call, in the order given, each with its own
+        elapsed seconds. Calls still open after `timeout_s` are cancelled and answered with an
+        error; any failure of one learner only leaves that learner out."""
+        t0 = time.monotonic()
+
+        async def one(lr: LearnerRow, call: Callable[[], Awaitable[Any]]) -> Reply:
+            try:
+                value = await call()
+                return Reply(lr, value=value, elapsed_s=time.monotonic() - t0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                return Reply(lr, error=f"{type(exc).__name__}: {exc}",
+                             elapsed_s=time.monotonic() - t0)
+
+        futures = [asyncio.ensure_future(one(lr, call)) for lr, call in calls]
+        if not futures:
+            return []
+        try:
+            await asyncio.wait(futures, timeout=timeout_s)
+        except asyncio.CancelledError:
+            for f in futures:
+                f.cancel()
+            raise
+        out = []
+        for f, (lr, _call) in zip(futures, calls, strict=True):
+            if f.done():
+                out.append(f.result())
+            else:
+                f.cancel()
+                out.append(Reply(lr, error="no answer by deadline + grace", elapsed_s=timeout_s))
+        return out
+
+    # -- the agent's procedures (docs/protocol.md) -------------------------------------------
+
+    async def plan(self, lr: LearnerRow, spec: dict[str, Any], task_id: int) -> Any:
+        """DAB: the learner picks its own number of shards a_k."""
+        return await self.stub(lr)["plan"].acall(spec, task_id)
+
+    async def benchmark(self, lr: LearnerRow, spec: dict[str, Any], task_id: int,
+                        state: str | None) -> Any:
+        """Subset benchmarking (b_k, c_k), in the given stressor state or none."""
+        return await self.stub(lr)["benchmark"].acall(spec, task_id, state)
+
+    async def round_state(self, lr: LearnerRow, distribution: dict[str, float],
+                          reveal: bool) -> Any:
+        """The learner draws its stressor state for the round; says which if `reveal`."""
+        return await self.stub(lr)["round_state"].acall(distribution, reveal)
+
+    async def train(self, lr: LearnerRow, spec: dict[str, Any], task_id: int, index: int,
+                    shards: list[int], halt_s: float, state: str | None) -> Any:
+        """Train on `shards` for round `index`, halting after `halt_s` seconds."""
+        return await self.stub(lr)["train"].acall(spec, task_id, index, shards, halt_s, state)
+
+    async def join_async(self, lr: LearnerRow, spec: dict[str, Any], task_id: int,
+                         client: int) -> Any:
+        """Join asynchronous task `task_id` as client index `client`."""
+        return await self.stub(lr)["join_async"].acall(spec, task_id, client)
+
+    async def leave_async(self, lr: LearnerRow, task_id: int) -> Any:
+        """Leave asynchronous task `task_id`."""
+        return await self.stub(lr)["leave_async"].acall(task_id)

@@ -1,0 +1,54 @@
+"""The data directory: where a task's files live and how every file is written.
+
+Model versions, shards, test splits and uploaded updates are safetensors files under
+`<data_dir>/tasks/<id>/`, each written atomically (temp file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one.
+
+    Temp file in the same directory, fsync, rename, then fsync the directory so the rename
+    itself survives a power cut.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a data directory keeps its files."""
+
+    root: Path
+
+    def task_dir(self, task_id: int) -> Path:
+        return self.root / "tasks" / str(task_id)
+
+    def shard(self, task_id: int, n: int) -> Path:
+        return self.task_dir(task_id) / "shards" / f"{n}.safetensors"
+
+    def test_split(self, task_id: int) -> Path:
+        return self.task_dir(task_id) / "test.safetensors"
+
+    def model(self, task_id: int, version: int) -> Path:
+        return self.task_dir(task_id) / "models" / f"v{version}.safetensors"
+
+    def update(self, task_id: int, round_index: int, learner_id: int) -> Path:
+        return self.task_dir(task_id) / "updates" / f"r{round_index}" / f"l{learner_id}.safetensors"
