@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.store import LearnerRow, Store
+from plexus import protocol
 
 # One learner's call: the learner and a function that starts the call.
 Call = tuple[LearnerRow, Callable[[], Awaitable[Any]]]
@@ -122,30 +123,35 @@ class LearnerGateway:
 
     # -- the agent's procedures (docs/protocol.md) -------------------------------------------
 
+    async def _call(self, lr: LearnerRow, call: protocol.Call) -> Any:
+        """One procedure call, its name and argument order taken from `plexus.protocol`."""
+        return await self.stub(lr)[call.name].acall(*call.args())
+
     async def plan(self, lr: LearnerRow, spec: dict[str, Any], task_id: int) -> Any:
         """DAB: the learner picks its own number of shards a_k."""
-        return await self.stub(lr)["plan"].acall(spec, task_id)
+        return await self._call(lr, protocol.Plan(task=spec, task_id=task_id))
 
     async def benchmark(self, lr: LearnerRow, spec: dict[str, Any], task_id: int,
                         state: str | None) -> Any:
         """Subset benchmarking (b_k, c_k), in the given stressor state or none."""
-        return await self.stub(lr)["benchmark"].acall(spec, task_id, state)
+        return await self._call(lr, protocol.Benchmark(task=spec, task_id=task_id, state=state))
 
     async def round_state(self, lr: LearnerRow, distribution: dict[str, float],
                           reveal: bool) -> Any:
         """The learner draws its stressor state for the round; says which if `reveal`."""
-        return await self.stub(lr)["round_state"].acall(distribution, reveal)
+        return await self._call(lr, protocol.RoundState(distribution=distribution, reveal=reveal))
 
     async def train(self, lr: LearnerRow, spec: dict[str, Any], task_id: int, index: int,
                     shards: list[int], halt_s: float, state: str | None) -> Any:
         """Train on `shards` for round `index`, halting after `halt_s` seconds."""
-        return await self.stub(lr)["train"].acall(spec, task_id, index, shards, halt_s, state)
+        return await self._call(lr, protocol.Train(task=spec, task_id=task_id, round=index,
+                                                   shards=shards, deadline_s=halt_s, state=state))
 
     async def join_async(self, lr: LearnerRow, spec: dict[str, Any], task_id: int,
                          client: int) -> Any:
         """Join asynchronous task `task_id` as client index `client`."""
-        return await self.stub(lr)["join_async"].acall(spec, task_id, client)
+        return await self._call(lr, protocol.JoinAsync(task=spec, task_id=task_id, client=client))
 
     async def leave_async(self, lr: LearnerRow, task_id: int) -> Any:
         """Leave asynchronous task `task_id`."""
-        return await self.stub(lr)["leave_async"].acall(task_id)
+        return await self._call(lr, protocol.LeaveAsync(task_id=task_id))
