@@ -120,7 +120,6 @@ fi
 [[ -z "$TORCH_FROM" || -d "$TORCH_FROM/torch" ]] || die "--torch-from $TORCH_FROM has no torch/ package in it"
 [[ -z "$ARCH_OVERRIDE" || $DRY_RUN -eq 1 ]] || die "--arch only goes with --dry-run (the install itself is for this machine)"
 
-
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python $MIN_PYTHON+ (sudo apt install python3 python3-venv) or pass --python"
 PY_VERSION=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 if ! "$PYTHON" -c "import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)"; then
@@ -151,6 +150,8 @@ if [[ -d "$SOURCE" || -f "$SOURCE" ]]; then
     SOURCE_URL=$("$PYTHON" -c 'import pathlib, sys; print(pathlib.Path(sys.argv[1]).resolve().as_uri())' "$SOURCE")
 else
     case "$SOURCE" in
+        git+file:///*)   # pip wants a host in a git URL: git+file://localhost/PATH
+            SOURCE_URL="git+file://localhost/${SOURCE#git+file:///}" ;;
         git+*://*|http://*.whl|https://*.whl|http://*.tar.gz|https://*.tar.gz)
             SOURCE_URL="$SOURCE" ;;
         *://*)
