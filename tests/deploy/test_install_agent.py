@@ -61,8 +61,8 @@ _PIP_AS_AARCH64 = (
 def test_aarch64_torch_choice_pulls_no_cuda(tmp_path: Path) -> None:
     """What the script installs on a Pi resolves, for aarch64, without any CUDA package: torch
     2.11+ on PyPI requires cuda-toolkit 13, nvidia-cudnn-cu13 ... on every Linux (GBs on a Pi).
-    Registry metadata only (pip --dry-run --report); an index without PEP 658 metadata makes
-    pip fetch the torch wheel itself (about 150 MB) to read it."""
+    Installs nothing (pip --dry-run --report), but pip 23.2 fetches the chosen torch wheel (about
+    150 MB for 2.10.0) to read its metadata: about 20 s here."""
     index, requirement = _planned_torch("aarch64")
     reachable = subprocess.run(
         [sys.executable, "-m", "pip", "index", "versions", "pip"],
