@@ -2,16 +2,25 @@
 # Install the Plexus learner agent on a Raspberry Pi OS, Ubuntu/Debian or Jetson Linux device.
 #
 # What it does: checks the platform and Python, creates a virtual environment, installs a torch
-# build that exists for this platform and then `plexus[agent]`, writes the agent's config file and
-# a join-token file readable only by the service user, and installs, enables and starts the
-# systemd unit `plexus-agent.service` (Restart=on-failure, unprivileged user).
+# build that exists for this platform and pulls no CUDA libraries onto a Pi, then
+# `plexus-edge[agent]` from a checkout, a wheel or sdist built from one, or a git URL (never a
+# bare name from an index: "plexus" on PyPI is someone else's project), writes the agent's config
+# file and a join-token file readable only by the service user, and installs, enables and starts
+# the systemd unit `plexus-agent.service` (Restart=on-failure, unprivileged user).
 #
 # With `--prefix DIR --no-systemd` everything goes under DIR and nothing else on the system is
 # touched (no user, no /etc, no systemd): that is how CI runs it. docs/deploy.md walks through a
 # real installation.
 set -euo pipefail
 
-TORCH_VERSION_DEFAULT="2.13.0"          # the project's pinned torch (see Makefile)
+DIST="plexus-edge"                      # our distribution's name ([project] name in pyproject.toml)
+# torch per platform. x86-64: the project's pinned torch (see Makefile), CPU build from PyTorch's
+# index (PyPI's x86-64 wheel pulls several GB of CUDA). aarch64: from PyPI, the newest release
+# whose aarch64 wheel pulls no CUDA: 2.11 and later require cuda-toolkit 13, nvidia-cudnn-cu13,
+# nvidia-nccl-cu13 ... on every Linux, 2.10 only on x86-64 (tests/deploy/test_install_agent.py
+# resolves this choice for aarch64 and checks that no nvidia-*/cuda-* package comes with it).
+TORCH_X86_64="torch==2.13.0"
+TORCH_AARCH64="torch==2.10.0"
 TORCH_CPU_INDEX="https://download.pytorch.org/whl/cpu"
 MIN_PYTHON="3.10"
 
@@ -37,9 +46,13 @@ Where and how:
   --no-config               install the software only; write no config or token
   --user USER               service user, created when missing (default plexus)
   --python PY               Python interpreter, 3.10 or newer (default python3)
-  --source SPEC             where plexus comes from: a requirement (default "plexus"), a source
-                            checkout directory or a wheel file
-  --torch MODE              auto (default): pick a build for this platform; skip: let pip
+  --source SRC              where plexus-edge comes from: a checkout directory (default: the
+                            checkout this script is in, if it is in one), a wheel or sdist built
+                            from one (python3 -m pip wheel --no-deps -w dist CHECKOUT), or a git
+                            URL (git+https://HOST/REPO.git[@REF]). A bare name is refused: it
+                            would come from an index, and "plexus" on PyPI is another project
+  --torch MODE              auto (default): pick a build for this platform (x86-64: torch 2.13.0
+                            CPU; aarch64: torch 2.10.0, which pulls no CUDA); skip: let pip
                             resolve torch itself; or a requirement such as "torch==2.3.1"
   --torch-index URL         package index for torch ("pip" = pip's configured indexes)
   --torch-wheel FILE|URL    install this torch wheel (Jetson: NVIDIA's wheel for your JetPack)
@@ -47,7 +60,8 @@ Where and how:
                             directory) instead of installing one
   --system-site-packages    let the venv see system-wide packages (e.g. a torch from apt/NVIDIA)
   --pip-arg ARG             extra argument for every pip install (repeatable)
-  --dry-run                 print the platform and the torch choice, then stop
+  --dry-run                 print the platform, the torch choice and the source, then stop
+  --arch ARCH               with --dry-run: show the choice for ARCH (uname -m, e.g. aarch64)
   -h, --help                this help
 EOF
 }
@@ -58,8 +72,8 @@ die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 
 ORCHESTRATOR="" TOKEN_FILE="" NAME="" RELAY=0 PORT=8701 CA_CERT=""
 PREFIX="/opt/plexus-agent" SYSTEMD=1 WRITE_CONFIG=1 SERVICE_USER="plexus" PYTHON="python3"
-SOURCE="plexus" TORCH_MODE="auto" TORCH_INDEX="" TORCH_WHEEL="" TORCH_FROM=""
-SYSTEM_SITE=0 DRY_RUN=0
+SOURCE="" TORCH_MODE="auto" TORCH_INDEX="" TORCH_WHEEL="" TORCH_FROM=""
+SYSTEM_SITE=0 DRY_RUN=0 ARCH_OVERRIDE=""
 PIP_ARGS=()
 
 while [[ $# -gt 0 ]]; do
@@ -75,7 +89,7 @@ while [[ $# -gt 0 ]]; do
         --no-config) WRITE_CONFIG=0; shift ;;
         --user) SERVICE_USER="${2:?--user needs a name}"; shift 2 ;;
         --python) PYTHON="${2:?--python needs an interpreter}"; shift 2 ;;
-        --source) SOURCE="${2:?--source needs a requirement, directory or wheel}"; shift 2 ;;
+        --source) SOURCE="${2:?--source needs a checkout directory, a wheel or sdist, or a git URL}"; shift 2 ;;
         --torch) TORCH_MODE="${2:?--torch needs auto, skip or a requirement}"; shift 2 ;;
         --torch-index) TORCH_INDEX="${2:?--torch-index needs a URL}"; shift 2 ;;
         --torch-wheel) TORCH_WHEEL="${2:?--torch-wheel needs a file or URL}"; shift 2 ;;
@@ -83,6 +97,7 @@ while [[ $# -gt 0 ]]; do
         --system-site-packages) SYSTEM_SITE=1; shift ;;
         --pip-arg) PIP_ARGS+=("${2:?--pip-arg needs an argument}"); shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
+        --arch) ARCH_OVERRIDE="${2:?--arch needs a machine name such as aarch64}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option $1" ;;
     esac
@@ -103,6 +118,7 @@ if [[ $WRITE_CONFIG -eq 1 && $DRY_RUN -eq 0 ]]; then
     [[ "$PORT" =~ ^[0-9]+$ ]] || die "--port must be a number, got $PORT"
 fi
 [[ -z "$TORCH_FROM" || -d "$TORCH_FROM/torch" ]] || die "--torch-from $TORCH_FROM has no torch/ package in it"
+[[ -z "$ARCH_OVERRIDE" || $DRY_RUN -eq 1 ]] || die "--arch only goes with --dry-run (the install itself is for this machine)"
 
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python $MIN_PYTHON+ (sudo apt install python3 python3-venv) or pass --python"
 PY_VERSION=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -110,15 +126,55 @@ if ! "$PYTHON" -c "import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)
     die "Python $PY_VERSION is too old; plexus needs $MIN_PYTHON+. Ubuntu 20.04 / JetPack 5: sudo apt install python3.10 python3.10-venv (deadsnakes PPA) and pass --python python3.10"
 fi
 
+# ---------------------------------------------------------------------------- source
+# Everything pip gets is "plexus-edge[agent] @ URL": pip then checks that what it finds there is
+# our distribution, and no index is ever asked for the name.
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [[ -z "$SOURCE" ]]; then
+    if [[ -f "$HERE/../pyproject.toml" ]] && grep -q "^name = \"$DIST\"" "$HERE/../pyproject.toml"; then
+        SOURCE=$(cd "$HERE/.." && pwd)
+    else
+        die "--source is required: this script is not inside a plexus checkout. Give a checkout directory, a wheel or sdist built from one, or a git URL (docs/deploy.md, step 4)"
+    fi
+fi
+if [[ -d "$SOURCE" || -f "$SOURCE" ]]; then
+    if [[ -d "$SOURCE" ]]; then
+        [[ -f "$SOURCE/pyproject.toml" ]] || die "--source $SOURCE: no pyproject.toml there; give the root of a plexus checkout"
+    else
+        case "$(basename "$SOURCE")" in
+            plexus_edge-*.whl|plexus_edge-*.tar.gz|plexus-edge-*.tar.gz) ;;
+            *) die "--source $SOURCE: expected a plexus_edge-*.whl or plexus_edge-*.tar.gz built from a checkout (python3 -m pip wheel --no-deps -w dist CHECKOUT)" ;;
+        esac
+    fi
+    # The absolute file: URL of the path (spaces and the like %-escaped).
+    SOURCE_URL=$("$PYTHON" -c 'import pathlib, sys; print(pathlib.Path(sys.argv[1]).resolve().as_uri())' "$SOURCE")
+else
+    case "$SOURCE" in
+        git+file:///*)   # pip wants a host in a git URL: git+file://localhost/PATH
+            SOURCE_URL="git+file://localhost/${SOURCE#git+file:///}" ;;
+        git+*://*|http://*.whl|https://*.whl|http://*.tar.gz|https://*.tar.gz)
+            SOURCE_URL="$SOURCE" ;;
+        *://*)
+            die "--source $SOURCE: a URL must be a git URL (git+https://HOST/REPO.git[@REF]) or point at a .whl or .tar.gz" ;;
+        */*|*.whl|*.tar.gz)
+            die "--source $SOURCE: no such file or directory" ;;
+        *)
+            die "--source $SOURCE is a bare name, and install-agent.sh never installs plexus from an index by name (\"plexus\" on PyPI is an unrelated project). Give a checkout directory (./plexus), a wheel or sdist built from one (python3 -m pip wheel --no-deps -w dist CHECKOUT), or a git URL (git+https://HOST/REPO.git)" ;;
+    esac
+fi
+SPEC="$DIST[agent] @ $SOURCE_URL"
+
 # ---------------------------------------------------------------------------- platform
-ARCH=$(uname -m)
+ARCH=${ARCH_OVERRIDE:-$(uname -m)}
 MODEL=""
-[[ -r /proc/device-tree/model ]] && MODEL=$(tr -d '\0' </proc/device-tree/model)
+[[ -z "$ARCH_OVERRIDE" && -r /proc/device-tree/model ]] && MODEL=$(tr -d '\0' </proc/device-tree/model)
 OS_NAME="unknown"
 [[ -r /etc/os-release ]] && OS_NAME=$(. /etc/os-release && echo "${PRETTY_NAME:-$ID}")
 GLIBC=$("$PYTHON" -c 'import platform; print(platform.libc_ver()[1] or "unknown")')
 JETSON_L4T=""
-if [[ -r /etc/nv_tegra_release ]]; then
+if [[ -n "$ARCH_OVERRIDE" ]]; then
+    :   # a dry run for another machine: no Jetson detection from this one's files
+elif [[ -r /etc/nv_tegra_release ]]; then
     # "# R35 (release), REVISION: 4.1" -> 35.4.1 (R32 = JetPack 4, R35 = JetPack 5, R36 = JetPack 6)
     JETSON_L4T=$(sed -n 's/^# R\([0-9]*\) (release), REVISION: \([0-9.]*\).*/\1.\2/p' /etc/nv_tegra_release)
     [[ -n "$JETSON_L4T" ]] || JETSON_L4T="unknown"
@@ -142,15 +198,17 @@ elif [[ -n "$TORCH_WHEEL" ]]; then
 elif [[ "$TORCH_MODE" == "skip" ]]; then
     TORCH_PLAN="skip"
 else
-    REQ="torch==$TORCH_VERSION_DEFAULT"
-    [[ "$TORCH_MODE" != "auto" ]] && REQ="$TORCH_MODE"
+    REQ="$TORCH_MODE"
     case "$PLATFORM" in
         x86_64)
             # PyPI's default x86_64 torch bundles CUDA (several GB); the CPU build lives on
             # PyTorch's own index.
+            [[ "$TORCH_MODE" == "auto" ]] && REQ="$TORCH_X86_64"
             TORCH_PLAN="index:${TORCH_INDEX:-$TORCH_CPU_INDEX}:$REQ" ;;
         aarch64|raspberrypi-64)
-            # PyPI's aarch64 wheels are CPU builds (manylinux, glibc 2.28+): right for a Pi 4/5.
+            # PyPI's aarch64 torch 2.10 is a CPU build with no CUDA dependency (manylinux,
+            # glibc 2.28+: bookworm has 2.36); 2.11+ would pull GBs of CUDA 13 onto a Pi.
+            [[ "$TORCH_MODE" == "auto" ]] && REQ="$TORCH_AARCH64"
             TORCH_PLAN="index:${TORCH_INDEX:-pip}:$REQ" ;;
         jetson)
             # NVIDIA builds CUDA wheels per JetPack release; PyPI has none for Jetson's GPU.
@@ -158,7 +216,8 @@ else
                 32.*)
                     die "this is JetPack 4 (L4T $JETSON_L4T, e.g. a Jetson Nano): NVIDIA's newest torch for it is 1.10 on Python 3.6, older than plexus needs (torch 2.1+, Python 3.10+), and its glibc $GLIBC is too old for PyPI's torch 2.x wheels. Run the agent in a container with a newer userland instead (docs/deploy.md, 'Jetson Nano'), or pass --torch-wheel with a torch 2.x wheel you built for this board." ;;
                 *)
-                    warn "no --torch-wheel given: installing PyPI's CPU-only aarch64 torch. For the GPU, download NVIDIA's torch wheel for JetPack (L4T $JETSON_L4T) and Python $PY_VERSION (https://docs.nvidia.com/deeplearning/frameworks/install-pytorch-jetson-platform/) and run again with --torch-wheel FILE."
+                    warn "no --torch-wheel given: installing PyPI's CPU-only aarch64 torch. For the GPU, download NVIDIA's torch wheel for JetPack (L4T $JETSON_L4T) and Python $PY_VERSION (https://docs.nvidia.com/deeplearning/frameworks/install-pytorch-jetson-platform/; docs/deploy.md 'Torch builds') and run again with --torch-wheel FILE."
+                    [[ "$TORCH_MODE" == "auto" ]] && REQ="$TORCH_AARCH64"
                     TORCH_PLAN="index:${TORCH_INDEX:-pip}:$REQ" ;;
             esac ;;
         arm32)
@@ -168,6 +227,7 @@ else
     esac
 fi
 say "torch: $TORCH_PLAN"
+say "plexus: $SPEC"
 if [[ $DRY_RUN -eq 1 ]]; then
     exit 0
 fi
@@ -230,16 +290,8 @@ else
     esac
 fi
 
-# pip takes extras on a requirement, a directory and a wheel file alike.
-SPEC="$SOURCE[agent]"
-if [[ -d "$SOURCE" ]]; then
-    SPEC="$(cd "$SOURCE" && pwd)[agent]"
-elif [[ "$SOURCE" == *.whl ]]; then
-    [[ -r "$SOURCE" ]] || die "cannot read wheel $SOURCE"
-    SPEC="$(cd "$(dirname "$SOURCE")" && pwd)/$(basename "$SOURCE")[agent]"
-fi
 say "installing $SPEC"
-"${PIP[@]}" install "${PIP_ARGS[@]}" "$SPEC"
+"${PIP[@]}" install "${PIP_ARGS[@]}" "$SPEC" || die "pip could not install $SPEC; see the output above"
 "$VENV/bin/python" -c 'import learner_agent, deploy.agent_service' \
     || die "plexus installed but the agent does not import; see the pip output above"
 "$VENV/bin/plexus" agent --help >/dev/null || die "the plexus CLI does not start; see the output above"

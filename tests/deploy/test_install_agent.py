@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pwd
 import stat
@@ -25,10 +26,72 @@ def _torch_site() -> Path:
     return Path(spec.origin).parents[1]
 
 
-def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str, timeout: float = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, check=False
+        ["bash", str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
     )
+
+
+def _planned_torch(arch: str) -> tuple[str, str]:
+    """(index, requirement) that `install-agent.sh --dry-run --arch ARCH` says it would install;
+    index "pip" means pip's configured indexes (PyPI)."""
+    plan = _run("--dry-run", "--arch", arch, timeout=60)
+    assert plan.returncode == 0, plan.stderr
+    line = next(x for x in plan.stdout.splitlines() if "torch: index:" in x)
+    index, requirement = line.split("torch: index:", 1)[1].rsplit(":", 1)
+    return index, requirement
+
+
+# pip evaluates environment markers (`platform_machine == "x86_64"`) for the machine it runs on,
+# even with --platform; this makes it evaluate them for an aarch64 machine, as a Pi's pip would.
+_PIP_AS_AARCH64 = (
+    "import platform, runpy, sys; platform.machine = lambda: 'aarch64'; sys.argv[0] = 'pip'; "
+    "runpy.run_module('pip', run_name='__main__', alter_sys=True)"
+)
+
+
+@pytest.mark.slow
+def test_aarch64_torch_choice_pulls_no_cuda(tmp_path: Path) -> None:
+    """What the script installs on a Pi resolves, for aarch64, without any CUDA package: torch
+    2.11+ on PyPI requires cuda-toolkit 13, nvidia-cudnn-cu13 ... on every Linux (GBs on a Pi).
+    Installs nothing (pip --dry-run --report), but pip 23.2 fetches the chosen torch wheel (about
+    150 MB for 2.10.0) to read its metadata: about 20 s here."""
+    index, requirement = _planned_torch("aarch64")
+    reachable = subprocess.run(
+        [sys.executable, "-m", "pip", "index", "versions", "pip"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if reachable.returncode != 0:
+        pytest.skip("pip cannot reach its package index: " + reachable.stderr.strip()[-200:])
+    report = tmp_path / "report.json"
+    index_args = [] if index == "pip" else ["--index-url", index]
+    resolved = subprocess.run(
+        [sys.executable, "-c", _PIP_AS_AARCH64, "install", "--dry-run", "--quiet",
+         "--ignore-installed", "--target", str(tmp_path / "target"),
+         "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11",
+         "--only-binary", ":all:", "--report", str(report), *index_args, requirement],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )  # fmt: skip
+    assert resolved.returncode == 0, resolved.stderr[-3000:]
+    data = json.loads(report.read_text())
+    assert data["environment"]["platform_machine"] == "aarch64"
+    names = {x["metadata"]["name"].lower(): x["metadata"]["version"] for x in data["install"]}
+    assert f"torch=={names.get('torch')}" == requirement, names
+    gpu = sorted(n for n in names if n.startswith(("nvidia-", "cuda-", "triton")))
+    assert not gpu, f"{requirement} pulls GPU packages on aarch64: {gpu}"
 
 
 @pytest.mark.slow
@@ -104,9 +167,26 @@ def test_refusals_say_what_to_do(tmp_path: Path) -> None:
     assert not (tmp_path / "venv").exists()  # refused before building anything
     plan = _run("--dry-run", "--torch-wheel", "/nonexistent/torch.whl", timeout=60)
     assert plan.returncode == 0 and "torch: wheel:/nonexistent/torch.whl" in plan.stdout
-    if os.uname().machine == "x86_64":
-        auto = _run("--dry-run", timeout=60)
-        assert "download.pytorch.org/whl/cpu:torch==" in auto.stdout  # the CPU-only build
+    assert _planned_torch("x86_64") == ("https://download.pytorch.org/whl/cpu", "torch==2.13.0")
+    arm32 = _run("--dry-run", "--arch", "armv7l", timeout=60)
+    assert arm32.returncode != 0 and "64-bit Raspberry Pi OS" in arm32.stderr
+    not_dry = _run("--arch", "aarch64", "--no-config", "--no-systemd", "--prefix", str(tmp_path))
+    assert not_dry.returncode != 0 and "--arch only goes with --dry-run" in not_dry.stderr
+
+
+def test_source_is_never_a_bare_name(tmp_path: Path) -> None:
+    # "plexus" on PyPI is an unrelated project: a name must never reach an index.
+    for name in ("plexus", "plexus-edge", "plexus-edge==0.1.0"):
+        refused = _run("--dry-run", "--source", name, timeout=60, cwd=tmp_path)
+        assert refused.returncode != 0 and "bare name" in refused.stderr, (name, refused.stderr)
+    foreign = tmp_path / "plexus-0.0.4-py3-none-any.whl"
+    foreign.write_bytes(b"")
+    refused = _run("--dry-run", "--source", str(foreign), timeout=60)
+    assert refused.returncode != 0 and "plexus_edge-*.whl" in refused.stderr
+    git = _run("--dry-run", "--source", "git+https://example.org/plexus.git@v1", timeout=60)
+    assert "plexus-edge[agent] @ git+https://example.org/plexus.git@v1" in git.stdout
+    default = _run("--dry-run", timeout=60, cwd=tmp_path)  # the checkout the script is in
+    assert f"plexus-edge[agent] @ {REPO.as_uri()}" in default.stdout
 
 
 def test_launcher_keeps_the_token_private(tmp_path: Path) -> None:
