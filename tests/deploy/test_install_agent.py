@@ -72,7 +72,8 @@ def test_aarch64_torch_choice_pulls_no_cuda(tmp_path: Path) -> None:
         check=False,
     )
     if reachable.returncode != 0:
-        pytest.skip("pip cannot reach its package index: " + reachable.stderr.strip()[-200:])
+        last = (reachable.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"pip cannot reach its package index ({last[:160]})")
     report = tmp_path / "report.json"
     index_args = [] if index == "pip" else ["--index-url", index]
     resolved = subprocess.run(
