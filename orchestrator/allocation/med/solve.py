@@ -294,8 +294,8 @@ def diagnose_infeasible(
     are tried and listed as "a+b".
     """
     notes = notes if notes is not None else []
-    kw = dict(time_limit_s=time_limit_s, mip_gap=mip_gap, gurobi_size_limit=gurobi_size_limit,
-              seed=seed)
+    kw: dict[str, object] = dict(time_limit_s=time_limit_s, mip_gap=mip_gap,
+                                 gurobi_size_limit=gurobi_size_limit, seed=seed)
     order = ["deadline", "budget", "min_shards", "one_task", "task_size"]
     cand = [f for f in order if f not in relax]
 
@@ -314,26 +314,41 @@ def diagnose_infeasible(
     if not found:
         found = [f"{a}+{b}" for k, a in enumerate(cand) for b in cand[k + 1:]
                  if feasible(frozenset({a, b}))]
-    details: list[str] = []
-    for f in found:
-        details.append("infeasible because of " + " and ".join(FAMILIES[x] for x in f.split("+")))
+    details = [
+        "infeasible because of " + " and ".join(FAMILIES[x] for x in f.split("+"))
+        for f in found
+    ]
     if "budget" in found:
-        raw = _run(build_milp(inst, relax=relax | {"budget"}, objective="cost"), solver,
-                   notes=notes, **kw)  # type: ignore[arg-type]
-        if raw.objective is not None:
-            details.append(f"4.4d: the cheapest allocation meeting the other constraints costs "
-                           f"{raw.objective:.6g} > budget {inst.budget:.6g}")
+        details += _budget_detail(inst, solver, relax, notes, kw)
     if "deadline" in found:
-        raw = _run(build_milp(inst, relax=relax | {"deadline"}), solver, notes=notes,
-                   **kw)  # type: ignore[arg-type]
-        if raw.values is not None:
-            m_, P = len(inst.tasks), (raw.values.size - len(inst.tasks)) // 2
-            t = raw.values[2 * P: 2 * P + m_]
-            late = [f"{task.name} {t[i]:.4g}s > {task.deadline_s:.4g}s"
-                    for i, task in enumerate(inst.tasks) if t[i] > task.deadline_s * (1 + 1e-9)]
-            if late:
-                details.append("4.4b: at the min-delay allocation without deadlines, " +
-                               ", ".join(late))
+        details += _deadline_detail(inst, solver, relax, notes, kw)
     if not found:
         details.append("no single family or pair of families explains the infeasibility")
     return found, details
+
+
+def _budget_detail(inst: MedInstance, solver: SolverName, relax: frozenset[str],
+                   notes: list[str], kw: dict[str, object]) -> list[str]:
+    """What the cheapest allocation meeting the other constraints costs (4.4d)."""
+    raw = _run(build_milp(inst, relax=relax | {"budget"}, objective="cost"), solver,
+               notes=notes, **kw)  # type: ignore[arg-type]
+    if raw.objective is None:
+        return []
+    return [f"4.4d: the cheapest allocation meeting the other constraints costs "
+            f"{raw.objective:.6g} > budget {inst.budget:.6g}"]
+
+
+def _deadline_detail(inst: MedInstance, solver: SolverName, relax: frozenset[str],
+                     notes: list[str], kw: dict[str, object]) -> list[str]:
+    """Which tasks miss their deadline at the min-delay allocation without deadlines (4.4b)."""
+    raw = _run(build_milp(inst, relax=relax | {"deadline"}), solver, notes=notes,
+               **kw)  # type: ignore[arg-type]
+    if raw.values is None:
+        return []
+    m_, P = len(inst.tasks), (raw.values.size - len(inst.tasks)) // 2
+    t = raw.values[2 * P: 2 * P + m_]
+    late = [f"{task.name} {t[i]:.4g}s > {task.deadline_s:.4g}s"
+            for i, task in enumerate(inst.tasks) if t[i] > task.deadline_s * (1 + 1e-9)]
+    if not late:
+        return []
+    return ["4.4b: at the min-delay allocation without deadlines, " + ", ".join(late)]
