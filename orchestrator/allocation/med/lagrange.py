@@ -225,6 +225,18 @@ def _bound_done(history: list[float], incumbent: float | None, target_gap: float
     return elapsed_s > deadline_s
 
 
+def _step_rule(est: float, est_best: float, stall: int, step_scale: float
+               ) -> tuple[float, int, float]:
+    """(best estimate, iterations without progress, step scale) after an iteration: two
+    iterations without progress halve the step (standard subgradient rule)."""
+    if est > est_best:
+        return est, 0, step_scale
+    stall += 1
+    if stall >= 2:
+        return est_best, 0, step_scale * 0.5
+    return est_best, stall, step_scale
+
+
 def _subgradient_step(u: np.ndarray, used: np.ndarray, est: float, incumbent: float | None,
                       step_scale: float, equality: bool) -> np.ndarray | None:
     """u moved by a Polyak step along the subgradient Σ_i z_i − 1 (projected on u ≥ 0 for
@@ -286,12 +298,7 @@ def lagrangian_bound(
         if evaluated is None:
             return LagrangeBound(np.inf, it, time.perf_counter() - started)
         value, est, used, zz = evaluated
-        if est > est_best:
-            est_best, stall = est, 0
-        else:
-            stall += 1
-            if stall >= 2:  # no progress: halve the step (standard subgradient rule)
-                step_scale, stall = step_scale * 0.5, 0
+        est_best, stall, step_scale = _step_rule(est, est_best, stall, step_scale)
         now = time.perf_counter()
         if full:
             full_cost = now - t_it
