@@ -123,6 +123,44 @@ def _fleet(testbed: Path | None, tmp: Path) -> Any:
     return TestbedFleet(testbed)
 
 
+def _sweep(client: Any, factors: list[float], rounds: int, target_s: float
+           ) -> tuple[int, float, list[dict[str, Any]]]:
+    """Size CSA's fixed total so that its GUC takes about `target_s`, then measure T_csa with
+    a loose deadline; the sweep is D = f · T_csa. Returns (total, T_csa, one row per run)."""
+    probe = run_task(client, task_spec("csa", 120.0, 1, 32))
+    total = max(8, round(32 * target_s / max(probe["guc_time_s"], 0.1)))
+    calib = run_task(client, task_spec("csa", 120.0, 1, total))
+    t_csa = calib["guc_time_s"]
+    print(f"CSA total {total} shards/round; T_csa = {t_csa:.2f} s", flush=True)
+    rows = []
+    for f in factors:
+        d = f * t_csa
+        for alloc in ("dab", "csa"):
+            row = run_task(client, task_spec(alloc, d, rounds, total))
+            row["factor"] = f
+            rows.append(row)
+            print(f"D={d:6.2f}s {alloc}: GUC {row['guc_time_s']:6.2f}s truancy "
+                  f"{100 * row['truancy']:+6.1f}% acc {100 * row['accuracy']:.1f}% "
+                  f"loss {row['loss']:.3f} shards/round {row['shards_per_round']:.1f}",
+                  flush=True)
+    return total, t_csa, rows
+
+
+def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    dab = sorted((r for r in rows if r["allocator"] == "dab"), key=lambda r: r["deadline_s"])
+    csa = sorted((r for r in rows if r["allocator"] == "csa"), key=lambda r: r["deadline_s"])
+    return {
+        "dab_max_truancy": max(r["truancy"] for r in dab),
+        "csa_truancy_tightest": csa[0]["truancy"], "dab_truancy_tightest": dab[0]["truancy"],
+        "accuracy_gap_loosest_points": 100 * (dab[-1]["accuracy"] - csa[-1]["accuracy"]),
+        "guc_time_ratio_tightest_csa_over_dab": csa[0]["guc_time_s"] / dab[0]["guc_time_s"],
+        "goal_dab_truancy_le_3pct": max(r["truancy"] for r in dab) <= 0.03,
+        "goal_accuracy_within_2_points_at_loosest":
+            abs(dab[-1]["accuracy"] - csa[-1]["accuracy"]) <= 0.02
+            or dab[-1]["accuracy"] >= csa[-1]["accuracy"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -151,36 +189,8 @@ def main() -> None:
             assert isinstance(fleet, TestbedFleet) and fleet.bed is not None
             speeds = {lr.name: lr.profile for lr in fleet.bed.learners}
         with fleet.client() as client:
-            # Size CSA's fixed total so that its GUC takes about --target-s, then measure
-            # T_csa with a loose deadline; the sweep is D = f · T_csa.
-            probe = run_task(client, task_spec("csa", 120.0, 1, 32))
-            total = max(8, round(32 * args.target_s / max(probe["guc_time_s"], 0.1)))
-            calib = run_task(client, task_spec("csa", 120.0, 1, total))
-            t_csa = calib["guc_time_s"]
-            print(f"CSA total {total} shards/round; T_csa = {t_csa:.2f} s", flush=True)
-            rows = []
-            for f in factors:
-                d = f * t_csa
-                for alloc in ("dab", "csa"):
-                    row = run_task(client, task_spec(alloc, d, rounds, total))
-                    row["factor"] = f
-                    rows.append(row)
-                    print(f"D={d:6.2f}s {alloc}: GUC {row['guc_time_s']:6.2f}s truancy "
-                          f"{100 * row['truancy']:+6.1f}% acc {100 * row['accuracy']:.1f}% "
-                          f"loss {row['loss']:.3f} shards/round {row['shards_per_round']:.1f}",
-                          flush=True)
-    dab = sorted((r for r in rows if r["allocator"] == "dab"), key=lambda r: r["deadline_s"])
-    csa = sorted((r for r in rows if r["allocator"] == "csa"), key=lambda r: r["deadline_s"])
-    summary = {
-        "dab_max_truancy": max(r["truancy"] for r in dab),
-        "csa_truancy_tightest": csa[0]["truancy"], "dab_truancy_tightest": dab[0]["truancy"],
-        "accuracy_gap_loosest_points": 100 * (dab[-1]["accuracy"] - csa[-1]["accuracy"]),
-        "guc_time_ratio_tightest_csa_over_dab": csa[0]["guc_time_s"] / dab[0]["guc_time_s"],
-        "goal_dab_truancy_le_3pct": max(r["truancy"] for r in dab) <= 0.03,
-        "goal_accuracy_within_2_points_at_loosest":
-            abs(dab[-1]["accuracy"] - csa[-1]["accuracy"]) <= 0.02
-            or dab[-1]["accuracy"] >= csa[-1]["accuracy"],
-    }
+            total, t_csa, rows = _sweep(client, factors, rounds, args.target_s)
+    summary = _summarise(rows)
     out = {
         "benchmark": name, "quick": args.quick, "speeds": speeds,
         "testbed": str(args.testbed) if args.testbed else None,
@@ -196,7 +206,8 @@ def main() -> None:
     title = (f"DAB vs CSA on the emulated testbed ({args.testbed.name}: "
              f"{len(speeds)} learners), TwoNN MNIST-5k" if args.testbed else None)
     plot(rows, RESULTS / f"{name}.png", title)
-    print(f"{name}: tightest D={dab[0]['deadline_s']:.2f}s truancy DAB "
+    tightest = min(r["deadline_s"] for r in rows if r["allocator"] == "dab")
+    print(f"{name}: tightest D={tightest:.2f}s truancy DAB "
           f"{100 * summary['dab_truancy_tightest']:+.1f}% vs CSA "
           f"{100 * summary['csa_truancy_tightest']:+.1f}% (CSA/DAB GUC time "
           f"{summary['guc_time_ratio_tightest_csa_over_dab']:.2f}x); DAB max truancy "

@@ -82,6 +82,76 @@ def run_greedy(n: int, m: int, seed: int) -> dict:
     return {"n": n, "m": m, "seed": seed, "backend": "greedy", "objective_s": obj, "wall_s": wall}
 
 
+def _runs(n: int, m: int, seed: int, limit: float, mip_gap: float,
+          have_gurobi: bool) -> list[dict]:
+    """Every backend that applies on one instance."""
+    rows = [run_greedy(n, m, seed)]
+    if dp_applicable(n, m):
+        rows.append(run_one(n, m, seed, "dp", limit, mip_gap))
+    rows.append(run_one(n, m, seed, "lagrange", lagrange_limit(n, m, limit), mip_gap))
+    rows.append(run_one(n, m, seed, "highs", limit, mip_gap))
+    fits = licence_check(build_milp(instance(n, m, seed)), GUROBI_SIZE_LIMIT) is None
+    if have_gurobi and fits:
+        rows.append(run_one(n, m, seed, "gurobi", limit, mip_gap))
+        if not dp_applicable(n, m):
+            # auto = Lagrangian backend, then Gurobi from its allocation (4 s in all).
+            rows.append(run_one(n, m, seed, "auto", AUTO_LIMIT, mip_gap))
+    return rows
+
+
+def _print_recent(rows: list[dict], n: int, m: int, seed: int) -> None:
+    for r in rows[-6:]:
+        if r["n"] == n and r["seed"] == seed:
+            print(f"{n:5d}x{m:<3d} seed {seed} {r['backend']:7s} "
+                  f"obj {r['objective_s'] or float('nan'):9.3f} "
+                  f"gap {r.get('gap') if r.get('gap') is not None else float('nan'):8.4f} "
+                  f"wall {r['wall_s']:7.3f}s {r.get('status', '')}", flush=True)
+
+
+def _ratios(entry: dict) -> None:
+    """Time and objective ratios between the backends of one size, added to `entry`."""
+    if "gurobi" in entry and "highs" in entry:
+        entry["highs_over_gurobi_time"] = (
+            entry["highs"]["median_wall_s"] / entry["gurobi"]["median_wall_s"])
+        entry["highs_over_gurobi_objective"] = (
+            entry["highs"]["mean_objective_s"] / entry["gurobi"]["mean_objective_s"])
+    if "highs" in entry and "greedy" in entry:
+        entry["highs_over_greedy_objective"] = (
+            entry["highs"]["mean_objective_s"] / entry["greedy"]["mean_objective_s"])
+    if "highs" in entry and "lagrange" in entry:
+        entry["lagrange_over_highs_objective"] = (
+            entry["lagrange"]["mean_objective_s"] / entry["highs"]["mean_objective_s"])
+        entry["lagrange_over_highs_time"] = (
+            entry["lagrange"]["median_wall_s"] / entry["highs"]["median_wall_s"])
+
+
+def _summary_entry(rows: list[dict], n: int, m: int) -> dict:
+    """Per backend: median wall time, worst gap, statuses, mean objective; ratios; goal."""
+    entry: dict = {"n": n, "m": m}
+    for b in ("greedy", "dp", "lagrange", "auto", "highs", "gurobi"):
+        # A "dp" run that fell back to the MILP reports the MILP backend; keep it under dp.
+        rs = [r for r in rows
+              if (r["n"], r["m"], r.get("asked", r["backend"])) == (n, m, b)]
+        if not rs:
+            continue
+        entry[b] = {
+            "median_wall_s": statistics.median(r["wall_s"] for r in rs),
+            "max_gap": max((r["gap"] for r in rs if r.get("gap") is not None), default=None),
+            "statuses": sorted({r.get("status", "heuristic") for r in rs}),
+            "mean_objective_s": statistics.mean(
+                r["objective_s"] for r in rs if r["objective_s"] is not None),
+        }
+    _ratios(entry)
+    goal = GOALS.get((n, m))
+    if goal is not None:
+        best = min((entry[b]["median_wall_s"], entry[b]["max_gap"] or 0.0, b)
+                   for b in ("dp", "lagrange", "auto", "highs", "gurobi") if b in entry)
+        entry["goal"] = {"time_s": goal[0], "gap": goal[1],
+                         "met": bool(best[0] <= goal[0] and best[1] <= goal[1]),
+                         "best_backend": best[2]}
+    return entry
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="three sizes, one seed, 2 s limit")
@@ -97,62 +167,9 @@ def main() -> None:
     rows: list[dict] = []
     for n, m in sizes:
         for seed in range(seeds):
-            rows.append(run_greedy(n, m, seed))
-            if dp_applicable(n, m):
-                rows.append(run_one(n, m, seed, "dp", limit, args.mip_gap))
-            rows.append(run_one(n, m, seed, "lagrange", lagrange_limit(n, m, limit),
-                                args.mip_gap))
-            rows.append(run_one(n, m, seed, "highs", limit, args.mip_gap))
-            fits = licence_check(build_milp(instance(n, m, seed)), GUROBI_SIZE_LIMIT) is None
-            if have_gurobi and fits:
-                rows.append(run_one(n, m, seed, "gurobi", limit, args.mip_gap))
-                if not dp_applicable(n, m):
-                    # auto = Lagrangian backend, then Gurobi from its allocation (4 s in all).
-                    rows.append(run_one(n, m, seed, "auto", AUTO_LIMIT, args.mip_gap))
-            for r in rows[-6:]:
-                if r["n"] == n and r["seed"] == seed:
-                    print(f"{n:5d}x{m:<3d} seed {seed} {r['backend']:7s} "
-                          f"obj {r['objective_s'] or float('nan'):9.3f} "
-                          f"gap {r.get('gap') if r.get('gap') is not None else float('nan'):8.4f} "
-                          f"wall {r['wall_s']:7.3f}s {r.get('status', '')}", flush=True)
-
-    summary = []
-    for n, m in sizes:
-        entry: dict = {"n": n, "m": m}
-        for b in ("greedy", "dp", "lagrange", "auto", "highs", "gurobi"):
-            # A "dp" run that fell back to the MILP reports the MILP backend; keep it under dp.
-            rs = [r for r in rows
-                  if (r["n"], r["m"], r.get("asked", r["backend"])) == (n, m, b)]
-            if not rs:
-                continue
-            entry[b] = {
-                "median_wall_s": statistics.median(r["wall_s"] for r in rs),
-                "max_gap": max((r["gap"] for r in rs if r.get("gap") is not None), default=None),
-                "statuses": sorted({r.get("status", "heuristic") for r in rs}),
-                "mean_objective_s": statistics.mean(
-                    r["objective_s"] for r in rs if r["objective_s"] is not None),
-            }
-        if "gurobi" in entry and "highs" in entry:
-            entry["highs_over_gurobi_time"] = (
-                entry["highs"]["median_wall_s"] / entry["gurobi"]["median_wall_s"])
-            entry["highs_over_gurobi_objective"] = (
-                entry["highs"]["mean_objective_s"] / entry["gurobi"]["mean_objective_s"])
-        if "highs" in entry and "greedy" in entry:
-            entry["highs_over_greedy_objective"] = (
-                entry["highs"]["mean_objective_s"] / entry["greedy"]["mean_objective_s"])
-        if "highs" in entry and "lagrange" in entry:
-            entry["lagrange_over_highs_objective"] = (
-                entry["lagrange"]["mean_objective_s"] / entry["highs"]["mean_objective_s"])
-            entry["lagrange_over_highs_time"] = (
-                entry["lagrange"]["median_wall_s"] / entry["highs"]["median_wall_s"])
-        goal = GOALS.get((n, m))
-        if goal is not None:
-            best = min((entry[b]["median_wall_s"], entry[b]["max_gap"] or 0.0, b)
-                       for b in ("dp", "lagrange", "auto", "highs", "gurobi") if b in entry)
-            entry["goal"] = {"time_s": goal[0], "gap": goal[1],
-                             "met": bool(best[0] <= goal[0] and best[1] <= goal[1]),
-                             "best_backend": best[2]}
-        summary.append(entry)
+            rows.extend(_runs(n, m, seed, limit, args.mip_gap, have_gurobi))
+            _print_recent(rows, n, m, seed)
+    summary = [_summary_entry(rows, n, m) for n, m in sizes]
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"benchmark": "med_solver", "time_limit_s": limit, "mip_gap": args.mip_gap,

@@ -134,6 +134,25 @@ def rel(a: float, b: float) -> float | None:
     return None if b == 0 else (a - b) / b
 
 
+def _relative(rows: list[dict]) -> dict[str, dict[str, list[float | None]]]:
+    """Thesis anchors: MED vs MMTT-Uncertain −10 % training time, −42 % data drop rate; MED
+    within 32 % of MMTT-Ideal (training time). Per sweep, one value per point."""
+    comp = {}
+    for label in ("learners", "tasks"):
+        rs = [r for r in rows if r["sweep"] == label]
+        t_unc = [rel(r["med"]["average_training_time_s"]["mean"],
+                     r["mmtt-uncertain"]["average_training_time_s"]["mean"]) for r in rs]
+        d_unc = [rel(r["med"]["data_drop_rate"]["mean"],
+                     r["mmtt-uncertain"]["data_drop_rate"]["mean"]) for r in rs]
+        t_ide = [rel(r["med"]["average_training_time_s"]["mean"],
+                     r["mmtt-ideal"]["average_training_time_s"]["mean"]) for r in rs]
+        comp[label] = {
+            "med_vs_uncertain_time": t_unc, "med_vs_uncertain_drop": d_unc,
+            "med_vs_ideal_time": t_ide,
+        }
+    return comp
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 trials, fewer sweep points")
@@ -174,21 +193,7 @@ def main() -> None:
                              "deadline_extra_s": 5.0}) for m in tasks]
     rows = sweep(points, trials, args.time_limit)
 
-    # Thesis anchors: MED vs MMTT-Uncertain −10 % training time, −42 % data drop rate; MED
-    # within 32 % of MMTT-Ideal (training time). Report the extreme over each sweep.
-    comp = {}
-    for label in ("learners", "tasks"):
-        rs = [r for r in rows if r["sweep"] == label]
-        t_unc = [rel(r["med"]["average_training_time_s"]["mean"],
-                     r["mmtt-uncertain"]["average_training_time_s"]["mean"]) for r in rs]
-        d_unc = [rel(r["med"]["data_drop_rate"]["mean"],
-                     r["mmtt-uncertain"]["data_drop_rate"]["mean"]) for r in rs]
-        t_ide = [rel(r["med"]["average_training_time_s"]["mean"],
-                     r["mmtt-ideal"]["average_training_time_s"]["mean"]) for r in rs]
-        comp[label] = {
-            "med_vs_uncertain_time": t_unc, "med_vs_uncertain_drop": d_unc,
-            "med_vs_ideal_time": t_ide,
-        }
+    comp = _relative(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"benchmark": "med_vs_mmtt", "kind": "model-based simulation (not live agents)",
            "trials": trials, "gucs": GUCS, "heat": 0.5, "noise_sigma": NOISE,
@@ -233,10 +238,8 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
     table 4.1 in order) is one point with every allocator and seed on the same fleet. Writes
     testbed_med_vs_mmtt.json / .png and prints a one-line summary last. Times are seconds.
     """
-    from med_vs_mmtt_live import ALLOCATORS, run_job, summarise, table_41
-    from med_vs_mmtt_live import METRICS as LIVE_METRICS
+    from med_vs_mmtt_live import ALLOCATORS, summarise, table_41
     from med_vs_mmtt_live import plot as plot_live
-    from med_vs_mmtt_live import rel as rel_live
 
     from deploy.testbed.bench import TestbedFleet
 
@@ -254,30 +257,10 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
             for m in task_counts:
                 tasks = table_41(deadline_scale, rounds)[:m]
                 for seed in seeds:
-                    for alloc in ALLOCATORS:
-                        t0 = time.monotonic()
-                        job = run_job(client, alloc, tasks, names, seed, timeout_s=job_timeout_s)
-                        got = job["metrics"] or {}
-                        rows.append({"learners": len(names), "tasks": m, "seed": seed,
-                                     "allocator": alloc, "state": job["state"],
-                                     "reason": job["reason"], "wall_s": time.monotonic() - t0,
-                                     "metrics": {k: got.get(k) for k in LIVE_METRICS},
-                                     "records": job["records"]})
-                        print(f"{len(names)} learners x {m} tasks seed {seed} {alloc}: "
-                              f"{job['state']} ({time.monotonic() - t0:.0f} s) " + " ".join(
-                                  f"{k}={got.get(k, float('nan')):.3f}" for k in LIVE_METRICS),
-                              flush=True)
+                    rows += [_testbed_job(client, alloc, tasks, names, seed, job_timeout_s)
+                             for alloc in ALLOCATORS]
     summary = summarise(rows)
-    comp = []
-    for e in summary:
-        med, unc, ide = e["med"], e["mmtt_uncertain"], e["mmtt_ideal"]
-        comp.append({"learners": e["learners"], "tasks": e["tasks"],
-                     "med_vs_uncertain_time": rel_live(med["average_training_time_s"],
-                                                       unc["average_training_time_s"]),
-                     "med_vs_uncertain_drop": rel_live(med["data_drop_rate"],
-                                                       unc["data_drop_rate"]),
-                     "med_vs_ideal_time": rel_live(med["average_training_time_s"],
-                                                   ide["average_training_time_s"])})
+    comp = _relative_live(summary)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"benchmark": name, "kind": "live agents with stressors on the emulated testbed",
            "testbed": str(fleet_path), "command": " ".join(["sudo", ".venv/bin/python",
@@ -303,6 +286,44 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
         parts.append(f"{c['learners']}Lx{c['tasks']}T time vs U {fmt[0]}, drop vs U {fmt[1]}, "
                      f"time vs I {fmt[2]}")
     print(f"{name}: MED " + "; ".join(parts))
+
+
+def _testbed_job(client: Any, alloc: str, tasks: list[Any], names: list[str], seed: int,
+                 timeout_s: float) -> dict[str, Any]:
+    """One live job of `run_testbed` as a row; prints its metrics."""
+    from med_vs_mmtt_live import METRICS as LIVE_METRICS
+    from med_vs_mmtt_live import run_job
+
+    m = len(tasks)
+    t0 = time.monotonic()
+    job = run_job(client, alloc, tasks, names, seed, timeout_s=timeout_s)
+    got = job["metrics"] or {}
+    print(f"{len(names)} learners x {m} tasks seed {seed} {alloc}: "
+          f"{job['state']} ({time.monotonic() - t0:.0f} s) " + " ".join(
+              f"{k}={got.get(k, float('nan')):.3f}" for k in LIVE_METRICS),
+          flush=True)
+    return {"learners": len(names), "tasks": m, "seed": seed,
+            "allocator": alloc, "state": job["state"],
+            "reason": job["reason"], "wall_s": time.monotonic() - t0,
+            "metrics": {k: got.get(k) for k in LIVE_METRICS},
+            "records": job["records"]}
+
+
+def _relative_live(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """MED against MMTT-Uncertain and MMTT-Ideal, relative, for each point of `summary`."""
+    from med_vs_mmtt_live import rel as rel_live
+
+    comp = []
+    for e in summary:
+        med, unc, ide = e["med"], e["mmtt_uncertain"], e["mmtt_ideal"]
+        comp.append({"learners": e["learners"], "tasks": e["tasks"],
+                     "med_vs_uncertain_time": rel_live(med["average_training_time_s"],
+                                                       unc["average_training_time_s"]),
+                     "med_vs_uncertain_drop": rel_live(med["data_drop_rate"],
+                                                       unc["data_drop_rate"]),
+                     "med_vs_ideal_time": rel_live(med["average_training_time_s"],
+                                                   ide["average_training_time_s"])})
+    return comp
 
 
 def plot(rows: list[dict], path: Path) -> None:

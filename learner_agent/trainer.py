@@ -50,6 +50,22 @@ class RoundResult:
         }
 
 
+def _decode_shards(
+    shard_payloads: Sequence[bytes],
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Samples and labels of every shard payload, in order; a repeated shard decodes once."""
+    xs, ys = [], []
+    decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for payload in shard_payloads:
+        if id(payload) not in decoded:
+            x, y, _ = decode_shard(payload)
+            decoded[id(payload)] = (x, y)
+        x, y = decoded[id(payload)]
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
+
+
 def train_round(
     spec: TaskSpec,
     model_payload: bytes,
@@ -69,15 +85,7 @@ def train_round(
     model = build_dummy(spec)  # a fresh network of the task's architecture
     state, meta = decode_state(model_payload, reference=model.state_dict())
     model.load_state_dict(state)
-    xs, ys = [], []
-    decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # a repeated shard decodes once
-    for payload in shard_payloads:
-        if id(payload) not in decoded:
-            x, y, _ = decode_shard(payload)
-            decoded[id(payload)] = (x, y)
-        x, y = decoded[id(payload)]
-        xs.append(x)
-        ys.append(y)
+    xs, ys = _decode_shards(shard_payloads)
     allocated = sum(len(y) for y in ys)
     if allocated:
         x_all, y_all = np.concatenate(xs), np.concatenate(ys)
