@@ -98,9 +98,9 @@ class TaskSpec(_Strict):
     name: str = "task"
     model: ModelName = "twonn"
     seed: int = 0
-    dataset: DatasetSpec = Field(default_factory=DatasetSpec)  # type: ignore[arg-type]
-    partition: PartitionSpec = Field(default_factory=PartitionSpec)  # type: ignore[arg-type]
-    training: TrainingSpec = Field(default_factory=TrainingSpec)  # type: ignore[arg-type]
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    partition: PartitionSpec = Field(default_factory=PartitionSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
     mode: Literal["sync", "async"] = "sync"
     sync: SyncSpec | None = None
     async_: AsyncSpec | None = Field(None, alias="async")

@@ -34,7 +34,8 @@ def task_fill(
         return None
 
     def give(t: float) -> np.ndarray:
-        return np.minimum(cap, np.floor((t - fixed) / per + 1e-9)).astype(np.int64)
+        out: np.ndarray = np.minimum(cap, np.floor((t - fixed) / per + 1e-9)).astype(np.int64)
+        return out
 
     lo = float((fixed + need * per).max()) * (1 - 1e-12)
     hi = float((fixed + cap * per).max()) + 1e-9
@@ -145,7 +146,7 @@ def _proxy_join(
         t_now = num / den
         t_new = (num[:, None] + a) / (den[:, None] + r + 1e-300)
         delta = np.where(elig & free[None, :], t_new - t_now[:, None], np.inf)
-        i, j = np.unravel_index(int(np.argmin(delta)), delta.shape)
+        i, j = (int(x) for x in np.unravel_index(int(np.argmin(delta)), delta.shape))
         if not np.isfinite(delta[i, j]) or (dl == 0 and delta[i, j] >= 0):
             break
         owner[j], free[j] = i, False

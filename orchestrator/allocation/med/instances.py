@@ -32,7 +32,8 @@ def heated_softmax(one_hot: np.ndarray, heat: float) -> np.ndarray:
     """softmax(v / heat): low heat skews to the hot state, high heat flattens (thesis 4.3.1)."""
     z = np.asarray(one_hot, dtype=float) / heat
     e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out
 
 
 def thesis_instance(

@@ -39,6 +39,7 @@ from orchestrator.allocation.med.model import (
     Coefficients,
     MedInstance,
     MedResult,
+    Status,
     check_allocation,
     coefficients,
     expected_delays,
@@ -421,7 +422,7 @@ def _lagrange_result(inst: MedInstance, method: str, best_alloc: np.ndarray, bes
     else:
         gap = max(0.0, gap or 0.0)
     delays = expected_delays(inst, best_alloc).max(axis=1)
-    status = "optimal" if gap is not None and gap <= mip_gap else "feasible"
+    status: Status = "optimal" if gap is not None and gap <= mip_gap else "feasible"
     return MedResult(method, status, "lagrange", best_obj, bound, gap,
                      time.perf_counter() - started, best_alloc,
                      [float(x) for x in delays], 0, 0, notes=notes)

@@ -90,7 +90,7 @@ def solve_highs(
     except ImportError as exc:
         raise SolverUnavailable("highspy is not installed: pip install highspy") from exc
 
-    h = highspy.Highs()
+    h = highspy.Highs()  # type: ignore[no-untyped-call]  # highspy ships no annotation here
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("mip_rel_gap", float(mip_gap))
