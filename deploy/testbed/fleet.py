@@ -27,7 +27,7 @@ _AGENT_KEYS = {"start", "command", "relay", "env"}
 
 
 @dataclass(frozen=True)
-class LearnerSpec:
+class FleetLearner:
     """One emulated learner after expanding `count`: its unique name and resources."""
 
     name: str
@@ -68,7 +68,7 @@ class AgentSpec:
 class Fleet:
     """A whole fleet: naming prefix, subnet, orchestrator, agent command and learners."""
 
-    learners: list[LearnerSpec]
+    learners: list[FleetLearner]
     prefix: str = DEFAULT_PREFIX
     subnet: str = DEFAULT_SUBNET
     orchestrator: OrchestratorSpec = field(default_factory=OrchestratorSpec)
@@ -86,7 +86,7 @@ def _check_keys(where: str, data: dict[str, Any], allowed: set[str]) -> None:
         raise FleetError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
 
 
-def _learner_entries(entry: dict[str, Any], index: int, cpu_scale: float) -> list[LearnerSpec]:
+def _learner_entries(entry: dict[str, Any], index: int, cpu_scale: float) -> list[FleetLearner]:
     where = f"learners[{index}]"
     if not isinstance(entry, dict):
         raise FleetError(f"{where}: expected a mapping with name and profile, got {entry!r}")
@@ -125,8 +125,8 @@ def _learner_entries(entry: dict[str, Any], index: int, cpu_scale: float) -> lis
             f"smallest quota the kernel allows at a 20 ms period; raise cpu or cpu_scale"
         )
     if count == 1:
-        return [LearnerSpec(name, profile)]
-    return [LearnerSpec(f"{name}{i}", profile) for i in range(1, count + 1)]
+        return [FleetLearner(name, profile)]
+    return [FleetLearner(f"{name}{i}", profile) for i in range(1, count + 1)]
 
 
 def _fleet_network(data: dict[str, Any]) -> tuple[str, ipaddress.IPv4Network]:
@@ -147,7 +147,7 @@ def _fleet_network(data: dict[str, Any]) -> tuple[str, ipaddress.IPv4Network]:
     return prefix, network
 
 
-def _fleet_learners(data: dict[str, Any], network: ipaddress.IPv4Network) -> list[LearnerSpec]:
+def _fleet_learners(data: dict[str, Any], network: ipaddress.IPv4Network) -> list[FleetLearner]:
     """Every learner of the fleet, with distinct names and addresses in `network`."""
     cpu_scale = data.get("cpu_scale", 1.0)
     if not isinstance(cpu_scale, (int, float)) or cpu_scale <= 0:
@@ -155,7 +155,7 @@ def _fleet_learners(data: dict[str, Any], network: ipaddress.IPv4Network) -> lis
     entries = data.get("learners")
     if not isinstance(entries, list) or not entries:
         raise FleetError("fleet: `learners` must be a non-empty list of {name, profile, count}")
-    learners: list[LearnerSpec] = []
+    learners: list[FleetLearner] = []
     for index, entry in enumerate(entries):
         learners.extend(_learner_entries(entry, index, float(cpu_scale)))
     names = [learner.name for learner in learners]
