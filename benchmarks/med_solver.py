@@ -23,10 +23,13 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
 from orchestrator.allocation.med import (
+    MedInstance,
+    SolverName,
     build_milp,
     greedy_allocation,
     med_objective,
@@ -45,7 +48,7 @@ AUTO_LIMIT = 4.0  # seconds for "auto" where Gurobi can follow the Lagrangian ba
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def instance(n: int, m: int, seed: int):
+def instance(n: int, m: int, seed: int) -> MedInstance:
     # The 10 x 3 case is the thesis default itself (table 4.1 shards, budget 300).
     return thesis_instance(seed=seed) if (n, m) == (10, 3) else scaled_instance(n, m, seed=seed)
 
@@ -59,10 +62,12 @@ def lagrange_limit(n: int, m: int, limit: float) -> float:
     return min(limit, 2.0 if n <= 200 else 5.0)
 
 
-def run_one(n: int, m: int, seed: int, backend: str, time_limit: float, gap: float) -> dict:
+def run_one(n: int, m: int, seed: int, backend: str, time_limit: float,
+            gap: float) -> dict[str, Any]:
     inst = instance(n, m, seed)
     t0 = time.perf_counter()
-    res = solve_med(inst, solver=backend, time_limit_s=time_limit, mip_gap=gap, diagnose=False)
+    res = solve_med(inst, solver=cast(SolverName, backend), time_limit_s=time_limit,
+                    mip_gap=gap, diagnose=False)
     wall = time.perf_counter() - t0
     return {
         "n": n, "m": m, "seed": seed, "asked": backend, "backend": res.backend,
@@ -73,7 +78,7 @@ def run_one(n: int, m: int, seed: int, backend: str, time_limit: float, gap: flo
     }
 
 
-def run_greedy(n: int, m: int, seed: int) -> dict:
+def run_greedy(n: int, m: int, seed: int) -> dict[str, Any]:
     inst = instance(n, m, seed)
     t0 = time.perf_counter()
     alloc = greedy_allocation(inst)
@@ -83,7 +88,7 @@ def run_greedy(n: int, m: int, seed: int) -> dict:
 
 
 def _runs(n: int, m: int, seed: int, limit: float, mip_gap: float,
-          have_gurobi: bool) -> list[dict]:
+          have_gurobi: bool) -> list[dict[str, Any]]:
     """Every backend that applies on one instance."""
     rows = [run_greedy(n, m, seed)]
     if dp_applicable(n, m):
@@ -99,7 +104,7 @@ def _runs(n: int, m: int, seed: int, limit: float, mip_gap: float,
     return rows
 
 
-def _print_recent(rows: list[dict], n: int, m: int, seed: int) -> None:
+def _print_recent(rows: list[dict[str, Any]], n: int, m: int, seed: int) -> None:
     for r in rows[-6:]:
         if r["n"] == n and r["seed"] == seed:
             print(f"{n:5d}x{m:<3d} seed {seed} {r['backend']:7s} "
@@ -108,7 +113,7 @@ def _print_recent(rows: list[dict], n: int, m: int, seed: int) -> None:
                   f"wall {r['wall_s']:7.3f}s {r.get('status', '')}", flush=True)
 
 
-def _ratios(entry: dict) -> None:
+def _ratios(entry: dict[str, Any]) -> None:
     """Time and objective ratios between the backends of one size, added to `entry`."""
     if "gurobi" in entry and "highs" in entry:
         entry["highs_over_gurobi_time"] = (
@@ -125,9 +130,9 @@ def _ratios(entry: dict) -> None:
             entry["lagrange"]["median_wall_s"] / entry["highs"]["median_wall_s"])
 
 
-def _summary_entry(rows: list[dict], n: int, m: int) -> dict:
+def _summary_entry(rows: list[dict[str, Any]], n: int, m: int) -> dict[str, Any]:
     """Per backend: median wall time, worst gap, statuses, mean objective; ratios; goal."""
-    entry: dict = {"n": n, "m": m}
+    entry: dict[str, Any] = {"n": n, "m": m}
     for b in ("greedy", "dp", "lagrange", "auto", "highs", "gurobi"):
         # A "dp" run that fell back to the MILP reports the MILP backend; keep it under dp.
         rs = [r for r in rows
@@ -164,7 +169,7 @@ def main() -> None:
     limit = args.time_limit or (2.0 if args.quick else 10.0)
     have_gurobi = gurobi_importable()
 
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for n, m in sizes:
         for seed in range(seeds):
             rows.extend(_runs(n, m, seed, limit, args.mip_gap, have_gurobi))
@@ -187,7 +192,7 @@ def main() -> None:
           f"goals: {', '.join(goals)}")
 
 
-def plot(rows: list[dict], sizes: list[tuple[int, int]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], sizes: list[tuple[int, int]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -43,9 +43,9 @@ import numpy as np
 from deploy.testbed.bench import add_testbed_option
 from orchestrator.allocation.med import MedInstance, thesis_instance
 from orchestrator.allocation.metrics import TaskRound, summarize
-from orchestrator.allocation.mmtt import plan
+from orchestrator.allocation.mmtt import Method, plan
 
-METHODS = ("med", "mmtt-uncertain", "mmtt-ideal", "equal")
+METHODS: tuple[Method, ...] = ("med", "mmtt-uncertain", "mmtt-ideal", "equal")
 GUCS = 5
 NOISE = 0.05
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,10 +85,10 @@ def trial(inst: MedInstance, seed: int, time_limit: float) -> dict[str, dict[str
     rng = np.random.default_rng(seed)
     probs = np.array([w.state_probs for w in inst.learners])
     states = [np.array([rng.choice(probs.shape[1], p=p) for p in probs]) for _ in range(GUCS)]
-    kw = dict(solver="auto", time_limit_s=time_limit, mip_gap=1e-3,
-              soft_deadlines_if_infeasible=True, diagnose=False)
+    kw: dict[str, Any] = dict(solver="auto", time_limit_s=time_limit, mip_gap=1e-3,
+                              soft_deadlines_if_infeasible=True, diagnose=False)
     fixed = {m: plan(inst, m, **kw).allocation for m in ("med", "mmtt-uncertain", "equal")}
-    result = {}
+    result: dict[str, dict[str, float]] = {}
     for method in METHODS:
         records: list[TaskRound] = []
         noise = np.random.default_rng(seed + 1)  # same capability noise for every method
@@ -104,7 +104,8 @@ def trial(inst: MedInstance, seed: int, time_limit: float) -> dict[str, dict[str
     return result
 
 
-def sweep(points: list[tuple[str, int, dict]], trials: int, time_limit: float) -> list[dict]:
+def sweep(points: list[tuple[str, int, dict[str, Any]]], trials: int,
+          time_limit: float) -> list[dict[str, Any]]:
     rows = []
     for label, x, kwargs in points:
         per_method: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
@@ -112,7 +113,7 @@ def sweep(points: list[tuple[str, int, dict]], trials: int, time_limit: float) -
             inst = thesis_instance(seed=1000 * x + t, **kwargs)
             for m, v in trial(inst, seed=t, time_limit=time_limit).items():
                 per_method[m].append(v)
-        row: dict = {"sweep": label, "x": x}
+        row: dict[str, Any] = {"sweep": label, "x": x}
         for m in METHODS:
             row[m] = {}
             for key in METRICS:
@@ -134,7 +135,7 @@ def rel(a: float, b: float) -> float | None:
     return None if b == 0 else (a - b) / b
 
 
-def _relative(rows: list[dict]) -> dict[str, dict[str, list[float | None]]]:
+def _relative(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[float | None]]]:
     """Thesis anchors: MED vs MMTT-Uncertain −10 % training time, −42 % data drop rate; MED
     within 32 % of MMTT-Ideal (training time). Per sweep, one value per point."""
     comp = {}
@@ -326,7 +327,7 @@ def _relative_live(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return comp
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -32,6 +32,7 @@ benchmarks/results/testbed_subset_benchmarking.json and .png.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -260,6 +261,12 @@ def make_shards(seed: int) -> tuple[Any, list[Any], list[bytes]]:
     return spec, [(data.train_x[i], data.train_y[i]) for i in idx], payloads
 
 
+def _fetch_shard(client: Any, k: int) -> bytes:
+    """Shard `k` of task 1 through `client` (one of the SB links)."""
+    data: bytes = client.shard(1, k)
+    return data
+
+
 @dataclass
 class _PredictionBench:
     """What every repetition of `run_prediction` shares: data, links and clocks."""
@@ -281,16 +288,12 @@ def _twonn_pass(bench: _PredictionBench, shards: int, seed: int | None = None) -
     from plexus.models import build_model
     from plexus.training import train
 
-    train(
-        build_model("twonn", (1, 28, 28), 10),
-        bench.big_x[: shards * SHARD],
-        bench.big_y[: shards * SHARD],
-        passes=1,
-        batch_size=32,
-        optimizer="sgd",
-        lr=0.1,
-        **({} if seed is None else {"seed": seed}),
-    )
+    model = build_model("twonn", (1, 28, 28), 10)
+    x, y = bench.big_x[: shards * SHARD], bench.big_y[: shards * SHARD]
+    if seed is None:
+        train(model, x, y, passes=1, batch_size=32, optimizer="sgd", lr=0.1)
+    else:
+        train(model, x, y, passes=1, batch_size=32, optimizer="sgd", lr=0.1, seed=seed)
 
 
 def _sb_entry(bench: _PredictionBench, n: int) -> dict[str, Any]:
@@ -301,7 +304,7 @@ def _sb_entry(bench: _PredictionBench, n: int) -> dict[str, Any]:
     entry: dict[str, Any] = {"bandwidth": {}}
     payloads: list[bytes] = []
     for name, client in bench.clients.items():
-        got, seconds = download_shards(lambda k, c=client: c.shard(1, k), ids)
+        got, seconds = download_shards(functools.partial(_fetch_shard, client), ids)
         entry["bandwidth"][name] = sum(map(len, got)) / sum(seconds)
         entry["shard_bytes"] = sum(map(len, got)) / n
         payloads = got
@@ -340,7 +343,7 @@ def _one_repetition(
         else:
             client = bench.clients[arg]
             _, seconds = download_shards(
-                lambda k, c=client: c.shard(1, k), range(bench.download_target)
+                functools.partial(_fetch_shard, client), range(bench.download_target)
             )
             rec["download_s"][arg] = sum(seconds)
     return rec
@@ -448,7 +451,7 @@ def run_prediction(
     )
     per_sample = training_flops_per_sample(build_model("twonn", (1, 28, 28), 10), (1, 28, 28))
     for client in bench.clients.values():
-        download_shards(lambda n, c=client: c.shard(1, n), range(2))  # connect before timing
+        download_shards(functools.partial(_fetch_shard, client), range(2))  # connect before timing
     # One untimed pass first, so no repetition pays the process's one-off start-up costs.
     _twonn_pass(bench, 4)
 
