@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from outdir import add_out_dir, results_dir
+
 from deploy.testbed.bench import add_testbed_option
 from orchestrator.client import Client
 from orchestrator.local.fleet import LocalFleet
@@ -171,12 +173,13 @@ def main() -> None:
                         help="deadlines as multiples of T_csa, e.g. 0.6,1.4 (overrides --quick)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per task")
     add_testbed_option(parser)
+    add_out_dir(parser)
     args = parser.parse_args()
+    out_dir = results_dir(args)
     factors = [0.6, 1.0, 1.4] if args.quick else [0.6, 0.75, 0.9, 1.1, 1.4]
     if args.factors:
         factors = [float(f) for f in args.factors.split(",")]
     rounds = args.rounds or (2 if args.quick else 3)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     name = "testbed_dab_vs_csa" if args.testbed else "dab_vs_csa"
     with tempfile.TemporaryDirectory(prefix="dab-vs-csa-") as tmp, \
@@ -202,10 +205,10 @@ def main() -> None:
                     "load_1m_at_end": os.getloadavg()[0]},
         "thesis_anchor": "tightest deadline: DAB +7 %, CSA +63 % (thesis 3.4.2.2)",
     }
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
+    (out_dir / f"{name}.json").write_text(json.dumps(out, indent=2))
     title = (f"DAB vs CSA on the emulated testbed ({args.testbed.name}: "
              f"{len(speeds)} learners), TwoNN MNIST-5k" if args.testbed else None)
-    plot(rows, RESULTS / f"{name}.png", title)
+    plot(rows, out_dir / f"{name}.png", title)
     tightest = min(r["deadline_s"] for r in rows if r["allocator"] == "dab")
     print(f"{name}: tightest D={tightest:.2f}s truancy DAB "
           f"{100 * summary['dab_truancy_tightest']:+.1f}% vs CSA "

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+from outdir import add_out_dir, results_dir
 
 from orchestrator.allocation.med import (
     MedInstance,
@@ -163,7 +164,9 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=None, help="seconds per solve")
     ap.add_argument("--seeds", type=int, default=None, help="instances per size")
     ap.add_argument("--mip-gap", type=float, default=1e-4)
+    add_out_dir(ap)
     args = ap.parse_args()
+    out_dir = results_dir(args)
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
     seeds = args.seeds or (1 if args.quick else 3)
     limit = args.time_limit or (2.0 if args.quick else 10.0)
@@ -175,13 +178,11 @@ def main() -> None:
             rows.extend(_runs(n, m, seed, limit, args.mip_gap, have_gurobi))
             _print_recent(rows, n, m, seed)
     summary = [_summary_entry(rows, n, m) for n, m in sizes]
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"benchmark": "med_solver", "time_limit_s": limit, "mip_gap": args.mip_gap,
            "seeds": seeds, "machine": platform.platform(), "gurobi": have_gurobi,
            "rows": rows, "summary": summary}
-    (RESULTS / "med_solver.json").write_text(json.dumps(out, indent=2))
-    plot(rows, sizes, RESULTS / "med_solver.png")
+    (out_dir / "med_solver.json").write_text(json.dumps(out, indent=2))
+    plot(rows, sizes, out_dir / "med_solver.png")
 
     goals = [f"{e['n']}x{e['m']} {'met' if e['goal']['met'] else 'MISSED'}"
              for e in summary if "goal" in e]

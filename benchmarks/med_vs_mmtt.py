@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from outdir import add_out_dir, results_dir
 
 from deploy.testbed.bench import add_testbed_option
 from orchestrator.allocation.med import MedInstance, thesis_instance
@@ -173,17 +174,19 @@ def main() -> None:
     ap.add_argument("--job-timeout", type=float, default=900.0,
                     help="--testbed: seconds one multi-task job may run before it is cancelled")
     add_testbed_option(ap)
+    add_out_dir(ap)
     args = ap.parse_args()
+    out_dir = results_dir(args)
     if args.testbed:
         run_testbed(args.testbed, args.live_tasks, rounds=args.live_rounds,
                     deadline_scale=args.live_deadline, seeds=args.live_seeds,
-                    job_timeout_s=args.job_timeout)
+                    job_timeout_s=args.job_timeout, results=out_dir)
         return
     if args.live:
         from med_vs_mmtt_live import run_live
 
         run_live(args.live_learners, args.live_tasks, rounds=args.live_rounds,
-                 deadline_scale=args.live_deadline, seeds=args.live_seeds, results=RESULTS)
+                 deadline_scale=args.live_deadline, seeds=args.live_seeds, results=out_dir)
         return
     trials = args.trials or (3 if args.quick else 20)
     learners = [4, 7, 10] if args.quick else [4, 5, 6, 7, 8, 9, 10]
@@ -195,12 +198,11 @@ def main() -> None:
     rows = sweep(points, trials, args.time_limit)
 
     comp = _relative(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"benchmark": "med_vs_mmtt", "kind": "model-based simulation (not live agents)",
            "trials": trials, "gucs": GUCS, "heat": 0.5, "noise_sigma": NOISE,
            "rows": rows, "relative": comp}
-    (RESULTS / "med_vs_mmtt.json").write_text(json.dumps(out, indent=2))
-    plot(rows, RESULTS / "med_vs_mmtt.png")
+    (out_dir / "med_vs_mmtt.json").write_text(json.dumps(out, indent=2))
+    plot(rows, out_dir / "med_vs_mmtt.png")
     lt = comp["learners"]
     best_t = min(v for v in lt["med_vs_uncertain_time"] if v is not None)
     best_d = min(v for v in lt["med_vs_uncertain_drop"] if v is not None)
@@ -232,7 +234,8 @@ def _preloading(fleet_path: Path) -> Any:
 
 
 def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
-                deadline_scale: float, seeds: list[int], job_timeout_s: float) -> None:
+                deadline_scale: float, seeds: list[int], job_timeout_s: float,
+                results: Path = RESULTS) -> None:
     """The live jobs (med_vs_mmtt_live) on the emulated testbed of `fleet_path` (needs root).
 
     Every learner of the fleet takes part; each task count of `task_counts` (1–3, thesis
@@ -262,7 +265,7 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
                              for alloc in ALLOCATORS]
     summary = summarise(rows)
     comp = _relative_live(summary)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     out = {"benchmark": name, "kind": "live agents with stressors on the emulated testbed",
            "testbed": str(fleet_path), "command": " ".join(["sudo", ".venv/bin/python",
                                                             *sys.argv]),
@@ -276,8 +279,8 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
            "rows": [{k: v for k, v in r.items() if k != "records"} for r in rows],
            "records": {f"{r['learners']}x{r['tasks']}/{r['seed']}/{r['allocator']}":
                        r["records"] for r in rows}}
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
-    plot_live(summary, RESULTS / f"{name}.png",
+    (results / f"{name}.json").write_text(json.dumps(out, indent=2))
+    plot_live(summary, results / f"{name}.png",
               f"MED vs MMTT on the emulated testbed ({fleet_path.name}: {len(profiles)} "
               "learners), stressors heat 0.5")
     parts = []

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from outdir import add_out_dir, results_dir
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -551,7 +552,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (~1 minute)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--client-rss", nargs=4, help=argparse.SUPPRESS)
+    add_out_dir(parser)
     args = parser.parse_args()
+    out_dir = results_dir(args)
     if args.serve:
         serve(args.serve)
         return
@@ -585,9 +588,8 @@ def main() -> None:
         "memory": mem,
         "targets_met": targets,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "rpc_overhead.json").write_text(json.dumps(result, indent=2))
-    plot(result, RESULTS / "rpc_overhead.png")
+    (out_dir / "rpc_overhead.json").write_text(json.dumps(result, indent=2))
+    plot(result, out_dir / "rpc_overhead.png")
     print(
         f"rpc_overhead: no-op p50 {lat['plexus simplex blocking']['p50_s'] * 1e3:.2f} ms = "
         f"{ratios['plexus simplex blocking']:.2f}x floor (duplex "

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from outdir import add_out_dir, results_dir
 
 from deploy.testbed.bench import add_testbed_option
 
@@ -615,6 +616,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    add_out_dir(parser)
     return parser.parse_args()
 
 
@@ -635,6 +637,7 @@ def _print_headline(summary: dict[str, Any], sizes: list[int], reps: int) -> Non
 
 def main() -> None:
     args = _parse_args()
+    out_dir = results_dir(args)
     if args.serve:
         serve(args.serve, args.host, args.port)
         return
@@ -645,12 +648,12 @@ def main() -> None:
             args.testbed,
             [2, 4] if args.quick else [2, 4, 6, 8],
             args.reps or (1 if args.quick else 3),
-            RESULTS / "testbed_subset_benchmarking.json",
+            out_dir / "testbed_subset_benchmarking.json",
             command=" ".join(["sudo", ".venv/bin/python", *sys.argv]),
             truth_scale=0.25 if args.quick else 1.0,
         )
         return
-    path = RESULTS / "subset_benchmarking.json"
+    path = out_dir / "subset_benchmarking.json"
     if args.rss_only:
         summary = json.loads(path.read_text())
         summary["rss"] = measure_agent_rss()
@@ -683,9 +686,8 @@ def main() -> None:
         load_1m=os.getloadavg()[0],
         command=" ".join(sys.argv),
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=1))
-    plot(summary, RESULTS / "subset_benchmarking.png")
+    plot(summary, out_dir / "subset_benchmarking.png")
     _print_headline(summary, sizes, reps)
 
 if __name__ == "__main__":
