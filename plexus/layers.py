@@ -419,7 +419,8 @@ def _blocks() -> tuple[type, type]:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             a, b = self.body(x), self.shortcut(x)
-            if a.shape != b.shape:
+            # Shapes are checked when traced on the meta device (at build), not on real data.
+            if a.is_meta and a.shape != b.shape:
                 self.mismatch = (tuple(a.shape[1:]), tuple(b.shape[1:]))
                 return a  # type: ignore[no-any-return]
             return a + b  # type: ignore[no-any-return]

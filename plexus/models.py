@@ -343,11 +343,16 @@ def load(path: str | Path) -> torch.nn.Module:
 
 def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str | Path) -> None:
     """Write `model` as ONNX with input "input" `[batch, *input_shape]` and output "logits"."""
+    import warnings
+
     import torch
 
     model.eval()
     example = torch.zeros((1, *input_shape))
-    torch.onnx.export(model, (example,), str(path), input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"},
-                                                             "logits": {0: "batch"}},
-                      dynamo=False)
+    # The TorchScript exporter (dynamo=False) needs no onnxscript; torch warns it is legacy.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (example,), str(path), input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"},
+                                                                 "logits": {0: "batch"}},
+                          dynamo=False)
