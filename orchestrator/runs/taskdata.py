@@ -65,10 +65,10 @@ def resolve_spec(spec: TaskSpec) -> tuple[TaskSpec, Dataset]:
     if model.factory is not None:
         dist = factory_distribution(model.factory)
         if dist is None:
-            check_missing = f"model.factory: {model.factory!r} is not installed on the " \
-                            "orchestrator (Python entry-point group 'plexus.models'); " \
-                            "install the package that provides it here and on the learners"
-            raise BadInput(check_missing, code="model_factory_missing")
+            raise BadInput(f"model.factory: {model.factory!r} is not installed on the "
+                           "orchestrator (Python entry-point group 'plexus.models'); install "
+                           "the package that provides it here and on the learners",
+                           code="model_factory_missing")
         if model.distribution is not None and model.distribution != dist:
             raise BadInput(f"model.distribution: {model.distribution} but the orchestrator "
                            f"has {dist}", code="model_factory_missing")

@@ -173,7 +173,7 @@ def test_memory_estimate_grows_with_batch_and_optimizer() -> None:
 def test_model_file_loads_in_plain_pytorch(tmp_path: Path) -> None:
     spec = TaskSpec.model_validate({
         "name": "files", "dataset": {"name": "digits"},
-        "model": {"layers": EVERY_LAYER["images"][1][:4] + ["Flatten", {"type": "Linear"}],
+        "model": {"layers": [*EVERY_LAYER["images"][1][:4], "Flatten", {"type": "Linear"}],
                   "input_shape": [3, 12, 12], "num_classes": 4}})
     torch.manual_seed(1)
     net = build_for_task(spec)
