@@ -208,20 +208,22 @@ class SyncDriver:
             "truancy": truancy, "loss": closed.loss, "accuracy": closed.accuracy,
             "model_version": closed.version,
         }, closed.model_path, time.time())
-        m = self.metrics
-        m.rounds.labels(allocator=allocator.name).inc()
-        m.round_time.observe(round_time)
-        m.truancy.labels(task=str(task.id)).set(truancy)
-        m.left_out.inc(sum(1 for k in left_out if k in {str(c.id) for c in chosen}))
-        log.info("task %s round %s: %.2fs, truancy %+.1f%%, accuracy %.3f", task.id, index,
-                 round_time, 100 * truancy, closed.accuracy)
+        self._observe(task.id, index, allocator.name, round_time, truancy, closed.accuracy,
+                      sum(1 for k in left_out if k in {str(c.id) for c in chosen}))
         if sum(closed.samples.values()) > 0:
             return closed.state, None
-        names = {str(lr.id): lr.name for lr in alive}
-        for k, n in closed.samples.items():
-            left_out.setdefault(k, f"trained {n} samples")
-        return closed.state, "; ".join(f"{names.get(k, k)}: {v}"
-                                       for k, v in sorted(left_out.items())) or "no learner"
+        return closed.state, _empty_reason(alive, closed.samples, left_out)
+
+    def _observe(self, task_id: int, index: int, allocator: str, round_time: float,
+                 truancy: float, accuracy: float, chosen_left_out: int) -> None:
+        """Prometheus metrics and the log line of one closed round."""
+        m = self.metrics
+        m.rounds.labels(allocator=allocator).inc()
+        m.round_time.observe(round_time)
+        m.truancy.labels(task=str(task_id)).set(truancy)
+        m.left_out.inc(chosen_left_out)
+        log.info("task %s round %s: %.2fs, truancy %+.1f%%, accuracy %.3f", task_id, index,
+                 round_time, 100 * truancy, accuracy)
 
     def _train(self, lr: LearnerRow, spec: dict[str, Any], task_id: int, index: int,
                shards: list[int], halt_s: float) -> Callable[[], Awaitable[Any]]:
@@ -258,3 +260,13 @@ class SyncDriver:
             except (KeyError, TypeError, ValueError) as exc:
                 left_out[key] = f"{proc}: bad answer {exc!r}"
         return [known[str(lr.id)] for lr in learners if str(lr.id) in known]
+
+
+def _empty_reason(alive: list[LearnerRow], samples: dict[str, int],
+                  left_out: dict[str, str]) -> str:
+    """Why a round trained nothing: each learner's cause, by name."""
+    names = {str(lr.id): lr.name for lr in alive}
+    for k, n in samples.items():
+        left_out.setdefault(k, f"trained {n} samples")
+    return "; ".join(f"{names.get(k, k)}: {v}"
+                     for k, v in sorted(left_out.items())) or "no learner"
