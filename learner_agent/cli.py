@@ -88,7 +88,11 @@ def register(app: typer.Typer) -> None:
         name: str | None = typer.Option(None, help="Learner name (default: host name)"),
         host: str = typer.Option("0.0.0.0", help="Address to bind the RPC worker to"),
         port: int = typer.Option(0, help="Port for the RPC worker (0 = any free port)"),
-        data_dir: Path | None = typer.Option(None, help="Directory to keep the agent name in"),  # noqa: B008
+        data_dir: Path | None = typer.Option(  # noqa: B008
+            None,
+            help="Directory keeping the agent's name and its learner secret (mode 600); "
+            "default $XDG_STATE_HOME/plexus/agents/<name> (~/.local/state/...)",
+        ),
         stress_heat: float | None = typer.Option(
             None, help="Experiments only: sample stressor states with this softmax heat"
         ),
@@ -106,7 +110,7 @@ def register(app: typer.Typer) -> None:
 
         from rich.logging import RichHandler
 
-        from learner_agent.daemon import AgentDaemon
+        from learner_agent.daemon import AgentDaemon, default_name, state_dir
 
         logging.basicConfig(
             level=logging.DEBUG if verbose else logging.INFO,
@@ -138,7 +142,7 @@ def register(app: typer.Typer) -> None:
                 host=host,
                 port=port,
                 relay=relay,
-                data_dir=data_dir,
+                data_dir=data_dir or state_dir(name or default_name(None)),
                 stress_heat=stress_heat,
                 threads=threads,
                 verify=verify,
@@ -159,5 +163,9 @@ def register(app: typer.Typer) -> None:
             f"agent [bold]{daemon.name}[/bold] serving {where}, enrolling with {orchestrator}"
         )
         daemon.wait()
+        if daemon.fatal:
+            daemon.stop()
+            console.print(f"[red]error:[/red] {daemon.fatal}")
+            raise typer.Exit(1)
 
     app.add_typer(agent, name="agent")

@@ -4,11 +4,16 @@
 its own learner-authentication dependency (which must return an object with a ``name``
 attribute, or a string). Errors answer JSON `{"error": code, "detail": text}`:
 
-* pull → ``200`` safetensors (metadata ``version``) with header ``X-Model-Version``, or
+* pull → ``403``/``422`` when the app's ``admit(task_id, who)`` refuses the learner, else
+  ``200`` safetensors (metadata ``version``) with header ``X-Model-Version``, or
   ``204`` when the server has not picked this learner (FedBuff / PORT): pull again later;
 * updates → ``200 {"accepted", "version", "aggregated"}``; ``422 bad_update`` for wrong
   names / shapes / dtypes / non-finite values / missing metadata, ``409 unknown_version`` for a
   base version the server does not hold; rejected updates are counted and never aggregated;
+  update admission (docs/security.md): ``403 no_outstanding_pull`` for an update that answers
+  no pull of this learner (or another version than it was sent), ``422 n_samples_too_large``
+  for more samples than its pull declared, ``422 n_samples_over_partition`` for a pull that
+  declares more samples than the learner's partition holds;
 * stop (``GET``) → ``200 {"stop": bool}``: whether the server (PORT) asks this learner to stop
   training and push what it has; clients ask between epochs.
 """
@@ -24,6 +29,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.aggregation import BadUpdate, UnknownVersion
+from orchestrator.api.errors import status_of
+from orchestrator.errors import ServiceError
 from orchestrator.runs.async_runner import AsyncTaskRunner
 
 MAX_UPDATE_BYTES = 256 * 1024 * 1024
@@ -45,9 +52,14 @@ def _name(who: Any) -> str:
 
 
 def make_async_router(
-    runners: Mapping[int, AsyncTaskRunner], learner: Callable[..., Any]
+    runners: Mapping[int, AsyncTaskRunner], learner: Callable[..., Any],
+    admit: Callable[[int, Any], int | None] | None = None,
 ) -> APIRouter:
-    """Routes for the async tasks in ``runners`` (task id → runner), guarded by ``learner``."""
+    """Routes for the async tasks in ``runners`` (task id → runner), guarded by ``learner``.
+
+    ``admit(task_id, who)``, if given, is asked at every pull: it may raise a ``ServiceError``
+    to refuse the learner, and answers the most samples the learner can hold (or None).
+    """
     router = APIRouter()
 
     def runner_for(task_id: int) -> AsyncTaskRunner | JSONResponse:
@@ -65,7 +77,13 @@ def make_async_router(
         r = runner_for(task_id)
         if isinstance(r, JSONResponse):
             return r
-        answer = await asyncio.to_thread(r.pull, _name(who), body.n_samples)
+        try:
+            limit = None if admit is None else await asyncio.to_thread(admit, task_id, who)
+            answer = await asyncio.to_thread(r.pull, _name(who), body.n_samples, limit)
+        except BadUpdate:
+            raise
+        except ServiceError as exc:  # refused by admission: its own status and code
+            return _error(status_of(exc), exc.code, exc.detail)
         if answer is None:
             return Response(status_code=204)
         version, data = answer
@@ -94,6 +112,8 @@ def make_async_router(
             return _error(409, "unknown_version", str(exc))
         except BadUpdate as exc:
             return _error(422, "bad_update", str(exc))
+        except ServiceError as exc:  # refused by admission: its own status and code
+            return _error(status_of(exc), exc.code, exc.detail)
         return JSONResponse(result)
 
     @router.get("/v1/tasks/{task_id}/stop")

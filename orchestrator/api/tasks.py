@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from fastapi.responses import Response
 
-from orchestrator.api.deps import AdminDep, LearnerDep, LearnerOrAdminDep, ServiceDep
+from orchestrator.api.deps import AdminDep, LearnerDep, ServiceDep, TaskReaderDep
 from orchestrator.errors import BadInput, Forbidden, NotFound
 from orchestrator.runs.jobs import JOB_ONLY
 from orchestrator.store import RoundRow, TaskRow
@@ -93,8 +93,9 @@ def list_tasks(service: ServiceDep) -> dict[str, Any]:
 
 @router.get("/v1/tasks/{task_id}", dependencies=[AdminDep])
 def show_task(task_id: int, service: ServiceDep) -> dict[str, Any]:
-    """One task."""
-    return task_view(service.store.task(task_id))
+    """One task, with the learner requests it refused (count per error code)."""
+    return {**task_view(service.store.task(task_id)),
+            "refused": service.store.refusals(task_id)}
 
 
 @router.post("/v1/tasks/{task_id}/cancel", dependencies=[AdminDep])
@@ -113,9 +114,9 @@ def task_rounds(task_id: int, service: ServiceDep) -> dict[str, Any]:
             "rounds": [round_view(r) for r in service.store.rounds(task_id)]}
 
 
-@router.get("/v1/tasks/{task_id}/model", dependencies=[LearnerOrAdminDep])
-def task_model(task_id: int, service: ServiceDep) -> Response:
-    """The task's current model version (safetensors)."""
+@router.get("/v1/tasks/{task_id}/model")
+def task_model(task_id: int, _who: TaskReaderDep, service: ServiceDep) -> Response:
+    """The task's current model version (safetensors), for the admin or a participant."""
     task = service.store.task(task_id)
     path = service.store.layout.model(task_id, task.model_version)
     if not path.exists():
@@ -128,8 +129,8 @@ def task_model(task_id: int, service: ServiceDep) -> Response:
 
 
 @router.get("/v1/tasks/{task_id}/shards/{n}")
-def task_shard(task_id: int, n: int, _me: LearnerDep, service: ServiceDep) -> Response:
-    """Shard `n` of a task, for an enrolled learner."""
+def task_shard(task_id: int, n: int, _me: TaskReaderDep, service: ServiceDep) -> Response:
+    """Shard `n` of a task, for the admin or a learner that takes part in the task."""
     task = service.store.task(task_id)
     if not 0 <= n < task.num_shards:
         raise NotFound(f"shard {n} not found for task {task_id} (task has "

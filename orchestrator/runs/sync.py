@@ -27,7 +27,7 @@ from orchestrator.allocation import (
 )
 from orchestrator.errors import Conflict
 from orchestrator.metrics import Metrics
-from orchestrator.runs.gateway import Call, LearnerGateway
+from orchestrator.runs.gateway import Call, LearnerGateway, Reply
 from orchestrator.runs.rounds import TestSplit, close_round
 from orchestrator.runs.taskdata import load_test_split, read_state
 from orchestrator.store import LearnerRow, Store, TaskRow
@@ -40,6 +40,27 @@ log = logging.getLogger("orchestrator.runs.sync")
 # Asking a learner (subset benchmarking: download n shards, train on them, perhaps import torch
 # for the first time) gets this much longer than a round before the learner is left out.
 PROBE_EXTRA_S = 60.0
+
+
+def cap_samples(replies: list[Reply], shard_ids: dict[str, list[int]], per_shard: int,
+                refused: Callable[[str], None]) -> list[Reply]:
+    """Update admission of a round: a learner's `samples_trained` counts at most what it was
+    given (its shards × samples per shard × μ passes); a larger claim is cut to that bound
+    and counted as `samples_capped`, so no learner's claim can outweigh its allocation."""
+    out = []
+    for r in replies:
+        bound = len(shard_ids.get(str(r.learner.id), [])) * per_shard
+        value = r.value
+        if r.error is None and isinstance(value, dict):
+            try:
+                claimed = int(value.get("samples_trained", 0))
+            except (TypeError, ValueError):
+                claimed = 0  # close_round leaves such an answer out
+            if claimed > bound:
+                refused("samples_capped")
+                value = {**value, "samples_trained": bound}
+        out.append(Reply(r.learner, value=value, error=r.error, elapsed_s=r.elapsed_s))
+    return out
 
 
 class SyncDriver:
@@ -164,6 +185,8 @@ class SyncDriver:
             [(lr, self._train(lr, spec_dict, task.id, index, shard_ids[str(lr.id)], halt_s))
              for lr in chosen], cutoff_s)
         round_end = time.monotonic()
+        replies = cap_samples(replies, shard_ids, task.shard_samples * spec.training.iterations,
+                              lambda code: self._refused(task.id, code))
         # Step 7: FedAvg weighted by samples trained; nobody answered -> the model stays.
         closed = await close_round(self.store, self.metrics, task.id, spec, index, state,
                                    replies, test, left_out, keep_updates=True)
@@ -184,6 +207,11 @@ class SyncDriver:
         log.info("task %s round %s: %.2fs, truancy %+.1f%%, accuracy %.3f", task.id, index,
                  round_time, 100 * truancy, closed.accuracy)
         return closed.state
+
+    def _refused(self, task_id: int, code: str) -> None:
+        self.metrics.refused.labels(reason=code).inc()
+        with contextlib.suppress(Exception):
+            self.store.add_refusal(task_id, code)
 
     def _train(self, lr: LearnerRow, spec: dict[str, Any], task_id: int, index: int,
                shards: list[int], halt_s: float) -> Callable[[], Awaitable[Any]]:
