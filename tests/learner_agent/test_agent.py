@@ -48,6 +48,17 @@ def _learner_token(fleet: LocalFleet, name: str) -> str:
     return str(row[0])
 
 
+def _grant(fleet: LocalFleet, name: str, task_id: int) -> None:
+    # A learner token reads only the tasks the orchestrator gave it work of; the orchestrator
+    # records that before it calls the agent (`LearnerGateway.grant`), so a test playing its
+    # part records it too.
+    with sqlite3.connect(fleet.data_dir / "plexus.db") as db:
+        row = db.execute("SELECT id FROM learners WHERE name = ?", (name,)).fetchone()
+        assert row is not None, f"learner {name} is not in the orchestrator's store"
+        db.execute("INSERT INTO task_participants (task_id, learner_id) VALUES (?, ?)",
+                   (task_id, row[0]))
+
+
 def _shard_bytes_served(fleet: LocalFleet) -> float:
     text = httpx.get(f"{fleet.url}/metrics", timeout=10).text
     found = re.search(r'^plexus_bytes_served_total\{kind="shard"\} (\S+)$', text, re.M)
@@ -116,6 +127,7 @@ def test_agent_process_enrolls_and_answers(
             anonymous.status()
 
         token = _learner_token(fleet, "pi-07")
+        _grant(fleet, "pi-07", task_id)
         with rpc.connect(endpoint, token=token, duplex=True, timeout=60) as agent:
             bench = agent.benchmark(TASK, task_id, None)
             assert bench["bandwidth"] > 0 and bench["compute"] > 0 and bench["state"] == "idle"
@@ -218,6 +230,7 @@ def test_stressor_states_in_benchmark_and_train(orchestrator: tuple[LocalFleet, 
     fleet, task_id = orchestrator
     client = OrchestratorClient(fleet.url)
     client.enroll(fleet.join_token, "stressed", {}, None)
+    _grant(fleet, "stressed", task_id)
     agent = Agent("stressed", client)
     try:
         shard_size = len(client.shard(task_id, 0))
@@ -252,6 +265,7 @@ def test_a_shard_named_several_times_is_downloaded_once(
     fleet, task_id = orchestrator
     client = OrchestratorClient(fleet.url)
     client.enroll(fleet.join_token, "duplicates", {}, None)
+    _grant(fleet, "duplicates", task_id)
     agent = Agent("duplicates", client)
     try:
         shard_size = len(client.shard(task_id, 0))
