@@ -229,3 +229,20 @@ def test_finding_4_the_spin_timeout_counts_from_the_task_start() -> None:
         assert [h["trigger"] for h in runner.status()["history"]] == ["timeout"]
     finally:
         runner.close()
+
+
+def test_a_sync_answer_counts_at_most_the_samples_it_was_given() -> None:
+    """Sync admission: `samples_trained` above shards × shard size × μ is cut to that bound
+    (and counted), so one learner's claim cannot outweigh its allocation in FedAvg."""
+    from orchestrator.runs.gateway import Reply
+    from orchestrator.runs.sync import cap_samples
+    from orchestrator.store import LearnerRow
+
+    honest, liar, idle = (LearnerRow(id=i, name=f"l{i}") for i in (1, 2, 3))
+    replies = [Reply(honest, value={"params": {}, "samples_trained": 400}),
+               Reply(liar, value={"params": {}, "samples_trained": 10**12}),
+               Reply(idle, error="no answer by deadline + grace")]
+    refused: list[str] = []
+    out = cap_samples(replies, {"1": [0, 1], "2": [2, 3]}, 100 * 2, refused.append)
+    assert [r.value["samples_trained"] for r in out[:2]] == [400, 400]
+    assert out[2].error == replies[2].error and refused == ["samples_capped"]
