@@ -51,6 +51,20 @@ def _name(who: Any) -> str:
     return who if isinstance(who, str) else str(who.name)
 
 
+async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a worker thread; an error it raises on purpose becomes its JSON answer:
+    ``409 unknown_version``, ``422 bad_update``, or an admission refusal's own status and code.
+    """
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except UnknownVersion as exc:
+        return _error(409, "unknown_version", str(exc))
+    except BadUpdate as exc:
+        return _error(422, "bad_update", str(exc))
+    except ServiceError as exc:
+        return _error(status_of(exc), exc.code, exc.detail)
+
+
 def make_async_router(
     runners: Mapping[int, AsyncTaskRunner], learner: Callable[..., Any],
     admit: Callable[[int, Any], int | None] | None = None,
@@ -77,13 +91,15 @@ def make_async_router(
         r = runner_for(task_id)
         if isinstance(r, JSONResponse):
             return r
-        try:
-            limit = None if admit is None else await asyncio.to_thread(admit, task_id, who)
-            answer = await asyncio.to_thread(r.pull, _name(who), body.n_samples, limit)
-        except BadUpdate:
-            raise
-        except ServiceError as exc:  # refused by admission: its own status and code
-            return _error(status_of(exc), exc.code, exc.detail)
+        runner = r
+
+        def admitted_pull() -> tuple[int, bytes] | None:
+            limit = None if admit is None else admit(task_id, who)
+            return runner.pull(_name(who), body.n_samples, limit)
+
+        answer = await _in_thread(admitted_pull)
+        if isinstance(answer, JSONResponse):
+            return answer
         if answer is None:
             return Response(status_code=204)
         version, data = answer
@@ -106,15 +122,8 @@ def make_async_router(
         if declared > MAX_UPDATE_BYTES:
             return _error(413, "too_large", f"update of {declared} bytes exceeds the limit")
         body = await request.body()
-        try:
-            result = await asyncio.to_thread(r.push, _name(who), body)
-        except UnknownVersion as exc:
-            return _error(409, "unknown_version", str(exc))
-        except BadUpdate as exc:
-            return _error(422, "bad_update", str(exc))
-        except ServiceError as exc:  # refused by admission: its own status and code
-            return _error(status_of(exc), exc.code, exc.detail)
-        return JSONResponse(result)
+        result = await _in_thread(r.push, _name(who), body)
+        return result if isinstance(result, JSONResponse) else JSONResponse(result)
 
     @router.get("/v1/tasks/{task_id}/stop")
     async def stop(task_id: int, who: Any = Depends(learner)) -> Response:  # noqa: B008
