@@ -153,8 +153,9 @@ def task_partition(task_id: int, client: int, me: LearnerDep, service: ServiceDe
                        f"{task_id}; wait for the orchestrator's join_async call",
                        code="not_a_client")
     if given != client:
+        service.asynchronous.refused(task_id, "not_your_partition")
         raise Forbidden(f"learner {me.name} is client {given} of task {task_id}, not "
-                        f"{client}: download partition {given}")
+                        f"{client}: download partition {given}", code="not_your_partition")
     task = service.store.task(task_id)
     data = service.store.layout.shard(task_id, client_shard(task.num_shards, client)).read_bytes()
     service.metrics.bytes_served.labels(kind="partition").inc(len(data))
