@@ -38,7 +38,7 @@ class DatasetSpec(_Strict):
     path: str | None = None
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     # Only for `synthetic`: how many samples to generate (train + test).
-    samples: int = Field(2000, ge=20)
+    samples: int = Field(2000, ge=20, le=1_000_000)
 
     @model_validator(mode="after")
     def _path_when_idx(self) -> DatasetSpec:
@@ -97,7 +97,7 @@ class TaskSpec(_Strict):
 
     name: str = "task"
     model: ModelName = "twonn"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy and torch take 0..2**32-1 everywhere
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)  # type: ignore[arg-type]
     partition: PartitionSpec = Field(default_factory=PartitionSpec)  # type: ignore[arg-type]
     training: TrainingSpec = Field(default_factory=TrainingSpec)  # type: ignore[arg-type]

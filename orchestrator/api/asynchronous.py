@@ -24,6 +24,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.aggregation import BadUpdate, UnknownVersion
+from orchestrator.api.deps import Id
+from orchestrator.api.errors import answers
 from orchestrator.runs.async_runner import AsyncTaskRunner
 
 MAX_UPDATE_BYTES = 256 * 1024 * 1024
@@ -56,9 +58,13 @@ def make_async_router(
             return _error(404, "not_found", f"task {task_id} is not a running asynchronous task")
         return r
 
-    @router.post("/v1/tasks/{task_id}/pull", response_model=None)
+    @router.post("/v1/tasks/{task_id}/pull", response_model=None, responses={
+        200: {"description": "the model (safetensors)", "content": {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"}}}},
+        204: {"description": "not picked this time: pull again later"},
+        **answers(401, 404, 413, 422)})
     async def pull(
-        task_id: int,
+        task_id: Id,
         body: PullRequest,
         who: Any = Depends(learner),  # noqa: B008
     ) -> Response:
@@ -75,9 +81,12 @@ def make_async_router(
             headers={"X-Model-Version": str(version)},
         )
 
-    @router.post("/v1/tasks/{task_id}/updates", response_model=None)
+    @router.post("/v1/tasks/{task_id}/updates", response_model=None,
+                 responses=answers(401, 404, 409, 413, 422), openapi_extra={
+                     "requestBody": {"required": True, "content": {"application/octet-stream": {
+                         "schema": {"type": "string", "format": "binary"}}}}})
     async def updates(
-        task_id: int,
+        task_id: Id,
         request: Request,
         who: Any = Depends(learner),  # noqa: B008
     ) -> Response:
@@ -96,15 +105,15 @@ def make_async_router(
             return _error(422, "bad_update", str(exc))
         return JSONResponse(result)
 
-    @router.get("/v1/tasks/{task_id}/stop")
-    async def stop(task_id: int, who: Any = Depends(learner)) -> Response:  # noqa: B008
+    @router.get("/v1/tasks/{task_id}/stop", responses=answers(401, 404, 422))
+    async def stop(task_id: Id, who: Any = Depends(learner)) -> Response:  # noqa: B008
         r = runner_for(task_id)
         if isinstance(r, JSONResponse):
             return r
         return JSONResponse({"stop": r.should_stop(_name(who))})
 
-    @router.get("/v1/tasks/{task_id}/async")
-    async def status(task_id: int, who: Any = Depends(learner)) -> Response:  # noqa: B008
+    @router.get("/v1/tasks/{task_id}/async", responses=answers(401, 404, 422))
+    async def status(task_id: Id, who: Any = Depends(learner)) -> Response:  # noqa: B008
         r = runner_for(task_id)
         if isinstance(r, JSONResponse):
             return r

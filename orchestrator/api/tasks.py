@@ -9,12 +9,29 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from fastapi.responses import Response
 
-from orchestrator.api.deps import AdminDep, LearnerDep, LearnerOrAdminDep, ServiceDep
+from orchestrator.api.deps import (
+    AdminDep,
+    Id,
+    Index,
+    LearnerDep,
+    LearnerOrAdminDep,
+    ServiceDep,
+)
+from orchestrator.api.errors import answers
 from orchestrator.errors import BadInput, Forbidden, NotFound
 from orchestrator.runs.jobs import JOB_ONLY
 from orchestrator.store import RoundRow, TaskRow
 
 router = APIRouter(tags=["tasks"])
+
+# A file download: declared as bytes, not JSON.
+BINARY: dict[int | str, dict[str, Any]] = {200: {"description": "the file", "content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+# The body of POST /v1/tasks is a task spec: its schema (components/schemas/TaskSpec) is
+# added to the document by `orchestrator.api.app`; the route parses the spec itself, so that a
+# bad one answers `422 invalid_spec` naming the field.
+SPEC_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/TaskSpec"}}}}}
 
 
 def task_view(t: TaskRow) -> dict[str, Any]:
@@ -66,7 +83,8 @@ def parse_task(spec: dict[str, Any]) -> Any:
     return parsed
 
 
-@router.post("/v1/tasks", status_code=201, dependencies=[AdminDep])
+@router.post("/v1/tasks", status_code=201, dependencies=[AdminDep],
+             responses=answers(401, 413, 422), openapi_extra=SPEC_BODY)
 async def submit(spec: Annotated[dict[str, Any], Body()], service: ServiceDep
                  ) -> dict[str, Any]:
     """Create a task completely (or not at all) and start it."""
@@ -85,20 +103,21 @@ async def submit(spec: Annotated[dict[str, Any], Body()], service: ServiceDep
     return task_view(row)
 
 
-@router.get("/v1/tasks", dependencies=[AdminDep])
+@router.get("/v1/tasks", dependencies=[AdminDep], responses=answers(401))
 def list_tasks(service: ServiceDep) -> dict[str, Any]:
     """Every task."""
     return {"tasks": [task_view(t) for t in service.store.tasks()]}
 
 
-@router.get("/v1/tasks/{task_id}", dependencies=[AdminDep])
-def show_task(task_id: int, service: ServiceDep) -> dict[str, Any]:
+@router.get("/v1/tasks/{task_id}", dependencies=[AdminDep], responses=answers(401, 404, 422))
+def show_task(task_id: Id, service: ServiceDep) -> dict[str, Any]:
     """One task."""
     return task_view(service.store.task(task_id))
 
 
-@router.post("/v1/tasks/{task_id}/cancel", dependencies=[AdminDep])
-async def cancel_task(task_id: int, service: ServiceDep) -> dict[str, Any]:
+@router.post("/v1/tasks/{task_id}/cancel", dependencies=[AdminDep],
+             responses=answers(401, 404, 409, 422))
+async def cancel_task(task_id: Id, service: ServiceDep) -> dict[str, Any]:
     """Cancel a pending or running task."""
     row = service.store.set_state(task_id, "cancelled", "cancelled by the user", time.time())
     await service.sync.cancel(task_id)
@@ -106,15 +125,17 @@ async def cancel_task(task_id: int, service: ServiceDep) -> dict[str, Any]:
     return task_view(row)
 
 
-@router.get("/v1/tasks/{task_id}/rounds", dependencies=[AdminDep])
-def task_rounds(task_id: int, service: ServiceDep) -> dict[str, Any]:
+@router.get("/v1/tasks/{task_id}/rounds", dependencies=[AdminDep],
+            responses=answers(401, 404, 422))
+def task_rounds(task_id: Id, service: ServiceDep) -> dict[str, Any]:
     """A task's finished rounds."""
     return {"task_id": task_id,
             "rounds": [round_view(r) for r in service.store.rounds(task_id)]}
 
 
-@router.get("/v1/tasks/{task_id}/model", dependencies=[LearnerOrAdminDep])
-def task_model(task_id: int, service: ServiceDep) -> Response:
+@router.get("/v1/tasks/{task_id}/model", dependencies=[LearnerOrAdminDep], response_class=Response,
+            responses={**BINARY, **answers(401, 403, 404, 422)})
+def task_model(task_id: Id, service: ServiceDep) -> Response:
     """The task's current model version (safetensors)."""
     task = service.store.task(task_id)
     path = service.store.layout.model(task_id, task.model_version)
@@ -127,8 +148,9 @@ def task_model(task_id: int, service: ServiceDep) -> Response:
                     headers={"X-Model-Version": str(task.model_version)})
 
 
-@router.get("/v1/tasks/{task_id}/shards/{n}")
-def task_shard(task_id: int, n: int, _me: LearnerDep, service: ServiceDep) -> Response:
+@router.get("/v1/tasks/{task_id}/shards/{n}", response_class=Response,
+            responses={**BINARY, **answers(401, 403, 404, 422)})
+def task_shard(task_id: Id, n: Index, _me: LearnerDep, service: ServiceDep) -> Response:
     """Shard `n` of a task, for an enrolled learner."""
     task = service.store.task(task_id)
     if not 0 <= n < task.num_shards:
@@ -140,8 +162,9 @@ def task_shard(task_id: int, n: int, _me: LearnerDep, service: ServiceDep) -> Re
     return Response(data, media_type="application/octet-stream")
 
 
-@router.get("/v1/tasks/{task_id}/partitions/{client}", tags=["asynchronous tasks"])
-def task_partition(task_id: int, client: int, me: LearnerDep, service: ServiceDep
+@router.get("/v1/tasks/{task_id}/partitions/{client}", tags=["asynchronous tasks"],
+            response_class=Response, responses={**BINARY, **answers(401, 403, 404, 422)})
+def task_partition(task_id: Id, client: Index, me: LearnerDep, service: ServiceDep
                    ) -> Response:
     """Partition `client` of a running async task, for the learner that is that client."""
     from orchestrator.runs.taskdata import client_shard

@@ -201,7 +201,7 @@ class Store:
         with self.session() as s:
             row = s.scalar(select(LearnerRow).where(LearnerRow.token == token))
             # A constant-time comparison on top of the indexed lookup.
-            if row is not None and hmac.compare_digest(row.token, token):
+            if row is not None and hmac.compare_digest(row.token.encode(), token.encode()):
                 return row
             return None
 

@@ -34,7 +34,7 @@ FAMILIES: dict[str, str] = {
 class TaskSpec(BaseModel):
     """One requester's task r_i (thesis 4.1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1)
     shards: int = Field(gt=0, description="D_i, shards to train per GUC")
@@ -48,7 +48,7 @@ class TaskSpec(BaseModel):
 class LearnerSpec(BaseModel):
     """One learner w_j with its per-state benchmarks (thesis 4.1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1)
     price: float = Field(ge=0, description="p_j per shard")
@@ -95,7 +95,7 @@ class LearnerSpec(BaseModel):
 class MedInstance(BaseModel):
     """A whole MED problem: learners, tasks, budget B and per-learner minimum D_l (eq. 4.4)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     states: list[str] | None = Field(default=None, description="optional state names")
     budget: float = Field(ge=0, description="B, total price allowed")
