@@ -32,6 +32,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
         schemas.update(spec.pop("$defs", {}))
         schemas["TaskSpec"] = spec
+        # The route takes the spec as a plain object and parses it itself, so that a bad one
+        # answers `422 invalid_spec` naming the field; the document shows the real schema.
+        doc["paths"]["/v1/tasks"]["post"]["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/TaskSpec"}}}}
         app.openapi_schema = doc
     return app.openapi_schema
 

@@ -58,7 +58,8 @@ def make_async_router(
             return _error(404, "not_found", f"task {task_id} is not a running asynchronous task")
         return r
 
-    @router.post("/v1/tasks/{task_id}/pull", response_model=None, responses={
+    @router.post("/v1/tasks/{task_id}/pull", response_model=None, response_class=Response,
+                 responses={
         200: {"description": "the model (safetensors)", "content": {"application/octet-stream": {
             "schema": {"type": "string", "format": "binary"}}}},
         204: {"description": "not picked this time: pull again later"},

@@ -7,6 +7,7 @@ ancestor). Every error answers JSON `{"error": code, "detail": text}`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -85,13 +86,27 @@ async def _invalid(_r: Request, exc: Exception) -> JSONResponse:
                         status_code=422)
 
 
+def _template(path: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{[^}]+\})", path)
+    return re.compile("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts))
+
+
 def _allowed(request: Request) -> str:
-    """Every method some route of the app answers on this path (RFC 9110: 405 carries Allow)."""
+    """Every method some route of the app answers on this path (RFC 9110: 405 carries Allow).
+
+    The documented routes come from the OpenAPI document (FastAPI keeps included routers
+    behind private objects); the app's own routes (/docs, /redoc) are matched directly.
+    """
     methods: set[str] = set()
     for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+        if getattr(route, "methods", None):
+            match, _ = route.matches({**request.scope, "method": "GET"})
+            if match != Match.NONE:
+                methods |= set(route.methods)
+    path = request.url.path
+    for template, ops in request.app.openapi().get("paths", {}).items():
+        if _template(template).fullmatch(path):
+            methods |= {m.upper() for m in ops}
     return ", ".join(sorted(methods))
 
 
