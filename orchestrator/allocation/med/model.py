@@ -31,6 +31,10 @@ FAMILIES: dict[str, str] = {
 # ---------------------------------------------------------------- instance schema (pydantic)
 
 
+# Every model below refuses NaN and ±Infinity (allow_inf_nan=False), naming the field: an
+# infinite deadline or model size otherwise passes `gt=0` and breaks the solvers downstream.
+
+
 class TaskSpec(BaseModel):
     """One requester's task r_i (thesis 4.1)."""
 
