@@ -171,9 +171,10 @@ def test_non_finite_numbers_are_exit_2_naming_the_field(
     assert proc.stdout == ""
 
 
-def test_solver_lagrange_never_runs_a_milp(tmp_path: Path) -> None:
-    # Infeasible by budget: the Lagrangian backend's greedy finds nothing; forced, it says so
-    # instead of handing the instance to Gurobi or HiGHS.
+def test_solver_lagrange_hands_an_instance_it_cannot_serve_to_the_milp(tmp_path: Path) -> None:
+    # As docs/med.md says (and test_med_lagrange.py checks on the library): forced, the
+    # Lagrangian backend answers alone when its greedy start serves the instance; otherwise
+    # the MILP proves infeasibility, named in `backend` and `notes`, never silently.
     raw = json.loads(EXAMPLE.read_text())
     raw["budget"] = 5.0
     path = tmp_path / "poor.json"
@@ -181,8 +182,9 @@ def test_solver_lagrange_never_runs_a_milp(tmp_path: Path) -> None:
     proc = run_plan(str(path), "--solver", "lagrange", "--time-limit", "2")
     assert proc.returncode == 1, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["backend"] == "lagrange" and out["status"] == "no_solution"
-    assert any("runs no MILP" in n for n in out["notes"]), out["notes"]
+    assert out["status"] == "infeasible" and out["infeasible_families"] == ["budget"]
+    assert out["backend"] in ("gurobi", "highs")
+    assert "greedy start found no feasible allocation; the MILP decides" in out["notes"]
     feasible = run_plan(str(EXAMPLE), "--solver", "lagrange", "--time-limit", "2")
     assert feasible.returncode == 0, feasible.stderr
     assert json.loads(feasible.stdout)["backend"] == "lagrange"

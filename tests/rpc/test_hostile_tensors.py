@@ -137,3 +137,27 @@ def test_fuzzed_headers_decode_or_are_malformed(
     body = crafted(shape, dtype=dtype, kind=kind, data=b"\x01" * nbytes, offsets=offsets)
     with contextlib.suppress(rpc.MalformedPayload):  # anything else fails the test
         rpc.decode(body)
+
+
+# Issue 12, finding 9 on the rpc side (already compared as UTF-8 bytes there): kept so.
+@pytest.mark.parametrize("token", ["é", "\u2603" * 10, "tok\u00ff"])
+def test_non_ascii_tokens_are_401_on_workers_and_relays(token: str) -> None:
+    header = {"Authorization": f"Bearer {token}".encode(), "content-type": rpc.CONTENT_TYPE}
+    body = rpc.encode({"args": [1], "kwargs": {}}).join()
+    reg = rpc.Registry()
+
+    @reg.procedure
+    def zero() -> int:
+        return 0
+
+    guarded = rpc.Worker(reg, tokens={"s3cret"})
+    relay = rpc.Relay(caller_tokens={"caller"}, worker_tokens={WORKER: "s3cret"})
+    with guarded.start() as srv, relay.start() as rsrv:
+        assert rpc.connect(srv.url, token="s3cret", timeout=10).zero() == 0
+        resp = httpx.post(f"{srv.url}/call/zero", content=body, headers=header, timeout=10)
+        assert resp.status_code == 401 and resp.json()["error"] == "unauthorized"
+        for method, path in (("GET", f"/{WORKER}/_poll?wait=0"), ("POST", f"/{WORKER}/call/x")):
+            resp = httpx.request(method, rsrv.url + path, content=body, headers=header,
+                                 timeout=10)
+            assert resp.status_code == 401, resp.text
+    guarded.close()

@@ -91,8 +91,7 @@ def solve_med(
     """Solve MED (thesis eq. 4.4) and report; never raises for an infeasible instance.
 
     `solver`: "gurobi", "highs", "dp" (exact subset DP, small fleets only), "lagrange" (greedy
-    + local search with a Lagrangian lower bound, `med.lagrange`; never a MILP: status
-    "no_solution" when its greedy start finds nothing), or "auto" (the DP when the
+    + local search with a Lagrangian lower bound, `med.lagrange`), or "auto" (the DP when the
     fleet is small and its answer fits the budget, else "lagrange"; if that is not proven within
     `mip_gap`, Gurobi continues from its allocation when the model fits `gurobi_size_limit`,
     and the better of the two bounds is reported; HiGHS only when no greedy start exists).
@@ -133,13 +132,6 @@ def solve_med(
         lagrange = solve_lagrange(inst, time_limit_s=time_limit_s * share, mip_gap=mip_gap,
                                   enforce_deadlines=enforce_deadlines, method=method,
                                   notes=notes)
-        if lagrange is None and solver == "lagrange":
-            # Forced: no MILP runs, so nothing proves the instance infeasible or diagnoses it.
-            _note(notes, "the Lagrangian backend's greedy start found no feasible allocation; "
-                  "--solver lagrange runs no MILP: use auto, highs or gurobi to decide "
-                  "feasibility and name the constraint families at fault")
-            return MedResult(method, "no_solution", "lagrange", None, None, None, 0.0, None,
-                             None, 0, 0, notes=notes)
         if lagrange is None:
             _note(notes, "greedy start found no feasible allocation; the MILP decides")
         elif solver == "lagrange" or lagrange.status == "optimal":
