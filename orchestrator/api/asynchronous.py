@@ -29,6 +29,13 @@ from orchestrator.api.errors import answers
 from orchestrator.runs.async_runner import AsyncTaskRunner
 
 MAX_UPDATE_BYTES = 256 * 1024 * 1024
+# What the OpenAPI document says of the two binary routes.
+_BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+PULL_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the model (safetensors)", "content": _BYTES},
+    204: {"description": "not picked this time: pull again later"},
+    **answers(401, 404, 413, 422)}
+UPDATE_BODY = {"requestBody": {"required": True, "content": _BYTES}}
 
 
 class PullRequest(BaseModel):
@@ -74,11 +81,7 @@ def make_async_router(
         return r
 
     @router.post("/v1/tasks/{task_id}/pull", response_model=None, response_class=Response,
-                 responses={
-        200: {"description": "the model (safetensors)", "content": {"application/octet-stream": {
-            "schema": {"type": "string", "format": "binary"}}}},
-        204: {"description": "not picked this time: pull again later"},
-        **answers(401, 404, 413, 422)})
+                 responses=PULL_ANSWERS)
     async def pull(
         task_id: Id,
         body: PullRequest,
@@ -98,9 +101,7 @@ def make_async_router(
         )
 
     @router.post("/v1/tasks/{task_id}/updates", response_model=None,
-                 responses=answers(401, 404, 409, 413, 422), openapi_extra={
-                     "requestBody": {"required": True, "content": {"application/octet-stream": {
-                         "schema": {"type": "string", "format": "binary"}}}}})
+                 responses=answers(401, 404, 409, 413, 422), openapi_extra=UPDATE_BODY)
     async def updates(
         task_id: Id,
         request: Request,
