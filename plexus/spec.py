@@ -110,7 +110,7 @@ class DatasetSpec(_Strict):
     path: str | None = None
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     # Only for `synthetic`: how many samples to generate (train + test).
-    samples: int = Field(2000, ge=20)
+    samples: int = Field(2000, ge=20, le=1_000_000)
 
     @model_validator(mode="after")
     def _path_when_idx(self) -> DatasetSpec:
@@ -172,7 +172,7 @@ class TaskSpec(_Strict):
 
     name: str = "task"
     model: ModelSpec = Field(default_factory=lambda: ModelSpec.model_validate("twonn"))
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy and torch take 0..2**32-1 everywhere
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
