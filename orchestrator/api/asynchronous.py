@@ -40,7 +40,7 @@ _BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "b
 PULL_ANSWERS: dict[int | str, dict[str, Any]] = {
     200: {"description": "the model (safetensors)", "content": _BYTES},
     204: {"description": "not picked this time: pull again later"},
-    **answers(401, 404, 413, 422)}
+    **answers(401, 403, 404, 413, 422)}
 UPDATE_BODY = {"requestBody": {"required": True, "content": _BYTES}}
 
 
@@ -94,6 +94,14 @@ def _pull_answer(answer: Any) -> Response:
                     headers={"X-Model-Version": str(version)})
 
 
+def _runner_for(runners: Mapping[int, AsyncTaskRunner], task_id: int
+                ) -> AsyncTaskRunner | JSONResponse:
+    r = runners.get(task_id)
+    if r is None:
+        return _error(404, "not_found", f"task {task_id} is not a running asynchronous task")
+    return r
+
+
 def make_async_router(
     runners: Mapping[int, AsyncTaskRunner], learner: Callable[..., Any],
     admit: Callable[[int, Any], int | None] | None = None,
@@ -106,10 +114,7 @@ def make_async_router(
     router = APIRouter()
 
     def runner_for(task_id: int) -> AsyncTaskRunner | JSONResponse:
-        r = runners.get(task_id)
-        if r is None:
-            return _error(404, "not_found", f"task {task_id} is not a running asynchronous task")
-        return r
+        return _runner_for(runners, task_id)
 
     @router.post("/v1/tasks/{task_id}/pull", response_model=None, response_class=Response,
                  responses=PULL_ANSWERS)
@@ -130,7 +135,7 @@ def make_async_router(
         return _pull_answer(await _in_thread(admitted_pull))
 
     @router.post("/v1/tasks/{task_id}/updates", response_model=None,
-                 responses=answers(401, 404, 409, 413, 422), openapi_extra=UPDATE_BODY)
+                 responses=answers(401, 403, 404, 409, 413, 422), openapi_extra=UPDATE_BODY)
     async def updates(
         task_id: Id,
         request: Request,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
@@ -82,26 +83,43 @@ def learner_or_admin(service: ServiceDep, as_admin: AdminCredentials,
     _learner_of(service, _token(as_learner))
 
 
-def task_reader(task_id: Id, service: ServiceDep, as_admin: AdminCredentials,
-                as_learner: LearnerCredentials) -> LearnerRow | None:
-    """The admin (None) or a learner that takes part in task `task_id` (docs/security.md):
-    one that was given the task's work (a probe, a train call, an async client index).
-    Another learner's token is refused with 403 `not_a_participant`, counted on the task."""
+@dataclass(frozen=True)
+class TaskReader:
+    """Who asks to read a task's model or shards: the admin (`learner` None) or a learner.
+
+    The route calls `require(task_id)` first thing, after FastAPI has validated every path
+    parameter (a dependency runs before the route's own parameters are checked, so an
+    out-of-range shard index must not meet a 404 for the task first)."""
+
+    service: Service
+    learner: LearnerRow | None
+
+    def require(self, task_id: int) -> None:
+        """Pass for the admin or a learner taking part in task `task_id` (docs/security.md):
+        one that was given the task's work (a probe, a train call, an async client index).
+        Another learner's token is refused with 403 `not_a_participant`, counted."""
+        me = self.learner
+        if me is None:
+            return
+        self.service.store.task(task_id)  # an unknown task is a 404 whoever asks
+        if not self.service.store.takes_part(task_id, me.id):
+            self.service.asynchronous.refused(task_id, "not_a_participant")
+            raise Forbidden(f"learner {me.name} takes no part in task {task_id}: a learner "
+                            "token reads only the tasks the orchestrator gave it work of",
+                            code="not_a_participant")
+
+
+def task_reader(service: ServiceDep, as_admin: AdminCredentials,
+                as_learner: LearnerCredentials) -> TaskReader:
+    """The admin or an enrolled learner; `TaskReader.require` checks the task."""
     token = _token(as_admin)
     if token and same_secret(token, service.admin_token):
-        return None
-    me = _learner_of(service, _token(as_learner))
-    service.store.task(task_id)  # an unknown task is a 404 whoever asks
-    if not service.store.takes_part(task_id, me.id):
-        service.asynchronous.refused(task_id, "not_a_participant")
-        raise Forbidden(f"learner {me.name} takes no part in task {task_id}: a learner token "
-                        "reads only the tasks the orchestrator gave it work of",
-                        code="not_a_participant")
-    return me
+        return TaskReader(service, None)
+    return TaskReader(service, _learner_of(service, _token(as_learner)))
 
 
 # For `dependencies=[...]` of a route (no value needed) and as a parameter's type.
 AdminDep: Any = Depends(admin)
 LearnerOrAdminDep: Any = Depends(learner_or_admin)
 LearnerDep = Annotated[LearnerRow, Depends(learner)]
-TaskReaderDep = Annotated[LearnerRow | None, Depends(task_reader)]
+TaskReaderDep = Annotated[TaskReader, Depends(task_reader)]

@@ -78,8 +78,9 @@ def list_learners(service: ServiceDep) -> dict[str, Any]:
     return {"learners": [learner_view(lr, now, after) for lr in service.store.learners()]}
 
 
-@router.delete("/v1/learners/{learner_id}", dependencies=[AdminDep])
-def remove_learner(learner_id: int, service: ServiceDep) -> dict[str, Any]:
+@router.delete("/v1/learners/{learner_id}", dependencies=[AdminDep],
+               responses=answers(401, 404, 422))
+def remove_learner(learner_id: Id, service: ServiceDep) -> dict[str, Any]:
     """Remove (revoke) a learner: its token stops working at once, its name is free again."""
     row = service.store.remove_learner(learner_id)
     return {"removed": True, "id": row.id, "name": row.name}

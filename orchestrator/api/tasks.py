@@ -156,10 +156,11 @@ def task_rounds(task_id: Id, service: ServiceDep) -> dict[str, Any]:
 
 @router.get("/v1/tasks/{task_id}/model", response_class=Response,
             responses={**BINARY, **answers(401, 403, 404, 422)})
-def task_model(task_id: Id, _who: TaskReaderDep, service: ServiceDep,
+def task_model(task_id: Id, reader: TaskReaderDep, service: ServiceDep,
                version: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None) -> Response:
     """Model version `version` of the task (safetensors), for the admin or a participant;
     the current one when not given. Every version a round wrote is kept."""
+    reader.require(task_id)
     task = service.store.task(task_id)
     want = task.model_version if version is None else version
     path = service.store.layout.model(task_id, want)
@@ -174,8 +175,9 @@ def task_model(task_id: Id, _who: TaskReaderDep, service: ServiceDep,
 
 @router.get("/v1/tasks/{task_id}/shards/{n}", response_class=Response,
             responses={**BINARY, **answers(401, 403, 404, 422)})
-def task_shard(task_id: Id, n: Index, _me: TaskReaderDep, service: ServiceDep) -> Response:
+def task_shard(task_id: Id, n: Index, reader: TaskReaderDep, service: ServiceDep) -> Response:
     """Shard `n` of a task, for the admin or a learner that takes part in the task."""
+    reader.require(task_id)
     task = service.store.task(task_id)
     if not 0 <= n < task.num_shards:
         raise NotFound(f"shard {n} not found for task {task_id} (task has "

@@ -170,7 +170,8 @@ def test_ids_outside_64_bits_are_422_never_500(
     before = admin.get("/v1/tasks").json()["tasks"]
     for method, path in ID_PATHS:
         _err(admin.request(method, path.format(id=big)), 422, "invalid_request")
-    me = _enroll(shared_orchestrator, "big-ids")
+    # One learner per case: re-enrolling a taken name needs its secret (docs/security.md).
+    me = _enroll(shared_orchestrator, f"big-ids-{HUGE_IDS.index(big)}")
     auth = {"Authorization": f"Bearer {me['token']}"}
     url = shared_orchestrator.url
     for method, path in LEARNER_PATHS:
