@@ -99,6 +99,10 @@ def register(app: typer.Typer) -> None:
             False, help="Import torch at start: faster first call, ~180 MiB more idle memory"
         ),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every heartbeat"),
+        adversary: str | None = typer.Option(
+            None, envvar="PLEXUS_ADVERSARY", hidden=True,
+            help="EXPERIMENTS ONLY: attack training (learner_agent/adversary.py)",
+        ),
     ) -> None:
         """Enroll with the orchestrator and serve status / plan / benchmark / train."""
         import logging
@@ -118,6 +122,12 @@ def register(app: typer.Typer) -> None:
         try:
             token = resolve_join_token(join_token, join_token_file)
             verify = tls_verify(ca_file, insecure)
+            if adversary:
+                from learner_agent.adversary import configure
+
+                configure(adversary)
+                console.print(f"[bold red]EXPERIMENTS ONLY: this agent attacks training "
+                              f"({adversary})[/bold red]")
         except ValueError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None

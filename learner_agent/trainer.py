@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from learner_agent.adversary import active as active_adversary
 from plexus.shards import decode_shard
 from plexus.tensors import decode_state
 
@@ -79,8 +80,11 @@ def train_round(
         xs.append(x)
         ys.append(y)
     allocated = sum(len(y) for y in ys)
+    adversary = active_adversary()  # experiments only (learner_agent/adversary.py)
     if allocated:
         x_all, y_all = np.concatenate(xs), np.concatenate(ys)
+        if adversary is not None:
+            y_all = adversary.labels(y_all, _num_classes(state))
         result = train(
             model,
             x_all,
@@ -102,8 +106,11 @@ def train_round(
         )
     else:
         trained, loss, halted, train_s = 0, float("nan"), False, 0.0
+    params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if adversary is not None:
+        params, trained = adversary.update(params, state), adversary.samples(trained)
     return RoundResult(
-        params={k: v.detach().clone() for k, v in model.state_dict().items()},
+        params=params,
         model_version=int(meta.get("version", "0")),
         samples_trained=trained,
         samples_allocated=allocated * spec.training.iterations,
@@ -112,3 +119,8 @@ def train_round(
         train_s=train_s,
         halted=halted,
     )
+
+
+def _num_classes(state: dict[str, torch.Tensor]) -> int:
+    """Output classes of a model: the length of its last parameter (the output layer's bias)."""
+    return int(list(state.values())[-1].shape[0])

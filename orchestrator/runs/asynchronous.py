@@ -77,6 +77,7 @@ class AsyncDriver:
     def launch(self, task: TaskRow) -> None:
         """Build and start the runner of a freshly created async task."""
         from orchestrator.aggregation import build_aggregator
+        from orchestrator.aggregation.robust import RobustRule
         from orchestrator.runs.async_runner import AsyncTaskRunner
         from orchestrator.runs.taskdata import initial_model, load_test_split, read_state
         from plexus.spec import load_spec
@@ -103,7 +104,8 @@ class AsyncDriver:
         # fleet), with the task seed for the draws. Each aggregator takes the settings it has.
         core = build_aggregator(a.aggregator, read_state(layout.model(task.id, 0)),
                                 staleness=a.staleness, k=a.k, pi_s=a.pi_s,
-                                selection_interval_s=a.pi_s, seed=spec.seed)
+                                selection_interval_s=a.pi_s, seed=spec.seed,
+                                rule=RobustRule.from_spec(a.aggregation))
         runner = AsyncTaskRunner(core, evaluate=score, max_updates=a.max_updates)
         self.store.set_state(task.id, "running", None, time.time())
         runner.start()
