@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=10.0, help="Dirichlet label mix")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--merge", action="store_true",
-                        help="add these runs to the JSON already in --out-dir (a grid run in parts)")
+                        help="add these runs to the JSON in --out-dir (a grid run in parts)")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help=f"default {RESULTS} (--quick: a temp dir, never the results)")
     args = parser.parse_args()

@@ -65,7 +65,7 @@ def test_every_attack_runs(world: Any, attack: str) -> None:
 
 
 def test_config_refuses_unknown_attacks() -> None:
-    with pytest.raises(SimulationConfigError, match="adversary.attack"):
+    with pytest.raises(SimulationConfigError, match=r"adversary\.attack"):
         load_config(_config(adversary={"attack": "bogus"}))
-    with pytest.raises(SimulationConfigError, match="aggregation.rule"):
+    with pytest.raises(SimulationConfigError, match=r"aggregation\.rule"):
         load_config(_config(aggregator={"aggregation": {"rule": "bogus"}}))
