@@ -201,7 +201,8 @@ class SpinClient:
         adversary = active_adversary()  # experiments only (learner_agent/adversary.py)
         y = self.y[:held]
         if adversary is not None:
-            y = adversary.labels(y, int(list(state.values())[-1].shape[0]))
+            # the output layer's bias is the model's last tensor (in definition order)
+            y = adversary.labels(y, int(list(self.model.state_dict().values())[-1].shape[0]))
         for epoch in range(self.epochs):
             if epoch > 0:
                 if stop.is_set():

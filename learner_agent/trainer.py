@@ -65,6 +65,7 @@ def train_round(
     """Load the global model from `model_payload`, train μ passes over the shards until done
     or until `deadline` (an instant on `clock`, seconds) passes; return the partial result."""
     from learner_agent.benchmarking import build_dummy
+    from plexus.datasets import dataset_geometry
     from plexus.training import train
 
     model = build_dummy(spec)  # a fresh network of the task's architecture
@@ -84,7 +85,7 @@ def train_round(
     if allocated:
         x_all, y_all = np.concatenate(xs), np.concatenate(ys)
         if adversary is not None:
-            y_all = adversary.labels(y_all, _num_classes(state))
+            y_all = adversary.labels(y_all, dataset_geometry(spec.dataset.name)[1])
         result = train(
             model,
             x_all,
@@ -119,8 +120,3 @@ def train_round(
         train_s=train_s,
         halted=halted,
     )
-
-
-def _num_classes(state: dict[str, torch.Tensor]) -> int:
-    """Output classes of a model: the length of its last parameter (the output layer's bias)."""
-    return int(list(state.values())[-1].shape[0])

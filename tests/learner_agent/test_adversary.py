@@ -98,3 +98,65 @@ def test_round_trainer_applies_the_configured_attack() -> None:
     flipped_labels = train_round(data.spec, data.model, data.shards[:2], deadline=None, seed=1)
     assert flipped_labels.samples_trained == honest.samples_trained
     assert any(not torch.equal(flipped_labels.params[k], v) for k, v in honest.params.items())
+
+
+def _push_once(attack: str | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                            Any]:
+    """One SPIN client (K = 1) pulls, trains and pushes once to a real server; answers the
+    initial model, the model after the push and the aggregation record."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+    from fastapi import FastAPI
+
+    from learner_agent.spin_client import SpinClient
+    from orchestrator.aggregation import create_aggregator
+    from orchestrator.api.asynchronous import make_async_router
+    from orchestrator.runs.async_runner import AsyncTaskRunner
+    from plexus.datasets import load_dataset
+    from plexus.models import build_model
+    from plexus.spec import DatasetSpec
+
+    from .test_spin_client import _learner, wait_for
+
+    adversary.configure(attack)
+    ds = load_dataset(DatasetSpec(name="synthetic", samples=200, test_fraction=0.5), seed=0)
+    torch.manual_seed(0)
+    initial = build_model("twonn", ds.input_shape, ds.num_classes).state_dict()
+    runner = AsyncTaskRunner(create_aggregator("spin", initial, k=1, pi_s=None))
+    runner.start()
+    app = FastAPI()
+    app.include_router(make_async_router({5: runner}, _learner))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 20, "server start")
+        http = httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=30)
+        client = SpinClient(http, 5, build_model("twonn", ds.input_shape, ds.num_classes),
+                            ds.train_x[:10], ds.train_y[:10], rate=1e4, pull_threshold=10,
+                            headers=lambda: {"Authorization": "Bearer tok-fast1"})
+        report = client.run(threading.Event(), max_rounds=1)
+        assert report.pushes == 1, report.ended
+        core = runner.core
+        return initial, dict(core.model), core.aggregations[-1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        runner.close()
+        sock.close()
+
+
+def test_spin_push_path_applies_the_configured_attack() -> None:
+    initial, honest, rec = _push_once(None)
+    assert rec.n_samples == (10,)
+    _, flipped, rec = _push_once("sign_flip")
+    for name, t in initial.items():
+        assert torch.allclose(flipped[name], 2 * t - honest[name], atol=1e-5)
+    _, inflated, rec = _push_once("inflate:factor=1000")
+    assert rec.n_samples == (10000,)
+    assert all(torch.allclose(inflated[n], honest[n]) for n in honest)
