@@ -4,6 +4,7 @@ hook in the round trainer. Nothing a task spec holds can switch it on."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
