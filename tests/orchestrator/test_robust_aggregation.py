@@ -208,3 +208,38 @@ def test_attacks_match_byzfl() -> None:
     got = attacks.sign_flip({"v": honest.mean(dim=0)})["v"]
     want = B.attacks.SignFlipping()(honest.clone())
     assert torch.allclose(got, torch.as_tensor(want, dtype=torch.float64), atol=1e-9)
+
+
+@pytest.mark.parametrize("rule", ["median", "fedavg"])
+def test_close_round_combines_the_answers_with_the_specs_rule(tmp_path: pathlib.Path,
+                                                              rule: str) -> None:
+    import asyncio
+
+    from orchestrator.metrics import Metrics
+    from orchestrator.runs.gateway import Reply
+    from orchestrator.runs.rounds import close_round
+    from orchestrator.runs.taskdata import initial_model
+    from orchestrator.store import Store
+    from orchestrator.store.db import LearnerRow
+    from plexus.datasets import load_dataset
+    from plexus.tensors import decode_state
+
+    spec = parse_spec({"model": "twonn", "dataset": {"name": "synthetic", "samples": 200},
+                       "mode": "sync", "sync": {"aggregation": {"rule": rule}}})
+    ds = load_dataset(spec.dataset, seed=0)
+    state = initial_model(spec, ds.input_shape, ds.num_classes).state_dict()
+    # Two honest answers move every parameter by 0.1 and 0.2; a third by 100 and claims 10⁹
+    # samples.
+    answers = [(0.1, 10), (0.2, 10), (100.0, 10**9)]
+    replies = [Reply(LearnerRow(id=i + 1, name=f"l{i}"),
+                     value={"params": {k: v + d for k, v in state.items()},
+                            "samples_trained": n})
+               for i, (d, n) in enumerate(answers)]
+    test = (ds.test_x, ds.test_y, ds.input_shape, ds.num_classes)
+    closed = asyncio.run(close_round(Store(tmp_path), Metrics(lambda: 0), 1, spec, 0, state,
+                                     replies, test, {}))
+    written, _ = decode_state(closed.model_path.read_bytes())
+    shift = 0.2 if rule == "median" else (1.0 + 2.0 + 100.0 * 10**9) / (20 + 10**9)
+    for name, t in state.items():
+        assert torch.allclose(closed.state[name], t + shift, atol=1e-4), name
+        assert torch.equal(written[name], closed.state[name])
