@@ -4,8 +4,9 @@
 arrivals, `--alpha`, default 10: mildly non-IID). Two servers run on the *same* world (same
 deployed model, partitions, devices and arrivals):
 
-* ``sync`` — synchronous FedAvg rounds: FedBuff with K = concurrency = 10 and identical
-  devices, so every round waits for all 10 clients, all training from the same version;
+* ``sync`` — synchronous rounds (``orchestrator.simulation.rounds.run_rounds``, the
+  simulator's counterpart of ``close_round``): every round all 10 clients train one epoch over
+  all of their samples from the same global model, `--rounds` rounds (default 12);
 * ``async`` — SPIN with K = 5 and π = 20 s on log-normal devices (stale updates mixed in).
 
 For each server, each aggregation rule (``plexus.spec.RobustRuleName``) runs clean (0 %
@@ -38,14 +39,10 @@ MODES = ["sync", "async"]
 
 def base_config(mode: str, seed: int, alpha: float) -> dict[str, Any]:
     """The shared setting; `mode` picks the server (docs/results.md explains the choices)."""
-    if mode == "sync":
-        aggregator: dict[str, Any] = {"name": "fedbuff", "k": 10, "concurrency": 10,
-                                      "selection_interval_s": 1.0}
-        devices: dict[str, Any] = {"distribution": "fixed", "compute": 20.0, "bandwidth": 1.0e6}
-    else:
-        aggregator = {"name": "spin", "k": 5, "pi_s": 20.0}
-        devices = {"distribution": "lognormal", "compute": 20.0, "bandwidth": 1.0e6,
-                   "sigma": 0.5}
+    # sync ignores the aggregator's name and the devices (no clock): see run_rounds
+    aggregator: dict[str, Any] = {"name": "spin", "k": 5, "pi_s": 20.0}
+    devices: dict[str, Any] = {"distribution": "lognormal", "compute": 20.0,
+                               "bandwidth": 1.0e6, "sigma": 0.5}
     return {
         "name": f"robustness-{mode}",
         "seed": seed,
@@ -65,6 +62,7 @@ def base_config(mode: str, seed: int, alpha: float) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from orchestrator.simulation import Simulation, build_world, load_config
+    from orchestrator.simulation.rounds import run_rounds
 
     rows: list[dict[str, Any]] = []
     for mode in args.modes:
@@ -78,7 +76,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                                   "aggregation": {"rule": rule, "byzantine": 0.2}},
                    "adversary": {"attack": attack, "fraction": fraction}}
             t0 = time.perf_counter()
-            s = Simulation(world, load_config(cfg)).run()
+            if mode == "sync":
+                s = run_rounds(world, load_config(cfg), args.rounds)
+            else:
+                s = Simulation(world, load_config(cfg)).run()
             rows.append({"mode": mode, "rule": rule, "attack": attack, "fraction": fraction,
                          "final_accuracy": s["final_accuracy"],
                          "best_accuracy": s["best_accuracy"],
@@ -177,6 +178,7 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.4])
     parser.add_argument("--alpha", type=float, default=10.0, help="Dirichlet label mix")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=12, help="sync rounds")
     parser.add_argument("--merge", action="store_true",
                         help="add these runs to the JSON in --out-dir (a grid run in parts)")
     parser.add_argument("--out-dir", type=Path, default=None,
@@ -200,8 +202,8 @@ def main() -> None:
         rows = [r for r in prev["rows"]
                 if (r["mode"], r["rule"], r["attack"], r["fraction"]) not in new] + rows
         settings = {**prev["setting"], **settings}
-        parts = prev["parts"] + parts
-        wall += prev["wall_s"]
+        # a part whose modes are all rerun now is replaced, not kept
+        parts = [p for p in prev["parts"] if not set(p["modes"]) <= set(args.modes)] + parts
     goal = analyse(rows)
     doc = {
         "benchmark": "robustness",
@@ -209,7 +211,8 @@ def main() -> None:
         "setting": settings,
         "goal": goal,
         "rows": rows,
-        "wall_s": wall,
+        "wall_s": wall,  # of this invocation
+        "runs_wall_s": sum(r["wall_s"] for r in rows),  # every run in the file, summed
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "robustness.json").write_text(json.dumps(doc, indent=1))
