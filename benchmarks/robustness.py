@@ -153,15 +153,22 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for i, mode in enumerate(modes):
         for j, frac in enumerate(fractions):
             ax = axes[i][j]
+            mine = [r for r in rules if (mode, r, "none", 0.0) in acc
+                    and any((mode, r, a, frac) in acc for a in attacks)]
+            if not mine:
+                ax.axis("off")
+                ax.set_title(f"{mode}: {frac:.0%} malicious not run", fontsize=9)
+                continue
             grid = np.array([[acc.get((mode, rule, "none", 0.0), np.nan)]
                              + [acc.get((mode, rule, a, frac), np.nan) for a in attacks]
-                             for rule in rules])
+                             for rule in mine])
             ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
             for (y, x), v in np.ndenumerate(grid):
-                ax.text(x, y, f"{100 * v:.0f}", ha="center", va="center", fontsize=7)
+                ax.text(x, y, "–" if np.isnan(v) else f"{100 * v:.0f}", ha="center",
+                        va="center", fontsize=7)
             ax.set_xticks(range(len(attacks) + 1), ["clean", *attacks], rotation=45,
                           ha="right", fontsize=7)
-            ax.set_yticks(range(len(rules)), rules, fontsize=7)
+            ax.set_yticks(range(len(mine)), mine, fontsize=7)
             ax.set_title(f"{mode}: {frac:.0%} malicious, final accuracy %", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -181,6 +188,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12, help="sync rounds")
     parser.add_argument("--merge", action="store_true",
                         help="add these runs to the JSON in --out-dir (a grid run in parts)")
+    parser.add_argument("--replot", action="store_true",
+                        help="redraw the PNG from the JSON in --out-dir, without simulating")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help=f"default {RESULTS} (--quick: a temp dir, never the results)")
     args = parser.parse_args()
@@ -190,6 +199,10 @@ def main() -> None:
         if args.out_dir is None:
             args.out_dir = Path(tempfile.mkdtemp(prefix="plexus-robustness-"))
     out_dir: Path = args.out_dir or RESULTS
+    if args.replot:
+        plot(json.loads((out_dir / "robustness.json").read_text())["rows"],
+             out_dir / "robustness.png")
+        return
     wall0 = time.perf_counter()
     rows = run(args)
     wall = time.perf_counter() - wall0
