@@ -174,6 +174,24 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _merge(previous: Path, rows: list[dict[str, Any]], settings: dict[str, Any],
+           parts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any],
+                                                 list[dict[str, Any]]]:
+    """These runs added to the file's: a rerun cell replaces its row, and an earlier part
+    whose whole grid was rerun now is replaced too."""
+    prev = json.loads(previous.read_text())
+    new = {(r["mode"], r["rule"], r["attack"], r["fraction"]) for r in rows}
+
+    def covered(p: dict[str, Any]) -> bool:
+        return all(set(p[k]) <= set(parts[0][k]) for k in ("modes", "rules", "attacks",
+                                                           "fractions"))
+
+    return ([r for r in prev["rows"]
+             if (r["mode"], r["rule"], r["attack"], r["fraction"]) not in new] + rows,
+            {**prev["setting"], **settings},
+            [p for p in prev["parts"] if not covered(p)] + parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -208,15 +226,8 @@ def main() -> None:
     wall = time.perf_counter() - wall0
     settings = {m: base_config(m, args.seed, args.alpha) for m in args.modes}
     parts = [{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}]
-    previous = out_dir / "robustness.json"
-    if args.merge and previous.exists():
-        prev = json.loads(previous.read_text())
-        new = {(r["mode"], r["rule"], r["attack"], r["fraction"]) for r in rows}
-        rows = [r for r in prev["rows"]
-                if (r["mode"], r["rule"], r["attack"], r["fraction"]) not in new] + rows
-        settings = {**prev["setting"], **settings}
-        # a part whose modes are all rerun now is replaced, not kept
-        parts = [p for p in prev["parts"] if not set(p["modes"]) <= set(args.modes)] + parts
+    if args.merge and (out_dir / "robustness.json").exists():
+        rows, settings, parts = _merge(out_dir / "robustness.json", rows, settings, parts)
     goal = analyse(rows)
     doc = {
         "benchmark": "robustness",
