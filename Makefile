@@ -8,11 +8,12 @@ LOCK   := requirements/dev.lock
 
 .PHONY: demo test fuzz lint lock bench clean
 
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml $(LOCK) requirements/nodeps.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# torch first, pinned to the CPU build, so nothing pulls a CUDA build.
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -r requirements/nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 

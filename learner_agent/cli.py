@@ -122,6 +122,21 @@ def _serve(daemon: AgentDaemon, orchestrator: str, relay: bool) -> None:
         raise typer.Exit(1)
 
 
+def _arm_adversary(adversary: str | None) -> None:
+    """Experiments only (benchmarks, tests): make this agent attack training."""
+    if not adversary:
+        return
+    from learner_agent.adversary import configure
+
+    try:
+        configure(adversary)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"[bold red]EXPERIMENTS ONLY: this agent attacks training "
+                  f"({adversary})[/bold red]")
+
+
 _DATA_DIR_HELP = ("Directory keeping the agent's name and its learner secret (mode 600); "
                   "default $XDG_STATE_HOME/plexus/agents/<name> (~/.local/state/...)")
 
@@ -158,12 +173,15 @@ def run(
         False, help="Import torch at start: faster first call, ~180 MiB more idle memory"
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every heartbeat"),
+    adversary: str | None = typer.Option(None, envvar="PLEXUS_ADVERSARY", hidden=True,
+                                         help="EXPERIMENTS ONLY: attack training"),
 ) -> None:
     """Enroll with the orchestrator and serve status / plan / benchmark / train."""
     from learner_agent.daemon import AgentDaemon, default_name, state_dir
 
     _setup_logging(verbose)
     token, verify = _credentials(join_token, join_token_file, ca_file, insecure)
+    _arm_adversary(adversary)
     if preload:
         import torch  # noqa: F401 - paying the import now keeps the first plan call fast
     try:

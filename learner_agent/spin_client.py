@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from learner_agent.adversary import active as active_adversary
 from learner_agent.errors import OrchestratorRefused
 from plexus.tensors import decode_state, encode_state
 
@@ -197,6 +198,11 @@ class SpinClient:
         state, meta = decode_state(r.content)
         version = int(meta["version"])
         self.model.load_state_dict(state)
+        adversary = active_adversary()  # experiments only (learner_agent/adversary.py)
+        y = self.y[:held]
+        if adversary is not None:
+            # the output layer's bias is the model's last tensor (in definition order)
+            y = adversary.labels(y, int(list(self.model.state_dict().values())[-1].shape[0]))
         for epoch in range(self.epochs):
             if epoch > 0:
                 if stop.is_set():
@@ -208,14 +214,17 @@ class SpinClient:
             train(
                 self.model,
                 self.x[:held],
-                self.y[:held],
+                y,
                 passes=1,
                 batch_size=self.batch_size,
                 optimizer=self.optimizer,
                 lr=self.lr,
                 seed=self.seed + self.report.pushes * self.epochs + epoch,
             )
-        body = encode_state(self.model.state_dict(), {"base_version": version, "n_samples": held})
+        trained, n = self.model.state_dict(), held
+        if adversary is not None:
+            trained, n = adversary.update(trained, state), adversary.samples(held)
+        body = encode_state(trained, {"base_version": version, "n_samples": n})
         answer = self.http.post(
             f"/v1/tasks/{self.task_id}/updates",
             content=body,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from learner_agent.adversary import active as active_adversary
 from plexus.shards import decode_shard
 from plexus.tensors import decode_state
 
@@ -66,6 +67,28 @@ def _decode_shards(
     return xs, ys
 
 
+def _num_classes(spec: TaskSpec) -> int:
+    """The task's class count: from the spec the orchestrator resolved, else the data's name."""
+    from plexus.datasets import dataset_geometry
+
+    if spec.model.num_classes is not None:
+        return int(spec.model.num_classes)
+    return int(dataset_geometry(spec.dataset.name)[1])
+
+
+def _fit(model: Any, x: np.ndarray, y: np.ndarray, spec: TaskSpec, *, deadline: float | None,
+         clock: Callable[[], float], seed: int,
+         on_batch: Callable[[int], None] | None) -> tuple[int, float, bool, float]:
+    """μ passes of the task's optimiser over (x, y): samples trained, loss, halted, seconds."""
+    from plexus.training import train
+
+    result = train(model, x, y, passes=spec.training.iterations,
+                   batch_size=spec.training.batch_size, optimizer=spec.training.optimizer,
+                   lr=spec.training.lr, deadline=deadline, clock=clock, seed=seed,
+                   on_batch=on_batch)
+    return result.samples_trained, result.loss, result.halted, result.seconds
+
+
 def train_round(
     spec: TaskSpec,
     model_payload: bytes,
@@ -82,7 +105,6 @@ def train_round(
     from learner_agent.benchmarking import build_dummy
     from learner_agent.errors import BadTask
     from plexus.errors import SpecError
-    from plexus.training import train
 
     try:
         model = build_dummy(spec)  # a fresh network of the task's architecture
@@ -92,31 +114,20 @@ def train_round(
     model.load_state_dict(state)
     xs, ys = _decode_shards(shard_payloads)
     allocated = sum(len(y) for y in ys)
+    adversary = active_adversary()  # experiments only (learner_agent/adversary.py)
     if allocated:
         x_all, y_all = np.concatenate(xs), np.concatenate(ys)
-        result = train(
-            model,
-            x_all,
-            y_all,
-            passes=spec.training.iterations,
-            batch_size=spec.training.batch_size,
-            optimizer=spec.training.optimizer,
-            lr=spec.training.lr,
-            deadline=deadline,
-            clock=clock,
-            seed=seed,
-            on_batch=on_batch,
-        )
-        trained, loss, halted, train_s = (
-            result.samples_trained,
-            result.loss,
-            result.halted,
-            result.seconds,
-        )
+        if adversary is not None:
+            y_all = adversary.labels(y_all, _num_classes(spec))
+        trained, loss, halted, train_s = _fit(model, x_all, y_all, spec, deadline=deadline,
+                                              clock=clock, seed=seed, on_batch=on_batch)
     else:
         trained, loss, halted, train_s = 0, float("nan"), False, 0.0
+    params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if adversary is not None:
+        params, trained = adversary.update(params, state), adversary.samples(trained)
     return RoundResult(
-        params={k: v.detach().clone() for k, v in model.state_dict().items()},
+        params=params,
         model_version=int(meta.get("version", "0")),
         samples_trained=trained,
         samples_allocated=allocated * spec.training.iterations,

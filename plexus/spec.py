@@ -34,6 +34,12 @@ AggregatorName = Literal["spin", "fedbuff", "port"]
 StalenessName = Literal["none", "poly", "dcasgd"]
 AGGREGATOR_NAMES: tuple[str, ...] = get_args(AggregatorName)
 STALENESS_NAMES: tuple[str, ...] = get_args(StalenessName)
+# Robust aggregation rules (sync rounds and async buffers alike); the same check holds them
+# equal to `orchestrator.aggregation.robust.RULES`.
+RobustRuleName = Literal[
+    "fedavg", "clip", "median", "trimmed_mean", "krum", "multi_krum", "centered_clip"
+]
+ROBUST_RULE_NAMES: tuple[str, ...] = get_args(RobustRuleName)
 
 
 class _Strict(BaseModel):
@@ -139,6 +145,19 @@ class TrainingSpec(_Strict):
     iterations: int = Field(1, ge=1)
 
 
+class AggregationSpec(_Strict):
+    """How updates are combined (docs/algorithms.md, "Robust aggregation"): `rule`, and
+    `byzantine` (fraction of updates assumed malicious: trimmed_mean, krum, multi_krum),
+    `clip_norm` (τ of clip / centered_clip; null = the median update norm), `select`
+    (multi_krum's m; null = n − f), `iterations` (centered_clip's L)."""
+
+    rule: RobustRuleName = "fedavg"
+    byzantine: float = Field(0.2, ge=0.0, lt=0.5)
+    clip_norm: float | None = Field(None, gt=0.0)
+    select: int | None = Field(None, ge=1)
+    iterations: int = Field(1, ge=1, le=100)
+
+
 class SyncSpec(_Strict):
     """Synchronous mode: global update cycles with a deadline D (thesis ch. 3 and 4)."""
 
@@ -152,6 +171,7 @@ class SyncSpec(_Strict):
     # Consecutive rounds in which no learner trained (all failed, were skipped or got nothing)
     # that a task tolerates; one more, or a task whose every round was empty, ends `failed`.
     max_empty_rounds: int = Field(1, ge=0)
+    aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
 
 
 class AsyncSpec(_Strict):
@@ -165,6 +185,7 @@ class AsyncSpec(_Strict):
     arrival_rate: float = Field(1.0, gt=0.0)  # λ, samples/s
     staleness: StalenessName = "none"
     max_updates: int = Field(100, ge=1)
+    aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
 
 
 class TaskSpec(_Strict):

@@ -38,6 +38,7 @@ import torch
 
 from orchestrator.aggregation.errors import BadUpdate, UnknownVersion
 from orchestrator.aggregation.fedavg import weighted_average
+from orchestrator.aggregation.robust import RobustRule, aggregate
 from orchestrator.aggregation.staleness import StalenessHandler, create_staleness
 
 State = Mapping[str, torch.Tensor]
@@ -102,7 +103,9 @@ class AsyncAggregator(ABC):
     ``dcasgd``) or a :class:`StalenessHandler`. ``history_limit`` bounds how many old versions
     are kept for staleness handling; a push from a version older than that is refused with
     :class:`UnknownVersion`. ``start_time`` (seconds, the driver's clock) is when the
-    aggregator starts.
+    aggregator starts. ``rule`` is the robust aggregation rule the buffer is combined with
+    (default plain FedAvg, the formula above); any other rule combines the staleness-scaled
+    updates ``s_k (ŵ_k − w)`` (``robust.aggregate``).
     """
 
     name: str = ""
@@ -115,12 +118,14 @@ class AsyncAggregator(ABC):
         staleness: str | StalenessHandler = "none",
         history_limit: int = 256,
         start_time: float = 0.0,
+        rule: RobustRule | None = None,
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be at least 1 update per aggregation, got {k}")
         if history_limit < 1:
             raise ValueError(f"history_limit must be at least 1 version, got {history_limit}")
         self.k = k
+        self.rule = rule or RobustRule()
         self.handler = create_staleness(staleness) if isinstance(staleness, str) else staleness
         self.history_limit = history_limit
         self.version = 0
@@ -243,8 +248,13 @@ class AsyncAggregator(ABC):
             base = self._history[u.base_version]
             states.append(self.handler.adjust(u.state, base, self.model))
             weights.append((w / total) * self.handler.scale(tau))
-        keep_current = max(0.0, 1.0 - math.fsum(weights))
-        new_model = weighted_average(states, [keep_current, *weights])
+        if self.rule.rule == "fedavg":
+            keep_current = max(0.0, 1.0 - math.fsum(weights))
+            new_model = weighted_average(states, [keep_current, *weights])
+        else:
+            scales = [self.handler.scale(tau) for tau in staleness]
+            new_model = aggregate(self.rule, self.model, states[1:],
+                                  [w / total for w in raw], scales)
         self.version += 1
         self.model = new_model
         self._history[self.version] = new_model

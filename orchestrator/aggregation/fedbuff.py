@@ -10,6 +10,7 @@ from orchestrator.aggregation.base import (
     State,
     register_aggregator,
 )
+from orchestrator.aggregation.robust import RobustRule
 from orchestrator.aggregation.staleness import StalenessHandler
 
 
@@ -43,6 +44,7 @@ class FedBuffAggregator(AsyncAggregator):
         staleness: str | StalenessHandler = "none",
         history_limit: int = 256,
         start_time: float = 0.0,
+        rule: RobustRule | None = None,
     ) -> None:
         super().__init__(
             initial_state,
@@ -50,6 +52,7 @@ class FedBuffAggregator(AsyncAggregator):
             staleness=staleness,
             history_limit=history_limit,
             start_time=start_time,
+            rule=rule,
         )
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1 client per round, got {concurrency}")

@@ -13,6 +13,7 @@ from orchestrator.aggregation.base import (
     register_aggregator,
 )
 from orchestrator.aggregation.fedbuff import FedBuffAggregator
+from orchestrator.aggregation.robust import RobustRule
 from orchestrator.aggregation.staleness import StalenessHandler
 
 
@@ -53,6 +54,7 @@ class PortAggregator(FedBuffAggregator):
         staleness: str | StalenessHandler = "none",
         history_limit: int = 256,
         start_time: float = 0.0,
+        rule: RobustRule | None = None,
     ) -> None:
         super().__init__(
             initial_state,
@@ -63,6 +65,7 @@ class PortAggregator(FedBuffAggregator):
             staleness=staleness,
             history_limit=history_limit,
             start_time=start_time,
+            rule=rule,
         )
         if staleness_bound < 1:
             raise ValueError(f"staleness_bound must be at least 1 version, got {staleness_bound}")

@@ -21,9 +21,11 @@ from orchestrator.aggregation.base import AGGREGATORS, AsyncAggregator, State
 from orchestrator.aggregation.errors import UnknownAggregator
 from orchestrator.aggregation.fedbuff import FedBuffAggregator
 from orchestrator.aggregation.port import PortAggregator
+from orchestrator.aggregation.robust import RULES, RobustRule
 from orchestrator.aggregation.spin import SpinAggregator
 from orchestrator.aggregation.staleness import HANDLERS, STALENESS_NAMES, StalenessHandler
 from plexus.spec import AGGREGATOR_NAMES as SPEC_AGGREGATOR_NAMES
+from plexus.spec import ROBUST_RULE_NAMES as SPEC_RULE_NAMES
 from plexus.spec import STALENESS_NAMES as SPEC_STALENESS_NAMES
 
 # Importing an aggregator's module registers it; these are every built-in one.
@@ -40,9 +42,14 @@ if set(STALENESS_NAMES) != set(SPEC_STALENESS_NAMES):
         f"staleness handlers {sorted(STALENESS_NAMES)} differ from plexus.spec.StalenessName "
         f"{sorted(SPEC_STALENESS_NAMES)}; add the handler and list its name in both"
     )
+if set(RULES) != set(SPEC_RULE_NAMES):
+    raise ImportError(
+        f"robust aggregation rules {sorted(RULES)} differ from plexus.spec.RobustRuleName "
+        f"{sorted(SPEC_RULE_NAMES)}; add the rule to robust.RULES and list its name in both"
+    )
 
 # Constructor parameters that are not settings: the builder passes them itself.
-_NOT_SETTINGS = frozenset({"self", "initial_state", "staleness"})
+_NOT_SETTINGS = frozenset({"self", "initial_state", "staleness", "rule"})
 
 
 def aggregator_class(name: str) -> type[AsyncAggregator]:
@@ -97,6 +104,7 @@ def build_aggregator(
     *,
     staleness: str = "none",
     staleness_params: Mapping[str, float] | None = None,
+    rule: RobustRule | None = None,
     **settings: Any,
 ) -> AsyncAggregator:
     """The core for aggregator ``name`` (``spin``, ``fedbuff``, ``port``) from shared settings.
@@ -108,7 +116,8 @@ def build_aggregator(
     goes to the aggregator only if its constructor takes it, and one left out keeps that
     aggregator's default. ``staleness_params`` likewise for the handler ``staleness`` (``a``
     for ``poly``, ``c`` for ``dcasgd``). A setting no aggregator (or handler) takes is a
-    ``TypeError``, so a misspelt key cannot pass silently.
+    ``TypeError``, so a misspelt key cannot pass silently. ``rule`` is the robust
+    aggregation rule the buffer is combined with (default plain FedAvg).
     """
     cls = aggregator_class(name)
     handler_cls = staleness_class(staleness)
@@ -116,4 +125,4 @@ def build_aggregator(
         **_taken_by(handler_cls, staleness_params or {}, HANDLERS.values(), "staleness")
     )
     params = _taken_by(cls, settings, AGGREGATORS.values(), "aggregator")
-    return cls(initial_state, staleness=handler, **params)
+    return cls(initial_state, staleness=handler, rule=rule, **params)

@@ -8,6 +8,7 @@ from orchestrator.aggregation.base import (
     State,
     register_aggregator,
 )
+from orchestrator.aggregation.robust import RobustRule
 from orchestrator.aggregation.staleness import StalenessHandler
 
 
@@ -36,6 +37,7 @@ class SpinAggregator(AsyncAggregator):
         staleness: str | StalenessHandler = "none",
         history_limit: int = 256,
         start_time: float = 0.0,
+        rule: RobustRule | None = None,
     ) -> None:
         super().__init__(
             initial_state,
@@ -43,6 +45,7 @@ class SpinAggregator(AsyncAggregator):
             staleness=staleness,
             history_limit=history_limit,
             start_time=start_time,
+            rule=rule,
         )
         if pi_s is not None and pi_s <= 0:
             raise ValueError(f"pi_s (timeout π) must be positive seconds or None, got {pi_s}")

@@ -56,6 +56,7 @@ def make_runner(a: Any, initial_state: Any, seed: int, evaluate: Any, *,
     live SPIN task would be aggregated alone by timeout.
     """
     from orchestrator.aggregation import build_aggregator
+    from orchestrator.aggregation.robust import RobustRule
     from orchestrator.runs.async_runner import AsyncTaskRunner
 
     # FedBuff / PORT have no timeout; a selection round that found no client holding data
@@ -63,7 +64,7 @@ def make_runner(a: Any, initial_state: Any, seed: int, evaluate: Any, *,
     # fleet), with the task seed for the draws. Each aggregator takes the settings it has.
     core = build_aggregator(a.aggregator, initial_state, staleness=a.staleness, k=a.k,
                             pi_s=a.pi_s, selection_interval_s=a.pi_s, seed=seed,
-                            start_time=clock())
+                            start_time=clock(), rule=RobustRule.from_spec(a.aggregation))
     return AsyncTaskRunner(core, evaluate=evaluate, max_updates=a.max_updates, clock=clock,
                            on_refused=on_refused)
 

@@ -1,9 +1,10 @@
 """Closing a synchronous round, the same for a single task and for a task of a job.
 
 `close_round` checks the learners' answers (parameters shaped like the model, a non-negative
-`samples_trained`), averages them by FedAvg weighted by samples trained (nobody answered: the
-model stays), evaluates the new model on the task's held-out split and writes it as the next
-model version. The caller commits the round: one round row for a task
+`samples_trained`), combines them with the spec's `sync.aggregation` rule (default FedAvg
+weighted by samples trained; nobody answered: the model stays), evaluates the new model on
+the task's held-out split and writes it as the next model version. The caller commits the
+round: one round row for a task
 (`Store.record_round`), one record per task for a job (`Store.record_job_round`). An
 asynchronous task's model is aggregated by its core instead; its driver writes each version
 with the same `write_model`.
@@ -100,8 +101,13 @@ async def close_round(store: Store, metrics: Metrics, task_id: int, spec: TaskSp
                                         encode_state(params, {"round": index, "samples": n}))
     if states:  # nobody answered: the model stays as it was
         from orchestrator.aggregation.fedavg import weighted_average
+        from orchestrator.aggregation.robust import RobustRule, aggregate
 
-        state = await asyncio.to_thread(weighted_average, states, weights)
+        rule = RobustRule.from_spec(spec.sync.aggregation if spec.sync else None)
+        if rule.rule == "fedavg":
+            state = await asyncio.to_thread(weighted_average, states, weights)
+        else:
+            state = await asyncio.to_thread(aggregate, rule, state, states, weights)
     loss, accuracy = await asyncio.to_thread(evaluate_model, spec, state, test)
     version = index + 1  # round r turns model version r into r + 1
     path = await write_model(store, task_id, version, state,

@@ -10,7 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestrator.errors import BadInput
-from plexus.spec import AggregatorName, DatasetSpec, ModelName, StalenessName
+from plexus.attacks import ATTACK_NAMES
+from plexus.spec import AggregationSpec, AggregatorName, DatasetSpec, ModelName, StalenessName
 
 
 class SimulationConfigError(BadInput, ValueError):
@@ -94,6 +95,32 @@ class AggregatorConfig(_Strict):
     staleness: StalenessName = "none"  # all
     poly_a: float = Field(0.5, ge=0.0)  # staleness = poly: exponent a
     dcasgd_c: float = Field(1.0, ge=0.0)  # staleness = dcasgd: strength c
+    # all: how the buffer is combined (fedavg, clip, median, ...), as a task spec's
+    # `async.aggregation`
+    aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
+
+
+AttackName = Literal[
+    "none", "sign_flip", "gaussian", "alie", "ipm", "label_flip", "inflate", "stale_replay"
+]
+if set(AttackName.__args__) != {"none", *ATTACK_NAMES}:  # type: ignore[attr-defined]
+    raise ImportError("simulation AttackName differs from plexus.attacks.ATTACK_NAMES")
+
+
+class AdversaryConfig(_Strict):
+    """Experiments only: which clients are malicious and how they attack (docs/simulator.md).
+
+    ``fraction`` of the clients (drawn with the run's seed) attack with ``attack``; ALIE and
+    IPM know the honest updates trained at the same time (the papers' omniscient attacker).
+    """
+
+    attack: AttackName = "none"
+    fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    scale: float = Field(1.0, gt=0.0)  # sign_flip: −scale·δ
+    sigma: float = Field(1.0, gt=0.0)  # gaussian: N(0, σ²) per coordinate
+    z: float | None = None  # alie; null = Baruch et al.'s z_max for these n and attackers
+    eps: float = Field(0.5, gt=0.0)  # ipm: −ε·μ
+    factor: float = Field(1000.0, ge=1.0)  # inflate: claimed samples × factor
 
 
 class StopConfig(_Strict):
@@ -120,6 +147,7 @@ class SimulationConfig(_Strict):
     devices: DeviceConfig = Field(default_factory=DeviceConfig)
     aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
     stop: StopConfig = Field(default_factory=StopConfig)
+    adversary: AdversaryConfig = Field(default_factory=AdversaryConfig)
     batched_training: bool = True  # train concurrent clients together (same result, faster)
     threads: int | None = Field(None, ge=1)  # torch CPU threads; null = leave as is
 

@@ -30,6 +30,8 @@ from orchestrator.aggregation import (
     StopTraining,
     build_aggregator,
 )
+from orchestrator.aggregation.robust import RobustRule
+from orchestrator.simulation.adversary import Attackers
 from orchestrator.simulation.config import SimulationConfig
 from orchestrator.simulation.population import (
     DeviceProfile,
@@ -186,10 +188,11 @@ def build_world(
 def make_core(config: SimulationConfig, initial_state: dict[str, torch.Tensor]) -> AsyncAggregator:
     """The aggregator core a config names, with its parameters (each aggregator takes its own)."""
     a = config.aggregator
-    settings = a.model_dump(exclude={"name", "staleness", "poly_a", "dcasgd_c"})
+    settings = a.model_dump(exclude={"name", "staleness", "poly_a", "dcasgd_c", "aggregation"})
     settings["seed"] = _seed_for(config.seed, 7)  # FedBuff / PORT draws
     return build_aggregator(a.name, initial_state, staleness=a.staleness,
-                            staleness_params={"a": a.poly_a, "c": a.dcasgd_c}, **settings)
+                            staleness_params={"a": a.poly_a, "c": a.dcasgd_c},
+                            rule=RobustRule.from_spec(a.aggregation), **settings)
 
 
 class Simulation:
@@ -208,6 +211,17 @@ class Simulation:
             for i in range(self.config.clients)
         ]
         self._by_id = {c.cid: c for c in self.clients}
+        # Experiments only: malicious clients (config `adversary`). Label flippers train on a
+        # second copy of the data whose labels are flipped (indices offset by its length).
+        self.attackers = Attackers(self.config.adversary, self.config.clients,
+                                   _seed_for(self.config.seed, 11))
+        self.train_x, self.train_y = world.train_x, world.train_y
+        if self.attackers.flips_labels:
+            from plexus.attacks import flip_labels
+
+            self.train_x = torch.cat([world.train_x, world.train_x])
+            self.train_y = torch.cat([world.train_y, flip_labels(world.train_y,
+                                                                  world.num_classes)])
         for c in self.clients:
             self.core.register(c.cid)
         self._heap: list[tuple[float, int, int, int, int]] = []
@@ -306,9 +320,12 @@ class Simulation:
         c.trainings += 1
         c.base_version = d.version
         c.trained_upto = c.held
+        indices = c.stream[: c.held]
+        if self.attackers.flips_labels and self.attackers.is_malicious(c.index):
+            indices = indices + len(self.world.train_y)
         c.job = Job(
             base=d.state,
-            indices=c.stream[: c.held],
+            indices=indices,
             epochs=cfg.epochs,
             seed=_seed_for(self.config.seed, c.index, c.trainings),
         )
@@ -351,6 +368,7 @@ class Simulation:
         n = len(job.indices)
         if job.budget is not None:
             n = max(1, min(n, job.samples_trained))
+        n = self.attackers.samples(c.index, n)
         self.trace.append(
             {
                 "t": t,
@@ -366,17 +384,25 @@ class Simulation:
 
     def _train_pending(self) -> None:
         # Every job in flight is already fixed, so train them all together now.
-        jobs = [c.job for c in self.clients if c.job is not None and c.job.result is None]
+        pending = [c for c in self.clients if c.job is not None and c.job.result is None]
+        jobs = [c.job for c in pending if c.job is not None]
         cfg = self.config.training
         train_jobs(
             self.model,
             jobs,
-            self.world.train_x,
-            self.world.train_y,
+            self.train_x,
+            self.train_y,
             lr=cfg.lr,
             batch_size=cfg.batch_size,
             batched=self.config.batched_training,
         )
+        if self.attackers.malicious:
+            trained = [(c.index, dict(j.base), j.result) for c, j in zip(pending, jobs, strict=True)
+                       if j.result is not None]
+            for index, state in self.attackers.apply(trained).items():
+                job = self.clients[index].job
+                assert job is not None
+                job.result = state
 
     # -- server decisions --------------------------------------------------------------------
 
@@ -437,6 +463,9 @@ class Simulation:
             "stops": self.stops,
             "skipped_selections": getattr(self.core, "skipped", 0),
             "rejected_updates": self.core.rejected,
+            "rule": self.config.aggregator.aggregation.rule,
+            "attack": self.config.adversary.attack,
+            "malicious": sorted(self.attackers.malicious),
             "wall_s": wall_s,
         }
 
