@@ -141,7 +141,7 @@ def build_dummy(
     from plexus.datasets import dataset_geometry
     from plexus.models import build_model
 
-    shape, classes = dataset_geometry(spec.dataset.name)
+    shape, classes = dataset_geometry(spec.dataset)
     dummy = build_model(spec.model, shape, classes)
     if initial_state is not None:
         # load_state_dict copies values into the dummy's own tensors; nothing is aliased.

@@ -89,6 +89,12 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("0.0.0.0", help="Address to bind the RPC worker to"),
         port: int = typer.Option(0, help="Port for the RPC worker (0 = any free port)"),
         data_dir: Path | None = typer.Option(None, help="Directory to keep the agent name in"),  # noqa: B008
+        local_data: Path | None = typer.Option(  # noqa: B008
+            None, "--data", envvar="PLEXUS_AGENT_DATA",
+            help="Directory of this device's own samples (npz, safetensors, CSV, IDX or a "
+            "folder of pictures per class) for tasks with dataset.device: true; they never "
+            "leave the device",
+        ),
         stress_heat: float | None = typer.Option(
             None, help="Experiments only: sample stressor states with this softmax heat"
         ),
@@ -115,6 +121,9 @@ def register(app: typer.Typer) -> None:
         )
         if not verbose:
             logging.getLogger("httpx").setLevel(logging.WARNING)
+        if local_data is not None and not local_data.is_dir():
+            console.print(f"[red]error:[/red] --data {local_data} is not a directory")
+            raise typer.Exit(2)
         try:
             token = resolve_join_token(join_token, join_token_file)
             verify = tls_verify(ca_file, insecure)
@@ -142,6 +151,7 @@ def register(app: typer.Typer) -> None:
                 stress_heat=stress_heat,
                 threads=threads,
                 verify=verify,
+                local_data=local_data,
             )
         except ValueError as exc:
             console.print(f"[red]error:[/red] {exc}")

@@ -11,6 +11,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from learner_agent.arguments import check_int, parse_task
@@ -42,17 +43,20 @@ class Agent:
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
         threads: int = 1,
+        local_data: Path | None = None,
     ) -> None:
         import numpy as np
 
         self.name = name
+        # `plexus agent run --data DIR`: samples that never leave this device (device tasks).
+        self.local_data = local_data
         self.threads = threads
         self._torch_ready = False
         self.client = client
         self.clock = clock
         self.state = "idle"
         # Async tasks (join_async / leave_async) run in their own threads, not under _work.
-        self.asynchronous = AsyncRuns(client, self._configure_torch)
+        self.asynchronous = AsyncRuns(client, self._configure_torch, local_data)
         self._work = threading.Lock()  # one benchmark or training at a time
         self._busy = 0
         self._busy_lock = threading.Lock()
@@ -181,6 +185,8 @@ class Agent:
             from learner_agent.dab import plan_shards
 
             assert spec.sync is not None  # checked in _benchmark
+            if spec.dataset.device:
+                return self._plan_local(spec, task_id)
             sb = self._benchmark(spec, task_id, "idle")
             a_k = plan_shards(
                 sb,
@@ -194,6 +200,37 @@ class Agent:
         if spec.sync is None:
             raise BadTask("plan is for synchronous tasks (mode: sync)")
         return self._run(job)
+
+    def _local(self, spec: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
+        """This device's own samples for a device-data task (BadTask when it has none)."""
+        from learner_agent.local_data import read_local
+
+        if self.local_data is None:
+            raise BadTask("the task trains on device data but this agent was started without "
+                          "--data DIR")
+        return read_local(spec.dataset, self.local_data)
+
+    def _plan_local(self, spec: TaskSpec, task_id: int) -> dict[str, Any]:
+        """DAB on device data: SB times the model download (b_k) and one pass over local
+        samples (c_k); Ω_d is 0, so eq. 3.5 keeps only the model and training terms, and a_k
+        is capped by the local shards this device holds."""
+        from learner_agent.benchmarking import measure
+        from learner_agent.local_data import local_shards, shard_payloads
+        from plexus.cost import dab_bound
+
+        assert spec.sync is not None
+        x, y = self._local(spec)
+        size = spec.partition.shard_size
+        n = min(spec.sync.benchmark_shards, local_shards(x, y, size))
+        t0 = time.perf_counter()
+        model_bytes = len(self.client.model(task_id))
+        seconds = time.perf_counter() - t0
+        sb = measure(spec, shard_payloads(x, y, size, n, 0), [seconds / n] * n)
+        a_k = dab_bound(deadline=spec.sync.deadline_s, model_bytes=model_bytes, shard_bytes=0,
+                        bandwidth=model_bytes / seconds if seconds > 0 else float("inf"),
+                        iterations=spec.training.iterations, shard_samples=size,
+                        compute=sb.compute, max_shards=local_shards(x, y, size))
+        return {"a_k": int(a_k)}
 
     def benchmark(
         self, task: dict[str, Any], task_id: int, state: str | None = None
@@ -264,6 +301,8 @@ class Agent:
 
             self.state = chosen
             t0 = self.clock()
+            if spec.dataset.device:
+                return self._train_local(spec, task_id, round, len(ids), deadline)
             with download_stress(chosen, self._stress_fetch(task_id)):
                 model_payload = self.client.model(task_id)
                 # An allocation may name a shard several times (DAB duplicates shards when
@@ -295,6 +334,25 @@ class Agent:
             return answer
 
         return self._run(job)
+
+
+    def _train_local(self, spec: TaskSpec, task_id: int, round: int, count: int,
+                     deadline: float) -> dict[str, Any]:
+        """A round on device data: `count` local shards (rotating by round), no download but
+        the model's; nothing about the samples but their number goes back."""
+        from learner_agent.local_data import local_shards, shard_payloads
+        from learner_agent.trainer import train_round
+
+        x, y = self._local(spec)
+        size = spec.partition.shard_size
+        count = min(count, local_shards(x, y, size))
+        t0 = self.clock()
+        model_payload = self.client.model(task_id)
+        payloads = shard_payloads(x, y, size, count, round * count)
+        result = train_round(spec, model_payload, payloads, deadline=deadline,
+                             clock=self.clock, download_s=self.clock() - t0,
+                             seed=spec.seed + round)
+        return result.to_wire()
 
 
 def make_registry(agent: Agent) -> Any:

@@ -70,13 +70,17 @@ def parse_task(spec: dict[str, Any]) -> Any:
 async def submit(spec: Annotated[dict[str, Any], Body()], service: ServiceDep
                  ) -> dict[str, Any]:
     """Create a task completely (or not at all) and start it."""
-    from orchestrator.runs.taskdata import prepare_task
+    from orchestrator.runs.taskdata import load_task_data, prepare_task
 
     parsed = parse_task(spec)
     layout = service.store.layout
+    settings = service.settings
+    # The data is read (and checked) before the task exists; its geometry goes into the spec.
+    parsed, data = await asyncio.to_thread(load_task_data, parsed, settings.datasets_dir,
+                                           settings.max_data_bytes)
     row = await asyncio.to_thread(
         service.store.create_task, parsed.to_dict(),
-        lambda task_id, _dir: prepare_task(parsed, task_id, layout), time.time())
+        lambda task_id, _dir: prepare_task(parsed, task_id, layout, data), time.time())
     if parsed.async_ is not None:
         service.asynchronous.launch(row)
         row = service.store.task(row.id)
@@ -131,6 +135,9 @@ def task_model(task_id: int, service: ServiceDep) -> Response:
 def task_shard(task_id: int, n: int, _me: LearnerDep, service: ServiceDep) -> Response:
     """Shard `n` of a task, for an enrolled learner."""
     task = service.store.task(task_id)
+    if (task.spec or {}).get("dataset", {}).get("device"):
+        raise NotFound(f"task {task_id} trains on device data: it has no shards",
+                       code="device_data")
     if not 0 <= n < task.num_shards:
         raise NotFound(f"shard {n} not found for task {task_id} (task has "
                        f"{task.num_shards} shards, 0..{task.num_shards - 1})",

@@ -18,7 +18,39 @@ from orchestrator.store import Layout, write_atomic
 if TYPE_CHECKING:
     import torch
 
+    from plexus.datasets import Dataset
     from plexus.spec import TaskSpec
+
+# Nominal shard count of a device-data task: its "shards" are slices of each agent's own
+# samples, so ids only number them; an agent never asks the orchestrator for one.
+DEVICE_SHARDS = 1_000_000
+
+
+def load_task_data(spec: TaskSpec, data_root: Path, max_bytes: int | None = None
+                   ) -> tuple[TaskSpec, Dataset | None]:
+    """Read the task's data once at submission; return the spec with the geometry and classes
+    recorded in its dataset section, and the data (device data: only its test set, with no
+    training samples). Raises BadInput with a stable code: `data_path_refused`, `bad_data`,
+    `data_too_large`, or `invalid_spec`."""
+    from plexus.data_formats import resolve_under
+    from plexus.datasets import load_dataset, load_files, recorded
+    from plexus.errors import DatasetError
+
+    ds = spec.dataset
+    try:
+        if ds.name != "files":
+            if ds.path is not None:  # IDX files of mnist / fashion_mnist: under the root too
+                ds = ds.model_copy(update={"path": str(resolve_under(data_root, ds.path))})
+            data = load_dataset(ds, seed=spec.seed)
+        elif ds.device and ds.test_path is None:
+            raise BadInput("dataset: device data needs dataset.test_path, a test set under "
+                           "the data root, to evaluate the model on", code="invalid_spec")
+        else:
+            data = load_files(ds, data_root, seed=spec.seed, max_bytes=max_bytes)
+    except DatasetError as exc:
+        raise BadInput(f"dataset: {exc}", code=getattr(exc, "code", "invalid_spec")) from None
+    spec = spec.model_copy(update={"dataset": recorded(ds, data)})
+    return spec, data
 
 
 def initial_model(spec: TaskSpec, input_shape: tuple[int, ...], num_classes: int
@@ -32,7 +64,8 @@ def initial_model(spec: TaskSpec, input_shape: tuple[int, ...], num_classes: int
     return build_model(spec.model, input_shape, num_classes)
 
 
-def prepare_task(spec: TaskSpec, task_id: int, layout: Layout) -> dict[str, int]:
+def prepare_task(spec: TaskSpec, task_id: int, layout: Layout,
+                 data: Dataset | None = None) -> dict[str, int]:
     """Load the dataset, cut shards, write shards, test split and model v0; return sizes.
 
     Sizes: `num_shards`, `shard_samples` (samples per shard), `shard_bytes` (bytes of one
@@ -45,8 +78,11 @@ def prepare_task(spec: TaskSpec, task_id: int, layout: Layout) -> dict[str, int]
     from plexus.shards import encode_shard, partition
     from plexus.tensors import encode_state
 
+    if spec.dataset.device:
+        assert data is not None, "load_task_data reads a device task's test set first"
+        return _prepare_device_task(spec, task_id, layout, data)
     try:
-        data = load_dataset(spec.dataset, seed=spec.seed)
+        data = data or load_dataset(spec.dataset, seed=spec.seed)
     except DatasetError as exc:
         raise BadInput(f"dataset: {exc}", code="invalid_spec") from None
     if not model_fits(spec.model, data.input_shape):
@@ -76,6 +112,23 @@ def prepare_task(spec: TaskSpec, task_id: int, layout: Layout) -> dict[str, int]
     write_atomic(layout.model(task_id, 0), blob)
     return {"num_shards": len(shards), "shard_samples": spec.partition.shard_size,
             "shard_bytes": shard_bytes, "model_bytes": len(blob)}
+
+
+def _prepare_device_task(spec: TaskSpec, task_id: int, layout: Layout, data: Dataset
+                         ) -> dict[str, int]:
+    """A device-data task: its test set and model v0, and no shards at all (the agents train
+    on their own samples; Ω_d is 0, so DAB's data-download term drops out)."""
+    from plexus.shards import encode_shard
+    from plexus.tensors import encode_state
+
+    test_meta = {"task_id": task_id, "input_shape": json.dumps(list(data.input_shape)),
+                 "num_classes": data.num_classes}
+    write_atomic(layout.test_split(task_id), encode_shard(data.test_x, data.test_y, test_meta))
+    model = initial_model(spec, data.input_shape, data.num_classes)
+    blob = encode_state(model.state_dict(), {"version": 0, "task_id": task_id})
+    write_atomic(layout.model(task_id, 0), blob)
+    return {"num_shards": DEVICE_SHARDS, "shard_samples": spec.partition.shard_size,
+            "shard_bytes": 0, "model_bytes": len(blob)}
 
 
 def client_shard(num_shards: int, client: int) -> int:
