@@ -326,10 +326,10 @@ def load_files(spec: DatasetSpec, root: Path, seed: int = 0,
     set `spec.test_path`, with no training samples (they stay on the agents)."""
     from plexus.data_formats import MAX_DATA_BYTES, check_size, read_idx_pair, resolve_under
 
-    if spec.path is None:
-        raise DatasetError("dataset.path is not set")
     if spec.device:
         return _device_test_set(spec, root, max_bytes or MAX_DATA_BYTES)
+    if spec.path is None:
+        raise DatasetError("dataset.path is not set")
     path = resolve_under(root, spec.path)
     test_path = resolve_under(root, spec.test_path) if spec.test_path else None
     check_size([path] + ([test_path] if test_path else []), max_bytes or MAX_DATA_BYTES)
