@@ -22,7 +22,7 @@ import numpy as np
 from learner_agent.errors import BadTask
 
 if TYPE_CHECKING:
-    from plexus.spec import DatasetSpec
+    from plexus.spec import DatasetSpec, TaskSpec
 
 
 def _format(spec: DatasetSpec, directory: Path) -> str:
@@ -115,3 +115,30 @@ def shard_payloads(x: np.ndarray, y: np.ndarray, shard_size: int, count: int, st
         lo, hi = n * shard_size, (n + 1) * shard_size
         out.append(encode_shard(x[lo:hi], y[lo:hi], {"local_shard": n}))
     return out
+
+
+def local_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int
+                ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """`(train, test)`: a seeded `test_fraction` of the local samples held out to evaluate the
+    global model on this device (per-device evaluation); fewer than 5 samples: no test part."""
+    if len(y) < 5:
+        return (x, y), (x[:0], y[:0])
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_test = max(1, round(len(y) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    return (x[train], y[train]), (x[test], y[test])
+
+
+def evaluate_payload(spec: TaskSpec, model_payload: bytes, x: np.ndarray, y: np.ndarray
+                     ) -> dict[str, float | int]:
+    """Loss and accuracy of the model in `model_payload` on local samples `x`, `y`."""
+    from learner_agent.benchmarking import build_dummy
+    from plexus.tensors import decode_state
+    from plexus.training import evaluate
+
+    model = build_dummy(spec)
+    state, meta = decode_state(model_payload, reference=model.state_dict())
+    model.load_state_dict(state)
+    loss, accuracy = evaluate(model, x, y)
+    return {"model_version": int(meta.get("version", "0")), "samples": len(y),
+            "loss": float(loss), "accuracy": float(accuracy)}

@@ -210,6 +210,15 @@ class Agent:
                           "--data DIR")
         return read_local(spec.dataset, self.local_data)
 
+    def _local_train(self, spec: TaskSpec
+                     ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """This device's samples split into the part it trains on and the part it evaluates
+        the global model on (`dataset.test_fraction`, seeded by the task)."""
+        from learner_agent.local_data import local_split
+
+        x, y = self._local(spec)
+        return local_split(x, y, spec.dataset.test_fraction, spec.seed)
+
     def _plan_local(self, spec: TaskSpec, task_id: int) -> dict[str, Any]:
         """DAB on device data: SB times the model download (b_k) and one pass over local
         samples (c_k); Ω_d is 0, so eq. 3.5 keeps only the model and training terms, and a_k
@@ -219,7 +228,7 @@ class Agent:
         from plexus.cost import dab_bound
 
         assert spec.sync is not None
-        x, y = self._local(spec)
+        x, y = self._local_train(spec)[0]
         size = spec.partition.shard_size
         n = min(spec.sync.benchmark_shards, local_shards(x, y, size))
         t0 = time.perf_counter()
@@ -340,19 +349,24 @@ class Agent:
                      deadline: float) -> dict[str, Any]:
         """A round on device data: `count` local shards (rotating by round), no download but
         the model's; nothing about the samples but their number goes back."""
-        from learner_agent.local_data import local_shards, shard_payloads
+        from learner_agent.local_data import evaluate_payload, local_shards, shard_payloads
         from learner_agent.trainer import train_round
 
-        x, y = self._local(spec)
+        (x, y), (vx, vy) = self._local_train(spec)
         size = spec.partition.shard_size
         count = min(count, local_shards(x, y, size))
         t0 = self.clock()
         model_payload = self.client.model(task_id)
+        download_s = self.clock() - t0
+        # Per-device evaluation: the global model as it arrived, on this device's held-out part.
+        local_eval = evaluate_payload(spec, model_payload, vx, vy) if len(vy) else None
         payloads = shard_payloads(x, y, size, count, round * count)
         result = train_round(spec, model_payload, payloads, deadline=deadline,
-                             clock=self.clock, download_s=self.clock() - t0,
-                             seed=spec.seed + round)
-        return result.to_wire()
+                             clock=self.clock, download_s=download_s, seed=spec.seed + round)
+        answer = result.to_wire()
+        if local_eval is not None:
+            answer["local_eval"] = local_eval
+        return answer
 
 
 def make_registry(agent: Agent) -> Any:

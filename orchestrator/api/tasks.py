@@ -97,8 +97,12 @@ def list_tasks(service: ServiceDep) -> dict[str, Any]:
 
 @router.get("/v1/tasks/{task_id}", dependencies=[AdminDep])
 def show_task(task_id: int, service: ServiceDep) -> dict[str, Any]:
-    """One task."""
-    return task_view(service.store.task(task_id))
+    """One task, with how it is evaluated (and per-device evaluations, for device data)."""
+    from orchestrator.runs.taskdata import evaluation_view
+
+    row = service.store.task(task_id)
+    return {**task_view(row),
+            "evaluation": evaluation_view(service.store.layout, row.spec or {}, task_id)}
 
 
 @router.post("/v1/tasks/{task_id}/cancel", dependencies=[AdminDep])

@@ -152,3 +152,43 @@ def read_state(path: Path) -> dict[str, Any]:
 
     state, _meta = decode_state(path.read_bytes())
     return state
+
+
+DEVICE_EVAL = "device_eval.json"
+
+
+def record_device_eval(layout: Layout, task_id: int, index: int, replies: list[Any]) -> None:
+    """Keep round `index`'s per-device evaluations (the `local_eval` the agents of a device-
+    data task answer with: the global model they received, on their own held-out samples)
+    in the task's `device_eval.json`; nothing when no learner sent one."""
+    per_device: dict[str, dict[str, Any]] = {}
+    for r in replies:
+        local = r.value.get("local_eval") if isinstance(r.value, dict) else None
+        if not isinstance(local, dict):
+            continue
+        try:
+            per_device[r.learner.name] = {k: float(local[k]) for k in ("loss", "accuracy")}
+            per_device[r.learner.name].update(
+                {k: int(local[k]) for k in ("samples", "model_version")})
+        except (KeyError, TypeError, ValueError):
+            continue  # a malformed report is left out; the round itself stands
+    if not per_device:
+        return
+    path = layout.task_dir(task_id) / DEVICE_EVAL
+    rounds = json.loads(path.read_text()) if path.exists() else []
+    rounds.append({"round": index, "learners": per_device})
+    write_atomic(path, json.dumps(rounds).encode())
+
+
+def evaluation_view(layout: Layout, spec: dict[str, Any], task_id: int) -> dict[str, Any]:
+    """Which evaluation a task's round `accuracy` is (always the orchestrator's test set, and
+    which one), and the per-device evaluations of a device-data task, round by round."""
+    dataset = spec.get("dataset") or {}
+    if dataset.get("test_path"):
+        test_set = f"dataset.test_path {dataset['test_path']}"
+    else:
+        test_set = f"a held-out {dataset.get('test_fraction', 0.2)} of the training data"
+    path = layout.task_dir(task_id) / DEVICE_EVAL
+    per_device = json.loads(path.read_text()) if path.exists() else []
+    return {"accuracy_from": f"the orchestrator's test set ({test_set})",
+            "per_device": per_device}

@@ -168,6 +168,13 @@ def test_device_data_trains_where_it_lives_and_no_shard_is_served(fleet: LocalFl
     assert rounds[-1]["accuracy"] >= 0.8, [r["accuracy"] for r in rounds]
     # Not a byte of shard or partition left the orchestrator.
     assert (served(fleet, "shard"), served(fleet, "partition")) == before
+    # Both evaluations show: the orchestrator's test set, and each device's own held-out part.
+    evaluation = final["evaluation"]
+    assert "device-test.npz" in evaluation["accuracy_from"]
+    last = evaluation["per_device"][-1]
+    assert set(last["learners"]) == set(AGENTS) and last["round"] == len(rounds) - 1
+    assert all(e["samples"] == 30 and 0.0 <= e["accuracy"] <= 1.0
+               for e in last["learners"].values()), last
 
 
 def test_async_spin_pulls_when_dropped_files_bring_samples(fleet: LocalFleet) -> None:
