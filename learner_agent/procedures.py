@@ -118,9 +118,12 @@ class Agent:
                 self._busy -= 1
             self.state = "idle"
 
-    def _stress_fetch(self, task_id: int) -> Callable[[], bytes]:
+    def _stress_fetch(self, task_id: int, spec: TaskSpec | None = None) -> Callable[[], bytes]:
         # The REST API serves no random matrices, so the downloading stressor pulls the same
-        # number of bytes (one 900×900 float32 matrix) as shard payloads over the same link.
+        # number of bytes (one 900×900 float32 matrix) as shard payloads over the same link
+        # (a device-data task has no shards: the model then).
+        if spec is not None and spec.dataset.device:
+            return lambda: self.client.model(task_id)
         return lambda: self.client.shard(task_id, 0)
 
     def _model_bytes(self, spec: TaskSpec) -> int:
@@ -136,6 +139,11 @@ class Agent:
 
         if spec.sync is None:
             raise BadTask("subset benchmarking needs a synchronous task (mode: sync)")
+        if spec.dataset.device:
+            self.state = state
+            with download_stress(state, self._stress_fetch(task_id, spec)), \
+                    training_stress(state):
+                return self._benchmark_local(spec, task_id)
         # Alg. 10 line 10 downloads n randomly chosen shards; the partition is already a
         # seeded random permutation, so shards 0..n-1 are a random subset of the data.
         ids = list(range(spec.sync.benchmark_shards))
@@ -219,26 +227,40 @@ class Agent:
         x, y = self._local(spec)
         return local_split(x, y, spec.dataset.test_fraction, spec.seed)
 
-    def _plan_local(self, spec: TaskSpec, task_id: int) -> dict[str, Any]:
-        """DAB on device data: SB times the model download (b_k) and one pass over local
-        samples (c_k); Ω_d is 0, so eq. 3.5 keeps only the model and training terms, and a_k
-        is capped by the local shards this device holds."""
+    def _benchmark_local(self, spec: TaskSpec, task_id: int) -> SBResult:
+        """SB on device data: b_k from timing the model download (no shard crosses the link),
+        c_k from one pass over up to `benchmark_shards` local shards; Ω_d is reported as 0."""
+        from dataclasses import replace
+
         from learner_agent.benchmarking import measure
         from learner_agent.local_data import local_shards, shard_payloads
-        from plexus.cost import dab_bound
 
         assert spec.sync is not None
         x, y = self._local_train(spec)[0]
         size = spec.partition.shard_size
         n = min(spec.sync.benchmark_shards, local_shards(x, y, size))
+        if n == 0:
+            raise BadTask("this agent's --data directory leaves no samples to train on")
         t0 = time.perf_counter()
         model_bytes = len(self.client.model(task_id))
-        seconds = time.perf_counter() - t0
+        seconds = max(time.perf_counter() - t0, 1e-6)
         sb = measure(spec, shard_payloads(x, y, size, n, 0), [seconds / n] * n)
-        a_k = dab_bound(deadline=spec.sync.deadline_s, model_bytes=model_bytes, shard_bytes=0,
-                        bandwidth=model_bytes / seconds if seconds > 0 else float("inf"),
-                        iterations=spec.training.iterations, shard_samples=size,
-                        compute=sb.compute, max_shards=local_shards(x, y, size))
+        return replace(sb, bandwidth=model_bytes / seconds, shard_bytes=0.0)
+
+    def _plan_local(self, spec: TaskSpec, task_id: int) -> dict[str, Any]:
+        """DAB on device data: Ω_d is 0, so eq. 3.5 keeps only the model and training terms,
+        and a_k is capped by the local shards this device holds."""
+        from learner_agent.local_data import local_shards
+        from plexus.cost import dab_bound
+
+        assert spec.sync is not None
+        sb = self._benchmark_local(spec, task_id)
+        x, y = self._local_train(spec)[0]
+        a_k = dab_bound(deadline=spec.sync.deadline_s, model_bytes=self._model_bytes(spec),
+                        shard_bytes=0, bandwidth=sb.bandwidth,
+                        iterations=spec.training.iterations,
+                        shard_samples=spec.partition.shard_size, compute=sb.compute,
+                        max_shards=local_shards(x, y, spec.partition.shard_size))
         return {"a_k": int(a_k)}
 
     def benchmark(

@@ -42,6 +42,12 @@ def load_task_data(spec: TaskSpec, data_root: Path, max_bytes: int | None = None
             if ds.path is not None:  # IDX files of mnist / fashion_mnist: under the root too
                 ds = ds.model_copy(update={"path": str(resolve_under(data_root, ds.path))})
             data = load_dataset(ds, seed=spec.seed)
+        elif ds.device and spec.sync is not None and spec.sync.allocator != "dab" \
+                and spec.sync.total_shards is None:
+            raise BadInput(f"sync.total_shards: device data with allocator "
+                           f"{spec.sync.allocator!r} needs the total shards per round (the "
+                           "orchestrator cannot count the devices' samples); set it, or use "
+                           "dab, whose learners plan on their own data", code="invalid_spec")
         elif ds.device and ds.test_path is None:
             raise BadInput("dataset: device data needs dataset.test_path, a test set under "
                            "the data root, to evaluate the model on", code="invalid_spec")

@@ -153,12 +153,19 @@ def test_an_image_folder_trains_a_cnn_on_two_agents(fleet: LocalFleet) -> None:
     assert rounds[-1]["accuracy"] >= 0.6, [r["accuracy"] for r in rounds]
 
 
-def test_device_data_trains_where_it_lives_and_no_shard_is_served(fleet: LocalFleet) -> None:
+@pytest.mark.parametrize("allocator", ["dab", "csa"])
+def test_device_data_trains_where_it_lives_and_no_shard_is_served(fleet: LocalFleet,
+                                                                  allocator: str) -> None:
+    """DAB's learners plan on their own samples; CSA benchmarks them (model download and
+    local training) and splits `total_shards`."""
     before = (served(fleet, "shard"), served(fleet, "partition"))
     dataset = {"name": "files", "device": True, "format": "npz",
                "test_path": "device-test.npz"}
+    spec = sync_spec("device", "twonn", dataset, 50)
+    spec["sync"].update({"allocator": allocator},
+                        **({"total_shards": 4} if allocator == "csa" else {}))
     with fleet.client() as client:
-        task = client.submit(sync_spec("device", "twonn", dataset, 50))
+        task = client.submit(spec)
         final = finished(client, task["id"])
         assert final["state"] == "finished", final["reason"]
         rounds = client.rounds(task["id"])
@@ -218,6 +225,7 @@ BAD: dict[str, tuple[str, dict[str, Any]]] = {
     "idx outside": ("data_path_refused", {"name": "mnist", "path": "/usr/share"}),
     "device without test set": ("invalid_spec", {"device": True, "format": "npz"}),
 }
+CSA_NO_TOTAL = ("invalid_spec", {"device": True, "format": "npz", "test_path": "device-test.npz"})
 
 
 def make_bad(root: Path) -> None:
@@ -235,14 +243,16 @@ def make_bad(root: Path) -> None:
     np.savez(root / "big.npz", x=np.zeros((MAX_BYTES // 8 + 10, 1)), y=np.zeros(1))
 
 
-@pytest.mark.parametrize("case", sorted(BAD))
+@pytest.mark.parametrize("case", [*sorted(BAD), "device csa without total"])
 def test_bad_data_is_refused_at_submit_and_creates_nothing(fleet: LocalFleet, case: str
                                                            ) -> None:
     root = fleet.data_dir / "datasets"
     if not (root / "nan.npz").exists():
         make_bad(root)
-    code, dataset = BAD[case]
+    code, dataset = BAD.get(case, CSA_NO_TOTAL)
     spec = sync_spec(f"bad-{case}", "twonn", {"name": "files", **dataset}, 5)
+    if case == "device csa without total":
+        spec["sync"]["allocator"] = "csa"
     with fleet.client() as client:
         before = client.tasks()
         with pytest.raises(APIError) as err:
@@ -254,6 +264,7 @@ def test_bad_data_is_refused_at_submit_and_creates_nothing(fleet: LocalFleet, ca
 def test_the_shard_route_refuses_a_device_task(fleet: LocalFleet) -> None:
     with fleet.client() as client:
         device = next(t for t in client.tasks() if t["name"] == "device")
+    assert device["spec"]["dataset"]["device"] is True
     r = httpx.post(f"{fleet.url}/v1/learners/enroll",
                    json={"join_token": fleet.join_token, "name": "probe", "facts": {},
                          "endpoint": None})
