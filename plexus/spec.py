@@ -75,6 +75,13 @@ class DatasetSpec(_Strict):
         if self.name == "files" and not self.device and not self.path:
             raise ValueError("dataset 'files' needs dataset.path (under the orchestrator's "
                              "data root) or device: true (the agents' --data directories)")
+        for field_name in ("image_size", "input_shape"):
+            value = getattr(self, field_name)
+            if value is not None and (not value or min(value) < 1):
+                raise ValueError(f"dataset.{field_name} must be positive sizes, got {value}")
+        if self.feature_columns is not None and not self.feature_columns:
+            raise ValueError("dataset.feature_columns is empty: name at least one column, or "
+                             "leave it out to use every column but the label")
         if self.device and self.name != "files":
             raise ValueError("device: true needs name: files (the agents' own files)")
         if self.classes is not None and self.num_classes not in (None, len(self.classes)):

@@ -198,3 +198,21 @@ def test_fashion_mnist_reads_the_debian_files() -> None:
     assert (len(data.train_y), len(data.test_y), data.input_shape) == (60000, 10000, (1, 28, 28))
     assert np.bincount(data.test_y).tolist() == [1000] * 10
     assert data.train_x.min() >= 0.0 and data.train_x.max() <= 1.0
+
+
+@pytest.mark.parametrize(("dataset", "field"), [
+    ({"name": "files"}, "dataset.path"),
+    ({"name": "mnist5k", "device": True}, "device"),
+    ({"name": "files", "path": "p", "image_size": [0, 4]}, "image_size"),
+    ({"name": "files", "path": "p", "input_shape": []}, "input_shape"),
+    ({"name": "files", "path": "p", "feature_columns": []}, "feature_columns"),
+    ({"name": "files", "path": "p", "classes": ["a", "b"], "num_classes": 3}, "classes"),
+    ({"name": "files", "path": "p", "format": "parquet"}, "format"),
+])
+def test_impossible_dataset_sections_are_spec_errors(dataset: dict[str, object], field: str
+                                                     ) -> None:
+    from plexus.errors import SpecError
+    from plexus.spec import parse_spec
+
+    with pytest.raises(SpecError, match=field):
+        parse_spec({"dataset": dataset})
