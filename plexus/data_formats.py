@@ -272,8 +272,9 @@ def read_idx_pair(directory: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]
 
 
 def read_idx_dir(directory: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The training pair of an IDX directory (`train-*`)."""
-    pair = read_idx_pair(directory, "train")
+    """The pair of an IDX directory: `train-*`, else `t10k-*` (a directory given as
+    `test_path` may hold only the test files)."""
+    pair = read_idx_pair(directory, "train") or read_idx_pair(directory, "t10k")
     if pair is None:
         raise BadData(f"no train-images-idx3-ubyte / train-labels-idx1-ubyte in {directory}")
     return pair
