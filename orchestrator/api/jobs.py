@@ -33,7 +33,7 @@ async def submit_job(body: JobRequest, service: ServiceDep) -> dict[str, Any]:
     layout = service.store.layout
     settings = service.settings
     loaded = [await asyncio.to_thread(load_task_data, s, settings.datasets_dir,
-                                      settings.max_data_bytes) for s in specs]
+                                      settings.max_data_bytes, in_job=True) for s in specs]
     specs = [s for s, _ in loaded]
     datas = {s.name: d for s, d in loaded}
     by_name = {s.name: s for s in specs}

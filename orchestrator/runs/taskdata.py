@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 DEVICE_SHARDS = 1_000_000
 
 
-def load_task_data(spec: TaskSpec, data_root: Path, max_bytes: int | None = None
-                   ) -> tuple[TaskSpec, Dataset | None]:
+def load_task_data(spec: TaskSpec, data_root: Path, max_bytes: int | None = None, *,
+                   in_job: bool = False) -> tuple[TaskSpec, Dataset]:
     """Read the task's data once at submission; return the spec with the geometry and classes
     recorded in its dataset section, and the data (device data: only its test set, with no
     training samples). Raises BadInput with a stable code: `data_path_refused`, `bad_data`,
@@ -42,12 +42,13 @@ def load_task_data(spec: TaskSpec, data_root: Path, max_bytes: int | None = None
             if ds.path is not None:  # IDX files of mnist / fashion_mnist: under the root too
                 ds = ds.model_copy(update={"path": str(resolve_under(data_root, ds.path))})
             data = load_dataset(ds, seed=spec.seed)
-        elif ds.device and spec.sync is not None and spec.sync.allocator != "dab" \
-                and spec.sync.total_shards is None:
-            raise BadInput(f"sync.total_shards: device data with allocator "
-                           f"{spec.sync.allocator!r} needs the total shards per round (the "
-                           "orchestrator cannot count the devices' samples); set it, or use "
-                           "dab, whose learners plan on their own data", code="invalid_spec")
+        elif ds.device and spec.sync is not None and spec.sync.total_shards is None \
+                and (in_job or spec.sync.allocator != "dab"):
+            allocator = "of a job" if in_job else repr(spec.sync.allocator)
+            raise BadInput(f"sync.total_shards: device data with allocator {allocator} "
+                           "needs the total shards per round (the orchestrator cannot count "
+                           "the devices' samples); set it, or use dab, whose learners plan "
+                           "on their own data", code="invalid_spec")
         elif ds.device and ds.test_path is None:
             raise BadInput("dataset: device data needs dataset.test_path, a test set under "
                            "the data root, to evaluate the model on", code="invalid_spec")
