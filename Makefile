@@ -24,7 +24,8 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check plexus rpc orchestrator learner_agent deploy benchmarks tests
-	$(VENV)/bin/mypy rpc plexus learner_agent
+	$(VENV)/bin/mypy rpc plexus learner_agent orchestrator deploy
+	$(VENV)/bin/mypy --strict benchmarks/*.py
 	$(VENV)/bin/lint-imports
 
 # Every direct and transitive dependency of the dev extra, pinned for Python 3.11 on Linux

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from outdir import add_out_dir, results_dir
+
 from deploy.testbed.bench import add_testbed_option
 from orchestrator.client import Client
 from orchestrator.local.fleet import LocalFleet
@@ -123,6 +125,44 @@ def _fleet(testbed: Path | None, tmp: Path) -> Any:
     return TestbedFleet(testbed)
 
 
+def _sweep(client: Any, factors: list[float], rounds: int, target_s: float
+           ) -> tuple[int, float, list[dict[str, Any]]]:
+    """Size CSA's fixed total so that its GUC takes about `target_s`, then measure T_csa with
+    a loose deadline; the sweep is D = f · T_csa. Returns (total, T_csa, one row per run)."""
+    probe = run_task(client, task_spec("csa", 120.0, 1, 32))
+    total = max(8, round(32 * target_s / max(probe["guc_time_s"], 0.1)))
+    calib = run_task(client, task_spec("csa", 120.0, 1, total))
+    t_csa = calib["guc_time_s"]
+    print(f"CSA total {total} shards/round; T_csa = {t_csa:.2f} s", flush=True)
+    rows = []
+    for f in factors:
+        d = f * t_csa
+        for alloc in ("dab", "csa"):
+            row = run_task(client, task_spec(alloc, d, rounds, total))
+            row["factor"] = f
+            rows.append(row)
+            print(f"D={d:6.2f}s {alloc}: GUC {row['guc_time_s']:6.2f}s truancy "
+                  f"{100 * row['truancy']:+6.1f}% acc {100 * row['accuracy']:.1f}% "
+                  f"loss {row['loss']:.3f} shards/round {row['shards_per_round']:.1f}",
+                  flush=True)
+    return total, t_csa, rows
+
+
+def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    dab = sorted((r for r in rows if r["allocator"] == "dab"), key=lambda r: r["deadline_s"])
+    csa = sorted((r for r in rows if r["allocator"] == "csa"), key=lambda r: r["deadline_s"])
+    return {
+        "dab_max_truancy": max(r["truancy"] for r in dab),
+        "csa_truancy_tightest": csa[0]["truancy"], "dab_truancy_tightest": dab[0]["truancy"],
+        "accuracy_gap_loosest_points": 100 * (dab[-1]["accuracy"] - csa[-1]["accuracy"]),
+        "guc_time_ratio_tightest_csa_over_dab": csa[0]["guc_time_s"] / dab[0]["guc_time_s"],
+        "goal_dab_truancy_le_3pct": max(r["truancy"] for r in dab) <= 0.03,
+        "goal_accuracy_within_2_points_at_loosest":
+            abs(dab[-1]["accuracy"] - csa[-1]["accuracy"]) <= 0.02
+            or dab[-1]["accuracy"] >= csa[-1]["accuracy"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -133,12 +173,13 @@ def main() -> None:
                         help="deadlines as multiples of T_csa, e.g. 0.6,1.4 (overrides --quick)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per task")
     add_testbed_option(parser)
+    add_out_dir(parser)
     args = parser.parse_args()
+    out_dir = results_dir(args)
     factors = [0.6, 1.0, 1.4] if args.quick else [0.6, 0.75, 0.9, 1.1, 1.4]
     if args.factors:
         factors = [float(f) for f in args.factors.split(",")]
     rounds = args.rounds or (2 if args.quick else 3)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     name = "testbed_dab_vs_csa" if args.testbed else "dab_vs_csa"
     with tempfile.TemporaryDirectory(prefix="dab-vs-csa-") as tmp, \
@@ -151,36 +192,8 @@ def main() -> None:
             assert isinstance(fleet, TestbedFleet) and fleet.bed is not None
             speeds = {lr.name: lr.profile for lr in fleet.bed.learners}
         with fleet.client() as client:
-            # Size CSA's fixed total so that its GUC takes about --target-s, then measure
-            # T_csa with a loose deadline; the sweep is D = f · T_csa.
-            probe = run_task(client, task_spec("csa", 120.0, 1, 32))
-            total = max(8, round(32 * args.target_s / max(probe["guc_time_s"], 0.1)))
-            calib = run_task(client, task_spec("csa", 120.0, 1, total))
-            t_csa = calib["guc_time_s"]
-            print(f"CSA total {total} shards/round; T_csa = {t_csa:.2f} s", flush=True)
-            rows = []
-            for f in factors:
-                d = f * t_csa
-                for alloc in ("dab", "csa"):
-                    row = run_task(client, task_spec(alloc, d, rounds, total))
-                    row["factor"] = f
-                    rows.append(row)
-                    print(f"D={d:6.2f}s {alloc}: GUC {row['guc_time_s']:6.2f}s truancy "
-                          f"{100 * row['truancy']:+6.1f}% acc {100 * row['accuracy']:.1f}% "
-                          f"loss {row['loss']:.3f} shards/round {row['shards_per_round']:.1f}",
-                          flush=True)
-    dab = sorted((r for r in rows if r["allocator"] == "dab"), key=lambda r: r["deadline_s"])
-    csa = sorted((r for r in rows if r["allocator"] == "csa"), key=lambda r: r["deadline_s"])
-    summary = {
-        "dab_max_truancy": max(r["truancy"] for r in dab),
-        "csa_truancy_tightest": csa[0]["truancy"], "dab_truancy_tightest": dab[0]["truancy"],
-        "accuracy_gap_loosest_points": 100 * (dab[-1]["accuracy"] - csa[-1]["accuracy"]),
-        "guc_time_ratio_tightest_csa_over_dab": csa[0]["guc_time_s"] / dab[0]["guc_time_s"],
-        "goal_dab_truancy_le_3pct": max(r["truancy"] for r in dab) <= 0.03,
-        "goal_accuracy_within_2_points_at_loosest":
-            abs(dab[-1]["accuracy"] - csa[-1]["accuracy"]) <= 0.02
-            or dab[-1]["accuracy"] >= csa[-1]["accuracy"],
-    }
+            total, t_csa, rows = _sweep(client, factors, rounds, args.target_s)
+    summary = _summarise(rows)
     out = {
         "benchmark": name, "quick": args.quick, "speeds": speeds,
         "testbed": str(args.testbed) if args.testbed else None,
@@ -192,11 +205,12 @@ def main() -> None:
                     "load_1m_at_end": os.getloadavg()[0]},
         "thesis_anchor": "tightest deadline: DAB +7 %, CSA +63 % (thesis 3.4.2.2)",
     }
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
+    (out_dir / f"{name}.json").write_text(json.dumps(out, indent=2))
     title = (f"DAB vs CSA on the emulated testbed ({args.testbed.name}: "
              f"{len(speeds)} learners), TwoNN MNIST-5k" if args.testbed else None)
-    plot(rows, RESULTS / f"{name}.png", title)
-    print(f"{name}: tightest D={dab[0]['deadline_s']:.2f}s truancy DAB "
+    plot(rows, out_dir / f"{name}.png", title)
+    tightest = min(r["deadline_s"] for r in rows if r["allocator"] == "dab")
+    print(f"{name}: tightest D={tightest:.2f}s truancy DAB "
           f"{100 * summary['dab_truancy_tightest']:+.1f}% vs CSA "
           f"{100 * summary['csa_truancy_tightest']:+.1f}% (CSA/DAB GUC time "
           f"{summary['guc_time_ratio_tightest_csa_over_dab']:.2f}x); DAB max truancy "

@@ -23,10 +23,14 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
+from outdir import add_out_dir, results_dir
 
 from orchestrator.allocation.med import (
+    MedInstance,
+    SolverName,
     build_milp,
     greedy_allocation,
     med_objective,
@@ -45,7 +49,7 @@ AUTO_LIMIT = 4.0  # seconds for "auto" where Gurobi can follow the Lagrangian ba
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def instance(n: int, m: int, seed: int):
+def instance(n: int, m: int, seed: int) -> MedInstance:
     # The 10 x 3 case is the thesis default itself (table 4.1 shards, budget 300).
     return thesis_instance(seed=seed) if (n, m) == (10, 3) else scaled_instance(n, m, seed=seed)
 
@@ -59,10 +63,12 @@ def lagrange_limit(n: int, m: int, limit: float) -> float:
     return min(limit, 2.0 if n <= 200 else 5.0)
 
 
-def run_one(n: int, m: int, seed: int, backend: str, time_limit: float, gap: float) -> dict:
+def run_one(n: int, m: int, seed: int, backend: str, time_limit: float,
+            gap: float) -> dict[str, Any]:
     inst = instance(n, m, seed)
     t0 = time.perf_counter()
-    res = solve_med(inst, solver=backend, time_limit_s=time_limit, mip_gap=gap, diagnose=False)
+    res = solve_med(inst, solver=cast(SolverName, backend), time_limit_s=time_limit,
+                    mip_gap=gap, diagnose=False)
     wall = time.perf_counter() - t0
     return {
         "n": n, "m": m, "seed": seed, "asked": backend, "backend": res.backend,
@@ -73,7 +79,7 @@ def run_one(n: int, m: int, seed: int, backend: str, time_limit: float, gap: flo
     }
 
 
-def run_greedy(n: int, m: int, seed: int) -> dict:
+def run_greedy(n: int, m: int, seed: int) -> dict[str, Any]:
     inst = instance(n, m, seed)
     t0 = time.perf_counter()
     alloc = greedy_allocation(inst)
@@ -82,84 +88,101 @@ def run_greedy(n: int, m: int, seed: int) -> dict:
     return {"n": n, "m": m, "seed": seed, "backend": "greedy", "objective_s": obj, "wall_s": wall}
 
 
+def _runs(n: int, m: int, seed: int, limit: float, mip_gap: float,
+          have_gurobi: bool) -> list[dict[str, Any]]:
+    """Every backend that applies on one instance."""
+    rows = [run_greedy(n, m, seed)]
+    if dp_applicable(n, m):
+        rows.append(run_one(n, m, seed, "dp", limit, mip_gap))
+    rows.append(run_one(n, m, seed, "lagrange", lagrange_limit(n, m, limit), mip_gap))
+    rows.append(run_one(n, m, seed, "highs", limit, mip_gap))
+    fits = licence_check(build_milp(instance(n, m, seed)), GUROBI_SIZE_LIMIT) is None
+    if have_gurobi and fits:
+        rows.append(run_one(n, m, seed, "gurobi", limit, mip_gap))
+        if not dp_applicable(n, m):
+            # auto = Lagrangian backend, then Gurobi from its allocation (4 s in all).
+            rows.append(run_one(n, m, seed, "auto", AUTO_LIMIT, mip_gap))
+    return rows
+
+
+def _print_recent(rows: list[dict[str, Any]], n: int, m: int, seed: int) -> None:
+    for r in rows[-6:]:
+        if r["n"] == n and r["seed"] == seed:
+            print(f"{n:5d}x{m:<3d} seed {seed} {r['backend']:7s} "
+                  f"obj {r['objective_s'] or float('nan'):9.3f} "
+                  f"gap {r.get('gap') if r.get('gap') is not None else float('nan'):8.4f} "
+                  f"wall {r['wall_s']:7.3f}s {r.get('status', '')}", flush=True)
+
+
+def _ratios(entry: dict[str, Any]) -> None:
+    """Time and objective ratios between the backends of one size, added to `entry`."""
+    if "gurobi" in entry and "highs" in entry:
+        entry["highs_over_gurobi_time"] = (
+            entry["highs"]["median_wall_s"] / entry["gurobi"]["median_wall_s"])
+        entry["highs_over_gurobi_objective"] = (
+            entry["highs"]["mean_objective_s"] / entry["gurobi"]["mean_objective_s"])
+    if "highs" in entry and "greedy" in entry:
+        entry["highs_over_greedy_objective"] = (
+            entry["highs"]["mean_objective_s"] / entry["greedy"]["mean_objective_s"])
+    if "highs" in entry and "lagrange" in entry:
+        entry["lagrange_over_highs_objective"] = (
+            entry["lagrange"]["mean_objective_s"] / entry["highs"]["mean_objective_s"])
+        entry["lagrange_over_highs_time"] = (
+            entry["lagrange"]["median_wall_s"] / entry["highs"]["median_wall_s"])
+
+
+def _summary_entry(rows: list[dict[str, Any]], n: int, m: int) -> dict[str, Any]:
+    """Per backend: median wall time, worst gap, statuses, mean objective; ratios; goal."""
+    entry: dict[str, Any] = {"n": n, "m": m}
+    for b in ("greedy", "dp", "lagrange", "auto", "highs", "gurobi"):
+        # A "dp" run that fell back to the MILP reports the MILP backend; keep it under dp.
+        rs = [r for r in rows
+              if (r["n"], r["m"], r.get("asked", r["backend"])) == (n, m, b)]
+        if not rs:
+            continue
+        entry[b] = {
+            "median_wall_s": statistics.median(r["wall_s"] for r in rs),
+            "max_gap": max((r["gap"] for r in rs if r.get("gap") is not None), default=None),
+            "statuses": sorted({r.get("status", "heuristic") for r in rs}),
+            "mean_objective_s": statistics.mean(
+                r["objective_s"] for r in rs if r["objective_s"] is not None),
+        }
+    _ratios(entry)
+    goal = GOALS.get((n, m))
+    if goal is not None:
+        best = min((entry[b]["median_wall_s"], entry[b]["max_gap"] or 0.0, b)
+                   for b in ("dp", "lagrange", "auto", "highs", "gurobi") if b in entry)
+        entry["goal"] = {"time_s": goal[0], "gap": goal[1],
+                         "met": bool(best[0] <= goal[0] and best[1] <= goal[1]),
+                         "best_backend": best[2]}
+    return entry
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="three sizes, one seed, 2 s limit")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds per solve")
     ap.add_argument("--seeds", type=int, default=None, help="instances per size")
     ap.add_argument("--mip-gap", type=float, default=1e-4)
+    add_out_dir(ap)
     args = ap.parse_args()
+    out_dir = results_dir(args)
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
     seeds = args.seeds or (1 if args.quick else 3)
     limit = args.time_limit or (2.0 if args.quick else 10.0)
     have_gurobi = gurobi_importable()
 
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for n, m in sizes:
         for seed in range(seeds):
-            rows.append(run_greedy(n, m, seed))
-            if dp_applicable(n, m):
-                rows.append(run_one(n, m, seed, "dp", limit, args.mip_gap))
-            rows.append(run_one(n, m, seed, "lagrange", lagrange_limit(n, m, limit),
-                                args.mip_gap))
-            rows.append(run_one(n, m, seed, "highs", limit, args.mip_gap))
-            fits = licence_check(build_milp(instance(n, m, seed)), GUROBI_SIZE_LIMIT) is None
-            if have_gurobi and fits:
-                rows.append(run_one(n, m, seed, "gurobi", limit, args.mip_gap))
-                if not dp_applicable(n, m):
-                    # auto = Lagrangian backend, then Gurobi from its allocation (4 s in all).
-                    rows.append(run_one(n, m, seed, "auto", AUTO_LIMIT, args.mip_gap))
-            for r in rows[-6:]:
-                if r["n"] == n and r["seed"] == seed:
-                    print(f"{n:5d}x{m:<3d} seed {seed} {r['backend']:7s} "
-                          f"obj {r['objective_s'] or float('nan'):9.3f} "
-                          f"gap {r.get('gap') if r.get('gap') is not None else float('nan'):8.4f} "
-                          f"wall {r['wall_s']:7.3f}s {r.get('status', '')}", flush=True)
-
-    summary = []
-    for n, m in sizes:
-        entry: dict = {"n": n, "m": m}
-        for b in ("greedy", "dp", "lagrange", "auto", "highs", "gurobi"):
-            # A "dp" run that fell back to the MILP reports the MILP backend; keep it under dp.
-            rs = [r for r in rows
-                  if (r["n"], r["m"], r.get("asked", r["backend"])) == (n, m, b)]
-            if not rs:
-                continue
-            entry[b] = {
-                "median_wall_s": statistics.median(r["wall_s"] for r in rs),
-                "max_gap": max((r["gap"] for r in rs if r.get("gap") is not None), default=None),
-                "statuses": sorted({r.get("status", "heuristic") for r in rs}),
-                "mean_objective_s": statistics.mean(
-                    r["objective_s"] for r in rs if r["objective_s"] is not None),
-            }
-        if "gurobi" in entry and "highs" in entry:
-            entry["highs_over_gurobi_time"] = (
-                entry["highs"]["median_wall_s"] / entry["gurobi"]["median_wall_s"])
-            entry["highs_over_gurobi_objective"] = (
-                entry["highs"]["mean_objective_s"] / entry["gurobi"]["mean_objective_s"])
-        if "highs" in entry and "greedy" in entry:
-            entry["highs_over_greedy_objective"] = (
-                entry["highs"]["mean_objective_s"] / entry["greedy"]["mean_objective_s"])
-        if "highs" in entry and "lagrange" in entry:
-            entry["lagrange_over_highs_objective"] = (
-                entry["lagrange"]["mean_objective_s"] / entry["highs"]["mean_objective_s"])
-            entry["lagrange_over_highs_time"] = (
-                entry["lagrange"]["median_wall_s"] / entry["highs"]["median_wall_s"])
-        goal = GOALS.get((n, m))
-        if goal is not None:
-            best = min((entry[b]["median_wall_s"], entry[b]["max_gap"] or 0.0, b)
-                       for b in ("dp", "lagrange", "auto", "highs", "gurobi") if b in entry)
-            entry["goal"] = {"time_s": goal[0], "gap": goal[1],
-                             "met": bool(best[0] <= goal[0] and best[1] <= goal[1]),
-                             "best_backend": best[2]}
-        summary.append(entry)
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
+            rows.extend(_runs(n, m, seed, limit, args.mip_gap, have_gurobi))
+            _print_recent(rows, n, m, seed)
+    summary = [_summary_entry(rows, n, m) for n, m in sizes]
     out = {"benchmark": "med_solver", "time_limit_s": limit, "mip_gap": args.mip_gap,
            "seeds": seeds, "machine": platform.platform(), "gurobi": have_gurobi,
            "rows": rows, "summary": summary}
-    (RESULTS / "med_solver.json").write_text(json.dumps(out, indent=2))
-    plot(rows, sizes, RESULTS / "med_solver.png")
+    (out_dir / "med_solver.json").write_text(json.dumps(out, indent=2))
+    plot(rows, sizes, out_dir / "med_solver.png")
 
     goals = [f"{e['n']}x{e['m']} {'met' if e['goal']['met'] else 'MISSED'}"
              for e in summary if "goal" in e]
@@ -170,7 +193,7 @@ def main() -> None:
           f"goals: {', '.join(goals)}")
 
 
-def plot(rows: list[dict], sizes: list[tuple[int, int]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], sizes: list[tuple[int, int]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

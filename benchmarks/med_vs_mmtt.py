@@ -39,13 +39,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from outdir import add_out_dir, results_dir
 
 from deploy.testbed.bench import add_testbed_option
 from orchestrator.allocation.med import MedInstance, thesis_instance
 from orchestrator.allocation.metrics import TaskRound, summarize
-from orchestrator.allocation.mmtt import plan
+from orchestrator.allocation.mmtt import Method, plan
 
-METHODS = ("med", "mmtt-uncertain", "mmtt-ideal", "equal")
+METHODS: tuple[Method, ...] = ("med", "mmtt-uncertain", "mmtt-ideal", "equal")
 GUCS = 5
 NOISE = 0.05
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,10 +86,10 @@ def trial(inst: MedInstance, seed: int, time_limit: float) -> dict[str, dict[str
     rng = np.random.default_rng(seed)
     probs = np.array([w.state_probs for w in inst.learners])
     states = [np.array([rng.choice(probs.shape[1], p=p) for p in probs]) for _ in range(GUCS)]
-    kw = dict(solver="auto", time_limit_s=time_limit, mip_gap=1e-3,
-              soft_deadlines_if_infeasible=True, diagnose=False)
+    kw: dict[str, Any] = dict(solver="auto", time_limit_s=time_limit, mip_gap=1e-3,
+                              soft_deadlines_if_infeasible=True, diagnose=False)
     fixed = {m: plan(inst, m, **kw).allocation for m in ("med", "mmtt-uncertain", "equal")}
-    result = {}
+    result: dict[str, dict[str, float]] = {}
     for method in METHODS:
         records: list[TaskRound] = []
         noise = np.random.default_rng(seed + 1)  # same capability noise for every method
@@ -104,7 +105,8 @@ def trial(inst: MedInstance, seed: int, time_limit: float) -> dict[str, dict[str
     return result
 
 
-def sweep(points: list[tuple[str, int, dict]], trials: int, time_limit: float) -> list[dict]:
+def sweep(points: list[tuple[str, int, dict[str, Any]]], trials: int,
+          time_limit: float) -> list[dict[str, Any]]:
     rows = []
     for label, x, kwargs in points:
         per_method: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
@@ -112,7 +114,7 @@ def sweep(points: list[tuple[str, int, dict]], trials: int, time_limit: float) -
             inst = thesis_instance(seed=1000 * x + t, **kwargs)
             for m, v in trial(inst, seed=t, time_limit=time_limit).items():
                 per_method[m].append(v)
-        row: dict = {"sweep": label, "x": x}
+        row: dict[str, Any] = {"sweep": label, "x": x}
         for m in METHODS:
             row[m] = {}
             for key in METRICS:
@@ -134,6 +136,25 @@ def rel(a: float, b: float) -> float | None:
     return None if b == 0 else (a - b) / b
 
 
+def _relative(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[float | None]]]:
+    """Thesis anchors: MED vs MMTT-Uncertain −10 % training time, −42 % data drop rate; MED
+    within 32 % of MMTT-Ideal (training time). Per sweep, one value per point."""
+    comp = {}
+    for label in ("learners", "tasks"):
+        rs = [r for r in rows if r["sweep"] == label]
+        t_unc = [rel(r["med"]["average_training_time_s"]["mean"],
+                     r["mmtt-uncertain"]["average_training_time_s"]["mean"]) for r in rs]
+        d_unc = [rel(r["med"]["data_drop_rate"]["mean"],
+                     r["mmtt-uncertain"]["data_drop_rate"]["mean"]) for r in rs]
+        t_ide = [rel(r["med"]["average_training_time_s"]["mean"],
+                     r["mmtt-ideal"]["average_training_time_s"]["mean"]) for r in rs]
+        comp[label] = {
+            "med_vs_uncertain_time": t_unc, "med_vs_uncertain_drop": d_unc,
+            "med_vs_ideal_time": t_ide,
+        }
+    return comp
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 trials, fewer sweep points")
@@ -153,17 +174,19 @@ def main() -> None:
     ap.add_argument("--job-timeout", type=float, default=900.0,
                     help="--testbed: seconds one multi-task job may run before it is cancelled")
     add_testbed_option(ap)
+    add_out_dir(ap)
     args = ap.parse_args()
+    out_dir = results_dir(args)
     if args.testbed:
         run_testbed(args.testbed, args.live_tasks, rounds=args.live_rounds,
                     deadline_scale=args.live_deadline, seeds=args.live_seeds,
-                    job_timeout_s=args.job_timeout)
+                    job_timeout_s=args.job_timeout, results=out_dir)
         return
     if args.live:
         from med_vs_mmtt_live import run_live
 
         run_live(args.live_learners, args.live_tasks, rounds=args.live_rounds,
-                 deadline_scale=args.live_deadline, seeds=args.live_seeds, results=RESULTS)
+                 deadline_scale=args.live_deadline, seeds=args.live_seeds, results=out_dir)
         return
     trials = args.trials or (3 if args.quick else 20)
     learners = [4, 7, 10] if args.quick else [4, 5, 6, 7, 8, 9, 10]
@@ -174,27 +197,12 @@ def main() -> None:
                              "deadline_extra_s": 5.0}) for m in tasks]
     rows = sweep(points, trials, args.time_limit)
 
-    # Thesis anchors: MED vs MMTT-Uncertain −10 % training time, −42 % data drop rate; MED
-    # within 32 % of MMTT-Ideal (training time). Report the extreme over each sweep.
-    comp = {}
-    for label in ("learners", "tasks"):
-        rs = [r for r in rows if r["sweep"] == label]
-        t_unc = [rel(r["med"]["average_training_time_s"]["mean"],
-                     r["mmtt-uncertain"]["average_training_time_s"]["mean"]) for r in rs]
-        d_unc = [rel(r["med"]["data_drop_rate"]["mean"],
-                     r["mmtt-uncertain"]["data_drop_rate"]["mean"]) for r in rs]
-        t_ide = [rel(r["med"]["average_training_time_s"]["mean"],
-                     r["mmtt-ideal"]["average_training_time_s"]["mean"]) for r in rs]
-        comp[label] = {
-            "med_vs_uncertain_time": t_unc, "med_vs_uncertain_drop": d_unc,
-            "med_vs_ideal_time": t_ide,
-        }
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    comp = _relative(rows)
     out = {"benchmark": "med_vs_mmtt", "kind": "model-based simulation (not live agents)",
            "trials": trials, "gucs": GUCS, "heat": 0.5, "noise_sigma": NOISE,
            "rows": rows, "relative": comp}
-    (RESULTS / "med_vs_mmtt.json").write_text(json.dumps(out, indent=2))
-    plot(rows, RESULTS / "med_vs_mmtt.png")
+    (out_dir / "med_vs_mmtt.json").write_text(json.dumps(out, indent=2))
+    plot(rows, out_dir / "med_vs_mmtt.png")
     lt = comp["learners"]
     best_t = min(v for v in lt["med_vs_uncertain_time"] if v is not None)
     best_d = min(v for v in lt["med_vs_uncertain_drop"] if v is not None)
@@ -226,17 +234,16 @@ def _preloading(fleet_path: Path) -> Any:
 
 
 def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
-                deadline_scale: float, seeds: list[int], job_timeout_s: float) -> None:
+                deadline_scale: float, seeds: list[int], job_timeout_s: float,
+                results: Path = RESULTS) -> None:
     """The live jobs (med_vs_mmtt_live) on the emulated testbed of `fleet_path` (needs root).
 
     Every learner of the fleet takes part; each task count of `task_counts` (1–3, thesis
     table 4.1 in order) is one point with every allocator and seed on the same fleet. Writes
     testbed_med_vs_mmtt.json / .png and prints a one-line summary last. Times are seconds.
     """
-    from med_vs_mmtt_live import ALLOCATORS, run_job, summarise, table_41
-    from med_vs_mmtt_live import METRICS as LIVE_METRICS
+    from med_vs_mmtt_live import ALLOCATORS, summarise, table_41
     from med_vs_mmtt_live import plot as plot_live
-    from med_vs_mmtt_live import rel as rel_live
 
     from deploy.testbed.bench import TestbedFleet
 
@@ -254,31 +261,11 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
             for m in task_counts:
                 tasks = table_41(deadline_scale, rounds)[:m]
                 for seed in seeds:
-                    for alloc in ALLOCATORS:
-                        t0 = time.monotonic()
-                        job = run_job(client, alloc, tasks, names, seed, timeout_s=job_timeout_s)
-                        got = job["metrics"] or {}
-                        rows.append({"learners": len(names), "tasks": m, "seed": seed,
-                                     "allocator": alloc, "state": job["state"],
-                                     "reason": job["reason"], "wall_s": time.monotonic() - t0,
-                                     "metrics": {k: got.get(k) for k in LIVE_METRICS},
-                                     "records": job["records"]})
-                        print(f"{len(names)} learners x {m} tasks seed {seed} {alloc}: "
-                              f"{job['state']} ({time.monotonic() - t0:.0f} s) " + " ".join(
-                                  f"{k}={got.get(k, float('nan')):.3f}" for k in LIVE_METRICS),
-                              flush=True)
+                    rows += [_testbed_job(client, alloc, tasks, names, seed, job_timeout_s)
+                             for alloc in ALLOCATORS]
     summary = summarise(rows)
-    comp = []
-    for e in summary:
-        med, unc, ide = e["med"], e["mmtt_uncertain"], e["mmtt_ideal"]
-        comp.append({"learners": e["learners"], "tasks": e["tasks"],
-                     "med_vs_uncertain_time": rel_live(med["average_training_time_s"],
-                                                       unc["average_training_time_s"]),
-                     "med_vs_uncertain_drop": rel_live(med["data_drop_rate"],
-                                                       unc["data_drop_rate"]),
-                     "med_vs_ideal_time": rel_live(med["average_training_time_s"],
-                                                   ide["average_training_time_s"])})
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    comp = _relative_live(summary)
+    results.mkdir(parents=True, exist_ok=True)
     out = {"benchmark": name, "kind": "live agents with stressors on the emulated testbed",
            "testbed": str(fleet_path), "command": " ".join(["sudo", ".venv/bin/python",
                                                             *sys.argv]),
@@ -292,8 +279,8 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
            "rows": [{k: v for k, v in r.items() if k != "records"} for r in rows],
            "records": {f"{r['learners']}x{r['tasks']}/{r['seed']}/{r['allocator']}":
                        r["records"] for r in rows}}
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
-    plot_live(summary, RESULTS / f"{name}.png",
+    (results / f"{name}.json").write_text(json.dumps(out, indent=2))
+    plot_live(summary, results / f"{name}.png",
               f"MED vs MMTT on the emulated testbed ({fleet_path.name}: {len(profiles)} "
               "learners), stressors heat 0.5")
     parts = []
@@ -305,7 +292,45 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
     print(f"{name}: MED " + "; ".join(parts))
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def _testbed_job(client: Any, alloc: str, tasks: list[Any], names: list[str], seed: int,
+                 timeout_s: float) -> dict[str, Any]:
+    """One live job of `run_testbed` as a row; prints its metrics."""
+    from med_vs_mmtt_live import METRICS as LIVE_METRICS
+    from med_vs_mmtt_live import run_job
+
+    m = len(tasks)
+    t0 = time.monotonic()
+    job = run_job(client, alloc, tasks, names, seed, timeout_s=timeout_s)
+    got = job["metrics"] or {}
+    print(f"{len(names)} learners x {m} tasks seed {seed} {alloc}: "
+          f"{job['state']} ({time.monotonic() - t0:.0f} s) " + " ".join(
+              f"{k}={got.get(k, float('nan')):.3f}" for k in LIVE_METRICS),
+          flush=True)
+    return {"learners": len(names), "tasks": m, "seed": seed,
+            "allocator": alloc, "state": job["state"],
+            "reason": job["reason"], "wall_s": time.monotonic() - t0,
+            "metrics": {k: got.get(k) for k in LIVE_METRICS},
+            "records": job["records"]}
+
+
+def _relative_live(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """MED against MMTT-Uncertain and MMTT-Ideal, relative, for each point of `summary`."""
+    from med_vs_mmtt_live import rel as rel_live
+
+    comp = []
+    for e in summary:
+        med, unc, ide = e["med"], e["mmtt_uncertain"], e["mmtt_ideal"]
+        comp.append({"learners": e["learners"], "tasks": e["tasks"],
+                     "med_vs_uncertain_time": rel_live(med["average_training_time_s"],
+                                                       unc["average_training_time_s"]),
+                     "med_vs_uncertain_drop": rel_live(med["data_drop_rate"],
+                                                       unc["data_drop_rate"]),
+                     "med_vs_ideal_time": rel_live(med["average_training_time_s"],
+                                                   ide["average_training_time_s"])})
+    return comp
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -78,7 +78,8 @@ def run_job(client: Any, allocator: str, tasks: list[dict[str, Any]], names: lis
             client.cancel_job(job["id"])
             raise TimeoutError(f"job {job['id']} ({allocator}) ran past {timeout_s} s")
         time.sleep(0.5)
-    return job
+    ended: dict[str, Any] = job
+    return ended
 
 
 def point(n_learners: int, n_tasks: int, *, rounds: int, deadline_scale: float, seeds: list[int],

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from outdir import add_out_dir, results_dir
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -69,77 +70,94 @@ def payload(nbytes: int) -> np.ndarray[Any, Any]:
 # ------------------------------------------------------------------------------ servers
 
 
+def _serve_plexus() -> int:
+    """Our rpc.Worker with the benchmark's procedures; returns its port."""
+    import rpc
+
+    reg = rpc.Registry()
+
+    @reg.procedure
+    def noop() -> None:
+        return None
+
+    @reg.procedure
+    def sink(x: Any) -> int:
+        return 0
+
+    # Async twins: no hop to the thread pool that sync procedures take.
+    @reg.procedure
+    async def anoop() -> None:
+        return None
+
+    @reg.procedure
+    async def asink(x: Any) -> int:
+        return 0
+
+    @reg.procedure
+    def rss(reset: bool = False) -> list[int]:
+        return [reset_peak() if reset else rss_now(), rss_peak()]
+
+    return rpc.Worker(reg, max_body_bytes=1 << 31).start().port
+
+
+def _serve_floor() -> int:
+    """A bare Starlette app on the same server thread (the floor); returns its port."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    import rpc
+
+    async def sink(request: Request) -> Response:
+        await request.body()
+        return Response(b"0", media_type="application/octet-stream")
+
+    async def rss(request: Request) -> Response:
+        reset = request.query_params.get("reset") == "1"
+        return JSONResponse([reset_peak() if reset else rss_now(), rss_peak()])
+
+    app = Starlette(
+        routes=[Route("/sink", sink, methods=["POST"]), Route("/rss", rss, methods=["GET"])]
+    )
+    return rpc.ServerThread(app).start().port
+
+
+def _serve_grpc() -> int:
+    """A generic gRPC server with raw-bytes handlers; returns its port."""
+    from concurrent import futures
+
+    import grpc
+
+    def sink(request: bytes, context: Any) -> bytes:
+        return b"0"
+
+    def rss(request: bytes, context: Any) -> bytes:
+        now = reset_peak() if request == b"reset" else rss_now()
+        return json.dumps([now, rss_peak()]).encode()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
+    handlers = {
+        "Sink": grpc.unary_unary_rpc_method_handler(sink),
+        "Rss": grpc.unary_unary_rpc_method_handler(rss),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench", handlers),))
+    port: int = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    # The server lives as long as the process (it was a local of serve() before).
+    _SERVERS.append(server)
+    return port
+
+
+_SERVERS: list[Any] = []
+
+
 def serve(kind: str) -> None:
     """Run one server in this process, print its port, and exit when stdin closes."""
-    if kind == "plexus":
-        import rpc
-
-        reg = rpc.Registry()
-
-        @reg.procedure
-        def noop() -> None:
-            return None
-
-        @reg.procedure
-        def sink(x: Any) -> int:
-            return 0
-
-        # Async twins: no hop to the thread pool that sync procedures take.
-        @reg.procedure
-        async def anoop() -> None:
-            return None
-
-        @reg.procedure
-        async def asink(x: Any) -> int:
-            return 0
-
-        @reg.procedure
-        def rss(reset: bool = False) -> list[int]:
-            return [reset_peak() if reset else rss_now(), rss_peak()]
-
-        port = rpc.Worker(reg, max_body_bytes=1 << 31).start().port
-    elif kind == "floor":
-        from starlette.applications import Starlette
-        from starlette.requests import Request
-        from starlette.responses import JSONResponse, Response
-        from starlette.routing import Route
-
-        import rpc
-
-        async def sink(request: Request) -> Response:
-            await request.body()
-            return Response(b"0", media_type="application/octet-stream")
-
-        async def rss(request: Request) -> Response:
-            reset = request.query_params.get("reset") == "1"
-            return JSONResponse([reset_peak() if reset else rss_now(), rss_peak()])
-
-        app = Starlette(
-            routes=[Route("/sink", sink, methods=["POST"]), Route("/rss", rss, methods=["GET"])]
-        )
-        port = rpc.ServerThread(app).start().port
-    elif kind == "grpc":
-        from concurrent import futures
-
-        import grpc
-
-        def sink(request: bytes, context: Any) -> bytes:
-            return b"0"
-
-        def rss(request: bytes, context: Any) -> bytes:
-            now = reset_peak() if request == b"reset" else rss_now()
-            return json.dumps([now, rss_peak()]).encode()
-
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
-        handlers = {
-            "Sink": grpc.unary_unary_rpc_method_handler(sink),
-            "Rss": grpc.unary_unary_rpc_method_handler(rss),
-        }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench", handlers),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-    else:
+    starters = {"plexus": _serve_plexus, "floor": _serve_floor, "grpc": _serve_grpc}
+    if kind not in starters:
         raise SystemExit(f"unknown server kind {kind!r}")
+    port = starters[kind]()
     print(f"PORT {port}", flush=True)
     sys.stdin.read()
 
@@ -468,23 +486,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (~1 minute)")
-    parser.add_argument("--serve", help=argparse.SUPPRESS)
-    parser.add_argument("--client-rss", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve:
-        serve(args.serve)
-        return
-    if args.client_rss:
-        kind, url, port, size = args.client_rss
-        client_rss(kind, url, int(port), int(size))
-        return
-
-    n, rounds = (200, 4) if args.quick else (1000, 5)
+def _measure(quick: bool) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Latency and throughput against the three servers, then memory."""
+    n, rounds = (200, 4) if quick else (1000, 5)
     sizes = [1, 10, 100]
-    reps = {1: 5, 10: 3, 100: 2} if args.quick else {1: 30, 10: 14, 100: 14}
+    reps = {1: 5, 10: 3, 100: 2} if quick else {1: 30, 10: 14, 100: 14}
     servers = {kind: Server(kind) for kind in ("plexus", "floor", "grpc")}
     try:
         clients = Clients(servers)
@@ -494,8 +500,14 @@ def main() -> None:
     finally:
         for s in servers.values():
             s.close()
-    mem = memory(100)
+    return lat, thr, memory(100)
 
+
+def _ratios(
+    lat: dict[str, Any], thr: dict[str, Any]
+) -> tuple[dict[str, float], float, float, float, float]:
+    """No-op p50 of each plexus style over its floor; 100 MB throughput (mean and best of
+    reps) over the floor and over gRPC."""
     floor_p50 = lat["floor httpx sync"]["p50_s"]
     ratios = {
         name: v["p50_s"] / (lat["floor httpx async"]["p50_s"] if "acall" in name else floor_p50)
@@ -514,9 +526,13 @@ def main() -> None:
     )
     best_vs_floor = big["plexus simplex"]["best_bytes_per_s"] / floor_best
     best_vs_grpc = big["plexus simplex"]["best_bytes_per_s"] / big["grpc unary"]["best_bytes_per_s"]
-    pm = mem["plexus"]
+    return ratios, thr_vs_floor, thr_vs_grpc, best_vs_floor, best_vs_grpc
+
+
+def _targets(ratios: dict[str, float], thr_vs_floor: float, thr_vs_grpc: float,
+             best_vs_floor: float, best_vs_grpc: float, pm: dict[str, Any]) -> dict[str, bool]:
     payload_bytes = 100 * MB
-    targets = {
+    return {
         "noop_p50_simplex_blocking_le_1.5x_floor": ratios["plexus simplex blocking"] <= 1.5,
         "noop_p50_all_simplex_styles_le_1.5x_floor": all(
             r <= 1.5 for k, r in ratios.items() if "simplex" in k
@@ -529,6 +545,30 @@ def main() -> None:
         "client_peak_rss_increment_le_3x_payload": pm["client_increment"] <= 3 * payload_bytes,
         "server_peak_rss_increment_le_3x_payload": pm["server_increment"] <= 3 * payload_bytes,
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (~1 minute)")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--client-rss", nargs=4, help=argparse.SUPPRESS)
+    add_out_dir(parser)
+    args = parser.parse_args()
+    out_dir = results_dir(args)
+    if args.serve:
+        serve(args.serve)
+        return
+    if args.client_rss:
+        kind, url, port, size = args.client_rss
+        client_rss(kind, url, int(port), int(size))
+        return
+
+    lat, thr, mem = _measure(args.quick)
+
+    ratios, thr_vs_floor, thr_vs_grpc, best_vs_floor, best_vs_grpc = _ratios(lat, thr)
+    big = thr["100"]
+    pm = mem["plexus"]
+    targets = _targets(ratios, thr_vs_floor, thr_vs_grpc, best_vs_floor, best_vs_grpc, pm)
     result = {
         "command": "python benchmarks/rpc_overhead.py" + (" --quick" if args.quick else ""),
         "machine": {
@@ -548,9 +588,8 @@ def main() -> None:
         "memory": mem,
         "targets_met": targets,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "rpc_overhead.json").write_text(json.dumps(result, indent=2))
-    plot(result, RESULTS / "rpc_overhead.png")
+    (out_dir / "rpc_overhead.json").write_text(json.dumps(result, indent=2))
+    plot(result, out_dir / "rpc_overhead.png")
     print(
         f"rpc_overhead: no-op p50 {lat['plexus simplex blocking']['p50_s'] * 1e3:.2f} ms = "
         f"{ratios['plexus simplex blocking']:.2f}x floor (duplex "

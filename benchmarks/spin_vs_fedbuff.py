@@ -190,7 +190,7 @@ def plot(result: dict[str, Any], path: Path, cap: float, target: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed, one λ, π = 0.6·round")
     parser.add_argument("--seeds", type=int, default=4)
@@ -215,16 +215,27 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.rates, args.pi_factors = 1, [0.05], [0.6]
+    return args
+
+
+def _replot(args: argparse.Namespace) -> tuple[dict[str, Any], float]:
+    """Recompute ratios and the figure from the last run's rows, without simulating: the saved
+    rows and curves (the saved arguments go into `args`), and the saved run's wall time."""
+    prev = json.loads((args.out_dir / "spin_vs_fedbuff.json").read_text())
+    result = {"rows": prev["rows"], "curves": prev["curves"]}
+    args.pi_factors = prev["args"]["pi_factors"]
+    args.max_time = prev["args"]["max_time"]
+    args.seeds, args.rates = prev["args"]["seeds"], prev["args"]["rates"]
+    args.target, args.gain = prev["args"]["target"], prev["args"]["gain"]
+    return result, prev["wall_s"]
+
+
+def main() -> None:
+    args = _parse_args()
     wall0 = time.perf_counter()
     if args.replot:
-        # Recompute ratios and the figure from the last run's rows, without simulating.
-        prev = json.loads((args.out_dir / "spin_vs_fedbuff.json").read_text())
-        result = {"rows": prev["rows"], "curves": prev["curves"]}
-        args.pi_factors = prev["args"]["pi_factors"]
-        args.max_time = prev["args"]["max_time"]
-        args.seeds, args.rates = prev["args"]["seeds"], prev["args"]["rates"]
-        args.target, args.gain = prev["args"]["target"], prev["args"]["gain"]
-        wall0 -= prev["wall_s"]  # report the simulation's wall time, not the replot's
+        result, saved_wall_s = _replot(args)
+        wall0 -= saved_wall_s  # report the simulation's wall time, not the replot's
     else:
         result = run(args)
     headline = speedups(result["rows"], args.max_time, "spin@0.6")

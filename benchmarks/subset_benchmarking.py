@@ -32,6 +32,7 @@ benchmarks/results/testbed_subset_benchmarking.json and .png.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -45,13 +46,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from outdir import add_out_dir, results_dir
 
 from deploy.testbed.bench import add_testbed_option
 
@@ -259,149 +262,166 @@ def make_shards(seed: int) -> tuple[Any, list[Any], list[bytes]]:
     return spec, [(data.train_x[i], data.train_y[i]) for i in idx], payloads
 
 
-def run_prediction(
-    reps: int, sizes: list[int], targets: list[int], seed: int, links: dict[str, str]
-) -> dict[str, Any]:
-    from learner_agent.benchmarking import (
-        download_shards,
-        flops_benchmark,
-        flops_predict_train_s,
-        measure,
-        training_flops_per_sample,
+def _fetch_shard(client: Any, k: int) -> bytes:
+    """Shard `k` of task 1 through `client` (one of the SB links)."""
+    data: bytes = client.shard(1, k)
+    return data
+
+
+@dataclass
+class _PredictionBench:
+    """What every repetition of `run_prediction` shares: data, links and clocks."""
+
+    spec: Any
+    parts: list[Any]
+    big_x: Any
+    big_y: Any
+    clients: dict[str, Any]
+    rng: random.Random
+    clocks: dict[str, Callable[[], float]] = field(
+        default_factory=lambda: {"wall": time.perf_counter, "cpu": time.thread_time}
     )
-    from learner_agent.client import OrchestratorClient
+    download_target: int = 60
+
+
+def _twonn_pass(bench: _PredictionBench, shards: int, seed: int | None = None) -> None:
+    """Train a fresh TwoNN one pass over the first `shards` shards of the workload."""
     from plexus.models import build_model
     from plexus.training import train
 
-    spec, parts, _ = make_shards(seed)
-    # MNIST-5k gives 8 real shards; larger workloads cycle through them, which changes
-    # nothing about the time a pass takes.
-    big_x = np.concatenate([parts[k % len(parts)][0] for k in range(max(targets))])
-    big_y = np.concatenate([parts[k % len(parts)][1] for k in range(max(targets))])
-    per_sample = training_flops_per_sample(build_model("twonn", (1, 28, 28), 10), (1, 28, 28))
-    download_target = 60
-    rng = random.Random(seed)
-    clocks = {"wall": time.perf_counter, "cpu": time.thread_time}
-    clients = {name: OrchestratorClient(url, timeout_s=120) for name, url in links.items()}
-    for client in clients.values():
-        download_shards(lambda n, c=client: c.shard(1, n), range(2))  # connect before timing
-    # One untimed pass first, so no repetition pays the process's one-off start-up costs.
-    train(
-        build_model("twonn", (1, 28, 28), 10),
-        big_x[: 4 * SHARD],
-        big_y[: 4 * SHARD],
-        passes=1,
-        batch_size=32,
-        optimizer="sgd",
-        lr=0.1,
+    model = build_model("twonn", (1, 28, 28), 10)
+    x, y = bench.big_x[: shards * SHARD], bench.big_y[: shards * SHARD]
+    if seed is None:
+        train(model, x, y, passes=1, batch_size=32, optimizer="sgd", lr=0.1)
+    else:
+        train(model, x, y, passes=1, batch_size=32, optimizer="sgd", lr=0.1, seed=seed)
+
+
+def _sb_entry(bench: _PredictionBench, n: int) -> dict[str, Any]:
+    """SB at n shards: bandwidth over every link, then compute rate by every clock."""
+    from learner_agent.benchmarking import download_shards, measure
+
+    ids = [bench.rng.randrange(len(bench.parts)) for _ in range(n)]
+    entry: dict[str, Any] = {"bandwidth": {}}
+    payloads: list[bytes] = []
+    for name, client in bench.clients.items():
+        got, seconds = download_shards(functools.partial(_fetch_shard, client), ids)
+        entry["bandwidth"][name] = sum(map(len, got)) / sum(seconds)
+        entry["shard_bytes"] = sum(map(len, got)) / n
+        payloads = got
+    for name, clock in bench.clocks.items():
+        entry[f"compute_{name}"] = measure(bench.spec, payloads, [1.0] * n, clock=clock).compute
+    return entry
+
+
+def _one_repetition(
+    bench: _PredictionBench, rep: int, sizes: list[int], targets: list[int]
+) -> dict[str, Any]:
+    """Every measurement once, in a shuffled order."""
+    from learner_agent.benchmarking import download_shards, flops_benchmark
+
+    jobs: list[tuple[str, Any]] = (
+        [("sb", n) for n in sizes]
+        + [("train", t) for t in targets]
+        + [("flops", 0)]
+        + [("download", name) for name in bench.clients]
+    )
+    bench.rng.shuffle(jobs)
+    rec: dict[str, Any] = {"sb": {}, "train_s": {}, "flops": {}, "download_s": {}}
+    for kind, arg in jobs:
+        if kind == "sb":
+            rec["sb"][arg] = _sb_entry(bench, arg)
+        elif kind == "train":
+            w0, c0 = time.perf_counter(), time.thread_time()
+            _twonn_pass(bench, arg, seed=rep)
+            rec["train_s"][arg] = {
+                "wall": time.perf_counter() - w0,
+                "cpu": time.thread_time() - c0,
+            }
+        elif kind == "flops":
+            for name, clock in bench.clocks.items():
+                rec["flops"][name] = flops_benchmark(512, 100, clock=clock)
+        else:
+            client = bench.clients[arg]
+            _, seconds = download_shards(
+                functools.partial(_fetch_shard, client), range(bench.download_target)
+            )
+            rec["download_s"][arg] = sum(seconds)
+    return rec
+
+
+def _print_repetition(
+    rec: dict[str, Any], rep: int, reps: int, sizes: list[int], targets: list[int]
+) -> None:
+    last = targets[-1]
+    print(
+        f"rep {rep + 1}/{reps}: c_k(n={sizes[-1]}) "
+        f"{rec['sb'][sizes[-1]]['compute_wall']:.0f} samples/s, "
+        f"{last} shards {rec['train_s'][last]['wall']:.2f} s wall "
+        f"{rec['train_s'][last]['cpu']:.2f} s cpu, "
+        f"{rec['flops']['wall'] / 1e9:.1f} GFLOPS, 60 shards "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in rec["download_s"].items()),
+        flush=True,
     )
 
-    records: list[dict[str, Any]] = []
-    for rep in range(reps):
-        jobs: list[tuple[str, Any]] = (
-            [("sb", n) for n in sizes]
-            + [("train", t) for t in targets]
-            + [("flops", 0)]
-            + [("download", name) for name in links]
-        )
-        rng.shuffle(jobs)
-        rec: dict[str, Any] = {"sb": {}, "train_s": {}, "flops": {}, "download_s": {}}
-        for kind, arg in jobs:
-            if kind == "sb":
-                n = arg
-                ids = [rng.randrange(len(parts)) for _ in range(n)]
-                entry: dict[str, Any] = {"bandwidth": {}}
-                payloads: list[bytes] = []
-                for name, client in clients.items():
-                    got, seconds = download_shards(lambda k, c=client: c.shard(1, k), ids)
-                    entry["bandwidth"][name] = sum(map(len, got)) / sum(seconds)
-                    entry["shard_bytes"] = sum(map(len, got)) / n
-                    payloads = got
-                for name, clock in clocks.items():
-                    entry[f"compute_{name}"] = measure(
-                        spec, payloads, [1.0] * n, clock=clock
-                    ).compute
-                rec["sb"][n] = entry
-            elif kind == "train":
-                model = build_model("twonn", (1, 28, 28), 10)
-                w0, c0 = time.perf_counter(), time.thread_time()
-                train(
-                    model,
-                    big_x[: arg * SHARD],
-                    big_y[: arg * SHARD],
-                    passes=1,
-                    batch_size=32,
-                    optimizer="sgd",
-                    lr=0.1,
-                    seed=rep,
-                )
-                rec["train_s"][arg] = {
-                    "wall": time.perf_counter() - w0,
-                    "cpu": time.thread_time() - c0,
-                }
-            elif kind == "flops":
-                for name, clock in clocks.items():
-                    rec["flops"][name] = flops_benchmark(512, 100, clock=clock)
-            else:
-                client = clients[arg]
-                _, seconds = download_shards(
-                    lambda k, c=client: c.shard(1, k), range(download_target)
-                )
-                rec["download_s"][arg] = sum(seconds)
-        records.append(rec)
-        last = targets[-1]
-        print(
-            f"rep {rep + 1}/{reps}: c_k(n={sizes[-1]}) "
-            f"{rec['sb'][sizes[-1]]['compute_wall']:.0f} samples/s, "
-            f"{last} shards {rec['train_s'][last]['wall']:.2f} s wall "
-            f"{rec['train_s'][last]['cpu']:.2f} s cpu, "
-            f"{rec['flops']['wall'] / 1e9:.1f} GFLOPS, 60 shards "
-            + ", ".join(f"{k} {v:.2f} s" for k, v in rec["download_s"].items()),
-            flush=True,
-        )
-    for client in clients.values():
-        client.close()
 
+def _training_errors(
+    records: list[dict[str, Any]], clock: str, n: int, targets: list[int], per_sample: float
+) -> dict[str, Any]:
+    """SB at n shards and FLOPS against the measured training time, by one clock."""
+    from learner_agent.benchmarking import flops_predict_train_s
+
+    sb_err, fl_err = [], []
+    for rec in records:
+        for t in targets:
+            true = rec["train_s"][t][clock]
+            sb_err.append(err(t * SHARD / rec["sb"][n][f"compute_{clock}"], true))
+            fl_err.append(
+                err(flops_predict_train_s(rec["flops"][clock], per_sample, t * SHARD), true)
+            )
+    # Bias: the predicted mean time against the measured mean time. The per-repetition
+    # error also holds the machine's speed changing between the benchmark and the
+    # measured run; the bias is what SB itself gets wrong on average.
+    bias = []
+    for t in targets:
+        true = statistics.fmean(rec["train_s"][t][clock] for rec in records)
+        pred = statistics.fmean(t * SHARD / rec["sb"][n][f"compute_{clock}"] for rec in records)
+        bias.append(err(pred, true))
+    sb_i, fl_i = interval(sb_err), interval(fl_err)
+    return {
+        "sb_train_error": sb_i,
+        "sb_bias": statistics.fmean(bias),
+        "flops_train_error": fl_i,
+        "error_reduction": 1.0 - sb_i["mean"] / fl_i["mean"],
+    }
+
+
+def _summarise_prediction(
+    records: list[dict[str, Any]],
+    bench: _PredictionBench,
+    sizes: list[int],
+    targets: list[int],
+    per_sample: float,
+) -> dict[str, Any]:
+    links = list(bench.clients)
     summary: dict[str, Any] = {
         "sizes": sizes,
         "targets": targets,
-        "links": list(links),
+        "links": links,
         "wall": {},
         "cpu": {},
         "download": {k: {} for k in links},
     }
-    for name in clocks:
+    for name in bench.clocks:
         for n in sizes:
-            sb_err, fl_err = [], []
-            for rec in records:
-                for t in targets:
-                    true = rec["train_s"][t][name]
-                    sb_err.append(err(t * SHARD / rec["sb"][n][f"compute_{name}"], true))
-                    fl_err.append(
-                        err(flops_predict_train_s(rec["flops"][name], per_sample, t * SHARD), true)
-                    )
-            # Bias: the predicted mean time against the measured mean time. The per-repetition
-            # error also holds the machine's speed changing between the benchmark and the
-            # measured run; the bias is what SB itself gets wrong on average.
-            bias = []
-            for t in targets:
-                true = statistics.fmean(rec["train_s"][t][name] for rec in records)
-                pred = statistics.fmean(
-                    t * SHARD / rec["sb"][n][f"compute_{name}"] for rec in records
-                )
-                bias.append(err(pred, true))
-            sb_i, fl_i = interval(sb_err), interval(fl_err)
-            summary[name][n] = {
-                "sb_train_error": sb_i,
-                "sb_bias": statistics.fmean(bias),
-                "flops_train_error": fl_i,
-                "error_reduction": 1.0 - sb_i["mean"] / fl_i["mean"],
-            }
+            summary[name][n] = _training_errors(records, name, n, targets, per_sample)
     for link in links:
         for n in sizes:
             dl = [
                 err(
-                    download_target * rec["sb"][n]["shard_bytes"] / rec["sb"][n]["bandwidth"][link],
+                    bench.download_target
+                    * rec["sb"][n]["shard_bytes"]
+                    / rec["sb"][n]["bandwidth"][link],
                     rec["download_s"][link],
                 )
                 for rec in records
@@ -410,6 +430,40 @@ def run_prediction(
     summary["flops_per_sample"] = per_sample
     summary["records"] = records
     return summary
+
+
+def run_prediction(
+    reps: int, sizes: list[int], targets: list[int], seed: int, links: dict[str, str]
+) -> dict[str, Any]:
+    from learner_agent.benchmarking import download_shards, training_flops_per_sample
+    from learner_agent.client import OrchestratorClient
+    from plexus.models import build_model
+
+    spec, parts, _ = make_shards(seed)
+    # MNIST-5k gives 8 real shards; larger workloads cycle through them, which changes
+    # nothing about the time a pass takes.
+    bench = _PredictionBench(
+        spec=spec,
+        parts=parts,
+        big_x=np.concatenate([parts[k % len(parts)][0] for k in range(max(targets))]),
+        big_y=np.concatenate([parts[k % len(parts)][1] for k in range(max(targets))]),
+        clients={name: OrchestratorClient(url, timeout_s=120) for name, url in links.items()},
+        rng=random.Random(seed),
+    )
+    per_sample = training_flops_per_sample(build_model("twonn", (1, 28, 28), 10), (1, 28, 28))
+    for client in bench.clients.values():
+        download_shards(functools.partial(_fetch_shard, client), range(2))  # connect before timing
+    # One untimed pass first, so no repetition pays the process's one-off start-up costs.
+    _twonn_pass(bench, 4)
+
+    records: list[dict[str, Any]] = []
+    for rep in range(reps):
+        rec = _one_repetition(bench, rep, sizes, targets)
+        records.append(rec)
+        _print_repetition(rec, rep, reps, sizes, targets)
+    for client in bench.clients.values():
+        client.close()
+    return _summarise_prediction(records, bench, sizes, targets, per_sample)
 
 
 # -- agent memory -----------------------------------------------------------------------------
@@ -538,7 +592,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 repetitions, fewer sizes")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 20)")
@@ -562,7 +616,28 @@ def main() -> None:
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    add_out_dir(parser)
+    return parser.parse_args()
+
+
+def _print_headline(summary: dict[str, Any], sizes: list[int], reps: int) -> None:
+    n8 = 8 if 8 in sizes else sizes[-1]
+    wall, cpu = summary["wall"][n8], summary["cpu"][n8]
+    dls = ", ".join(f"{k} {100 * v[n8]['mean']:.1f}%" for k, v in summary["download"].items())
+    rss = summary["rss"].get("idle_bytes", 0) / 2**20
+    print(
+        f"at {n8} shards: SB error {100 * wall['sb_train_error']['mean']:.2f}% wall / "
+        f"{100 * cpu['sb_train_error']['mean']:.2f}% cpu vs FLOPS "
+        f"{100 * wall['flops_train_error']['mean']:.1f}% / "
+        f"{100 * cpu['flops_train_error']['mean']:.1f}% "
+        f"({100 * wall['error_reduction']:.1f}% / {100 * cpu['error_reduction']:.1f}% lower); "
+        f"download error {dls}; idle agent RSS {rss:.0f} MiB; {reps} reps"
+    )
+
+
+def main() -> None:
+    args = _parse_args()
+    out_dir = results_dir(args)
     if args.serve:
         serve(args.serve, args.host, args.port)
         return
@@ -573,12 +648,12 @@ def main() -> None:
             args.testbed,
             [2, 4] if args.quick else [2, 4, 6, 8],
             args.reps or (1 if args.quick else 3),
-            RESULTS / "testbed_subset_benchmarking.json",
+            out_dir / "testbed_subset_benchmarking.json",
             command=" ".join(["sudo", ".venv/bin/python", *sys.argv]),
             truth_scale=0.25 if args.quick else 1.0,
         )
         return
-    path = RESULTS / "subset_benchmarking.json"
+    path = out_dir / "subset_benchmarking.json"
     if args.rss_only:
         summary = json.loads(path.read_text())
         summary["rss"] = measure_agent_rss()
@@ -611,22 +686,9 @@ def main() -> None:
         load_1m=os.getloadavg()[0],
         command=" ".join(sys.argv),
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=1))
-    plot(summary, RESULTS / "subset_benchmarking.png")
-    n8 = 8 if 8 in sizes else sizes[-1]
-    wall, cpu = summary["wall"][n8], summary["cpu"][n8]
-    dls = ", ".join(f"{k} {100 * v[n8]['mean']:.1f}%" for k, v in summary["download"].items())
-    rss = summary["rss"].get("idle_bytes", 0) / 2**20
-    print(
-        f"at {n8} shards: SB error {100 * wall['sb_train_error']['mean']:.2f}% wall / "
-        f"{100 * cpu['sb_train_error']['mean']:.2f}% cpu vs FLOPS "
-        f"{100 * wall['flops_train_error']['mean']:.1f}% / "
-        f"{100 * cpu['flops_train_error']['mean']:.1f}% "
-        f"({100 * wall['error_reduction']:.1f}% / {100 * cpu['error_reduction']:.1f}% lower); "
-        f"download error {dls}; idle agent RSS {rss:.0f} MiB; {reps} reps"
-    )
-
+    plot(summary, out_dir / "subset_benchmarking.png")
+    _print_headline(summary, sizes, reps)
 
 if __name__ == "__main__":
     main()

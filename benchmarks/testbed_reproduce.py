@@ -345,6 +345,19 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
+def _network_only(fleet_path: Path) -> Any:
+    """The fleet's network and limits only (no orchestrator, no agent): SB is run by the
+    probe, not through a task."""
+    from dataclasses import replace
+
+    fleet_data = load_fleet(fleet_path)
+    return replace(
+        fleet_data,
+        orchestrator=replace(fleet_data.orchestrator, start=False, url="http://unused.invalid"),
+        agent=replace(fleet_data.agent, start=False),
+    )
+
+
 def sb_reproduction(
     fleet_path: Path,
     sizes: list[int],
@@ -360,15 +373,7 @@ def sb_reproduction(
     for smoke runs; 1.0 is the thesis's sizes. Used by `benchmarks/subset_benchmarking.py
     --testbed`.
     """
-    fleet_data = load_fleet(fleet_path)
-    # Only the network and the limits: SB is run by the probe, not through a task.
-    from dataclasses import replace
-
-    fleet = replace(
-        fleet_data,
-        orchestrator=replace(fleet_data.orchestrator, start=False, url="http://unused.invalid"),
-        agent=replace(fleet_data.agent, start=False),
-    )
+    fleet = _network_only(fleet_path)
     shards = make_shards(SPEC, 120)
     started = time.perf_counter()
     bed = Testbed.up(fleet)
@@ -405,21 +410,32 @@ def sb_reproduction(
         "raw": raw,
         "errors": {n: errors(r) for n, r in raw.items()},
         "flops_errors": {n: flops_errors(r) for n, r in raw.items()},
-        "rates": {
-            n: {
-                "sb_bandwidth": statistics.fmean(
-                    s["bandwidth"] for run in r["runs"] for s in run["sb"]
-                ),
-                "sb_compute": statistics.fmean(
-                    s["compute"] for run in r["runs"] for s in run["sb"]
-                ),
-            }
-            for n, r in raw.items()
-        },
+        "rates": _sb_rates(raw),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1))
     _plot(summary, out.with_suffix(".png"))
+    _print_sb_headline(summary, profiles, sizes)
+
+
+def _sb_rates(raw: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Mean SB bandwidth and compute rate of each learner."""
+    return {
+        n: {
+            "sb_bandwidth": statistics.fmean(
+                s["bandwidth"] for run in r["runs"] for s in run["sb"]
+            ),
+            "sb_compute": statistics.fmean(
+                s["compute"] for run in r["runs"] for s in run["sb"]
+            ),
+        }
+        for n, r in raw.items()
+    }
+
+
+def _print_sb_headline(
+    summary: dict[str, Any], profiles: dict[str, Any], sizes: list[int]
+) -> None:
     worst = max(
         statistics.fmean(v["runtime"]) for e in summary["errors"].values() for v in e.values()
     )

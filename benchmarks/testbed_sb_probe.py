@@ -50,31 +50,11 @@ def run(
     return {"runs": runs}
 
 
-def _one_run(
-    url: str,
-    spec_data: dict[str, Any],
-    sizes: list[int],
-    train_shards: int,
-    download_shards: int,
-    available: int,
-    repeat: int,
-) -> dict[str, Any]:
-    import numpy as np
+def _sb_sizes(spec: Any, fetch: Any, sizes: list[int], available: int, repeat: int
+              ) -> list[dict[str, Any]]:
+    """SB at each size of `sizes`, through the agent's own `subset_benchmark`."""
+    from learner_agent.benchmarking import subset_benchmark
 
-    from learner_agent.benchmarking import (
-        build_dummy,
-        flops_benchmark,
-        flops_predict_train_s,
-        subset_benchmark,
-        training_flops_per_sample,
-    )
-    from plexus.datasets import dataset_geometry
-    from plexus.shards import decode_shard
-    from plexus.spec import load_spec
-    from plexus.training import train
-
-    spec = load_spec(spec_data)
-    fetch = _fetcher(url, available)
     sb = []
     for offset, n in enumerate(sizes):
         # Different shards for each size, so no size benefits from a warm page or socket cache.
@@ -89,6 +69,19 @@ def _one_run(
                 "shard_samples": result.shard_samples,
             }
         )
+    return sb
+
+
+def _truth(spec: Any, fetch: Any, download_shards: int, train_shards: int
+           ) -> tuple[float, float, int, float]:
+    """The measured truth: (seconds to download `download_shards`, their bytes, samples
+    trained, seconds of one pass over `train_shards` with a fresh model)."""
+    import numpy as np
+
+    from learner_agent.benchmarking import build_dummy
+    from plexus.shards import decode_shard
+    from plexus.training import train
+
     start = time.perf_counter()
     payloads = [fetch(i) for i in range(download_shards)]
     download_s = time.perf_counter() - start
@@ -110,6 +103,34 @@ def _one_run(
         seed=spec.seed,
     )
     train_s = time.perf_counter() - start
+    return download_s, float(sum(len(p) for p in payloads)), len(y), train_s
+
+
+def _one_run(
+    url: str,
+    spec_data: dict[str, Any],
+    sizes: list[int],
+    train_shards: int,
+    download_shards: int,
+    available: int,
+    repeat: int,
+) -> dict[str, Any]:
+
+    from learner_agent.benchmarking import (
+        build_dummy,
+        flops_benchmark,
+        flops_predict_train_s,
+        training_flops_per_sample,
+    )
+    from plexus.datasets import dataset_geometry
+    from plexus.spec import load_spec
+
+    spec = load_spec(spec_data)
+    fetch = _fetcher(url, available)
+    sb = _sb_sizes(spec, fetch, sizes, available, repeat)
+    download_s, download_bytes, samples, train_s = _truth(
+        spec, fetch, download_shards, train_shards
+    )
     # The FLOPS baseline of thesis 3.4.1: 100 products of 512x512 matrices, and the model's
     # training FLOPs per sample; its prediction is samples x FLOPs per sample / FLOPS.
     flops = flops_benchmark()
@@ -121,14 +142,14 @@ def _one_run(
         "flops": {
             "flops": flops,
             "flops_per_sample": per_sample,
-            "predicted_train_s": flops_predict_train_s(flops, per_sample, len(y)),
+            "predicted_train_s": flops_predict_train_s(flops, per_sample, samples),
         },
         "truth": {
             "download_shards": download_shards,
             "download_s": download_s,
-            "download_bytes": float(sum(len(p) for p in payloads)),
+            "download_bytes": download_bytes,
             "train_shards": train_shards,
-            "train_samples": len(y),
+            "train_samples": samples,
             "train_s": train_s,
         },
     }

@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from learner_agent.daemon import AgentDaemon
 
 console = Console(stderr=True)
 
@@ -62,112 +66,129 @@ def tls_verify(ca_file: Path | None, insecure: bool) -> bool | str:
     return not insecure
 
 
+def _setup_logging(verbose: bool) -> None:
+    import logging
+
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    if not verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _credentials(
+    join_token: str | None, join_token_file: Path | None, ca_file: Path | None, insecure: bool
+) -> tuple[str, bool | str]:
+    """The join token and the TLS verify setting; exits 2 on a bad option."""
+    try:
+        token = resolve_join_token(join_token, join_token_file)
+        verify = tls_verify(ca_file, insecure)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    os.environ.pop("PLEXUS_JOIN_TOKEN", None)  # no child process needs to inherit it
+    if insecure:
+        console.print(
+            "[bold red]WARNING: --insecure: the orchestrator's TLS certificate is NOT "
+            "verified; anyone on the path can impersonate it and read the join token. "
+            "Use --ca-file in production.[/bold red]"
+        )
+    return token, verify
+
+
+def _serve(daemon: AgentDaemon, orchestrator: str, relay: bool) -> None:
+    """Run the daemon until SIGTERM or SIGINT."""
+    import signal
+
+    def _stop(signum: int, frame: object) -> None:
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    # Enrolment keeps retrying in the background while the orchestrator is away.
+    daemon.start(wait_s=0)
+    where = "through the relay" if relay else f"on {daemon.endpoint}"
+    console.print(
+        f"agent [bold]{daemon.name}[/bold] serving {where}, enrolling with {orchestrator}"
+    )
+    daemon.wait()
+
+
+def run(
+    orchestrator: str = typer.Option(..., help="Orchestrator base URL, e.g. http://host:8000"),
+    join_token: str | None = typer.Option(
+        None,
+        envvar="PLEXUS_JOIN_TOKEN",
+        help="Join token the orchestrator's admin gave you (other users can see it in the "
+        "process list: prefer --join-token-file or PLEXUS_JOIN_TOKEN)",
+    ),
+    join_token_file: Path | None = typer.Option(  # noqa: B008
+        None, help="File holding the join token; must not be readable by group/other"
+    ),
+    ca_file: Path | None = typer.Option(  # noqa: B008
+        None, help="CA certificate (PEM) to verify an https orchestrator with"
+    ),
+    insecure: bool = typer.Option(
+        False, help="Testing only: do not verify the orchestrator's TLS certificate"
+    ),
+    relay: bool = typer.Option(False, help="Serve through the orchestrator's relay (NAT)"),
+    name: str | None = typer.Option(None, help="Learner name (default: host name)"),
+    host: str = typer.Option("0.0.0.0", help="Address to bind the RPC worker to"),
+    port: int = typer.Option(0, help="Port for the RPC worker (0 = any free port)"),
+    data_dir: Path | None = typer.Option(None, help="Directory to keep the agent name in"),  # noqa: B008
+    local_data: Path | None = typer.Option(  # noqa: B008
+        None, "--data", envvar="PLEXUS_AGENT_DATA",
+        help="Directory of this device's own samples (npz, safetensors, CSV, IDX or a "
+        "folder of pictures per class) for tasks with dataset.device: true; they never "
+        "leave the device",
+    ),
+    stress_heat: float | None = typer.Option(
+        None, help="Experiments only: sample stressor states with this softmax heat"
+    ),
+    threads: int = typer.Option(
+        1, help="torch threads for training (0 = torch's default, one per core)"
+    ),
+    preload: bool = typer.Option(
+        False, help="Import torch at start: faster first call, ~180 MiB more idle memory"
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every heartbeat"),
+) -> None:
+    """Enroll with the orchestrator and serve status / plan / benchmark / train."""
+    from learner_agent.daemon import AgentDaemon
+
+    _setup_logging(verbose)
+    if local_data is not None and not local_data.is_dir():
+        console.print(f"[red]error:[/red] --data {local_data} is not a directory")
+        raise typer.Exit(2)
+    token, verify = _credentials(join_token, join_token_file, ca_file, insecure)
+    if preload:
+        import torch  # noqa: F401 - paying the import now keeps the first plan call fast
+    try:
+        daemon = AgentDaemon(
+            orchestrator,
+            token,
+            name=name,
+            host=host,
+            port=port,
+            relay=relay,
+            data_dir=data_dir,
+            stress_heat=stress_heat,
+            threads=threads,
+            verify=verify,
+            local_data=local_data,
+        )
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _serve(daemon, orchestrator, relay)
+
+
 def register(app: typer.Typer) -> None:
     """Add the `agent` command group to the `plexus` CLI."""
     agent = typer.Typer(help="Run a learner agent on this device.", no_args_is_help=True)
-
-    @agent.command("run")
-    def run(
-        orchestrator: str = typer.Option(..., help="Orchestrator base URL, e.g. http://host:8000"),
-        join_token: str | None = typer.Option(
-            None,
-            envvar="PLEXUS_JOIN_TOKEN",
-            help="Join token the orchestrator's admin gave you (other users can see it in the "
-            "process list: prefer --join-token-file or PLEXUS_JOIN_TOKEN)",
-        ),
-        join_token_file: Path | None = typer.Option(  # noqa: B008
-            None, help="File holding the join token; must not be readable by group/other"
-        ),
-        ca_file: Path | None = typer.Option(  # noqa: B008
-            None, help="CA certificate (PEM) to verify an https orchestrator with"
-        ),
-        insecure: bool = typer.Option(
-            False, help="Testing only: do not verify the orchestrator's TLS certificate"
-        ),
-        relay: bool = typer.Option(False, help="Serve through the orchestrator's relay (NAT)"),
-        name: str | None = typer.Option(None, help="Learner name (default: host name)"),
-        host: str = typer.Option("0.0.0.0", help="Address to bind the RPC worker to"),
-        port: int = typer.Option(0, help="Port for the RPC worker (0 = any free port)"),
-        data_dir: Path | None = typer.Option(None, help="Directory to keep the agent name in"),  # noqa: B008
-        local_data: Path | None = typer.Option(  # noqa: B008
-            None, "--data", envvar="PLEXUS_AGENT_DATA",
-            help="Directory of this device's own samples (npz, safetensors, CSV, IDX or a "
-            "folder of pictures per class) for tasks with dataset.device: true; they never "
-            "leave the device",
-        ),
-        stress_heat: float | None = typer.Option(
-            None, help="Experiments only: sample stressor states with this softmax heat"
-        ),
-        threads: int = typer.Option(
-            1, help="torch threads for training (0 = torch's default, one per core)"
-        ),
-        preload: bool = typer.Option(
-            False, help="Import torch at start: faster first call, ~180 MiB more idle memory"
-        ),
-        verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every heartbeat"),
-    ) -> None:
-        """Enroll with the orchestrator and serve status / plan / benchmark / train."""
-        import logging
-        import signal
-
-        from rich.logging import RichHandler
-
-        from learner_agent.daemon import AgentDaemon
-
-        logging.basicConfig(
-            level=logging.DEBUG if verbose else logging.INFO,
-            format="%(message)s",
-            handlers=[RichHandler(console=console, show_path=False)],
-        )
-        if not verbose:
-            logging.getLogger("httpx").setLevel(logging.WARNING)
-        if local_data is not None and not local_data.is_dir():
-            console.print(f"[red]error:[/red] --data {local_data} is not a directory")
-            raise typer.Exit(2)
-        try:
-            token = resolve_join_token(join_token, join_token_file)
-            verify = tls_verify(ca_file, insecure)
-        except ValueError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from None
-        os.environ.pop("PLEXUS_JOIN_TOKEN", None)  # no child process needs to inherit it
-        if insecure:
-            console.print(
-                "[bold red]WARNING: --insecure: the orchestrator's TLS certificate is NOT "
-                "verified; anyone on the path can impersonate it and read the join token. "
-                "Use --ca-file in production.[/bold red]"
-            )
-        if preload:
-            import torch  # noqa: F401 - paying the import now keeps the first plan call fast
-        try:
-            daemon = AgentDaemon(
-                orchestrator,
-                token,
-                name=name,
-                host=host,
-                port=port,
-                relay=relay,
-                data_dir=data_dir,
-                stress_heat=stress_heat,
-                threads=threads,
-                verify=verify,
-                local_data=local_data,
-            )
-        except ValueError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from None
-
-        def _stop(signum: int, frame: object) -> None:
-            daemon.stop()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
-        # Enrolment keeps retrying in the background while the orchestrator is away.
-        daemon.start(wait_s=0)
-        where = "through the relay" if relay else f"on {daemon.endpoint}"
-        console.print(
-            f"agent [bold]{daemon.name}[/bold] serving {where}, enrolling with {orchestrator}"
-        )
-        daemon.wait()
-
+    agent.command("run")(run)
     app.add_typer(agent, name="agent")

@@ -314,15 +314,7 @@ class Agent:
         spec = parse_task(task)
         check_int("task_id", task_id)
         check_int("round", round)
-        if not isinstance(shards, list):
-            raise BadTask(f"shards must be a list of shard numbers, got {shards!r}")
-        ids = [check_int("shard", s) for s in shards]
-        if (
-            isinstance(deadline_s, bool)
-            or not isinstance(deadline_s, int | float)
-            or not deadline_s > 0
-        ):
-            raise BadTask(f"deadline_s must be a positive number of seconds, got {deadline_s!r}")
+        ids = _check_shards_and_deadline(shards, deadline_s)
         chosen = self._pick_state(state)
         deadline = arrived + float(deadline_s)
 
@@ -336,16 +328,7 @@ class Agent:
                 return self._train_local(spec, task_id, round, len(ids), deadline)
             with download_stress(chosen, self._stress_fetch(task_id)):
                 model_payload = self.client.model(task_id)
-                # An allocation may name a shard several times (DAB duplicates shards when
-                # Σa_k exceeds the dataset): each distinct shard crosses the link once.
-                fetched: dict[int, bytes] = {}
-                payloads = []
-                for n in ids:
-                    if self.clock() >= deadline:
-                        break  # out of time before all data arrived: train on what is here
-                    if n not in fetched:
-                        fetched[n] = self.client.shard(task_id, n)
-                    payloads.append(fetched[n])
+                payloads = self._fetch_shards(task_id, ids, deadline)
             download_s = self.clock() - t0
             with training_stress(chosen):
                 result = train_round(
@@ -365,7 +348,6 @@ class Agent:
             return answer
 
         return self._run(job)
-
 
     def _train_local(self, spec: TaskSpec, task_id: int, round: int, count: int,
                      deadline: float) -> dict[str, Any]:
@@ -389,6 +371,35 @@ class Agent:
         if local_eval is not None:
             answer["local_eval"] = local_eval
         return answer
+
+    def _fetch_shards(self, task_id: int, ids: list[int], deadline: float) -> list[bytes]:
+        """The payloads of shards `ids` in order, as many as arrive before `deadline`."""
+        # An allocation may name a shard several times (DAB duplicates shards when
+        # Σa_k exceeds the dataset): each distinct shard crosses the link once.
+        fetched: dict[int, bytes] = {}
+        payloads = []
+        for n in ids:
+            if self.clock() >= deadline:
+                break  # out of time before all data arrived: train on what is here
+            if n not in fetched:
+                fetched[n] = self.client.shard(task_id, n)
+            payloads.append(fetched[n])
+        return payloads
+
+
+def _check_shards_and_deadline(shards: Any, deadline_s: Any) -> list[int]:
+    """The shard numbers of a train call; BadTask unless shards is a list of ints and
+    deadline_s a positive number."""
+    if not isinstance(shards, list):
+        raise BadTask(f"shards must be a list of shard numbers, got {shards!r}")
+    ids = [check_int("shard", s) for s in shards]
+    if (
+        isinstance(deadline_s, bool)
+        or not isinstance(deadline_s, int | float)
+        or not deadline_s > 0
+    ):
+        raise BadTask(f"deadline_s must be a positive number of seconds, got {deadline_s!r}")
+    return ids
 
 
 def make_registry(agent: Agent) -> Any:

@@ -50,6 +50,22 @@ class RoundResult:
         }
 
 
+def _decode_shards(
+    shard_payloads: Sequence[bytes],
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Samples and labels of every shard payload, in order; a repeated shard decodes once."""
+    xs, ys = [], []
+    decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for payload in shard_payloads:
+        if id(payload) not in decoded:
+            x, y, _ = decode_shard(payload)
+            decoded[id(payload)] = (x, y)
+        x, y = decoded[id(payload)]
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
+
+
 def train_round(
     spec: TaskSpec,
     model_payload: bytes,
@@ -64,20 +80,17 @@ def train_round(
     """Load the global model from `model_payload`, train μ passes over the shards until done
     or until `deadline` (an instant on `clock`, seconds) passes; return the partial result."""
     from learner_agent.benchmarking import build_dummy
+    from learner_agent.errors import BadTask
+    from plexus.errors import SpecError
     from plexus.training import train
 
-    model = build_dummy(spec)  # a fresh network of the task's architecture
+    try:
+        model = build_dummy(spec)  # a fresh network of the task's architecture
+    except SpecError as exc:
+        raise BadTask(f"cannot build the task's model here: {exc}") from None
     state, meta = decode_state(model_payload, reference=model.state_dict())
     model.load_state_dict(state)
-    xs, ys = [], []
-    decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # a repeated shard decodes once
-    for payload in shard_payloads:
-        if id(payload) not in decoded:
-            x, y, _ = decode_shard(payload)
-            decoded[id(payload)] = (x, y)
-        x, y = decoded[id(payload)]
-        xs.append(x)
-        ys.append(y)
+    xs, ys = _decode_shards(shard_payloads)
     allocated = sum(len(y) for y in ys)
     if allocated:
         x_all, y_all = np.concatenate(xs), np.concatenate(ys)

@@ -355,52 +355,8 @@ class RelayConnection:
             first = True
             while True:
                 try:
-                    acks = list(self._acks)
-                    params: list[tuple[str, str | int | float | bool | None]] = [
-                        ("ack", a) for a in acks
-                    ]
-                    if first:
-                        params.append(("wait", "0"))
-                    request = client.build_request(
-                        "GET", f"{self.url}/_poll", params=params, headers=self._headers()
-                    )
-                    resp = await client.send(request, stream=True)
-                    try:
-                        if resp.status_code in (200, 204):
-                            del self._acks[: len(acks)]
-                        if resp.status_code == 200:
-                            from rpc._client import _read_async
-
-                            body = await _read_async(resp)
-                            call_id = resp.headers.get(CALL_ID_HEADER, "")
-                            procedure = resp.headers.get(PROCEDURE_HEADER, "")
-                            self._acks.append(call_id)
-                            if self._first_time(call_id):
-                                task = asyncio.get_running_loop().create_task(
-                                    self._handle(client, call_id, procedure, body)
-                                )
-                                tasks.add(task)
-                                task.add_done_callback(tasks.discard)
-                            del body
-                        elif resp.status_code == 401:
-                            await resp.aread()
-                            self.error = AuthError(
-                                f"relay {self.url} refused worker {self.name!r}: {resp.text}"
-                            )
-                            self._connected.set()
-                            return
-                        elif resp.status_code == 404 and first:
-                            # Nothing routes there: a wrong relay URL will not fix itself.
-                            self.error = TransportError(
-                                f"{self.url}/_poll answered 404; is {self.url!r} a relay URL "
-                                "followed by the worker name?"
-                            )
-                            self._connected.set()
-                            return
-                        elif resp.status_code != 204:
-                            raise httpx.HTTPStatusError("poll", request=request, response=resp)
-                    finally:
-                        await resp.aclose()
+                    if not await self._poll(client, tasks, first=first):
+                        return
                     first = False
                     backoff = 0.5
                     self._connected.set()
@@ -408,6 +364,65 @@ class RelayConnection:
                     # The relay is down or the network blinked: retry with a growing pause.
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
+
+    async def _poll(
+        self, client: httpx.AsyncClient, tasks: set[asyncio.Task[None]], *, first: bool
+    ) -> bool:
+        """One long poll, acknowledging the calls received so far; a call that comes back is
+        started as a task in `tasks`. False when the relay turned the worker away for good
+        (`self.error` says why); raises httpx.HTTPError on what a retry may fix."""
+        acks = list(self._acks)
+        params: list[tuple[str, str | int | float | bool | None]] = [("ack", a) for a in acks]
+        if first:
+            params.append(("wait", "0"))
+        request = client.build_request(
+            "GET", f"{self.url}/_poll", params=params, headers=self._headers()
+        )
+        resp = await client.send(request, stream=True)
+        try:
+            if resp.status_code in (200, 204):
+                del self._acks[: len(acks)]
+            if resp.status_code == 200:
+                await self._accept(client, resp, tasks)
+            elif resp.status_code == 401:
+                await resp.aread()
+                self.error = AuthError(
+                    f"relay {self.url} refused worker {self.name!r}: {resp.text}"
+                )
+                self._connected.set()
+                return False
+            elif resp.status_code == 404 and first:
+                # Nothing routes there: a wrong relay URL will not fix itself.
+                self.error = TransportError(
+                    f"{self.url}/_poll answered 404; is {self.url!r} a relay URL "
+                    "followed by the worker name?"
+                )
+                self._connected.set()
+                return False
+            elif resp.status_code != 204:
+                raise httpx.HTTPStatusError("poll", request=request, response=resp)
+        finally:
+            await resp.aclose()
+        return True
+
+    async def _accept(
+        self, client: httpx.AsyncClient, resp: httpx.Response, tasks: set[asyncio.Task[None]]
+    ) -> None:
+        """Read the call a poll brought, queue its ack, and start it unless it is a
+        redelivery."""
+        from rpc._client import _read_async
+
+        body = await _read_async(resp)
+        call_id = resp.headers.get(CALL_ID_HEADER, "")
+        procedure = resp.headers.get(PROCEDURE_HEADER, "")
+        self._acks.append(call_id)
+        if self._first_time(call_id):
+            task = asyncio.get_running_loop().create_task(
+                self._handle(client, call_id, procedure, body)
+            )
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        del body
 
     def _first_time(self, call_id: str) -> bool:
         """Record a received call id; False when it was received before (a redelivery)."""

@@ -27,7 +27,7 @@ _AGENT_KEYS = {"start", "command", "relay", "env"}
 
 
 @dataclass(frozen=True)
-class LearnerSpec:
+class FleetLearner:
     """One emulated learner after expanding `count`: its unique name and resources."""
 
     name: str
@@ -68,7 +68,7 @@ class AgentSpec:
 class Fleet:
     """A whole fleet: naming prefix, subnet, orchestrator, agent command and learners."""
 
-    learners: list[LearnerSpec]
+    learners: list[FleetLearner]
     prefix: str = DEFAULT_PREFIX
     subnet: str = DEFAULT_SUBNET
     orchestrator: OrchestratorSpec = field(default_factory=OrchestratorSpec)
@@ -86,7 +86,7 @@ def _check_keys(where: str, data: dict[str, Any], allowed: set[str]) -> None:
         raise FleetError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
 
 
-def _learner_entries(entry: dict[str, Any], index: int, cpu_scale: float) -> list[LearnerSpec]:
+def _learner_entries(entry: dict[str, Any], index: int, cpu_scale: float) -> list[FleetLearner]:
     where = f"learners[{index}]"
     if not isinstance(entry, dict):
         raise FleetError(f"{where}: expected a mapping with name and profile, got {entry!r}")
@@ -125,17 +125,12 @@ def _learner_entries(entry: dict[str, Any], index: int, cpu_scale: float) -> lis
             f"smallest quota the kernel allows at a 20 ms period; raise cpu or cpu_scale"
         )
     if count == 1:
-        return [LearnerSpec(name, profile)]
-    return [LearnerSpec(f"{name}{i}", profile) for i in range(1, count + 1)]
+        return [FleetLearner(name, profile)]
+    return [FleetLearner(f"{name}{i}", profile) for i in range(1, count + 1)]
 
 
-def parse_fleet(data: dict[str, Any]) -> Fleet:
-    """Validate a fleet description given as a dict (the parsed YAML)."""
-    if not isinstance(data, dict):
-        raise FleetError(
-            f"a fleet must be a mapping with a `learners` list, got {type(data).__name__}"
-        )
-    _check_keys("fleet", data, _TOP_KEYS)
+def _fleet_network(data: dict[str, Any]) -> tuple[str, ipaddress.IPv4Network]:
+    """The fleet's interface prefix and private subnet."""
     prefix = str(data.get("prefix", DEFAULT_PREFIX))
     if not PREFIX_PATTERN.match(prefix):
         raise FleetError(
@@ -149,13 +144,18 @@ def parse_fleet(data: dict[str, Any]) -> Fleet:
         raise FleetError(f"subnet {subnet!r} is not an IPv4 network: {exc}") from exc
     if not network.is_private:
         raise FleetError(f"subnet {subnet} is not private; use e.g. {DEFAULT_SUBNET}")
+    return prefix, network
+
+
+def _fleet_learners(data: dict[str, Any], network: ipaddress.IPv4Network) -> list[FleetLearner]:
+    """Every learner of the fleet, with distinct names and addresses in `network`."""
     cpu_scale = data.get("cpu_scale", 1.0)
     if not isinstance(cpu_scale, (int, float)) or cpu_scale <= 0:
         raise FleetError(f"cpu_scale must be a positive number, got {cpu_scale!r}")
     entries = data.get("learners")
     if not isinstance(entries, list) or not entries:
         raise FleetError("fleet: `learners` must be a non-empty list of {name, profile, count}")
-    learners: list[LearnerSpec] = []
+    learners: list[FleetLearner] = []
     for index, entry in enumerate(entries):
         learners.extend(_learner_entries(entry, index, float(cpu_scale)))
     names = [learner.name for learner in learners]
@@ -167,17 +167,22 @@ def parse_fleet(data: dict[str, Any]) -> Fleet:
     # Bridge takes host 1; learners take hosts 10, 11, ...
     capacity = min(MAX_LEARNERS, network.num_addresses - 12)
     if len(learners) > capacity:
+        subnet = str(data.get("subnet", DEFAULT_SUBNET))  # as the user wrote it
         raise FleetError(
             f"fleet: {len(learners)} learners do not fit in {subnet} (at most {capacity}); "
             f"use a larger subnet"
         )
+    return learners
+
+
+def _orchestrator_spec(data: dict[str, Any]) -> OrchestratorSpec:
     orch_data = data.get("orchestrator") or {}
     _check_keys("orchestrator", orch_data, _ORCH_KEYS)
     port = orch_data.get("port", DEFAULT_PORT)
     if not isinstance(port, int) or not 1 <= port <= 65535:
         raise FleetError(f"orchestrator.port must be a TCP port number, got {port!r}")
     url = orch_data.get("url")
-    orchestrator = OrchestratorSpec(
+    return OrchestratorSpec(
         start=bool(orch_data.get("start", url is None)),
         url=None if url is None else str(url),
         port=port,
@@ -186,9 +191,12 @@ def parse_fleet(data: dict[str, Any]) -> Fleet:
         if orch_data.get("command") is None
         else [str(a) for a in orch_data["command"]],
     )
+
+
+def _agent_spec(data: dict[str, Any]) -> AgentSpec:
     agent_data = data.get("agent") or {}
     _check_keys("agent", agent_data, _AGENT_KEYS)
-    agent = AgentSpec(
+    return AgentSpec(
         start=bool(agent_data.get("start", True)),
         command=None
         if agent_data.get("command") is None
@@ -196,12 +204,23 @@ def parse_fleet(data: dict[str, Any]) -> Fleet:
         relay=bool(agent_data.get("relay", False)),
         env={str(k): str(v) for k, v in (agent_data.get("env") or {}).items()},
     )
+
+
+def parse_fleet(data: dict[str, Any]) -> Fleet:
+    """Validate a fleet description given as a dict (the parsed YAML)."""
+    if not isinstance(data, dict):
+        raise FleetError(
+            f"a fleet must be a mapping with a `learners` list, got {type(data).__name__}"
+        )
+    _check_keys("fleet", data, _TOP_KEYS)
+    prefix, network = _fleet_network(data)
+    learners = _fleet_learners(data, network)
     return Fleet(
         learners=learners,
         prefix=prefix,
         subnet=str(network),
-        orchestrator=orchestrator,
-        agent=agent,
+        orchestrator=_orchestrator_spec(data),
+        agent=_agent_spec(data),
     )
 
 

@@ -24,6 +24,30 @@ def weighted_average(
     the number of states, when a weight is negative or not finite, when the total weight is not
     positive, or when the states disagree on tensor names or shapes.
     """
+    ws, total = _checked_weights(states, weights)
+    _check_same_model(states)
+
+    reference = states[0]
+    norm = [w / total for w in ws]
+    heaviest = max(range(len(ws)), key=lambda i: ws[i])
+    out: dict[str, torch.Tensor] = {}
+    for name, ref in reference.items():
+        if ref.is_floating_point():
+            acc = torch.zeros(ref.shape, dtype=torch.float64)
+            for state, w in zip(states, norm, strict=True):
+                if w == 0.0:
+                    continue
+                acc.add_(state[name].detach().to(torch.float64), alpha=w)
+            out[name] = acc.to(ref.dtype)
+        else:
+            out[name] = states[heaviest][name].detach().clone()
+    return out
+
+
+def _checked_weights(
+    states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
+) -> tuple[list[float], float]:
+    """The weights as floats and their total, after checking count, sign and total."""
     if len(states) == 0:
         raise ValueError("weighted_average needs at least one state; got none")
     if len(weights) != len(states):
@@ -42,7 +66,11 @@ def weighted_average(
         raise ValueError(
             f"total weight is {total}; at least one state must carry a positive weight"
         )
+    return ws, total
 
+
+def _check_same_model(states: Sequence[Mapping[str, torch.Tensor]]) -> None:
+    """Raise unless every state has state 0's tensor names and shapes."""
     reference = states[0]
     names = set(reference)
     for i, state in enumerate(states[1:], start=1):
@@ -61,18 +89,3 @@ def weighted_average(
                     f"but {tuple(reference[name].shape)} in state 0; "
                     "all states must come from the same model"
                 )
-
-    norm = [w / total for w in ws]
-    heaviest = max(range(len(ws)), key=lambda i: ws[i])
-    out: dict[str, torch.Tensor] = {}
-    for name, ref in reference.items():
-        if ref.is_floating_point():
-            acc = torch.zeros(ref.shape, dtype=torch.float64)
-            for state, w in zip(states, norm, strict=True):
-                if w == 0.0:
-                    continue
-                acc.add_(state[name].detach().to(torch.float64), alpha=w)
-            out[name] = acc.to(ref.dtype)
-        else:
-            out[name] = states[heaviest][name].detach().clone()
-    return out

@@ -44,6 +44,21 @@ def _name(who: Any) -> str:
     return who if isinstance(who, str) else str(who.name)
 
 
+async def _receive_update(r: AsyncTaskRunner, name: str, request: Request) -> Response:
+    """Size-check, read and hand one pushed update to its runner; map its refusals."""
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > MAX_UPDATE_BYTES:
+        return _error(413, "too_large", f"update of {declared} bytes exceeds the limit")
+    body = await request.body()
+    try:
+        result = await asyncio.to_thread(r.push, name, body)
+    except UnknownVersion as exc:
+        return _error(409, "unknown_version", str(exc))
+    except BadUpdate as exc:
+        return _error(422, "bad_update", str(exc))
+    return JSONResponse(result)
+
+
 def make_async_router(
     runners: Mapping[int, AsyncTaskRunner], learner: Callable[..., Any]
 ) -> APIRouter:
@@ -84,17 +99,7 @@ def make_async_router(
         r = runner_for(task_id)
         if isinstance(r, JSONResponse):
             return r
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > MAX_UPDATE_BYTES:
-            return _error(413, "too_large", f"update of {declared} bytes exceeds the limit")
-        body = await request.body()
-        try:
-            result = await asyncio.to_thread(r.push, _name(who), body)
-        except UnknownVersion as exc:
-            return _error(409, "unknown_version", str(exc))
-        except BadUpdate as exc:
-            return _error(422, "bad_update", str(exc))
-        return JSONResponse(result)
+        return await _receive_update(r, _name(who), request)
 
     @router.get("/v1/tasks/{task_id}/stop")
     async def stop(task_id: int, who: Any = Depends(learner)) -> Response:  # noqa: B008

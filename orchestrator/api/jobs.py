@@ -27,21 +27,23 @@ def _job_view(service: Service, job_id: int) -> dict[str, Any]:
 async def submit_job(body: JobRequest, service: ServiceDep) -> dict[str, Any]:
     """Create a job and its tasks completely (or not at all) and start it."""
     from orchestrator.runs.jobs import validate_job
-    from orchestrator.runs.taskdata import load_task_data, prepare_task
+    from orchestrator.runs.taskdata import prepare_task, resolve_spec
 
     options, specs = validate_job(body)
     layout = service.store.layout
+    # Each model checked against its data, the data's shape recorded in its spec (422 if not).
     settings = service.settings
-    loaded = [await asyncio.to_thread(load_task_data, s, settings.datasets_dir,
-                                      settings.max_data_bytes, in_job=True) for s in specs]
-    specs = [s for s, _ in loaded]
-    datas = {s.name: d for s, d in loaded}
-    by_name = {s.name: s for s in specs}
+    resolved = [await asyncio.to_thread(resolve_spec, s, settings.datasets_dir,
+                                        settings.max_data_bytes, in_job=True) for s in specs]
+    by_name = {s.name: (s, data) for s, data in resolved}
+
+    def prepare(task_id: int, spec: dict[str, Any], _dir: Any) -> dict[str, int]:
+        parsed, data = by_name[spec["name"]]
+        return prepare_task(parsed, task_id, layout, data)
+
     job = await asyncio.to_thread(
-        service.store.create_job, body.name, options, [s.to_dict() for s in specs],
-        lambda task_id, spec, _dir: prepare_task(by_name[spec["name"]], task_id, layout,
-                                                 datas[spec["name"]]),
-        time.time())
+        service.store.create_job, body.name, options, [s.to_dict() for s, _ in resolved],
+        prepare, time.time())
     service.jobs.launch(job.id)
     return _job_view(service, job.id)
 

@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Query
 from fastapi.responses import Response
 
 from orchestrator.api.deps import AdminDep, LearnerDep, LearnerOrAdminDep, ServiceDep
@@ -70,14 +70,15 @@ def parse_task(spec: dict[str, Any]) -> Any:
 async def submit(spec: Annotated[dict[str, Any], Body()], service: ServiceDep
                  ) -> dict[str, Any]:
     """Create a task completely (or not at all) and start it."""
-    from orchestrator.runs.taskdata import load_task_data, prepare_task
+    from orchestrator.runs.taskdata import prepare_task, resolve_spec
 
     parsed = parse_task(spec)
-    layout = service.store.layout
+    # The model is checked against the real data (and its shape and classes recorded in the
+    # spec) before the task exists: a mismatch is a 422 that leaves nothing behind.
     settings = service.settings
-    # The data is read (and checked) before the task exists; its geometry goes into the spec.
-    parsed, data = await asyncio.to_thread(load_task_data, parsed, settings.datasets_dir,
+    parsed, data = await asyncio.to_thread(resolve_spec, parsed, settings.datasets_dir,
                                            settings.max_data_bytes)
+    layout = service.store.layout
     row = await asyncio.to_thread(
         service.store.create_task, parsed.to_dict(),
         lambda task_id, _dir: prepare_task(parsed, task_id, layout, data), time.time())
@@ -97,12 +98,32 @@ def list_tasks(service: ServiceDep) -> dict[str, Any]:
 
 @router.get("/v1/tasks/{task_id}", dependencies=[AdminDep])
 def show_task(task_id: int, service: ServiceDep) -> dict[str, Any]:
-    """One task, with how it is evaluated (and per-device evaluations, for device data)."""
+    """One task; `skipped` names the alive learners that cannot take part in it (cannot
+    build its model, or lack the memory to train it) and why; `evaluation` says which test
+    set the round accuracy is and holds the per-device evaluations of device data."""
     from orchestrator.runs.taskdata import evaluation_view
 
-    row = service.store.task(task_id)
-    return {**task_view(row),
-            "evaluation": evaluation_view(service.store.layout, row.spec or {}, task_id)}
+    task = service.store.task(task_id)
+    return {**task_view(task), "skipped": skipped_learners(task, service),
+            "evaluation": evaluation_view(service.store.layout, task.spec or {}, task_id)}
+
+
+def skipped_learners(task: TaskRow, service: Any) -> dict[str, str]:
+    """Learner name → why it is not given this (synchronous) task, among the alive ones."""
+    from orchestrator.runs.eligibility import skipped
+    from plexus.errors import PlexusError
+    from plexus.spec import load_spec
+
+    if (task.spec or {}).get("mode", "sync") != "sync":
+        return {}
+    now, after = time.time(), service.settings.alive_after_s
+    alive = [lr for lr in service.store.learners() if lr.last_seen >= now - after]
+    try:
+        why = skipped(load_spec(task.spec), alive)
+    except PlexusError:
+        return {}
+    names = {str(lr.id): lr.name for lr in alive}
+    return {names[k]: v.removeprefix("skipped: ") for k, v in why.items()}
 
 
 @router.post("/v1/tasks/{task_id}/cancel", dependencies=[AdminDep])
@@ -122,17 +143,20 @@ def task_rounds(task_id: int, service: ServiceDep) -> dict[str, Any]:
 
 
 @router.get("/v1/tasks/{task_id}/model", dependencies=[LearnerOrAdminDep])
-def task_model(task_id: int, service: ServiceDep) -> Response:
-    """The task's current model version (safetensors)."""
+def task_model(task_id: int, service: ServiceDep,
+               version: Annotated[int | None, Query(ge=0)] = None) -> Response:
+    """Model version `version` of the task (safetensors); the current one when not given.
+    Every version a round wrote is kept."""
     task = service.store.task(task_id)
-    path = service.store.layout.model(task_id, task.model_version)
-    if not path.exists():
-        raise NotFound(f"model version {task.model_version} of task {task_id} is missing "
-                       "from the data directory", code="model_not_found")
+    want = task.model_version if version is None else version
+    path = service.store.layout.model(task_id, want)
+    if want > task.model_version or not path.exists():
+        raise NotFound(f"model version {want} of task {task_id} does not exist (versions "
+                       f"0..{task.model_version})", code="model_not_found")
     data = path.read_bytes()
     service.metrics.bytes_served.labels(kind="model").inc(len(data))
     return Response(data, media_type="application/octet-stream",
-                    headers={"X-Model-Version": str(task.model_version)})
+                    headers={"X-Model-Version": str(want)})
 
 
 @router.get("/v1/tasks/{task_id}/shards/{n}")

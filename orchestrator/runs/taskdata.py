@@ -21,25 +21,29 @@ if TYPE_CHECKING:
     from plexus.datasets import Dataset
     from plexus.spec import TaskSpec
 
+
 # Nominal shard count of a device-data task: its "shards" are slices of each agent's own
 # samples, so ids only number them; an agent never asks the orchestrator for one.
 DEVICE_SHARDS = 1_000_000
 
 
-def load_task_data(spec: TaskSpec, data_root: Path, max_bytes: int | None = None, *,
+def load_task_data(spec: TaskSpec, data_root: Path | None, max_bytes: int | None = None, *,
                    in_job: bool = False) -> tuple[TaskSpec, Dataset]:
     """Read the task's data once at submission; return the spec with the geometry and classes
     recorded in its dataset section, and the data (device data: only its test set, with no
     training samples). Raises BadInput with a stable code: `data_path_refused`, `bad_data`,
     `data_too_large`, or `invalid_spec`."""
-    from plexus.data_formats import resolve_under
+    from plexus.data_formats import DataPathRefused, resolve_under
     from plexus.datasets import load_dataset, load_files, recorded
     from plexus.errors import DatasetError
 
     ds = spec.dataset
     try:
+        if data_root is None and (ds.path or ds.test_path):
+            raise DataPathRefused("this orchestrator reads no dataset files here (no data "
+                                  "root); submit the task through its API")
         if ds.name != "files":
-            if ds.path is not None:  # IDX files of mnist / fashion_mnist: under the root too
+            if ds.path is not None and data_root is not None:  # IDX files: under the root
                 ds = ds.model_copy(update={"path": str(resolve_under(data_root, ds.path))})
             data = load_dataset(ds, seed=spec.seed)
         elif ds.device and spec.sync is not None and spec.sync.total_shards is None \
@@ -53,6 +57,7 @@ def load_task_data(spec: TaskSpec, data_root: Path, max_bytes: int | None = None
             raise BadInput("dataset: device data needs dataset.test_path, a test set under "
                            "the data root, to evaluate the model on", code="invalid_spec")
         else:
+            assert data_root is not None  # a files dataset has a path or a test_path
             data = load_files(ds, data_root, seed=spec.seed, max_bytes=max_bytes)
     except DatasetError as exc:
         raise BadInput(f"dataset: {exc}", code=getattr(exc, "code", "invalid_spec")) from None
@@ -65,36 +70,76 @@ def initial_model(spec: TaskSpec, input_shape: tuple[int, ...], num_classes: int
     """The task's model with seeded initial parameters (model version 0)."""
     import torch
 
-    from plexus.models import build_model
+    from plexus.models import build
 
     torch.manual_seed(spec.seed)
-    return build_model(spec.model, input_shape, num_classes)
+    return build(spec.model, input_shape, num_classes)
 
 
-def prepare_task(spec: TaskSpec, task_id: int, layout: Layout,
-                 data: Dataset | None = None) -> dict[str, int]:
-    """Load the dataset, cut shards, write shards, test split and model v0; return sizes.
+def resolve_spec(spec: TaskSpec, data_root: Path | None = None, max_bytes: int | None = None,
+                 *, in_job: bool = False) -> tuple[TaskSpec, Dataset]:
+    """Load the task's data and check its model against it, before anything is created.
 
-    Sizes: `num_shards`, `shard_samples` (samples per shard), `shard_bytes` (bytes of one
-    shard file, Ω_d) and `model_bytes` (bytes of the model file, Ω_m). Raises BadInput naming
-    the spec field when the dataset or model cannot serve this spec.
+    Returns the spec with `model.input_shape`, `model.num_classes` (read from the data) and,
+    for a factory, `model.distribution` filled in, so a learner builds the same network
+    without seeing the data; and the loaded data. BadInput (422) names the field: the data
+    (`invalid_spec`), a size the spec gives that the data contradicts or a layer that cannot
+    take its input (`model_does_not_fit`), a factory not installed here
+    (`model_factory_missing`). `data_root` is where user dataset paths are resolved
+    (None: only built-in data); `in_job`: the task is allocated by a job's allocator.
     """
-    from plexus.datasets import load_dataset
-    from plexus.errors import DatasetError, PlexusError
-    from plexus.models import model_fits
+    from plexus.errors import SpecError
+    from plexus.models import check_model, factory_distribution
+
+    # The data first (`load_task_data`: paths under `data_root`, its checks and codes).
+    spec, data = load_task_data(spec, data_root, max_bytes, in_job=in_job)
+    model = spec.model
+    shape, classes = tuple(data.input_shape), int(data.num_classes)
+    if model.input_shape is not None and tuple(model.input_shape) != shape:
+        raise BadInput(f"model.input_shape: {list(model.input_shape)} but dataset "
+                       f"{spec.dataset.name} has inputs shaped {list(shape)}; drop it to "
+                       "take the data's", code="model_does_not_fit")
+    if model.num_classes is not None and model.num_classes != classes:
+        raise BadInput(f"model.num_classes: {model.num_classes} but dataset "
+                       f"{spec.dataset.name} has {classes} classes; drop it to take the "
+                       "data's", code="model_does_not_fit")
+    update: dict[str, Any] = {"input_shape": shape, "num_classes": classes}
+    if model.factory is not None:
+        dist = factory_distribution(model.factory)
+        if dist is None:
+            raise BadInput(f"model.factory: {model.factory!r} is not installed on the "
+                           "orchestrator (Python entry-point group 'plexus.models'); install "
+                           "the package that provides it here and on the learners",
+                           code="model_factory_missing")
+        if model.distribution is not None and model.distribution != dist:
+            raise BadInput(f"model.distribution: {model.distribution} but the orchestrator "
+                           f"has {dist}", code="model_factory_missing")
+        update["distribution"] = dist
+    try:
+        check_model(model, shape, classes)
+    except SpecError as exc:
+        message = str(exc) if str(exc).startswith("model") else f"model: {exc}"
+        raise BadInput(message, code="model_does_not_fit") from None
+    return spec.model_copy(update={"model": model.model_copy(update=update)}), data
+
+
+def prepare_task(spec: TaskSpec, task_id: int, layout: Layout, data: Dataset | None = None
+                 ) -> dict[str, int]:
+    """Cut shards, write shards, test split and model v0 of a resolved spec; return sizes.
+
+    `data` is what `resolve_spec` loaded (loaded and checked here when not given). Sizes:
+    `num_shards`, `shard_samples` (samples per shard), `shard_bytes` (bytes of one shard
+    file, Ω_d) and `model_bytes` (bytes of the model file, Ω_m). Raises BadInput naming the
+    spec field when the dataset or model cannot serve this spec.
+    """
+    from plexus.errors import PlexusError
     from plexus.shards import encode_shard, partition
     from plexus.tensors import encode_state
 
+    if data is None:
+        spec, data = resolve_spec(spec)
     if spec.dataset.device:
-        assert data is not None, "load_task_data reads a device task's test set first"
         return _prepare_device_task(spec, task_id, layout, data)
-    try:
-        data = data or load_dataset(spec.dataset, seed=spec.seed)
-    except DatasetError as exc:
-        raise BadInput(f"dataset: {exc}", code="invalid_spec") from None
-    if not model_fits(spec.model, data.input_shape):
-        raise BadInput(f"model: {spec.model} does not fit inputs shaped {data.input_shape} of "
-                       f"dataset {spec.dataset.name}; pick another model", code="invalid_spec")
     cut = spec.partition
     if spec.async_ is not None and cut.kind != "dirichlet":
         # An async task's shards are its clients' partitions (shard c for client c), always

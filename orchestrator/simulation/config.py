@@ -112,7 +112,7 @@ class SimulationConfig(_Strict):
     seed: int = 0
     clients: int = Field(100, ge=1)
     model: ModelName = "lenet5"
-    dataset: DatasetSpec = Field(default_factory=DatasetSpec)  # type: ignore[arg-type]
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     eval_samples: int | None = Field(None, ge=1)  # test samples scored after each aggregation
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)

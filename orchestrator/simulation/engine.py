@@ -101,26 +101,16 @@ def _seed_for(*parts: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def build_world(
-    config: SimulationConfig, pretrained: dict[str, torch.Tensor] | None = None
-) -> World:
-    """Load the data, pretrain the deployed model, draw devices, partitions and arrivals.
-
-    ``pretrained`` skips pretraining and deploys that state instead (worlds that differ only
-    in λ or devices can then share one deployed model).
-    """
-    from plexus.datasets import load_dataset
+def _deployed_model(
+    config: SimulationConfig,
+    ds: Any,
+    pre_idx: np.ndarray,
+    n_pre: int,
+    pretrained: dict[str, torch.Tensor] | None,
+) -> torch.nn.Module:
+    """The model every client starts from: `pretrained`, or trained on the pretraining split."""
     from plexus.models import build_model
-    from plexus.training import evaluate, train
-
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    ds = load_dataset(config.dataset, seed=config.seed)
-    seeds = np.random.SeedSequence(config.seed).spawn(4)
-    rng_split, rng_dev, rng_arr = (np.random.default_rng(s) for s in seeds[:3])
-    order = rng_split.permutation(len(ds.train_y))
-    n_pre = min(config.pretrain.samples, len(order) - config.clients)
-    pre_idx, pool_idx = order[:n_pre], order[n_pre:]
+    from plexus.training import train
 
     torch.manual_seed(config.seed)
     model = build_model(config.model, ds.input_shape, ds.num_classes)
@@ -137,6 +127,30 @@ def build_world(
             lr=config.pretrain.lr,
             seed=config.seed,
         )
+    return model
+
+
+def build_world(
+    config: SimulationConfig, pretrained: dict[str, torch.Tensor] | None = None
+) -> World:
+    """Load the data, pretrain the deployed model, draw devices, partitions and arrivals.
+
+    ``pretrained`` skips pretraining and deploys that state instead (worlds that differ only
+    in λ or devices can then share one deployed model).
+    """
+    from plexus.datasets import load_dataset
+    from plexus.training import evaluate
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    ds = load_dataset(config.dataset, seed=config.seed)
+    seeds = np.random.SeedSequence(config.seed).spawn(4)
+    rng_split, rng_dev, rng_arr = (np.random.default_rng(s) for s in seeds[:3])
+    order = rng_split.permutation(len(ds.train_y))
+    n_pre = min(config.pretrain.samples, len(order) - config.clients)
+    pre_idx, pool_idx = order[:n_pre], order[n_pre:]
+
+    model = _deployed_model(config, ds, pre_idx, n_pre, pretrained)
     initial = {n: t.detach().clone() for n, t in model.state_dict().items()}
     n_eval = config.eval_samples or len(ds.test_y)
     eval_x = torch.from_numpy(ds.test_x[:n_eval])
@@ -241,17 +255,7 @@ class Simulation:
             if t > cfg.stop.max_time_s:
                 break
             self.now = t
-            if kind != _TICK:
-                self._live -= 1
-            if kind == _ARRIVAL:
-                self._arrival(t, self.clients[ci])
-            elif kind == _PUSH:
-                c = self.clients[ci]
-                if token == c.token and c.busy:
-                    self._push(t, c)
-            else:
-                self._tick_at = None if self._tick_at == t else self._tick_at
-                self._handle(t, self.core.tick(t))
+            self._event(t, kind, ci, token)
             self._schedule_tick(t)
             if progress is not None:
                 progress(t)
@@ -260,6 +264,20 @@ class Simulation:
             if self._live == 0 and not self.core.queue and not getattr(self.core, "holding", {}):
                 break  # no sample will arrive and nothing is in flight or waiting
         return self.summary(time.perf_counter() - wall0)
+
+    def _event(self, t: float, kind: int, ci: int, token: int) -> None:
+        """Handle one event popped from the queue at virtual time t."""
+        if kind != _TICK:
+            self._live -= 1
+        if kind == _ARRIVAL:
+            self._arrival(t, self.clients[ci])
+        elif kind == _PUSH:
+            c = self.clients[ci]
+            if token == c.token and c.busy:
+                self._push(t, c)
+        else:
+            self._tick_at = None if self._tick_at == t else self._tick_at
+            self._handle(t, self.core.tick(t))
 
     def _done(self) -> bool:
         cfg = self.config.stop

@@ -243,14 +243,14 @@ class Store:
                 shutil.rmtree(target)
             facts = prepare(task_id, target)
             with self.session() as s:
-                row = s.get(TaskRow, task_id)
-                assert row is not None
+                made = s.get(TaskRow, task_id)
+                assert made is not None
                 for key, value in facts.items():
-                    setattr(row, key, value)
-                row.ready = True
+                    setattr(made, key, value)
+                made.ready = True
                 s.add(ModelVersionRow(task_id=task_id, version=0,
                                       path=str(self.layout.model(task_id, 0)), created_at=now))
-            return row
+            return made
         except BaseException:
             self._discard(task_id)
             raise

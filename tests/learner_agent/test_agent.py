@@ -103,7 +103,7 @@ def test_agent_process_enrolls_and_answers(
             assert record is not None
             version = admin.task(task_id)["model_version"]
         assert set(record["facts"]) == {  # type: ignore[arg-type]
-            "cores", "memory_bytes", "load_1m", "platform", "machine", "cuda"}
+            "cores", "memory_bytes", "load_1m", "platform", "machine", "cuda", "model_factories"}
         endpoint = str(record["endpoint"])
         assert endpoint.startswith("http://127.0.0.1:")
         # The idle agent started by the CLI has not loaded torch (its ~250 MB wait for a task).

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from orchestrator.allocation.med import (
-    LearnerSpec,
     MedInstance,
-    TaskSpec,
+    MedLearner,
+    MedTask,
     build_milp,
     check_allocation,
     greedy_allocation,
@@ -29,13 +29,13 @@ def small_instance(seed: int, *, n: int = 4, m: int = 2, budget: float = 100.0,
                    min_shards: int = 1, deadline: float = 60.0) -> MedInstance:
     """Two states, a handful of shards: small enough to enumerate every allocation."""
     rng = np.random.default_rng(seed)
-    tasks = [TaskSpec(name=f"t{i}", shards=int(rng.integers(3, 7)), deadline_s=deadline,
+    tasks = [MedTask(name=f"t{i}", shards=int(rng.integers(3, 7)), deadline_s=deadline,
                       model_bytes=float(rng.uniform(1e6, 4e6)), shard_bytes=1e6)
              for i in range(m)]
     learners = []
     for j in range(n):
         p = float(rng.uniform(0.2, 0.8))
-        learners.append(LearnerSpec(
+        learners.append(MedLearner(
             name=f"w{j}", price=float(np.round(rng.uniform(0.5, 1.5), 2)),
             state_probs=[p, 1 - p],
             bandwidth=[float(rng.uniform(2e6, 8e6)), float(rng.uniform(0.5e6, 2e6))],

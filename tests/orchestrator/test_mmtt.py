@@ -7,9 +7,9 @@ import pytest
 
 from orchestrator.allocation.errors import PlanInputError
 from orchestrator.allocation.med import (
-    LearnerSpec,
     MedInstance,
-    TaskSpec,
+    MedLearner,
+    MedTask,
     check_allocation,
     solve_med,
     thesis_instance,
@@ -19,11 +19,11 @@ from orchestrator.allocation.mmtt import believed_instance, equal_split, plan
 
 def two_faced_instance() -> MedInstance:
     """Learner w0 was benchmarked idle (fast) but is almost always stressed (slow)."""
-    task = TaskSpec(name="t", shards=12, deadline_s=100.0, model_bytes=1e5, shard_bytes=1e5)
-    fast_then_slow = LearnerSpec(name="w0", price=1.0, state_probs=[0.05, 0.95],
+    task = MedTask(name="t", shards=12, deadline_s=100.0, model_bytes=1e5, shard_bytes=1e5)
+    fast_then_slow = MedLearner(name="w0", price=1.0, state_probs=[0.05, 0.95],
                                  bandwidth=[1e7, 1e7], compute={"t": [4.0, 0.5]},
                                  benchmarked_state=0)
-    steady = LearnerSpec(name="w1", price=1.0, state_probs=[0.5, 0.5], bandwidth=[1e7, 1e7],
+    steady = MedLearner(name="w1", price=1.0, state_probs=[0.5, 0.5], bandwidth=[1e7, 1e7],
                          compute={"t": [1.0, 1.0]}, benchmarked_state=0)
     return MedInstance(budget=100, min_shards=1, tasks=[task], learners=[fast_then_slow, steady])
 

@@ -34,7 +34,8 @@ def task_fill(
         return None
 
     def give(t: float) -> np.ndarray:
-        return np.minimum(cap, np.floor((t - fixed) / per + 1e-9)).astype(np.int64)
+        out: np.ndarray = np.minimum(cap, np.floor((t - fixed) / per + 1e-9)).astype(np.int64)
+        return out
 
     lo = float((fixed + need * per).max()) * (1 - 1e-12)
     hi = float((fixed + cap * per).max()) + 1e-9
@@ -122,25 +123,12 @@ def _integer_moves(
     return owner
 
 
-def greedy_allocation(
-    inst: MedInstance, *, enforce_deadlines: bool = True, max_evals: int = 3000
-) -> np.ndarray | None:
-    """A feasible allocation found greedily, or None (used as the solvers' MIP start).
-
-    Learners join tasks one at a time, each time the (learner, task) pair that lowers the
-    task's continuous completion time t = (D_i + Σ fixed/per_shard) / Σ 1/per_shard the most
-    (all learners join when D_l ≥ 1, else only while it helps); learners then move between
-    tasks while the proxy sum improves, and again while the exact whole-shard times improve
-    (at most `max_evals` exact task-time evaluations); finally each task is split in whole
-    shards by `task_fill`. Checks 4.4b–4.4f at the end and gives up (None) if any fail.
-    """
-    co = coefficients(inst, enforce_deadlines=enforce_deadlines)
+def _proxy_join(
+    co: Coefficients, elig: np.ndarray, a: np.ndarray, r: np.ndarray, dl: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Learners join tasks by the continuous proxy: (owner, num, den), or None when some task
+    gets no learner or (D_l ≥ 1) some learner none."""
     m, n = co.fixed.shape
-    dl = inst.min_shards
-    need = max(1, dl)
-    elig = co.cap >= need
-    r = np.where(elig, 1.0 / co.per_shard, 0.0)  # (m, n) shards per second
-    a = np.where(elig, co.fixed / co.per_shard, 0.0)
     num = co.shards.astype(float).copy()  # D_i + Σ a
     den = np.zeros(m)  # Σ r
     owner = np.full(n, -1)
@@ -158,7 +146,7 @@ def greedy_allocation(
         t_now = num / den
         t_new = (num[:, None] + a) / (den[:, None] + r + 1e-300)
         delta = np.where(elig & free[None, :], t_new - t_now[:, None], np.inf)
-        i, j = np.unravel_index(int(np.argmin(delta)), delta.shape)
+        i, j = (int(x) for x in np.unravel_index(int(np.argmin(delta)), delta.shape))
         if not np.isfinite(delta[i, j]) or (dl == 0 and delta[i, j] >= 0):
             break
         owner[j], free[j] = i, False
@@ -166,8 +154,15 @@ def greedy_allocation(
         den[i] += r[i, j]
     if dl > 0 and free.any():
         return None
-    # Local search on the same continuous proxy: move one learner to another task while that
-    # lowers t_a + t_b (tasks keep at least one learner). Bounded number of moves.
+    return owner, num, den
+
+
+def _proxy_moves(owner: np.ndarray, num: np.ndarray, den: np.ndarray, a: np.ndarray,
+                 r: np.ndarray, elig: np.ndarray) -> None:
+    """Local search on the same continuous proxy: move one learner to another task while that
+    lowers t_a + t_b (tasks keep at least one learner). Bounded number of moves; updates
+    `owner`, `num` and `den` in place."""
+    m, n = elig.shape
     for _ in range(4 * n):
         t_now = num / den
         own = owner >= 0
@@ -189,6 +184,32 @@ def greedy_allocation(
         num[b] += a[b, j]
         den[b] += r[b, j]
         owner[j] = b
+
+
+def greedy_allocation(
+    inst: MedInstance, *, enforce_deadlines: bool = True, max_evals: int = 3000
+) -> np.ndarray | None:
+    """A feasible allocation found greedily, or None (used as the solvers' MIP start).
+
+    Learners join tasks one at a time, each time the (learner, task) pair that lowers the
+    task's continuous completion time t = (D_i + Σ fixed/per_shard) / Σ 1/per_shard the most
+    (all learners join when D_l ≥ 1, else only while it helps); learners then move between
+    tasks while the proxy sum improves, and again while the exact whole-shard times improve
+    (at most `max_evals` exact task-time evaluations); finally each task is split in whole
+    shards by `task_fill`. Checks 4.4b–4.4f at the end and gives up (None) if any fail.
+    """
+    co = coefficients(inst, enforce_deadlines=enforce_deadlines)
+    m, n = co.fixed.shape
+    dl = inst.min_shards
+    need = max(1, dl)
+    elig = co.cap >= need
+    r = np.where(elig, 1.0 / co.per_shard, 0.0)  # (m, n) shards per second
+    a = np.where(elig, co.fixed / co.per_shard, 0.0)
+    joined = _proxy_join(co, elig, a, r, dl)
+    if joined is None:
+        return None
+    owner, num, den = joined
+    _proxy_moves(owner, num, den, a, r, elig)
     owner = _integer_moves(co, owner, elig, need, num, den, a, r, max_evals=max_evals)
     alloc = np.zeros((m, n), dtype=np.int64)
     for i in range(m):

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from orchestrator.allocation.med.model import LearnerSpec, MedInstance, TaskSpec
+from orchestrator.allocation.med.model import MedInstance, MedLearner, MedTask
 
 # ---------------------------------------------------------------- thesis-shaped instances
 
@@ -32,7 +32,8 @@ def heated_softmax(one_hot: np.ndarray, heat: float) -> np.ndarray:
     """softmax(v / heat): low heat skews to the hot state, high heat flattens (thesis 4.3.1)."""
     z = np.asarray(one_hot, dtype=float) / heat
     e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out
 
 
 def thesis_instance(
@@ -59,7 +60,7 @@ def thesis_instance(
     for i in range(n_tasks):
         name, shards, deadline, mu, omega, _ = _THESIS_TASKS[i % 3]
         suffix = "" if i < 3 else f"_{i // 3 + 1}"
-        tasks.append(TaskSpec(name=name + suffix, shards=max(1, round(shards * shards_scale)),
+        tasks.append(MedTask(name=name + suffix, shards=max(1, round(shards * shards_scale)),
                               deadline_s=deadline + deadline_extra_s, model_bytes=omega,
                               shard_bytes=_SHARD_BYTES, shard_samples=_SHARD_SAMPLES,
                               iterations=mu))
@@ -75,7 +76,7 @@ def thesis_instance(
             t.name: [_THESIS_TASKS[i % 3][5] * cfac[j] * s for s in _STATE_COMPUTE]
             for i, t in enumerate(tasks)
         }
-        learners.append(LearnerSpec(
+        learners.append(MedLearner(
             name=f"learner-{j:04d}", price=round(float(prices[j]), 4),
             state_probs=[float(p) for p in probs[j]],
             bandwidth=[8e6 * bfac[j] * s for s in _STATE_BANDWIDTH],

@@ -39,6 +39,7 @@ from orchestrator.allocation.med.model import (
     Coefficients,
     MedInstance,
     MedResult,
+    Status,
     check_allocation,
     coefficients,
     expected_delays,
@@ -150,6 +151,111 @@ def _cover(Q: np.ndarray, u: np.ndarray, D: int) -> tuple[np.ndarray, np.ndarray
     return cost, z
 
 
+def _time_ranges(co: Coefficients, need: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which learners can serve each task (m x n), and the range [lo, hi] of every task's
+    finishing time (seconds)."""
+    m, _ = co.fixed.shape
+    elig = co.cap >= need
+    ii, jj = np.nonzero(elig)
+    lo = task_time_lower_bounds(co, ii, jj, need)
+    hi = np.zeros(m)
+    np.maximum.at(hi, ii, co.fixed[ii, jj] + co.per_shard[ii, jj] * co.cap[ii, jj])
+    hi = np.maximum(np.minimum(hi, co.deadline) * (1 + 1e-12), lo)
+    return elig, lo, hi
+
+
+def _initial_prices(co: Coefficients, owner: np.ndarray | None, task_times: np.ndarray | None,
+                    equality: bool) -> tuple[np.ndarray, list[float | None]]:
+    """u_j = (shards j carries at its task's time) x (that task's seconds per shard at the
+    margin, 1/Σ rates): each learner priced at the time it saves its task. Also each task's
+    time in the incumbent, around which its grid starts denser."""
+    m, n = co.fixed.shape
+    u = np.zeros(n)
+    centre: list[float | None] = [None] * m
+    if owner is not None and task_times is not None:
+        for i in range(m):
+            members = np.nonzero(owner == i)[0]
+            if members.size == 0:
+                continue
+            rate = (1.0 / co.per_shard[i, members]).sum()
+            q = np.maximum(0.0, (task_times[i] - co.fixed[i, members]) / co.per_shard[i, members])
+            u[members] = q / rate
+            centre[i] = float(task_times[i])
+    if not equality:
+        u = np.maximum(u, 0.0)
+    return u, centre
+
+
+def _evaluate_dual(
+    co: Coefficients, u: np.ndarray, grids: list[np.ndarray], centre: list[float | None],
+    lo: np.ndarray, hi: np.ndarray, *, full: bool, need: int, elig: np.ndarray, D: np.ndarray,
+) -> tuple[float, float, np.ndarray, np.ndarray] | None:
+    """L(u) over every task's subproblem: (value, estimate, Σ_i z_i, z per task). `value` is
+    the proven L(u) only when `full` (whole grid, refined in place in `grids`); `estimate`
+    comes from the attained points and steers the subgradient. `centre` moves to each task's
+    best t. None when some task cannot be served at all."""
+    m, n = co.fixed.shape
+    value = est = -float(u.sum())
+    used = np.zeros(n)
+    zz = np.zeros((m, n))
+    for i in range(m):
+        if full:
+            val_i, z_i, grids[i], (pt, t_pt) = _price_task(co, i, u, grids[i], need,
+                                                            elig[i], int(D[i]))
+            if not np.isfinite(val_i):
+                return None
+            value += val_i
+        else:
+            pt, z_i, t_pt = _probe_task(co, i, u, float(centre[i] or hi[i]), float(lo[i]),
+                                        float(hi[i]), need, elig[i], int(D[i]))
+        est += pt
+        centre[i] = t_pt if np.isfinite(pt) else centre[i]
+        used += z_i
+        zz[i] = z_i
+    return value, est, used, zz
+
+
+def _bound_done(history: list[float], incumbent: float | None, target_gap: float,
+                elapsed_s: float, deadline_s: float) -> bool:
+    """Whether the ascent stops after a full evaluation (history[-1] is the best bound)."""
+    if len(history) > 10 and history[-1] - history[-11] <= 2e-4 * abs(history[-1]):
+        return True  # converged for practical purposes: < 0.02 % gained in 50 iterations
+    if incumbent is not None and history[-1] >= incumbent * (1 - target_gap):
+        return True
+    return elapsed_s > deadline_s
+
+
+def _step_rule(est: float, est_best: float, stall: int, step_scale: float
+               ) -> tuple[float, int, float]:
+    """(best estimate, iterations without progress, step scale) after an iteration: two
+    iterations without progress halve the step (standard subgradient rule)."""
+    if est > est_best:
+        return est, 0, step_scale
+    stall += 1
+    if stall >= 2:
+        return est_best, 0, step_scale * 0.5
+    return est_best, stall, step_scale
+
+
+def _subgradient_step(u: np.ndarray, used: np.ndarray, est: float, incumbent: float | None,
+                      step_scale: float, equality: bool) -> np.ndarray | None:
+    """u moved by a Polyak step along the subgradient Σ_i z_i − 1 (projected on u ≥ 0 for
+    the inequality form); None at a zero subgradient (u maximises L on this grid)."""
+    g = used - 1.0
+    if not equality:
+        g = np.where((u <= 0) & (g < 0), 0.0, g)
+    norm = float(g @ g)
+    if norm < 1e-18:
+        return None
+    target = incumbent if incumbent is not None else est + abs(est) * 0.05
+    step = step_scale * max(target - est, 1e-9 * abs(target)) / norm
+    u = u + step * g
+    if not equality:
+        u = np.maximum(u, 0.0)
+    return u
+
+
 def lagrangian_bound(
     co: Coefficients,
     *,
@@ -171,36 +277,14 @@ def lagrangian_bound(
     value returned is a valid lower bound (seconds), −∞ if no iteration completed.
     """
     started = time.perf_counter()
-    m, n = co.fixed.shape
-    elig = co.cap >= need
-    ii, jj = np.nonzero(elig)
-    lo = task_time_lower_bounds(co, ii, jj, need)
-    hi = np.zeros(m)
-    np.maximum.at(hi, ii, co.fixed[ii, jj] + co.per_shard[ii, jj] * co.cap[ii, jj])
-    hi = np.maximum(np.minimum(hi, co.deadline) * (1 + 1e-12), lo)
+    m, _ = co.fixed.shape
+    elig, lo, hi = _time_ranges(co, need)
     D = co.shards.astype(np.int64)
-
-    # Start: u_j = (shards j carries at its task's time) x (that task's seconds per shard at
-    # the margin, 1/Σ rates): each learner priced at the time it saves its task.
-    u = np.zeros(n)
-    centre: list[float | None] = [None] * m
-    if owner is not None and task_times is not None:
-        for i in range(m):
-            members = np.nonzero(owner == i)[0]
-            if members.size == 0:
-                continue
-            rate = (1.0 / co.per_shard[i, members]).sum()
-            q = np.maximum(0.0, (task_times[i] - co.fixed[i, members]) / co.per_shard[i, members])
-            u[members] = q / rate
-            centre[i] = float(task_times[i])
-    if not equality:
-        u = np.maximum(u, 0.0)
+    u, centre = _initial_prices(co, owner, task_times, equality)
     best = -np.inf
     prefer: np.ndarray | None = None
     history: list[float] = []
-    step_scale = 1.0
-    stall = 0
-    it = 0
+    step_scale, stall, it = 1.0, 0, 0
     grids = [_initial_grid(float(lo[i]), float(hi[i]), centre[i]) for i in range(m)]
     # Only every FULL_EVERY-th iteration (and the last) evaluates the whole grid, which is
     # what makes L(u) a proven bound; the ones between probe a few t per task, enough to
@@ -210,29 +294,12 @@ def lagrangian_bound(
     for it in range(1, max_iter + 1):
         t_it = time.perf_counter()
         full = it % FULL_EVERY == 1 or (t_it - started) + full_cost > deadline_s
-        value = est = -float(u.sum())
-        used = np.zeros(n)
-        zz = np.zeros((m, n))
-        for i in range(m):
-            if full:
-                val_i, z_i, grids[i], (pt, t_pt) = _price_task(co, i, u, grids[i], need,
-                                                                elig[i], int(D[i]))
-                if not np.isfinite(val_i):
-                    return LagrangeBound(np.inf, it, time.perf_counter() - started)
-                value += val_i
-            else:
-                pt, z_i, t_pt = _probe_task(co, i, u, float(centre[i] or hi[i]), float(lo[i]),
-                                            float(hi[i]), need, elig[i], int(D[i]))
-            est += pt
-            centre[i] = t_pt if np.isfinite(pt) else centre[i]
-            used += z_i
-            zz[i] = z_i
-        if est > est_best:
-            est_best, stall = est, 0
-        else:
-            stall += 1
-            if stall >= 2:  # no progress: halve the step (standard subgradient rule)
-                step_scale, stall = step_scale * 0.5, 0
+        evaluated = _evaluate_dual(co, u, grids, centre, lo, hi, full=full, need=need,
+                                   elig=elig, D=D)
+        if evaluated is None:
+            return LagrangeBound(np.inf, it, time.perf_counter() - started)
+        value, est, used, zz = evaluated
+        est_best, stall, step_scale = _step_rule(est, est_best, stall, step_scale)
         now = time.perf_counter()
         if full:
             full_cost = now - t_it
@@ -240,25 +307,14 @@ def lagrangian_bound(
                 best = value
                 prefer = np.where(zz.max(axis=0) > 0, np.argmax(zz, axis=0), -1)
             history.append(best)
-            if len(history) > 10 and history[-1] - history[-11] <= 2e-4 * abs(history[-1]):
-                break  # converged for practical purposes: < 0.02 % gained in 50 iterations
-            if incumbent is not None and best >= incumbent * (1 - target_gap):
-                break
-            if now - started > deadline_s:
+            if _bound_done(history, incumbent, target_gap, now - started, deadline_s):
                 break
         if not np.isfinite(est):
             continue  # a probe missed every feasible t: the next full iteration re-centres
-        g = used - 1.0
-        if not equality:
-            g = np.where((u <= 0) & (g < 0), 0.0, g)
-        norm = float(g @ g)
-        if norm < 1e-18:
+        moved = _subgradient_step(u, used, est, incumbent, step_scale, equality)
+        if moved is None:
             break  # a zero subgradient: u maximises L on this grid
-        target = incumbent if incumbent is not None else est + abs(est) * 0.05
-        step = step_scale * max(target - est, 1e-9 * abs(target)) / norm
-        u = u + step * g
-        if not equality:
-            u = np.maximum(u, 0.0)
+        u = moved
     return LagrangeBound(float(best), it, time.perf_counter() - started, prefer)
 
 
@@ -347,6 +403,13 @@ def solve_lagrange(
     if lb.prefer is not None and left > 0 and (best_obj - lb.bound) > mip_gap * best_obj:
         polish(lagrangian_repair(co, lb.prefer, owner, need, dl), left,
                "local search from the Lagrangian dual's assignment")
+    return _lagrange_result(inst, method, best_alloc, best_obj, lb, mip_gap, notes, started)
+
+
+def _lagrange_result(inst: MedInstance, method: str, best_alloc: np.ndarray, best_obj: float,
+                     lb: LagrangeBound, mip_gap: float, notes: list[str], started: float
+                     ) -> MedResult:
+    """The incumbent and the Lagrangian bound as backend "lagrange"'s MedResult."""
     bound: float | None = min(lb.bound, best_obj)
     gap: float | None = (best_obj - lb.bound) / best_obj if best_obj > 0 else 0.0
     notes.append(f"Lagrangian bound: {lb.iterations} subgradient iterations, {lb.seconds:.3g}s; "
@@ -359,7 +422,7 @@ def solve_lagrange(
     else:
         gap = max(0.0, gap or 0.0)
     delays = expected_delays(inst, best_alloc).max(axis=1)
-    status = "optimal" if gap is not None and gap <= mip_gap else "feasible"
+    status: Status = "optimal" if gap is not None and gap <= mip_gap else "feasible"
     return MedResult(method, status, "lagrange", best_obj, bound, gap,
                      time.perf_counter() - started, best_alloc,
                      [float(x) for x in delays], 0, 0, notes=notes)

@@ -31,7 +31,7 @@ FAMILIES: dict[str, str] = {
 # ---------------------------------------------------------------- instance schema (pydantic)
 
 
-class TaskSpec(BaseModel):
+class MedTask(BaseModel):
     """One requester's task r_i (thesis 4.1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,7 +45,7 @@ class TaskSpec(BaseModel):
     iterations: int = Field(default=1, gt=0, description="mu, passes over the shards")
 
 
-class LearnerSpec(BaseModel):
+class MedLearner(BaseModel):
     """One learner w_j with its per-state benchmarks (thesis 4.1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -78,7 +78,7 @@ class LearnerSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _shapes(self) -> LearnerSpec:
+    def _shapes(self) -> MedLearner:
         h = len(self.state_probs)
         if len(self.bandwidth) != h:
             raise ValueError(f"bandwidth has {len(self.bandwidth)} entries, state_probs has {h}")
@@ -100,8 +100,8 @@ class MedInstance(BaseModel):
     states: list[str] | None = Field(default=None, description="optional state names")
     budget: float = Field(ge=0, description="B, total price allowed")
     min_shards: int = Field(default=0, ge=0, description="D_l, shards every learner must get")
-    tasks: list[TaskSpec] = Field(min_length=1)
-    learners: list[LearnerSpec] = Field(min_length=1)
+    tasks: list[MedTask] = Field(min_length=1)
+    learners: list[MedLearner] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> MedInstance:

@@ -80,6 +80,40 @@ def _change(new: np.ndarray, old: float) -> np.ndarray:
     return np.where(np.isfinite(new), new - old, np.inf)
 
 
+def _best_move(owner: np.ndarray, rem: np.ndarray, add: np.ndarray, idle_ok: bool
+               ) -> tuple[int, int, float]:
+    """The best single move, j from its task to task i (or from idle, when idle learners are
+    allowed): (i, j, Δ Σ t)."""
+    n = owner.size
+    base = np.where(owner >= 0, rem, 0.0 if idle_ok else np.inf)
+    with np.errstate(invalid="ignore"):
+        # −∞ + ∞ (a task with no finite time gaining a learner its own task cannot lose)
+        # is not a move.
+        delta = np.nan_to_num(add + base[None, :], nan=np.inf, posinf=np.inf,
+                              neginf=-np.inf)
+    k = int(np.argmin(delta))
+    i_new, j = divmod(k, n)
+    return i_new, j, float(delta[i_new, j])
+
+
+def _apply_move(owner: np.ndarray, i_new: int, j: int, swap: tuple[int, int] | None
+                ) -> set[int]:
+    """Move j to task i_new, or swap the tasks of the pair `swap`, in `owner`; returns the
+    tasks whose members changed."""
+    changed = set()
+    if swap is None:
+        if owner[j] >= 0:
+            changed.add(int(owner[j]))
+        owner[j] = i_new
+        changed.add(i_new)
+    else:
+        a, b = swap
+        ta, tb = int(owner[a]), int(owner[b])
+        owner[a], owner[b] = tb, ta
+        changed |= {ta, tb}
+    return changed
+
+
 def local_search(co: Coefficients, owner: np.ndarray, need: int, *, deadline_s: float,
                  swap_candidates: int = 1000) -> np.ndarray:
     """Improve a learner → task map (−1: idle, allowed only when D_l = 0, i.e. need == 1 and
@@ -109,33 +143,14 @@ def local_search(co: Coefficients, owner: np.ndarray, need: int, *, deadline_s: 
         rem[tasks[i].members] = rem_gain(i)
     add = np.array([add_row(i) for i in range(m)])  # (m, n)
     while time.perf_counter() - started < deadline_s:
-        # Moves: j from its task to task i (or from idle, when idle learners are allowed).
-        base = np.where(owner >= 0, rem, 0.0 if idle_ok else np.inf)
-        with np.errstate(invalid="ignore"):
-            # −∞ + ∞ (a task with no finite time gaining a learner its own task cannot lose)
-            # is not a move.
-            delta = np.nan_to_num(add + base[None, :], nan=np.inf, posinf=np.inf,
-                                  neginf=-np.inf)
-        k = int(np.argmin(delta))
-        i_new, j = divmod(k, n)
-        best = float(delta[i_new, j])
+        i_new, j, best = _best_move(owner, rem, add, idle_ok)
         swap: tuple[int, int] | None = None
         eps = -1e-9 * float(t[np.isfinite(t)].sum())  # ignore float noise
         if not best < eps:
             swap_delta, swap = _best_swap(co, tasks, owner, t, rem, add, need, swap_candidates)
             if swap is None or not swap_delta < eps:
                 break
-        changed = set()
-        if swap is None:
-            if owner[j] >= 0:
-                changed.add(int(owner[j]))
-            owner[j] = i_new
-            changed.add(i_new)
-        else:
-            a, b = swap
-            ta, tb = int(owner[a]), int(owner[b])
-            owner[a], owner[b] = tb, ta
-            changed |= {ta, tb}
+        changed = _apply_move(owner, i_new, j, swap)
         for i in changed:
             tasks[i] = _Task(co, i, np.nonzero(owner == i)[0], need)
             t[i] = float(_times_with(co, tasks[i], np.array([-1]), np.array([-1]), need)[0])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -90,13 +90,25 @@ def solve_highs(
     except ImportError as exc:
         raise SolverUnavailable("highspy is not installed: pip install highspy") from exc
 
-    h = highspy.Highs()
+    h = highspy.Highs()  # type: ignore[no-untyped-call]  # highspy ships no annotation here
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("mip_rel_gap", float(mip_gap))
     h.setOptionValue("random_seed", int(seed))
     for key, value in (options or {}).items():
         h.setOptionValue(key, value)
+    h.passModel(_highs_lp(highspy, milp))
+    if start is not None:
+        sol = highspy.HighsSolution()
+        sol.col_value = [float(v) for v in start]
+        sol.value_valid = True
+        h.setSolution(sol)
+    h.run()
+    return _highs_result(highspy, h)
+
+
+def _highs_lp(highspy: Any, milp: Milp) -> Any:
+    """`milp` as a highspy.HighsLp (column-wise matrix, ±kHighsInf for missing bounds)."""
     inf = highspy.kHighsInf
     A = milp.A.tocsc()  # type: ignore[attr-defined]
     lp = highspy.HighsLp()
@@ -115,13 +127,11 @@ def solve_highs(
         highspy.HighsVarType.kInteger if f else highspy.HighsVarType.kContinuous
         for f in milp.integer
     ]
-    h.passModel(lp)
-    if start is not None:
-        sol = highspy.HighsSolution()
-        sol.col_value = [float(v) for v in start]
-        sol.value_valid = True
-        h.setSolution(sol)
-    h.run()
+    return lp
+
+
+def _highs_result(highspy: Any, h: Any) -> RawResult:
+    """What a finished HiGHS run found, as a RawResult."""
     ms = h.getModelStatus()
     info = h.getInfo()
     runtime = float(h.getRunTime())
@@ -170,44 +180,55 @@ def solve_gurobi(
         model.Params.TimeLimit = float(time_limit_s)
         model.Params.MIPGap = float(mip_gap)
         model.Params.Seed = int(seed)
-        vtype = np.where(milp.integer, GRB.INTEGER, GRB.CONTINUOUS)
-        ub = np.where(np.isfinite(milp.col_hi), milp.col_hi, GRB.INFINITY)
-        v = model.addMVar(milp.num_vars, lb=milp.col_lo, ub=ub, vtype=vtype, obj=milp.cost)
-        A = milp.A.tocsr()  # type: ignore[attr-defined]
-        eq = milp.row_lo == milp.row_hi
-        le = ~eq & np.isfinite(milp.row_hi)
-        ge = ~eq & np.isfinite(milp.row_lo)
-        for mask, sense, rhs in ((eq, "=", milp.row_hi), (le, "<", milp.row_hi),
-                                 (ge, ">", milp.row_lo)):
-            if mask.any():
-                model.addMConstr(A[mask], v, sense, rhs[mask])
+        v = _gurobi_constraints(GRB, model, milp)
         if start is not None:
             v.Start = start
         model.optimize()
-        runtime = float(model.Runtime)
-        st = model.Status
-        has_sol = model.SolCount > 0
-        values = np.asarray(v.X, dtype=float) if has_sol else None
-        obj = float(model.ObjVal) if has_sol else None
-        bound: float | None = None
-        if st not in (GRB.INFEASIBLE, GRB.INF_OR_UNBD):
-            try:
-                bound = float(model.ObjBound)
-            except gp.GurobiError:
-                bound = None
-        if st == GRB.OPTIMAL:
-            status: RawStatus = "optimal"
-        elif st in (GRB.INFEASIBLE, GRB.INF_OR_UNBD):
-            status, values, obj = "infeasible", None, None
-        elif has_sol:
-            status = "feasible"
-        else:
-            status = "no_solution"
-        return RawResult("gurobi", status, values, obj, bound, rel_gap(obj, bound), runtime,
-                         f"gurobi status {st}")
+        return _gurobi_result(gp, GRB, model, v)
     except gp.GurobiError as exc:
         if getattr(exc, "errno", None) == 10010:
             return RawResult("gurobi", "licence_limit", None, None, None, None, 0.0, str(exc))
         raise
     finally:
         env.dispose()
+
+
+def _gurobi_constraints(GRB: Any, model: Any, milp: Milp) -> Any:
+    """`milp`'s columns and rows added to a Gurobi model; returns the MVar of the columns."""
+    vtype = np.where(milp.integer, GRB.INTEGER, GRB.CONTINUOUS)
+    ub = np.where(np.isfinite(milp.col_hi), milp.col_hi, GRB.INFINITY)
+    v = model.addMVar(milp.num_vars, lb=milp.col_lo, ub=ub, vtype=vtype, obj=milp.cost)
+    A = milp.A.tocsr()  # type: ignore[attr-defined]
+    eq = milp.row_lo == milp.row_hi
+    le = ~eq & np.isfinite(milp.row_hi)
+    ge = ~eq & np.isfinite(milp.row_lo)
+    for mask, sense, rhs in ((eq, "=", milp.row_hi), (le, "<", milp.row_hi),
+                             (ge, ">", milp.row_lo)):
+        if mask.any():
+            model.addMConstr(A[mask], v, sense, rhs[mask])
+    return v
+
+
+def _gurobi_result(gp: Any, GRB: Any, model: Any, v: Any) -> RawResult:
+    """What a finished Gurobi run found, as a RawResult."""
+    runtime = float(model.Runtime)
+    st = model.Status
+    has_sol = model.SolCount > 0
+    values = np.asarray(v.X, dtype=float) if has_sol else None
+    obj = float(model.ObjVal) if has_sol else None
+    bound: float | None = None
+    if st not in (GRB.INFEASIBLE, GRB.INF_OR_UNBD):
+        try:
+            bound = float(model.ObjBound)
+        except gp.GurobiError:
+            bound = None
+    if st == GRB.OPTIMAL:
+        status: RawStatus = "optimal"
+    elif st in (GRB.INFEASIBLE, GRB.INF_OR_UNBD):
+        status, values, obj = "infeasible", None, None
+    elif has_sol:
+        status = "feasible"
+    else:
+        status = "no_solution"
+    return RawResult("gurobi", status, values, obj, bound, rel_gap(obj, bound), runtime,
+                     f"gurobi status {st}")
