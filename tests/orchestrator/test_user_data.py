@@ -9,6 +9,8 @@ paths outside the data root are refused at submission with a stable code, creati
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,6 +185,13 @@ def test_device_data_trains_where_it_lives_and_no_shard_is_served(fleet: LocalFl
     assert set(last["learners"]) <= trained and last["round"] == len(rounds) - 1
     assert all(e["samples"] == 30 and 0.0 <= e["accuracy"] <= 1.0
                for e in last["learners"].values()), last
+    # `plexus task show` prints both.
+    shown = subprocess.run(
+        [sys.executable, "-m", "plexus.cli", "task", "show", str(task["id"]), "--url",
+         fleet.url, "--token", fleet.admin_token], capture_output=True, text=True, timeout=60)
+    out = " ".join((shown.stdout + shown.stderr).split())
+    assert shown.returncode == 0, out
+    assert "accuracy from the orchestrator's test set" in out and "per-device evaluation" in out
 
 
 def test_async_spin_pulls_when_dropped_files_bring_samples(fleet: LocalFleet) -> None:
