@@ -82,6 +82,9 @@ class Client:
     def learners(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/learners")["learners"]  # type: ignore[no-any-return]
 
+    def remove_learner(self, learner_id: int) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/learners/{learner_id}")  # type: ignore[no-any-return]
+
     def submit_job(self, job: dict[str, Any]) -> dict[str, Any]:
         """POST /v1/jobs: several sync task specs under one allocator (docs/orchestrator.md)."""
         return self._call("POST", "/v1/jobs", json=job)  # type: ignore[no-any-return]

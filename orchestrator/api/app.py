@@ -40,7 +40,8 @@ def create_app(settings: Settings) -> FastAPI:
     for router in (health.router, learners.router, tasks.router, jobs.router):
         app.include_router(router)
     # Asynchronous mode: pull / updates / status of running async tasks.
-    app.include_router(make_async_router(service.asynchronous.runners, learner),
+    app.include_router(make_async_router(service.asynchronous.runners, learner,
+                                         service.asynchronous.admit_pull),
                        tags=["asynchronous tasks"])
     # RPC plumbing: duplex results come back here; NAT'ed agents poll the relay.
     app.mount("/rpc-callbacks", service.receiver.app)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
-from orchestrator.errors import Unauthorized
+from orchestrator.errors import Forbidden, Unauthorized
 from orchestrator.service import Service
 from orchestrator.store import LearnerRow
 
@@ -55,7 +55,26 @@ def learner_or_admin(service: ServiceDep, authorization: AuthHeader = None) -> N
     learner(service, authorization)
 
 
+def task_reader(task_id: int, service: ServiceDep, authorization: AuthHeader = None
+                ) -> LearnerRow | None:
+    """The admin (None) or a learner that takes part in task `task_id` (docs/security.md):
+    one that was given the task's work (a probe, a train call, an async client index).
+    Another learner's token is refused with 403 `not_a_participant`, counted on the task."""
+    token = bearer(authorization)
+    if token and hmac.compare_digest(token.encode(), service.admin_token.encode()):
+        return None
+    me = learner(service, authorization)
+    service.store.task(task_id)  # an unknown task is a 404 whoever asks
+    if not service.store.takes_part(task_id, me.id):
+        service.asynchronous.refused(task_id, "not_a_participant")
+        raise Forbidden(f"learner {me.name} takes no part in task {task_id}: a learner token "
+                        "reads only the tasks the orchestrator gave it work of",
+                        code="not_a_participant")
+    return me
+
+
 # For `dependencies=[...]` of a route (no value needed) and as a parameter's type.
 AdminDep: Any = Depends(admin)
 LearnerOrAdminDep: Any = Depends(learner_or_admin)
 LearnerDep = Annotated[LearnerRow, Depends(learner)]
+TaskReaderDep = Annotated[LearnerRow | None, Depends(task_reader)]

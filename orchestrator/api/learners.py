@@ -1,4 +1,4 @@
-"""Learner routes: enroll, heartbeat, list."""
+"""Learner routes: enroll, heartbeat, list, remove."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ class EnrollRequest(BaseModel):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
     facts: dict[str, Any] = Field(default_factory=dict)
     endpoint: str | None = Field(None, max_length=512, pattern=r"^https?://")
+    # The learner's own secret (its current token): needed to re-enroll an existing name.
+    secret: str | None = Field(None, max_length=256)
 
 
 class HeartbeatRequest(BaseModel):
@@ -43,11 +45,15 @@ def learner_view(lr: LearnerRow, now: float, alive_after_s: float) -> dict[str, 
 
 @router.post("/v1/learners/enroll", status_code=201)
 def enroll(body: EnrollRequest, service: ServiceDep) -> dict[str, Any]:
-    """Enroll (or re-enroll) a learner with the join token; answer its own token."""
-    if not hmac.compare_digest(body.join_token, service.join_token):
+    """Enroll a learner with the join token; answer its own token.
+
+    Re-enrolling an existing name also needs that learner's secret (its current token, kept
+    by the agent in its data directory): else 409 `name_taken`, and the learner is untouched.
+    """
+    if not hmac.compare_digest(body.join_token.encode(), service.join_token.encode()):
         raise Unauthorized("join_token is wrong: use the token the orchestrator printed "
                            "at start (or <data dir>/join_token)")
-    row = service.store.enroll(body.name, body.facts, body.endpoint, time.time())
+    row = service.store.enroll(body.name, body.facts, body.endpoint, time.time(), body.secret)
     return {"learner_id": row.id, "name": row.name, "token": row.token,
             "relay_url": service.relay_url,
             "heartbeat_interval_s": service.settings.heartbeat_interval_s}
@@ -69,3 +75,10 @@ def list_learners(service: ServiceDep) -> dict[str, Any]:
     now = time.time()
     after = service.settings.alive_after_s
     return {"learners": [learner_view(lr, now, after) for lr in service.store.learners()]}
+
+
+@router.delete("/v1/learners/{learner_id}", dependencies=[AdminDep])
+def remove_learner(learner_id: int, service: ServiceDep) -> dict[str, Any]:
+    """Remove (revoke) a learner: its token stops working at once, its name is free again."""
+    row = service.store.remove_learner(learner_id)
+    return {"removed": True, "id": row.id, "name": row.name}

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import Response
 
-from orchestrator.api.deps import AdminDep, LearnerDep, LearnerOrAdminDep, ServiceDep
+from orchestrator.api.deps import AdminDep, LearnerDep, ServiceDep, TaskReaderDep
 from orchestrator.errors import BadInput, Forbidden, NotFound
 from orchestrator.runs.jobs import JOB_ONLY
 from orchestrator.store import RoundRow, TaskRow
@@ -99,12 +99,14 @@ def list_tasks(service: ServiceDep) -> dict[str, Any]:
 @router.get("/v1/tasks/{task_id}", dependencies=[AdminDep])
 def show_task(task_id: int, service: ServiceDep) -> dict[str, Any]:
     """One task; `skipped` names the alive learners that cannot take part in it (cannot
-    build its model, or lack the memory to train it) and why; `evaluation` says which test
-    set the round accuracy is and holds the per-device evaluations of device data."""
+    build its model, or lack the memory to train it) and why; `refused` counts the learner
+    requests it refused, per error code; `evaluation` says which test set the round accuracy
+    is and holds the per-device evaluations of device data."""
     from orchestrator.runs.taskdata import evaluation_view
 
     task = service.store.task(task_id)
     return {**task_view(task), "skipped": skipped_learners(task, service),
+            "refused": service.store.refusals(task_id),
             "evaluation": evaluation_view(service.store.layout, task.spec or {}, task_id)}
 
 
@@ -142,11 +144,11 @@ def task_rounds(task_id: int, service: ServiceDep) -> dict[str, Any]:
             "rounds": [round_view(r) for r in service.store.rounds(task_id)]}
 
 
-@router.get("/v1/tasks/{task_id}/model", dependencies=[LearnerOrAdminDep])
-def task_model(task_id: int, service: ServiceDep,
+@router.get("/v1/tasks/{task_id}/model")
+def task_model(task_id: int, _who: TaskReaderDep, service: ServiceDep,
                version: Annotated[int | None, Query(ge=0)] = None) -> Response:
-    """Model version `version` of the task (safetensors); the current one when not given.
-    Every version a round wrote is kept."""
+    """Model version `version` of the task (safetensors), for the admin or a participant;
+    the current one when not given. Every version a round wrote is kept."""
     task = service.store.task(task_id)
     want = task.model_version if version is None else version
     path = service.store.layout.model(task_id, want)
@@ -160,8 +162,8 @@ def task_model(task_id: int, service: ServiceDep,
 
 
 @router.get("/v1/tasks/{task_id}/shards/{n}")
-def task_shard(task_id: int, n: int, _me: LearnerDep, service: ServiceDep) -> Response:
-    """Shard `n` of a task, for an enrolled learner."""
+def task_shard(task_id: int, n: int, _me: TaskReaderDep, service: ServiceDep) -> Response:
+    """Shard `n` of a task, for the admin or a learner that takes part in the task."""
     task = service.store.task(task_id)
     if (task.spec or {}).get("dataset", {}).get("device"):
         raise NotFound(f"task {task_id} trains on device data: it has no shards",
@@ -187,8 +189,9 @@ def task_partition(task_id: int, client: int, me: LearnerDep, service: ServiceDe
                        f"{task_id}; wait for the orchestrator's join_async call",
                        code="not_a_client")
     if given != client:
+        service.asynchronous.refused(task_id, "not_your_partition")
         raise Forbidden(f"learner {me.name} is client {given} of task {task_id}, not "
-                        f"{client}: download partition {given}")
+                        f"{client}: download partition {given}", code="not_your_partition")
     task = service.store.task(task_id)
     data = service.store.layout.shard(task_id, client_shard(task.num_shards, client)).read_bytes()
     service.metrics.bytes_served.labels(kind="partition").inc(len(data))

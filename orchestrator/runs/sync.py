@@ -27,7 +27,7 @@ from orchestrator.allocation import (
 )
 from orchestrator.errors import Conflict
 from orchestrator.metrics import Metrics
-from orchestrator.runs.gateway import Call, LearnerGateway
+from orchestrator.runs.gateway import Call, LearnerGateway, Reply
 from orchestrator.runs.rounds import TestSplit, close_round
 from orchestrator.runs.taskdata import load_test_split, read_state, record_device_eval
 from orchestrator.store import LearnerRow, Store, TaskRow
@@ -40,6 +40,27 @@ log = logging.getLogger("orchestrator.runs.sync")
 # Asking a learner (subset benchmarking: download n shards, train on them, perhaps import torch
 # for the first time) gets this much longer than a round before the learner is left out.
 PROBE_EXTRA_S = 60.0
+
+
+def cap_samples(replies: list[Reply], shard_ids: dict[str, list[int]], per_shard: int,
+                refused: Callable[[str], None]) -> list[Reply]:
+    """Update admission of a round: a learner's `samples_trained` counts at most what it was
+    given (its shards × samples per shard × μ passes); a larger claim is cut to that bound
+    and counted as `samples_capped`, so no learner's claim can outweigh its allocation."""
+    out = []
+    for r in replies:
+        bound = len(shard_ids.get(str(r.learner.id), [])) * per_shard
+        value = r.value
+        if r.error is None and isinstance(value, dict):
+            try:
+                claimed = int(value.get("samples_trained", 0))
+            except (TypeError, ValueError):
+                claimed = 0  # close_round leaves such an answer out
+            if claimed > bound:
+                refused("samples_capped")
+                value = {**value, "samples_trained": bound}
+        out.append(Reply(r.learner, value=value, error=r.error, elapsed_s=r.elapsed_s))
+    return out
 
 
 class SyncDriver:
@@ -169,11 +190,7 @@ class SyncDriver:
         # Only learners that can build the model and hold it in memory take part.
         left_out: dict[str, str] = await asyncio.to_thread(skipped, spec, alive)
         learners = [lr for lr in alive if str(lr.id) not in left_out]
-        ctx = RoundContext(
-            num_shards=task.num_shards, shard_samples=task.shard_samples,
-            shard_bytes=task.shard_bytes, model_bytes=task.model_bytes,
-            iterations=spec.training.iterations, deadline_s=sync.deadline_s,
-            total_shards=sync.total_shards)
+        ctx = _context(task, spec)
 
         # Steps 1–3 of thesis 3.1: learn what the allocator needs to know.
         t0 = time.monotonic()
@@ -196,6 +213,8 @@ class SyncDriver:
             [(lr, self._train(lr, spec_dict, task.id, index, shard_ids[str(lr.id)], halt_s))
              for lr in chosen], cutoff_s)
         round_end = time.monotonic()
+        replies = cap_samples(replies, shard_ids, task.shard_samples * spec.training.iterations,
+                              lambda code: self._refused(task.id, code))
         # Step 7: FedAvg weighted by samples trained; nobody answered -> the model stays.
         closed = await close_round(self.store, self.metrics, task.id, spec, index, state,
                                    replies, test, left_out, keep_updates=True)
@@ -227,6 +246,11 @@ class SyncDriver:
         m.left_out.inc(chosen_left_out)
         log.info("task %s round %s: %.2fs, truancy %+.1f%%, accuracy %.3f", task_id, index,
                  round_time, 100 * truancy, accuracy)
+
+    def _refused(self, task_id: int, code: str) -> None:
+        self.metrics.refused.labels(reason=code).inc()
+        with contextlib.suppress(Exception):
+            self.store.add_refusal(task_id, code)
 
     def _train(self, lr: LearnerRow, spec: dict[str, Any], task_id: int, index: int,
                shards: list[int], halt_s: float) -> Callable[[], Awaitable[Any]]:
@@ -273,3 +297,13 @@ def _empty_reason(alive: list[LearnerRow], samples: dict[str, int],
         left_out.setdefault(k, f"trained {n} samples")
     return "; ".join(f"{names.get(k, k)}: {v}"
                      for k, v in sorted(left_out.items())) or "no learner"
+
+
+def _context(task: TaskRow, spec: TaskSpec) -> RoundContext:
+    """What an allocator knows of a sync task's round."""
+    assert spec.sync is not None
+    return RoundContext(
+        num_shards=task.num_shards, shard_samples=task.shard_samples,
+        shard_bytes=task.shard_bytes, model_bytes=task.model_bytes,
+        iterations=spec.training.iterations, deadline_s=spec.sync.deadline_s,
+        total_shards=spec.sync.total_shards)
