@@ -54,13 +54,18 @@ def resolve_under(root: Path, given: str) -> Path:
     cannot make the orchestrator read, say, /etc/shadow.
     """
     base = root.resolve()
-    target = (base / given).resolve()
-    if not target.is_relative_to(base):
+    try:
+        target = (base / given).resolve()
+        inside = target.is_relative_to(base)
+        exists = inside and target.exists()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a loop of links
+        raise DataPathRefused(f"{given[:200]!r} is not a usable path: {exc}") from None
+    if not inside:
         raise DataPathRefused(
-            f"{given!r} is outside the data root {base}; give a path relative to it "
+            f"{given[:200]!r} is outside the data root {base}; give a path relative to it "
             "(orchestrator serve --data-root)")
-    if not target.exists():
-        raise DatasetError(f"{given!r} does not exist under the data root {base}")
+    if not exists:
+        raise DatasetError(f"{given[:200]!r} does not exist under the data root {base}")
     return target
 
 

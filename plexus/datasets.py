@@ -312,10 +312,13 @@ def read_spec_files(spec: DatasetSpec, path: Path
     """`(format, (x, labels))` of the files at `path` as the spec describes them."""
     from plexus.data_formats import infer_format, read_any
 
-    fmt = infer_format(path, spec.format)
-    return fmt, read_any(path, fmt, label_column=spec.label_column,
-                         feature_columns=spec.feature_columns, image_size=spec.image_size,
-                         grayscale=spec.grayscale)
+    try:
+        fmt = infer_format(path, spec.format)
+        return fmt, read_any(path, fmt, label_column=spec.label_column,
+                             feature_columns=spec.feature_columns, image_size=spec.image_size,
+                             grayscale=spec.grayscale)
+    except (OSError, ValueError) as exc:  # e.g. format images given a file, not a folder
+        raise BadData(f"cannot read {path.name} as {spec.format or 'data'}: {exc}") from None
 
 
 def load_files(spec: DatasetSpec, root: Path, seed: int = 0,

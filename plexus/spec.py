@@ -122,7 +122,7 @@ class DatasetSpec(_Strict):
     test_path: str | None = None
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     # Only for `synthetic`: how many samples to generate (train + test).
-    samples: int = Field(2000, ge=20)
+    samples: int = Field(2000, ge=20, le=1_000_000)
     # CSV: the label column and the feature columns (default: every other column).
     label_column: str = "label"
     feature_columns: list[str] | None = None
@@ -135,7 +135,7 @@ class DatasetSpec(_Strict):
     device: bool = False  # the data lives on the agents (`plexus agent run --data DIR`)
     # Filled in at submission from the data (stated by the user for device data).
     input_shape: tuple[int, ...] | None = None
-    num_classes: int | None = Field(None, ge=2)
+    num_classes: int | None = Field(None, ge=2, le=1_000_000)
     classes: list[str] | None = None  # original label of class 0, 1, …
 
     @model_validator(mode="after")
@@ -213,7 +213,7 @@ class TaskSpec(_Strict):
 
     name: str = "task"
     model: ModelSpec = Field(default_factory=lambda: ModelSpec.model_validate("twonn"))
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy and torch take 0..2**32-1 everywhere
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)

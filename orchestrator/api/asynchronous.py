@@ -29,11 +29,19 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.aggregation import BadUpdate, UnknownVersion
-from orchestrator.api.errors import status_of
+from orchestrator.api.deps import Id
+from orchestrator.api.errors import answers, status_of
 from orchestrator.errors import ServiceError
 from orchestrator.runs.async_runner import AsyncTaskRunner
 
 MAX_UPDATE_BYTES = 256 * 1024 * 1024
+# What the OpenAPI document says of the two binary routes.
+_BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+PULL_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the model (safetensors)", "content": _BYTES},
+    204: {"description": "not picked this time: pull again later"},
+    **answers(401, 404, 413, 422)}
+UPDATE_BODY = {"requestBody": {"required": True, "content": _BYTES}}
 
 
 class PullRequest(BaseModel):
@@ -103,9 +111,10 @@ def make_async_router(
             return _error(404, "not_found", f"task {task_id} is not a running asynchronous task")
         return r
 
-    @router.post("/v1/tasks/{task_id}/pull", response_model=None)
+    @router.post("/v1/tasks/{task_id}/pull", response_model=None, response_class=Response,
+                 responses=PULL_ANSWERS)
     async def pull(
-        task_id: int,
+        task_id: Id,
         body: PullRequest,
         who: Any = Depends(learner),  # noqa: B008
     ) -> Response:
@@ -120,9 +129,10 @@ def make_async_router(
 
         return _pull_answer(await _in_thread(admitted_pull))
 
-    @router.post("/v1/tasks/{task_id}/updates", response_model=None)
+    @router.post("/v1/tasks/{task_id}/updates", response_model=None,
+                 responses=answers(401, 404, 409, 413, 422), openapi_extra=UPDATE_BODY)
     async def updates(
-        task_id: int,
+        task_id: Id,
         request: Request,
         who: Any = Depends(learner),  # noqa: B008
     ) -> Response:
@@ -131,15 +141,15 @@ def make_async_router(
             return r
         return await _receive_update(r, _name(who), request)
 
-    @router.get("/v1/tasks/{task_id}/stop")
-    async def stop(task_id: int, who: Any = Depends(learner)) -> Response:  # noqa: B008
+    @router.get("/v1/tasks/{task_id}/stop", responses=answers(401, 404, 422))
+    async def stop(task_id: Id, who: Any = Depends(learner)) -> Response:  # noqa: B008
         r = runner_for(task_id)
         if isinstance(r, JSONResponse):
             return r
         return JSONResponse({"stop": r.should_stop(_name(who))})
 
-    @router.get("/v1/tasks/{task_id}/async")
-    async def status(task_id: int, who: Any = Depends(learner)) -> Response:  # noqa: B008
+    @router.get("/v1/tasks/{task_id}/async", responses=answers(401, 404, 422))
+    async def status(task_id: Id, who: Any = Depends(learner)) -> Response:  # noqa: B008
         r = runner_for(task_id)
         if isinstance(r, JSONResponse):
             return r

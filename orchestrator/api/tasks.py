@@ -9,12 +9,25 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import Response
 
-from orchestrator.api.deps import AdminDep, LearnerDep, ServiceDep, TaskReaderDep
+from orchestrator.api.deps import (
+    MAX_ID,
+    AdminDep,
+    Id,
+    Index,
+    LearnerDep,
+    ServiceDep,
+    TaskReaderDep,
+)
+from orchestrator.api.errors import answers
 from orchestrator.errors import BadInput, Forbidden, NotFound
 from orchestrator.runs.jobs import JOB_ONLY
 from orchestrator.store import RoundRow, TaskRow
 
 router = APIRouter(tags=["tasks"])
+
+# A file download: declared as bytes, not JSON.
+BINARY: dict[int | str, dict[str, Any]] = {200: {"description": "the file", "content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 def task_view(t: TaskRow) -> dict[str, Any]:
@@ -66,7 +79,8 @@ def parse_task(spec: dict[str, Any]) -> Any:
     return parsed
 
 
-@router.post("/v1/tasks", status_code=201, dependencies=[AdminDep])
+@router.post("/v1/tasks", status_code=201, dependencies=[AdminDep],
+             responses=answers(401, 413, 422))
 async def submit(spec: Annotated[dict[str, Any], Body()], service: ServiceDep
                  ) -> dict[str, Any]:
     """Create a task completely (or not at all) and start it."""
@@ -90,14 +104,14 @@ async def submit(spec: Annotated[dict[str, Any], Body()], service: ServiceDep
     return task_view(row)
 
 
-@router.get("/v1/tasks", dependencies=[AdminDep])
+@router.get("/v1/tasks", dependencies=[AdminDep], responses=answers(401))
 def list_tasks(service: ServiceDep) -> dict[str, Any]:
     """Every task."""
     return {"tasks": [task_view(t) for t in service.store.tasks()]}
 
 
-@router.get("/v1/tasks/{task_id}", dependencies=[AdminDep])
-def show_task(task_id: int, service: ServiceDep) -> dict[str, Any]:
+@router.get("/v1/tasks/{task_id}", dependencies=[AdminDep], responses=answers(401, 404, 422))
+def show_task(task_id: Id, service: ServiceDep) -> dict[str, Any]:
     """One task; `skipped` names the alive learners that cannot take part in it (cannot
     build its model, or lack the memory to train it) and why; `refused` counts the learner
     requests it refused, per error code; `evaluation` says which test set the round accuracy
@@ -128,8 +142,9 @@ def skipped_learners(task: TaskRow, service: Any) -> dict[str, str]:
     return {names[k]: v.removeprefix("skipped: ") for k, v in why.items()}
 
 
-@router.post("/v1/tasks/{task_id}/cancel", dependencies=[AdminDep])
-async def cancel_task(task_id: int, service: ServiceDep) -> dict[str, Any]:
+@router.post("/v1/tasks/{task_id}/cancel", dependencies=[AdminDep],
+             responses=answers(401, 404, 409, 422))
+async def cancel_task(task_id: Id, service: ServiceDep) -> dict[str, Any]:
     """Cancel a pending or running task."""
     row = service.store.set_state(task_id, "cancelled", "cancelled by the user", time.time())
     await service.sync.cancel(task_id)
@@ -137,16 +152,18 @@ async def cancel_task(task_id: int, service: ServiceDep) -> dict[str, Any]:
     return task_view(row)
 
 
-@router.get("/v1/tasks/{task_id}/rounds", dependencies=[AdminDep])
-def task_rounds(task_id: int, service: ServiceDep) -> dict[str, Any]:
+@router.get("/v1/tasks/{task_id}/rounds", dependencies=[AdminDep],
+            responses=answers(401, 404, 422))
+def task_rounds(task_id: Id, service: ServiceDep) -> dict[str, Any]:
     """A task's finished rounds."""
     return {"task_id": task_id,
             "rounds": [round_view(r) for r in service.store.rounds(task_id)]}
 
 
-@router.get("/v1/tasks/{task_id}/model")
-def task_model(task_id: int, _who: TaskReaderDep, service: ServiceDep,
-               version: Annotated[int | None, Query(ge=0)] = None) -> Response:
+@router.get("/v1/tasks/{task_id}/model", response_class=Response,
+            responses={**BINARY, **answers(401, 403, 404, 422)})
+def task_model(task_id: Id, _who: TaskReaderDep, service: ServiceDep,
+               version: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None) -> Response:
     """Model version `version` of the task (safetensors), for the admin or a participant;
     the current one when not given. Every version a round wrote is kept."""
     task = service.store.task(task_id)
@@ -161,8 +178,9 @@ def task_model(task_id: int, _who: TaskReaderDep, service: ServiceDep,
                     headers={"X-Model-Version": str(want)})
 
 
-@router.get("/v1/tasks/{task_id}/shards/{n}")
-def task_shard(task_id: int, n: int, _me: TaskReaderDep, service: ServiceDep) -> Response:
+@router.get("/v1/tasks/{task_id}/shards/{n}", response_class=Response,
+            responses={**BINARY, **answers(401, 403, 404, 422)})
+def task_shard(task_id: Id, n: Index, _me: TaskReaderDep, service: ServiceDep) -> Response:
     """Shard `n` of a task, for the admin or a learner that takes part in the task."""
     task = service.store.task(task_id)
     if (task.spec or {}).get("dataset", {}).get("device"):
@@ -177,8 +195,9 @@ def task_shard(task_id: int, n: int, _me: TaskReaderDep, service: ServiceDep) ->
     return Response(data, media_type="application/octet-stream")
 
 
-@router.get("/v1/tasks/{task_id}/partitions/{client}", tags=["asynchronous tasks"])
-def task_partition(task_id: int, client: int, me: LearnerDep, service: ServiceDep
+@router.get("/v1/tasks/{task_id}/partitions/{client}", tags=["asynchronous tasks"],
+            response_class=Response, responses={**BINARY, **answers(401, 403, 404, 422)})
+def task_partition(task_id: Id, client: Index, me: LearnerDep, service: ServiceDep
                    ) -> Response:
     """Partition `client` of a running async task, for the learner that is that client."""
     from orchestrator.runs.taskdata import client_shard

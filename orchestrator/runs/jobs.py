@@ -73,7 +73,7 @@ class JobOptions(BaseModel):
     heat: float = Field(0.5, gt=0)  # τ of the heated softmax, thesis 4.3.1
     # Wait for this many alive learners before benchmarking (default: one per task).
     learners: int | None = Field(None, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     time_limit_s: float = Field(5.0, gt=0)  # solver time limit per round, seconds
 
 

@@ -126,6 +126,9 @@ def test_paths_outside_the_data_root_are_refused(tmp_path: Path) -> None:
     for given in ("../secret.csv", str(tmp_path / "secret.csv"), "/etc/shadow", "link.csv"):
         with pytest.raises(DataPathRefused, match="outside the data root"):
             load_files(files(given), root)
+    for given in ("a\x00b.csv", "x" * 5000):
+        with pytest.raises(DataPathRefused, match="not a usable path"):
+            load_files(files(given), root)
 
 
 BAD = {
@@ -216,3 +219,9 @@ def test_impossible_dataset_sections_are_spec_errors(dataset: dict[str, object],
 
     with pytest.raises(SpecError, match=field):
         parse_spec({"dataset": dataset})
+
+
+def test_a_file_given_as_a_picture_folder_is_bad_data(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 2)), y=np.arange(4) % 2)
+    with pytest.raises(BadData, match=r"cannot read d\.npz as images"):
+        load_files(files("d.npz", format="images"), tmp_path)
