@@ -3,7 +3,9 @@
 When an async task (SPIN / FedBuff / PORT) runs, the orchestrator gives each learner a client
 index and calls `join_async(task, task_id, client)`. The agent answers at once and, in a
 background thread, downloads its partition (`GET /v1/tasks/{id}/partitions/{client}`), then runs
-SPIN's client (SPIN paper, alg. 1; `learner_agent.spin_client`) over it: samples "arrive" one at
+SPIN's client (SPIN paper, alg. 1; `learner_agent.spin_client`) over it (a device-data task,
+`dataset.device: true`, instead watches the agent's `--data` directory: files dropped there
+are samples arriving): samples "arrive" one at
 a time at rate λ = `async.arrival_rate` samples/s, pull threshold D = `async.pull_threshold`,
 E = `async.epochs`, learning rate and batch size from `training`. The run ends when the task
 ends on the server (404), when `leave_async(task_id)` is called, or when every sample has
@@ -16,6 +18,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from learner_agent.arguments import check_int, parse_task
@@ -23,6 +26,7 @@ from learner_agent.errors import BadTask
 
 if TYPE_CHECKING:
     from learner_agent.client import OrchestratorClient
+    from learner_agent.local_data import LocalSource
     from learner_agent.spin_client import SpinClient
     from plexus.spec import TaskSpec
 
@@ -57,8 +61,10 @@ class AsyncRuns:
     """
 
     def __init__(self, client: OrchestratorClient,
-                 configure: Callable[[], None] = lambda: None) -> None:
+                 configure: Callable[[], None] = lambda: None,
+                 local_data: Path | None = None) -> None:
         self.client = client
+        self.local_data = local_data  # watched for device-data tasks (new files = arrivals)
         self.configure = configure
         self._runs: dict[int, _Run] = {}
         self._lock = threading.Lock()
@@ -124,18 +130,35 @@ class AsyncRuns:
             run.state, run.reason = "failed", f"{type(exc).__name__}: {exc}"
 
     def _client(self, run: _Run, spec: TaskSpec) -> SpinClient:
+        import numpy as np
+
         from learner_agent.benchmarking import build_dummy
+        from learner_agent.local_data import LocalSource
         from learner_agent.spin_client import SpinClient
         from plexus.shards import decode_shard
 
         assert spec.async_ is not None
         a = spec.async_
-        # The orchestrator client's request helper and connection pool (its TLS settings and
-        # error messages); they are internal to this package, not a public API.
-        data = self.client._request(
-            "GET", f"/v1/tasks/{run.task_id}/partitions/{run.client}").content
-        x, y, _meta = decode_shard(data)
-        _warm_up(spec, x, y)
+        source: LocalSource | None = None
+        if spec.dataset.device:
+            # Device data: the watched --data directory; its files so far are the first
+            # samples, and every file dropped in later is new samples arriving.
+            if self.local_data is None:
+                raise BadTask("the task trains on device data but this agent was started "
+                              "without --data DIR")
+            source = LocalSource(spec.dataset, self.local_data)
+            source.poll()
+            x, y = source.x, source.y
+        else:
+            # The orchestrator client's request helper and connection pool (its TLS settings
+            # and error messages); they are internal to this package, not a public API.
+            data = self.client._request(
+                "GET", f"/v1/tasks/{run.task_id}/partitions/{run.client}").content
+            x, y, _meta = decode_shard(data)
+        if x is not None and len(y):
+            _warm_up(spec, x, y)
+        else:
+            x = np.zeros((0, *(spec.dataset.input_shape or ())), dtype=np.float32)
         return SpinClient(
             self.client._http,
             run.task_id,
@@ -143,7 +166,7 @@ class AsyncRuns:
             x,
             y,
             rate=a.arrival_rate,
-            pull_threshold=min(a.pull_threshold, len(y)),
+            pull_threshold=a.pull_threshold if source else min(a.pull_threshold, len(y)),
             epochs=a.epochs,
             lr=spec.training.lr,
             batch_size=spec.training.batch_size,
@@ -152,6 +175,7 @@ class AsyncRuns:
             seed=spec.seed * 1000 + run.client,
             # Read per request, so a re-enrolment's new learner token is used at once.
             headers=lambda: {"Authorization": f"Bearer {self.client.token}"},
+            source=source,
         )
 
 

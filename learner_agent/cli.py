@@ -163,6 +163,12 @@ def run(
     host: str = typer.Option("0.0.0.0", help="Address to bind the RPC worker to"),
     port: int = typer.Option(0, help="Port for the RPC worker (0 = any free port)"),
     data_dir: Path | None = typer.Option(None, help=_DATA_DIR_HELP),  # noqa: B008
+    local_data: Path | None = typer.Option(  # noqa: B008
+        None, "--data", envvar="PLEXUS_AGENT_DATA",
+        help="Directory of this device's own samples (npz, safetensors, CSV, IDX or a "
+        "folder of pictures per class) for tasks with dataset.device: true; they never "
+        "leave the device",
+    ),
     stress_heat: float | None = typer.Option(
         None, help="Experiments only: sample stressor states with this softmax heat"
     ),
@@ -180,6 +186,9 @@ def run(
     from learner_agent.daemon import AgentDaemon, default_name, state_dir
 
     _setup_logging(verbose)
+    if local_data is not None and not local_data.is_dir():
+        console.print(f"[red]error:[/red] --data {local_data} is not a directory")
+        raise typer.Exit(2)
     token, verify = _credentials(join_token, join_token_file, ca_file, insecure)
     _arm_adversary(adversary)
     if preload:
@@ -196,6 +205,7 @@ def run(
             stress_heat=stress_heat,
             threads=threads,
             verify=verify,
+            local_data=local_data,
         )
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")

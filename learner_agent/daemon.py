@@ -105,6 +105,7 @@ class AgentDaemon:
         data_dir: Path | None = None,
         stress_heat: float | None = None,
         threads: int = 1,
+        local_data: Path | None = None,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         verify: bool | str = True,
@@ -128,7 +129,8 @@ class AgentDaemon:
             ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
         )
         self.client = OrchestratorClient(orchestrator_url, verify=self.verify)
-        self.agent = Agent(self.name, self.client, stress_heat=stress_heat, threads=threads)
+        self.agent = Agent(self.name, self.client, stress_heat=stress_heat, threads=threads,
+                           local_data=local_data)
         self.endpoint: str | None = None
         self.heartbeat_interval_s = 10.0
         self.enrolled = threading.Event()

@@ -11,6 +11,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from learner_agent.arguments import check_int, parse_task
@@ -42,17 +43,20 @@ class Agent:
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
         threads: int = 1,
+        local_data: Path | None = None,
     ) -> None:
         import numpy as np
 
         self.name = name
+        # `plexus agent run --data DIR`: samples that never leave this device (device tasks).
+        self.local_data = local_data
         self.threads = threads
         self._torch_ready = False
         self.client = client
         self.clock = clock
         self.state = "idle"
         # Async tasks (join_async / leave_async) run in their own threads, not under _work.
-        self.asynchronous = AsyncRuns(client, self._configure_torch)
+        self.asynchronous = AsyncRuns(client, self._configure_torch, local_data)
         self._work = threading.Lock()  # one benchmark or training at a time
         self._busy = 0
         self._busy_lock = threading.Lock()
@@ -114,9 +118,12 @@ class Agent:
                 self._busy -= 1
             self.state = "idle"
 
-    def _stress_fetch(self, task_id: int) -> Callable[[], bytes]:
+    def _stress_fetch(self, task_id: int, spec: TaskSpec | None = None) -> Callable[[], bytes]:
         # The REST API serves no random matrices, so the downloading stressor pulls the same
-        # number of bytes (one 900×900 float32 matrix) as shard payloads over the same link.
+        # number of bytes (one 900×900 float32 matrix) as shard payloads over the same link
+        # (a device-data task has no shards: the model then).
+        if spec is not None and spec.dataset.device:
+            return lambda: self.client.model(task_id)
         return lambda: self.client.shard(task_id, 0)
 
     def _model_bytes(self, spec: TaskSpec) -> int:
@@ -132,6 +139,11 @@ class Agent:
 
         if spec.sync is None:
             raise BadTask("subset benchmarking needs a synchronous task (mode: sync)")
+        if spec.dataset.device:
+            self.state = state
+            with download_stress(state, self._stress_fetch(task_id, spec)), \
+                    training_stress(state):
+                return self._benchmark_local(spec, task_id)
         # Alg. 10 line 10 downloads n randomly chosen shards; the partition is already a
         # seeded random permutation, so shards 0..n-1 are a random subset of the data.
         ids = list(range(spec.sync.benchmark_shards))
@@ -181,6 +193,8 @@ class Agent:
             from learner_agent.dab import plan_shards
 
             assert spec.sync is not None  # checked in _benchmark
+            if spec.dataset.device:
+                return self._plan_local(spec, task_id)
             sb = self._benchmark(spec, task_id, "idle")
             a_k = plan_shards(
                 sb,
@@ -194,6 +208,60 @@ class Agent:
         if spec.sync is None:
             raise BadTask("plan is for synchronous tasks (mode: sync)")
         return self._run(job)
+
+    def _local(self, spec: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
+        """This device's own samples for a device-data task (BadTask when it has none)."""
+        from learner_agent.local_data import read_local
+
+        if self.local_data is None:
+            raise BadTask("the task trains on device data but this agent was started without "
+                          "--data DIR")
+        return read_local(spec.dataset, self.local_data)
+
+    def _local_train(self, spec: TaskSpec
+                     ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """This device's samples split into the part it trains on and the part it evaluates
+        the global model on (`dataset.test_fraction`, seeded by the task)."""
+        from learner_agent.local_data import local_split
+
+        x, y = self._local(spec)
+        return local_split(x, y, spec.dataset.test_fraction, spec.seed)
+
+    def _benchmark_local(self, spec: TaskSpec, task_id: int) -> SBResult:
+        """SB on device data: b_k from timing the model download (no shard crosses the link),
+        c_k from one pass over up to `benchmark_shards` local shards; Ω_d is reported as 0."""
+        from dataclasses import replace
+
+        from learner_agent.benchmarking import measure
+        from learner_agent.local_data import local_shards, shard_payloads
+
+        assert spec.sync is not None
+        x, y = self._local_train(spec)[0]
+        size = spec.partition.shard_size
+        n = min(spec.sync.benchmark_shards, local_shards(x, y, size))
+        if n == 0:
+            raise BadTask("this agent's --data directory leaves no samples to train on")
+        t0 = time.perf_counter()
+        model_bytes = len(self.client.model(task_id))
+        seconds = max(time.perf_counter() - t0, 1e-6)
+        sb = measure(spec, shard_payloads(x, y, size, n, 0), [seconds / n] * n)
+        return replace(sb, bandwidth=model_bytes / seconds, shard_bytes=0.0)
+
+    def _plan_local(self, spec: TaskSpec, task_id: int) -> dict[str, Any]:
+        """DAB on device data: Ω_d is 0, so eq. 3.5 keeps only the model and training terms,
+        and a_k is capped by the local shards this device holds."""
+        from learner_agent.local_data import local_shards
+        from plexus.cost import dab_bound
+
+        assert spec.sync is not None
+        sb = self._benchmark_local(spec, task_id)
+        x, y = self._local_train(spec)[0]
+        a_k = dab_bound(deadline=spec.sync.deadline_s, model_bytes=self._model_bytes(spec),
+                        shard_bytes=0, bandwidth=sb.bandwidth,
+                        iterations=spec.training.iterations,
+                        shard_samples=spec.partition.shard_size, compute=sb.compute,
+                        max_shards=local_shards(x, y, spec.partition.shard_size))
+        return {"a_k": int(a_k)}
 
     def benchmark(
         self, task: dict[str, Any], task_id: int, state: str | None = None
@@ -256,6 +324,8 @@ class Agent:
 
             self.state = chosen
             t0 = self.clock()
+            if spec.dataset.device:
+                return self._train_local(spec, task_id, round, len(ids), deadline)
             with download_stress(chosen, self._stress_fetch(task_id)):
                 model_payload = self.client.model(task_id)
                 payloads = self._fetch_shards(task_id, ids, deadline)
@@ -278,6 +348,29 @@ class Agent:
             return answer
 
         return self._run(job)
+
+    def _train_local(self, spec: TaskSpec, task_id: int, round: int, count: int,
+                     deadline: float) -> dict[str, Any]:
+        """A round on device data: `count` local shards (rotating by round), no download but
+        the model's; nothing about the samples but their number goes back."""
+        from learner_agent.local_data import evaluate_payload, local_shards, shard_payloads
+        from learner_agent.trainer import train_round
+
+        (x, y), (vx, vy) = self._local_train(spec)
+        size = spec.partition.shard_size
+        count = min(count, local_shards(x, y, size))
+        t0 = self.clock()
+        model_payload = self.client.model(task_id)
+        download_s = self.clock() - t0
+        # Per-device evaluation: the global model as it arrived, on this device's held-out part.
+        local_eval = evaluate_payload(spec, model_payload, vx, vy) if len(vy) else None
+        payloads = shard_payloads(x, y, size, count, round * count)
+        result = train_round(spec, model_payload, payloads, deadline=deadline,
+                             clock=self.clock, download_s=download_s, seed=spec.seed + round)
+        answer = result.to_wire()
+        if local_eval is not None:
+            answer["local_eval"] = local_eval
+        return answer
 
     def _fetch_shards(self, task_id: int, ids: list[int], deadline: float) -> list[bytes]:
         """The payloads of shards `ids` in order, as many as arrive before `deadline`."""

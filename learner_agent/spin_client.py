@@ -1,7 +1,8 @@
 """SPIN's client (SPIN paper, algorithm 1) against a live orchestrator's async task.
 
 Samples of the learner's partition "arrive" one at a time by a Poisson process of rate λ
-(emulating a person labelling data). Once the learner holds at least D samples it pulls the
+(emulating a person labelling data), or, for device data (`source`), really arrive: as files
+dropped into the agent's `--data` directory. Once the learner holds at least D samples it pulls the
 current model (`POST /v1/tasks/{id}/pull`), trains E epochs over everything it holds, and
 pushes the result (`POST /v1/tasks/{id}/updates`, safetensors with metadata `base_version`,
 `n_samples`). A sample that arrived meanwhile triggers the next pull at once. A `204` answer
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import numpy as np
@@ -29,6 +30,16 @@ import numpy as np
 from learner_agent.adversary import active as active_adversary
 from learner_agent.errors import OrchestratorRefused
 from plexus.tensors import decode_state, encode_state
+
+
+class Arrivals(Protocol):
+    """Samples arriving on the device (`learner_agent.local_data.LocalSource`): `poll()` reads
+    what is new; `x` / `y` hold every sample so far, in arrival order."""
+
+    x: np.ndarray | None
+    y: np.ndarray
+
+    def poll(self) -> int: ...
 
 
 class _Ended(Exception):
@@ -94,6 +105,8 @@ class SpinClient:
         retry_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         headers: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
+        source: Arrivals | None = None,
+        poll_s: float = 0.2,
     ) -> None:
         if rate <= 0:
             raise ValueError(f"arrival rate must be positive samples/s, got {rate}")
@@ -114,6 +127,10 @@ class SpinClient:
         self.retry_s = retry_s
         self.clock = clock
         self._extra = headers
+        # Real arrivals (device data): samples are what `source` holds, polled every poll_s;
+        # without it the partition x, y is replayed by a Poisson clock (the emulation).
+        self.source = source
+        self.poll_s = poll_s
         rng = np.random.default_rng(seed)
         self._gaps = np.cumsum(rng.exponential(1.0 / rate, len(y)))
         self.report = SpinClientReport()
@@ -127,7 +144,7 @@ class SpinClient:
         try:
             while not stop.is_set():
                 elapsed = self.clock() - start
-                held = int(np.searchsorted(self._gaps, elapsed, side="right"))
+                held = self._arrived(elapsed)
                 self.report.held = held
                 if held >= self.pull_threshold and held > trained_upto:
                     try:
@@ -146,6 +163,9 @@ class SpinClient:
                     else:
                         stop.wait(self.retry_s)
                     continue
+                if self.source is not None:
+                    stop.wait(self.poll_s)  # new samples come when new files do
+                    continue
                 if held >= len(self.y):
                     self.report.ended = "every sample has arrived and been trained on"
                     break
@@ -156,6 +176,15 @@ class SpinClient:
         if self.report.ended is None:
             self.report.ended = "told to stop"
         return self.report
+
+    def _arrived(self, elapsed: float) -> int:
+        """Samples held now: those the source has read so far, or the replay's arrivals."""
+        if self.source is None:
+            return int(np.searchsorted(self._gaps, elapsed, side="right"))
+        self.source.poll()
+        if self.source.x is not None:
+            self.x, self.y = self.source.x, self.source.y
+        return len(self.y)
 
     @property
     def headers(self) -> dict[str, str]:

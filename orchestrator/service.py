@@ -38,6 +38,15 @@ class Settings:
     heartbeat_interval_s: float = 5.0
     # A learner is alive while its last heartbeat is younger than this.
     alive_after_s: float = 20.0
+    # User datasets (`dataset: {name: files, path: …}`) are read only from under this
+    # directory (default: <data_dir>/datasets), at most `max_data_bytes` per task.
+    data_root: Path | None = None
+    max_data_bytes: int = 2 * 1024**3
+
+    @property
+    def datasets_dir(self) -> Path:
+        """The directory user dataset paths are resolved under."""
+        return self.data_root if self.data_root is not None else self.data_dir / "datasets"
 
 
 def _token_file(path: Path, given: str | None) -> str:

@@ -24,9 +24,11 @@ from plexus.errors import SpecError
 from plexus.layers import LayerSpec, bare_layers
 
 ModelName = Literal["twonn", "threenn", "convnet", "fashionnet", "lenet5"]
-DatasetName = Literal["mnist5k", "digits", "synthetic", "mnist", "fashion_mnist"]
+DatasetName = Literal["mnist5k", "digits", "synthetic", "mnist", "fashion_mnist", "files"]
+DataFormat = Literal["npz", "safetensors", "csv", "images", "idx"]
+Normalization = Literal["none", "divide_255", "standardize"]
 MODEL_NAMES: tuple[str, ...] = ("twonn", "threenn", "convnet", "fashionnet", "lenet5")
-DATASET_NAMES: tuple[str, ...] = ("mnist5k", "digits", "synthetic", "mnist", "fashion_mnist")
+DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
 # Asynchronous aggregators and staleness handlers: written once here, because a spec is checked
 # without importing the orchestrator; `orchestrator.aggregation.registry` refuses to import
 # unless its registries hold exactly these names.
@@ -110,21 +112,60 @@ class ModelSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    """Which dataset to load and how to split it into train and test."""
+    """Which dataset to load, from where, how to split and normalise it (see the docs:
+    docs/your-model-and-data.md, Data).
+
+    Built-in names need no files; `files` reads the user's files (`format` says which kind, or
+    the path's suffix does) from under the orchestrator's data root, or, with `device: true`,
+    from each agent's own `--data` directory (the orchestrator then never sees a sample).
+    `input_shape`, `num_classes` and `classes` are read from the data at submission and
+    recorded in the task; a device-data task without a test set on the orchestrator states them.
+    """
 
     name: DatasetName = "mnist5k"
     path: str | None = None
+    format: DataFormat | None = None
+    test_path: str | None = None
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     # Only for `synthetic`: how many samples to generate (train + test).
     samples: int = Field(2000, ge=20, le=1_000_000)
+    # CSV: the label column and the feature columns (default: every other column).
+    label_column: str = "label"
+    feature_columns: list[str] | None = None
+    # Images: resize every picture to (height, width); grayscale gives 1 channel, else 3.
+    image_size: tuple[int, int] | None = None
+    grayscale: bool = False
+    # none: as stored; divide_255: x / 255 (pixels); standardize: per-feature mean 0, std 1
+    # from the training split. Default: divide_255 for images and IDX, none for the rest.
+    normalize: Normalization | None = None
+    device: bool = False  # the data lives on the agents (`plexus agent run --data DIR`)
+    # Filled in at submission from the data (stated by the user for device data).
+    input_shape: tuple[int, ...] | None = None
+    num_classes: int | None = Field(None, ge=2, le=1_000_000)
+    classes: list[str] | None = None  # original label of class 0, 1, …
 
     @model_validator(mode="after")
-    def _path_when_idx(self) -> DatasetSpec:
-        if self.name in ("mnist", "fashion_mnist") and not self.path:
+    def _path_when_files(self) -> DatasetSpec:
+        if self.name == "mnist" and not self.path:
             raise ValueError(
                 f"dataset '{self.name}' is read from local IDX files: set dataset.path to "
                 "the directory holding them"
             )
+        if self.name == "files" and not self.device and not self.path:
+            raise ValueError("dataset 'files' needs dataset.path (under the orchestrator's "
+                             "data root) or device: true (the agents' --data directories)")
+        for field_name in ("image_size", "input_shape"):
+            value = getattr(self, field_name)
+            if value is not None and (not value or min(value) < 1):
+                raise ValueError(f"dataset.{field_name} must be positive sizes, got {value}")
+        if self.feature_columns is not None and not self.feature_columns:
+            raise ValueError("dataset.feature_columns is empty: name at least one column, or "
+                             "leave it out to use every column but the label")
+        if self.device and self.name != "files":
+            raise ValueError("device: true needs name: files (the agents' own files)")
+        if self.classes is not None and self.num_classes not in (None, len(self.classes)):
+            raise ValueError(f"classes names {len(self.classes)} labels but num_classes is "
+                             f"{self.num_classes}")
         return self
 
 

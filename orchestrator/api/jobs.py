@@ -33,7 +33,9 @@ async def submit_job(body: JobRequest, service: ServiceDep) -> dict[str, Any]:
     options, specs = validate_job(body)
     layout = service.store.layout
     # Each model checked against its data, the data's shape recorded in its spec (422 if not).
-    resolved = [await asyncio.to_thread(resolve_spec, s) for s in specs]
+    settings = service.settings
+    resolved = [await asyncio.to_thread(resolve_spec, s, settings.datasets_dir,
+                                        settings.max_data_bytes, in_job=True) for s in specs]
     by_name = {s.name: (s, data) for s, data in resolved}
 
     def prepare(task_id: int, spec: dict[str, Any], _dir: Any) -> dict[str, int]:

@@ -89,7 +89,9 @@ async def submit(spec: Annotated[dict[str, Any], Body()], service: ServiceDep
     parsed = parse_task(spec)
     # The model is checked against the real data (and its shape and classes recorded in the
     # spec) before the task exists: a mismatch is a 422 that leaves nothing behind.
-    parsed, data = await asyncio.to_thread(resolve_spec, parsed)
+    settings = service.settings
+    parsed, data = await asyncio.to_thread(resolve_spec, parsed, settings.datasets_dir,
+                                           settings.max_data_bytes)
     layout = service.store.layout
     row = await asyncio.to_thread(
         service.store.create_task, parsed.to_dict(),
@@ -112,10 +114,14 @@ def list_tasks(service: ServiceDep) -> dict[str, Any]:
 def show_task(task_id: Id, service: ServiceDep) -> dict[str, Any]:
     """One task; `skipped` names the alive learners that cannot take part in it (cannot
     build its model, or lack the memory to train it) and why; `refused` counts the learner
-    requests it refused, per error code."""
+    requests it refused, per error code; `evaluation` says which test set the round accuracy
+    is and holds the per-device evaluations of device data."""
+    from orchestrator.runs.taskdata import evaluation_view
+
     task = service.store.task(task_id)
     return {**task_view(task), "skipped": skipped_learners(task, service),
-            "refused": service.store.refusals(task_id)}
+            "refused": service.store.refusals(task_id),
+            "evaluation": evaluation_view(service.store.layout, task.spec or {}, task_id)}
 
 
 def skipped_learners(task: TaskRow, service: Any) -> dict[str, str]:
@@ -179,6 +185,9 @@ def task_shard(task_id: Id, n: Index, reader: TaskReaderDep, service: ServiceDep
     """Shard `n` of a task, for the admin or a learner that takes part in the task."""
     reader.require(task_id)
     task = service.store.task(task_id)
+    if (task.spec or {}).get("dataset", {}).get("device"):
+        raise NotFound(f"task {task_id} trains on device data: it has no shards",
+                       code="device_data")
     if not 0 <= n < task.num_shards:
         raise NotFound(f"shard {n} not found for task {task_id} (task has "
                        f"{task.num_shards} shards, 0..{task.num_shards - 1})",

@@ -113,3 +113,12 @@ def task_summary(client: Client, task: dict[str, Any]) -> None:
         last = rounds[-1]
         console.print(f"final accuracy {fmt(last['accuracy'], '{:.1%}')}, "
                       f"loss {fmt(last['loss'], '{:.3f}')}")
+    evaluation = task.get("evaluation") or {}
+    if evaluation:
+        console.print(f"accuracy from {evaluation['accuracy_from']}")
+    if evaluation.get("per_device"):
+        latest = evaluation["per_device"][-1]
+        devices = ", ".join(f"{name} {fmt(e['accuracy'], '{:.1%}')} on {e['samples']}"
+                            for name, e in sorted(latest["learners"].items()))
+        console.print(f"per-device evaluation (round {latest['round']}, global model on each "
+                      f"device's held-out samples): {devices}")

@@ -36,6 +36,12 @@ def serve(
         help="URL agents reach this orchestrator at (default: http(s)://HOST:PORT).")] = None,
     heartbeat_s: Annotated[float, typer.Option(
         help="Heartbeat interval asked of agents, seconds.")] = 5.0,
+    data_root: Annotated[Path | None, typer.Option(
+        envvar="PLEXUS_DATA_ROOT", help="Directory user datasets are read from (dataset.path "
+        "is relative to it; nothing outside is read). Default: <data dir>/datasets.")] = None,
+    max_data_bytes: Annotated[int, typer.Option(
+        envvar="PLEXUS_MAX_DATA_BYTES", help="Largest user dataset accepted (bytes on disk, "
+        "train and test files together).")] = 2 * 1024**3,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     ssl_certfile: Annotated[Path | None, typer.Option(
         envvar="PLEXUS_SSL_CERTFILE",
@@ -59,7 +65,8 @@ def serve(
     settings = Settings(
         data_dir=data_dir, db_url=db_url, join_token=join_token, admin_token=admin_token,
         public_url=public_url or f"{scheme}://{advertised}:{port}",
-        heartbeat_interval_s=heartbeat_s, alive_after_s=max(4 * heartbeat_s, 10.0))
+        heartbeat_interval_s=heartbeat_s, alive_after_s=max(4 * heartbeat_s, 10.0),
+        data_root=data_root, max_data_bytes=max_data_bytes)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per RPC poll is noise
     fastapi_app = create_app(settings)

@@ -93,6 +93,8 @@ class LocalFleet:
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     ca_file: Path | None = None
+    # Agents started with `--data DIR`: their own device-local samples.
+    agent_data: dict[str, Path] = field(default_factory=dict)
     orchestrator: _Proc | None = None
     agents: dict[str, _Proc] = field(default_factory=dict)
 
@@ -164,6 +166,8 @@ class LocalFleet:
             args += ["--ca-file", str(self.ca_file)]
         if name in self.relayed:
             args.append("--relay")
+        if name in self.agent_data:
+            args += ["--data", str(self.agent_data[name])]
         self.agents[name] = self._spawn(args, f"agent-{name}.log", boot=boot,
                                         env={"PLEXUS_JOIN_TOKEN": self.join_token})
 

@@ -29,7 +29,7 @@ from orchestrator.errors import Conflict
 from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import Call, LearnerGateway, Reply
 from orchestrator.runs.rounds import TestSplit, close_round
-from orchestrator.runs.taskdata import load_test_split, read_state
+from orchestrator.runs.taskdata import load_test_split, read_state, record_device_eval
 from orchestrator.store import LearnerRow, Store, TaskRow
 
 if TYPE_CHECKING:
@@ -218,6 +218,9 @@ class SyncDriver:
         # Step 7: FedAvg weighted by samples trained; nobody answered -> the model stays.
         closed = await close_round(self.store, self.metrics, task.id, spec, index, state,
                                    replies, test, left_out, keep_updates=True)
+        if spec.dataset.device:
+            await asyncio.to_thread(record_device_eval, self.store.layout, task.id, index,
+                                    replies)
         round_time = round_end - t1  # GUC time: dispatch until the last answer or the cut-off
         truancy = (round_time - sync.deadline_s) / sync.deadline_s  # thesis 3.4, metric 6
         await asyncio.to_thread(self.store.record_round, task.id, {
