@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from orchestrator.api import errors, health, jobs, learners, tasks
+from orchestrator.api import errors, health, jobs, learners, tasks, ui
 from orchestrator.api.asynchronous import make_async_router
 from orchestrator.api.deps import learner
 from orchestrator.service import Service, Settings
@@ -37,7 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Deadline-aware training on fleets of edge devices.")
     app.state.service = service
     errors.install(app)
-    for router in (health.router, learners.router, tasks.router, jobs.router):
+    for router in (health.router, learners.router, tasks.router, jobs.router, ui.router):
         app.include_router(router)
     # Asynchronous mode: pull / updates / status of running async tasks.
     app.include_router(make_async_router(service.asynchronous.runners, learner),
