@@ -24,10 +24,11 @@ from orchestrator.allocation import (
     RoundContext,
     assign_shard_ids,
     get_allocator,
+    learner_time_s,
 )
 from orchestrator.errors import Conflict
 from orchestrator.metrics import Metrics
-from orchestrator.runs.gateway import Call, LearnerGateway
+from orchestrator.runs.gateway import Call, LearnerGateway, Reply
 from orchestrator.runs.rounds import TestSplit, close_round
 from orchestrator.runs.taskdata import load_test_split, read_state
 from orchestrator.store import LearnerRow, Store, TaskRow
@@ -40,6 +41,23 @@ log = logging.getLogger("orchestrator.runs.sync")
 # Asking a learner (subset benchmarking: download n shards, train on them, perhaps import torch
 # for the first time) gets this much longer than a round before the learner is left out.
 PROBE_EXTRA_S = 60.0
+
+
+def learner_times(replies: list[Reply], reports: list[LearnerReport], counts: dict[str, int],
+                  ctx: RoundContext) -> dict[str, dict[str, float | None]]:
+    """Per learner that was called: seconds from dispatch to its answer (or the cut-off), and
+    the time thesis eq. 3.4 predicts for its shards where it reported b_k and c_k (else None)."""
+    known = {r.learner_id: r for r in reports}
+    times: dict[str, dict[str, float | None]] = {}
+    for reply in replies:
+        key = str(reply.learner.id)
+        rep = known.get(key)
+        predicted = None
+        if rep is not None and rep.bandwidth is not None and rep.compute is not None:
+            predicted = learner_time_s(counts.get(key, 0), bandwidth=rep.bandwidth,
+                                       compute=rep.compute, ctx=ctx)
+        times[key] = {"actual_s": reply.elapsed_s, "predicted_s": predicted}
+    return times
 
 
 class SyncDriver:
@@ -175,6 +193,7 @@ class SyncDriver:
             "left_out": left_out, "plan_s": plan_s, "round_time_s": round_time,
             "truancy": truancy, "loss": closed.loss, "accuracy": closed.accuracy,
             "model_version": closed.version,
+            "times": learner_times(replies, reports, counts, ctx),
         }, closed.model_path, time.time())
         m = self.metrics
         m.rounds.labels(allocator=allocator.name).inc()

@@ -83,6 +83,8 @@ def test_dashboard_live(browser: Any, fleet: LocalFleet, tmp_path: Path) -> None
     ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = ctx.new_page()
     page.set_default_timeout(30_000)
+    errors: list[str] = []  # script errors on any page fail the test
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
     base = fleet.url
 
     # Nothing without a session: pages redirect to the form, JSON answers 401.
@@ -125,6 +127,13 @@ def test_dashboard_live(browser: Any, fleet: LocalFleet, tmp_path: Path) -> None
     assert page.evaluate("window.notReloaded") is True
     assert page.locator("#rounds tbody tr").count() == ROUNDS
     assert page.locator("#chart-loss circle").count() == ROUNDS
+    # Each learner's time per round is recorded and shown (DAB predicts none: no b_k, c_k).
+    with fleet.client() as client:
+        last = client.rounds(task["id"])[-1]
+    assert last["times"] and all(t["actual_s"] > 0 and t["predicted_s"] is None
+                                 for t in last["times"].values()), last["times"]
+    cell = page.locator("#allocation tbody tr").first.locator("td").nth(1).inner_text()
+    assert cell.count(" · ") == 2, cell  # shards · samples · seconds
     page.screenshot(path=str(tmp_path / "task.png"), full_page=True)
 
     page.goto(f"{base}/ui")
@@ -138,5 +147,6 @@ def test_dashboard_live(browser: Any, fleet: LocalFleet, tmp_path: Path) -> None
                            timeout=40_000)
     assert page.locator("tr[data-learner=alpha] .online-state").inner_text() == "online"
     page.screenshot(path=str(tmp_path / "fleet.png"), full_page=True)
+    assert errors == [], errors
     print(f"screenshots in {tmp_path}")
     ctx.close()

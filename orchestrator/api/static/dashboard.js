@@ -118,6 +118,17 @@
       `<span class="why">${esc(names[k] || k)}: ${esc(why)}</span>`).join("<br>");
   }
 
+  // A learner's time in a round: actual, and the eq. 3.4 prediction with its error in %.
+  function timing(t) {
+    if (!t) return "";
+    let out = " · " + num(t.actual_s, 2);
+    if (t.predicted_s != null && t.actual_s) {
+      out += ` (${num(t.predicted_s, 2)}, <span class="err">${
+        pct((t.predicted_s - t.actual_s) / t.actual_s)}</span>)`;
+    }
+    return out;
+  }
+
   function renderTask(d) {
     const t = d.task, names = d.names, rs = d.rounds;
     document.getElementById("task-state").textContent = t.state;
@@ -137,13 +148,15 @@
       <td class="${r.truancy > 0 ? "bad" : "ok"}">${r.truancy == null ? "–"
         : (r.truancy > 0 ? "+" : "") + pct(r.truancy)}</td><td>${pct(r.accuracy)}</td>
       <td>${num(r.loss, 3)}</td><td>${leftOut(names, r.left_out)}</td></tr>`));
-    const ids = [...new Set(rs.flatMap((r) => Object.keys(r.allocation || {})))];
+    const ids = [...new Set(rs.flatMap((r) => Object.keys(r.allocation || {})))]
+      .sort((a, b) => String(names[a] || a).localeCompare(String(names[b] || b)));
     document.querySelector("#allocation thead").innerHTML = "<tr><th>round</th>" +
-      ids.map((k) => `<th>${esc(names[k] || k)}<br><small>shards · samples</small></th>`)
+      ids.map((k) => `<th>${esc(names[k] || k)}<br><small>shards · samples · time s
+        (predicted, error)</small></th>`)
         .join("") + "</tr>";
     rows("allocation", rs.slice().reverse().map((r) => "<tr><td>" + r.index + "</td>" +
-      ids.map((k) => `<td>${r.allocation[k] ?? 0} · ${(r.samples || {})[k] ?? "–"}</td>`)
-        .join("") + "</tr>"));
+      ids.map((k) => `<td>${r.allocation[k] ?? 0} · ${(r.samples || {})[k] ?? "–"}${
+        timing((r.times || {})[k])}</td>`).join("") + "</tr>"));
     renderAsync(d);
   }
 
