@@ -177,6 +177,7 @@
   function renderJob(d) {
     const j = d.job, names = d.names;
     document.getElementById("job-state").textContent = j.state;
+    document.getElementById("job-state").className = "state " + j.state;
     document.getElementById("job-reason").textContent = j.reason || "";
     rows("job-tasks", j.tasks.map((t) => `<tr><td>${t.id}</td>
       <td><a href="/ui/tasks/${t.id}">${esc(t.name)}</a></td><td>${state(t.state)}</td>
