@@ -31,6 +31,7 @@ HERE = Path(__file__).parent
 COOKIE = "plexus_session"
 SESSION_S = 12 * 3600.0
 MAX_LOGIN_BODY = 4096
+BENCHMARK_TASKS = 20  # the fleet page reads SB's b_k, c_k from this many most recent tasks
 STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -209,8 +210,21 @@ def _names(service: Service) -> dict[str, str]:
     return {str(lr.id): lr.name for lr in service.store.learners()}
 
 
+def _benchmarks(service: Service) -> dict[str, list[dict[str, Any]]]:
+    """Per learner: SB's b_k and c_k as the last round of each recent task recorded them."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for t in service.store.tasks()[-BENCHMARK_TASKS:]:
+        rounds = service.store.rounds(t.id)
+        for k, entry in ((rounds[-1].times or {}) if rounds else {}).items():
+            if entry.get("b_k") is not None:
+                found.setdefault(k, []).append({"task": t.id, "round": rounds[-1].index,
+                                                "b_k": entry["b_k"], "c_k": entry["c_k"]})
+    return found
+
+
 def fleet_data(service: Service) -> dict[str, Any]:
-    """Learners with their state, facts and the running task they last worked on."""
+    """Learners with their state, facts, the running task they last worked on and SB's
+    b_k, c_k history (from the round records of recent tasks)."""
     now = time.time()
     current: dict[str, dict[str, Any]] = {}
     for t in service.store.tasks(("running",)):
@@ -219,10 +233,12 @@ def fleet_data(service: Service) -> dict[str, Any]:
             for k, n in rounds[-1].allocation.items():
                 if n > 0:
                     current[k] = {"id": t.id, "name": t.name}
+    bench = _benchmarks(service)
     learners = []
     for lr in service.store.learners():
         view = learner_view(lr, now, service.settings.alive_after_s)
         view["current_task"] = current.get(str(lr.id))
+        view["benchmarks"] = bench.get(str(lr.id), [])
         learners.append(view)
     return {"now": now, "alive_after_s": service.settings.alive_after_s, "learners": learners}
 

@@ -46,17 +46,19 @@ PROBE_EXTRA_S = 60.0
 def learner_times(replies: list[Reply], reports: list[LearnerReport], counts: dict[str, int],
                   ctx: RoundContext) -> dict[str, dict[str, float | None]]:
     """Per learner that was called: seconds from dispatch to its answer (or the cut-off), and
-    the time thesis eq. 3.4 predicts for its shards where it reported b_k and c_k (else None)."""
+    where it reported b_k (bytes/s) and c_k (samples/s), those and the time thesis eq. 3.4
+    predicts for its shards (else None)."""
     known = {r.learner_id: r for r in reports}
     times: dict[str, dict[str, float | None]] = {}
     for reply in replies:
         key = str(reply.learner.id)
         rep = known.get(key)
-        predicted = None
+        entry: dict[str, float | None] = {"actual_s": reply.elapsed_s, "predicted_s": None}
         if rep is not None and rep.bandwidth is not None and rep.compute is not None:
-            predicted = learner_time_s(counts.get(key, 0), bandwidth=rep.bandwidth,
-                                       compute=rep.compute, ctx=ctx)
-        times[key] = {"actual_s": reply.elapsed_s, "predicted_s": predicted}
+            entry["predicted_s"] = learner_time_s(counts.get(key, 0), bandwidth=rep.bandwidth,
+                                                  compute=rep.compute, ctx=ctx)
+            entry.update(b_k=rep.bandwidth, c_k=rep.compute)
+        times[key] = entry
     return times
 
 

@@ -109,7 +109,10 @@
           : '<span class="state bad">offline</span>'}</td>
         <td>${ago(d.now, l.last_seen)}</td><td>${esc(l.via)}</td><td>${esc(f.cores)}</td>
         <td>${bytes(f.memory_bytes)}</td><td>${num(f.load_1m, 2)}</td><td>${temp}</td>
-        <td>${thr}</td><td>${esc(f.platform)} ${esc(f.machine)}</td><td>${cur}</td></tr>`;
+        <td>${thr}</td><td>${esc(f.platform)} ${esc(f.machine)}</td><td>${cur}</td>
+        <td class="bench">${(l.benchmarks || []).slice(-3).reverse().map((b) =>
+          `task ${b.task}: ${num(b.b_k / 1e6, 1)} MB/s · ${num(b.c_k, 0)} samples/s`)
+          .join("<br>") || "–"}</td></tr>`;
     }));
   }
 
