@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 LOCK   := requirements/dev.lock
 
-.PHONY: demo test lint lock bench clean
+.PHONY: demo test fuzz lint lock bench clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadscope --durations=15
+
+# Schemathesis against a real orchestrator, every phase, 60 cases per operation and phase
+# (over 1,000 in all): no 5xx, no answer the OpenAPI document does not describe.
+fuzz: $(STAMP)
+	PLEXUS_FUZZ_EXAMPLES=60 PLEXUS_FUZZ_PHASES=examples,coverage,fuzzing,stateful \
+	    $(PY) -m pytest -q -s -o timeout=1800 tests/orchestrator/test_fuzz_api.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check plexus rpc orchestrator learner_agent deploy benchmarks tests

@@ -18,9 +18,28 @@ def parse_task(task: Any) -> TaskSpec:
     if not isinstance(task, dict):
         raise BadTask(f"task must be a task spec mapping, got {type(task).__name__}")
     try:
-        return load_spec(task)
+        spec = load_spec(task)
     except SpecError as exc:
         raise BadTask(str(exc)) from None
+    check_factory(spec)
+    return spec
+
+
+def check_factory(spec: TaskSpec) -> None:
+    """`BadTask` when the task's model comes from a factory this agent has not installed
+    (or installed in another version than the orchestrator's): never imported from a string."""
+    from plexus.models import factory_distribution
+
+    name = spec.model.factory
+    if name is None:
+        return
+    have = factory_distribution(name)
+    if have is None:
+        raise BadTask(f"model.factory {name!r} is not installed on this learner (entry-point "
+                      "group 'plexus.models'); install its package here")
+    want = spec.model.distribution
+    if want is not None and want != have:
+        raise BadTask(f"model.factory {name!r}: this learner has {have}, the task needs {want}")
 
 
 def check_int(name: str, value: Any, minimum: int = 0) -> int:

@@ -138,11 +138,9 @@ def build_dummy(
     spec: TaskSpec, initial_state: Mapping[str, torch.Tensor] | None = None
 ) -> torch.nn.Module:
     """A fresh model of the task's architecture, with its own parameter storage (thesis 3.2)."""
-    from plexus.datasets import dataset_geometry
-    from plexus.models import build_model
+    from plexus.models import build_for_task
 
-    shape, classes = dataset_geometry(spec.dataset.name)
-    dummy = build_model(spec.model, shape, classes)
+    dummy = build_for_task(spec)  # the spec carries the data's shape and classes
     if initial_state is not None:
         # load_state_dict copies values into the dummy's own tensors; nothing is aliased.
         dummy.load_state_dict(dict(initial_state))

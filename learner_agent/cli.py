@@ -116,6 +116,14 @@ def _serve(daemon: AgentDaemon, orchestrator: str, relay: bool) -> None:
         f"agent [bold]{daemon.name}[/bold] serving {where}, enrolling with {orchestrator}"
     )
     daemon.wait()
+    if daemon.fatal:
+        daemon.stop()
+        console.print(f"[red]error:[/red] {daemon.fatal}")
+        raise typer.Exit(1)
+
+
+_DATA_DIR_HELP = ("Directory keeping the agent's name and its learner secret (mode 600); "
+                  "default $XDG_STATE_HOME/plexus/agents/<name> (~/.local/state/...)")
 
 
 def run(
@@ -139,7 +147,7 @@ def run(
     name: str | None = typer.Option(None, help="Learner name (default: host name)"),
     host: str = typer.Option("0.0.0.0", help="Address to bind the RPC worker to"),
     port: int = typer.Option(0, help="Port for the RPC worker (0 = any free port)"),
-    data_dir: Path | None = typer.Option(None, help="Directory to keep the agent name in"),  # noqa: B008
+    data_dir: Path | None = typer.Option(None, help=_DATA_DIR_HELP),  # noqa: B008
     stress_heat: float | None = typer.Option(
         None, help="Experiments only: sample stressor states with this softmax heat"
     ),
@@ -152,7 +160,7 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every heartbeat"),
 ) -> None:
     """Enroll with the orchestrator and serve status / plan / benchmark / train."""
-    from learner_agent.daemon import AgentDaemon
+    from learner_agent.daemon import AgentDaemon, default_name, state_dir
 
     _setup_logging(verbose)
     token, verify = _credentials(join_token, join_token_file, ca_file, insecure)
@@ -166,7 +174,7 @@ def run(
             host=host,
             port=port,
             relay=relay,
-            data_dir=data_dir,
+            data_dir=data_dir or state_dir(name or default_name(None)),
             stress_heat=stress_heat,
             threads=threads,
             verify=verify,

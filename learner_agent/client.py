@@ -49,10 +49,22 @@ class OrchestratorClient:
         return response
 
     def enroll(
-        self, join_token: str, name: str, facts: dict[str, Any], endpoint: str | None
+        self,
+        join_token: str,
+        name: str,
+        facts: dict[str, Any],
+        endpoint: str | None,
+        *,
+        secret: str | None = None,
     ) -> dict[str, Any]:
-        """Enroll (or re-enroll) under `name`; stores the learner id and token it gets back."""
-        body = {"join_token": join_token, "name": name, "facts": facts, "endpoint": endpoint}
+        """Enroll (or re-enroll) under `name`; stores the learner id and token it gets back.
+
+        Re-enrolling an existing name needs `secret`, that learner's current token."""
+        body: dict[str, Any] = {
+            "join_token": join_token, "name": name, "facts": facts, "endpoint": endpoint
+        }
+        if secret:
+            body["secret"] = secret
         answer: dict[str, Any] = self._request("POST", "/v1/learners/enroll", json=body).json()
         self.learner_id = int(answer["learner_id"])
         self.token = str(answer["token"])

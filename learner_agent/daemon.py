@@ -7,8 +7,11 @@ enroll, then open the worker to the learner token the orchestrator issued. Behin
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import re
 import socket
 import ssl
@@ -25,6 +28,31 @@ from learner_agent.procedures import Agent, make_registry
 log = logging.getLogger("learner_agent")
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+SECRET_FILE = "learner_token"  # the learner's own secret, mode 0600, in the data directory
+NAME_TAKEN_HINT = (
+    "another learner already holds the name {name!r} at the orchestrator (a second agent on "
+    "this host, or another device): start this agent with --name <another name> (and its own "
+    "--data-dir); if it is the same learner restarted, give it the --data-dir it used before"
+)
+
+
+def state_dir(name: str) -> Path:
+    """The default data directory of agent `name`: `$XDG_STATE_HOME/plexus/agents/<name>`."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "plexus" / "agents" / name
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    """Write the secret readable by this user only (0600 from the start), atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def default_name(data_dir: Path | None) -> str:
@@ -109,6 +137,34 @@ class AgentDaemon:
         self._server: Any = None
         self._relay_conn: Any = None
         self._thread: threading.Thread | None = None
+        # Why the agent gave up (e.g. its name is another learner's); None while it runs.
+        self.fatal: str | None = None
+        self._lock_fd: int | None = None
+        self._secret = self._load_secret()
+
+    def _load_secret(self) -> str | None:
+        """The learner's secret kept in the data directory, if this agent may use it.
+
+        The directory is locked for the agent's lifetime: a second agent started on the
+        same directory (same host, same name) gets no secret, so the orchestrator answers
+        it 409 `name_taken` and it stops with a hint instead of taking the first one over.
+        """
+        if self.data_dir is None:
+            return None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            log.warning("another agent is running with data directory %s", self.data_dir)
+            return None
+        self._lock_fd = fd
+        path = self.data_dir / SECRET_FILE
+        try:
+            return path.read_text().strip() or None
+        except FileNotFoundError:
+            return None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, wait_s: float | None = 0.0) -> None:
@@ -147,14 +203,22 @@ class AgentDaemon:
         if self._server is not None:
             self._server.stop()
         self.client.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the lock
+            self._lock_fd = None
 
-    def wait(self) -> None:
-        """Block until `stop()` is called (from another thread or a signal handler)."""
-        self._stop.wait()
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until `stop()` is called (from another thread or a signal handler) or the
+        agent gives up (`fatal`); False if `timeout_s` passed first."""
+        return self._stop.wait(timeout_s)
 
     # -- enrolment and heartbeats ----------------------------------------------------------
     def _enroll(self) -> None:
-        answer = self.client.enroll(self.join_token, self.name, device_facts(), self.endpoint)
+        # The current token (or the one kept from the last run) proves this is that learner.
+        secret = self.client.token or self._secret
+        answer = self.client.enroll(
+            self.join_token, self.name, device_facts(), self.endpoint, secret=secret
+        )
         self.heartbeat_interval_s = float(answer.get("heartbeat_interval_s", 10.0))
         # Only the orchestrator holding this token may call the procedures.
         self._worker.tokens = frozenset({self.client.token})
@@ -171,11 +235,13 @@ class AgentDaemon:
             self._relay_conn = self._worker.start_relay(
                 relay_url, self.name, token=self.client.token, verify=self.verify
             )
-        if self.data_dir is not None:
+        if self.data_dir is not None and self._lock_fd is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             (self.data_dir / "agent.json").write_text(
                 json.dumps({"name": self.name, "learner_id": self.client.learner_id})
             )
+            if self.client.token:
+                _write_secret(self.data_dir / SECRET_FILE, self.client.token)
         log.info("enrolled as %s (learner %s)", self.name, self.client.learner_id)
         self.enrolled.set()
 
@@ -196,6 +262,12 @@ class AgentDaemon:
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.max_backoff_s)
             except OrchestratorRefused as exc:
+                if exc.status == 409 and exc.code == "name_taken":
+                    # Retrying cannot help: another learner holds this name.
+                    self.fatal = NAME_TAKEN_HINT.format(name=self.name)
+                    log.error("enrolment refused (%s); %s", exc, self.fatal)
+                    self._stop.set()
+                    return
                 if exc.status in (401, 403, 404) and not need_enroll:
                     # The orchestrator forgot us (restart with a new store, revoked token):
                     # enroll again under the same name.

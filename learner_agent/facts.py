@@ -24,9 +24,22 @@ def _has_cuda() -> bool:
     return Path("/dev/nvidia0").exists() or Path("/dev/nvhost-ctrl").exists()
 
 
+def model_factories() -> list[dict[str, str]]:
+    """The model factories installed here (entry-point group `plexus.models`): name, value,
+    distribution and version each. The orchestrator gives a factory task only to learners
+    that list its factory with the same distribution version."""
+    from plexus.models import installed_factories
+
+    try:
+        return installed_factories()
+    except Exception:  # a broken plugin's metadata must never fail a heartbeat
+        return []
+
+
 def device_facts() -> dict[str, Any]:
-    """`{cores, memory_bytes, load_1m, platform, machine, cuda}`: cores and total memory in
-    bytes, 1-minute load average, OS name, CPU architecture, whether a CUDA device exists."""
+    """`{cores, memory_bytes, load_1m, platform, machine, cuda, model_factories}`: cores and
+    total memory in bytes, 1-minute load average, OS name, CPU architecture, whether a CUDA
+    device exists, and the model factories installed (`model_factories`)."""
     import psutil
 
     try:
@@ -40,4 +53,5 @@ def device_facts() -> dict[str, Any]:
         "platform": platform.system().lower(),
         "machine": platform.machine(),
         "cuda": _has_cuda(),
+        "model_factories": model_factories(),
     }

@@ -80,9 +80,14 @@ def train_round(
     """Load the global model from `model_payload`, train μ passes over the shards until done
     or until `deadline` (an instant on `clock`, seconds) passes; return the partial result."""
     from learner_agent.benchmarking import build_dummy
+    from learner_agent.errors import BadTask
+    from plexus.errors import SpecError
     from plexus.training import train
 
-    model = build_dummy(spec)  # a fresh network of the task's architecture
+    try:
+        model = build_dummy(spec)  # a fresh network of the task's architecture
+    except SpecError as exc:
+        raise BadTask(f"cannot build the task's model here: {exc}") from None
     state, meta = decode_state(model_payload, reference=model.state_dict())
     model.load_state_dict(state)
     xs, ys = _decode_shards(shard_payloads)

@@ -73,11 +73,17 @@ class Client:
     def rounds(self, task_id: int) -> list[dict[str, Any]]:
         return self._call("GET", f"/v1/tasks/{task_id}/rounds")["rounds"]  # type: ignore[no-any-return]
 
-    def model(self, task_id: int) -> bytes:
-        return self._call("GET", f"/v1/tasks/{task_id}/model")  # type: ignore[no-any-return]
+    def model(self, task_id: int, version: int | None = None) -> bytes:
+        """Model version `version` of a task as safetensors bytes (the current one: None)."""
+        params = {} if version is None else {"version": version}
+        return self._call("GET", f"/v1/tasks/{task_id}/model",  # type: ignore[no-any-return]
+                          params=params)
 
     def learners(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/learners")["learners"]  # type: ignore[no-any-return]
+
+    def remove_learner(self, learner_id: int) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/learners/{learner_id}")  # type: ignore[no-any-return]
 
     def submit_job(self, job: dict[str, Any]) -> dict[str, Any]:
         """POST /v1/jobs: several sync task specs under one allocator (docs/orchestrator.md)."""

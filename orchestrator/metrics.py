@@ -27,6 +27,10 @@ class Metrics:
                                     ["kind"], registry=self.registry)
         self.updates = Counter("plexus_updates_received", "Parameter updates received",
                                registry=self.registry)
+        # Every refused learner request (an update, a pull, a download), by its error code.
+        self.refused = Counter("plexus_updates_refused",
+                               "Learner requests refused by update admission or token scope",
+                               ["reason"], registry=self.registry)
         alive = Gauge("plexus_learners_alive", "Learners heard from recently",
                       registry=self.registry)
         alive.set_function(lambda: float(learners_alive()))

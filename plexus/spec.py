@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from plexus.errors import SpecError
+from plexus.layers import LayerSpec, bare_layers
 
 ModelName = Literal["twonn", "threenn", "convnet", "fashionnet", "lenet5"]
 DatasetName = Literal["mnist5k", "digits", "synthetic", "mnist", "fashion_mnist"]
@@ -31,6 +40,69 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ModelSpec(_Strict):
+    """The network: a zoo `name`, declared `layers`, or an installed `factory` (exactly one).
+
+    `model: twonn` is short for `model: {name: twonn}`. `input_shape` and `num_classes` are
+    the data's; the orchestrator fills them in at submission from the dataset (when given,
+    they must match it), so a learner builds the same network without the data. For a
+    factory, `distribution` ("name==version", filled in at submission) is the plugin package
+    the orchestrator resolved it from; learners with another version are skipped.
+    """
+
+    name: ModelName | None = None
+    layers: tuple[LayerSpec, ...] | None = None
+    factory: str | None = Field(None, min_length=1, max_length=200,
+                                pattern=r"^[A-Za-z0-9_.:-]+$")
+    kwargs: dict[str, JsonValue] = Field(default_factory=dict)
+    input_shape: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(
+        None, min_length=1, max_length=4)
+    num_classes: int | None = Field(None, ge=2)
+    distribution: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": data}
+        if isinstance(data, dict) and "layers" in data:
+            data = {**data, "layers": bare_layers(data["layers"])}
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSpec:
+        given = [k for k in ("name", "layers", "factory") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("model: give exactly one of name (a zoo model: "
+                             f"{', '.join(MODEL_NAMES)}), layers or factory"
+                             + (f"; got {' and '.join(given)}" if given else ""))
+        if self.layers is not None and not self.layers:
+            raise ValueError("model.layers: give at least one layer")
+        if self.kwargs and self.factory is None:
+            raise ValueError("model.kwargs: only a factory model takes kwargs")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _as_short(self, handler: Any) -> Any:
+        # A bare zoo name stays `model: twonn` in the stored and shown spec.
+        if self.name is not None and self.input_shape is None and self.num_classes is None:
+            return self.name
+        return {k: v for k, v in handler(self).items()
+                if v is not None and not (k == "kwargs" and not v)}
+
+    @property
+    def kind(self) -> str:
+        """"zoo", "layers" or "factory"."""
+        return "zoo" if self.name else "layers" if self.layers else "factory"
+
+    def describe(self) -> str:
+        """A short name for messages: the zoo name, "declared layers" or the factory."""
+        if self.name:
+            return self.name
+        return f"{len(self.layers or ())} declared layers" if self.layers else \
+            f"factory {self.factory!r}"
+
+
 class DatasetSpec(_Strict):
     """Which dataset to load and how to split it into train and test."""
 
@@ -38,7 +110,7 @@ class DatasetSpec(_Strict):
     path: str | None = None
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     # Only for `synthetic`: how many samples to generate (train + test).
-    samples: int = Field(2000, ge=20)
+    samples: int = Field(2000, ge=20, le=1_000_000)
 
     @model_validator(mode="after")
     def _path_when_idx(self) -> DatasetSpec:
@@ -77,6 +149,9 @@ class SyncSpec(_Strict):
     benchmark_shards: int = Field(2, ge=1)  # n of subset benchmarking
     safety_quantile: float | None = Field(None, gt=0.0, lt=1.0)
     total_shards: int | None = Field(None, ge=1)
+    # Consecutive rounds in which no learner trained (all failed, were skipped or got nothing)
+    # that a task tolerates; one more, or a task whose every round was empty, ends `failed`.
+    max_empty_rounds: int = Field(1, ge=0)
 
 
 class AsyncSpec(_Strict):
@@ -96,8 +171,8 @@ class TaskSpec(_Strict):
     """A whole training task; `mode` selects which of `sync` / `async` must be present."""
 
     name: str = "task"
-    model: ModelName = "twonn"
-    seed: int = 0
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec.model_validate("twonn"))
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy and torch take 0..2**32-1 everywhere
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -145,16 +220,25 @@ class TaskSpec(_Strict):
         return self.model_dump(mode="json", by_alias=True, exclude_none=False)
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError, prefix: str = "") -> str:
+    """Every error of `exc` as "field: what is wrong", fields under `prefix` when given."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]).replace("async_", "async")
+        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        loc = loc.replace("async_", "async")
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not part of the task spec; see docs/protocol.md)"
+        elif err["type"] == "union_tag_invalid":
+            msg = (f"unknown layer type {err['input'].get('type')!r}"
+                   if isinstance(err["input"], dict) else msg)
         # Whole-spec checks already start their message with the field they are about.
         parts.append(f"{loc}: {msg}" if loc else msg)
-    return "invalid task spec: " + "; ".join(parts)
+    return "; ".join(parts)
+
+
+def _describe(exc: ValidationError) -> str:
+    return "invalid task spec: " + describe_errors(exc)
 
 
 def parse_spec(data: dict[str, Any]) -> TaskSpec:

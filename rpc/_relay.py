@@ -438,7 +438,12 @@ class RelayConnection:
     async def _handle(
         self, client: httpx.AsyncClient, call_id: str, procedure: str, body: Buffer
     ) -> None:
-        outcome = await self.worker.execute(procedure, body)
+        try:
+            outcome = await self.worker.execute(procedure, body)
+        except Exception as exc:  # the caller must get an answer, whatever broke
+            # execute answers bad calls itself; anything escaping it is still this call's
+            # result, never a task exception nobody retrieves with the caller left waiting.
+            outcome = Outcome.error(exc)
         del body
         url = f"{self.url}/_result/{call_id}"
         for attempt in range(3):

@@ -21,6 +21,11 @@ CHUNK_BYTES = 1 << 18
 _SMALL_BYTES = 1 << 16
 # A header larger than this is not something we produced; refuse before parsing it.
 MAX_HEADER_BYTES = 100 << 20
+# Limits on a tensor's shape, checked before anything is allocated: numpy holds at most 64
+# dimensions (32 before numpy 2), and torch computes element counts and strides in int64, so the
+# product of the dimensions (zeros counted as 1, as strides do) must stay well inside it.
+MAX_NDIM = 32
+MAX_ELEMENTS = 1 << 53
 
 _TENSOR_KEY = "__tensor__"
 _ESCAPE_KEY = "__dict__"
@@ -237,6 +242,11 @@ def encode(value: Any) -> Encoded:
     header: dict[str, Any] = {"__metadata__": {"rpc": json.dumps(tree, separators=(",", ":"))}}
     offset = 0
     for slot in slots:
+        if len(slot.shape) > MAX_NDIM:
+            raise UnsupportedValue(
+                f"a tensor of {len(slot.shape)} dimensions cannot be sent (at most {MAX_NDIM}); "
+                "reshape it"
+            )
         end = offset + len(slot.data)
         header[slot.name] = {
             "dtype": slot.dtype,
@@ -255,18 +265,34 @@ def _bad(detail: str) -> MalformedPayload:
     return MalformedPayload(f"{detail}; the body must be an rpc body (safetensors layout)")
 
 
+def _check_shape(name: str, shape: Any) -> list[int]:
+    """Refuse a shape that no real tensor has, before anything is allocated for it."""
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise _bad(f"tensor {name!r} has an invalid shape {str(shape)[:200]}")
+    if len(shape) > MAX_NDIM:
+        raise _bad(f"tensor {name!r} has {len(shape)} dimensions, more than {MAX_NDIM}")
+    # An empty tensor's other dimensions still size its strides: bound them all.
+    span = 1
+    for d in shape:
+        span *= max(d, 1)
+        if span > MAX_ELEMENTS:
+            raise _bad(
+                f"tensor {name!r} has an absurd shape {str(shape)[:200]} "
+                f"(over {MAX_ELEMENTS} elements, zeros counted as 1)"
+            )
+    return shape
+
+
 def _check_entry(name: str, entry: Any) -> tuple[str, list[int], int, int]:
     if not isinstance(entry, dict):
         raise _bad(f"tensor {name!r} has a non-object header entry")
     dtype = entry.get("dtype")
-    shape = entry.get("shape")
     offsets = entry.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise _bad(f"tensor {name!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise _bad(f"tensor {name!r} has an invalid shape {shape!r}")
+    shape = _check_shape(name, entry.get("shape"))
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -294,7 +320,19 @@ class _Decoder:
     def tensor(self, ref: dict[str, Any]) -> Any:
         name, kind = ref.get(_TENSOR_KEY), ref.get("kind")
         if len(ref) != 2 or not isinstance(name, str) or name not in self.entries:
-            raise _bad(f"reference {ref!r} names no tensor in the header")
+            raise _bad(f"reference {str(ref)[:200]} names no tensor in the header")
+        try:
+            return self._build(name, kind)
+        except MalformedPayload:
+            raise
+        except Exception as exc:  # whatever numpy / torch refuse to build is the body's fault
+            dtype, shape = self.entries[name][:2]
+            raise _bad(
+                f"tensor {name!r} ({dtype}, shape {shape}) cannot be built: "
+                f"{type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
+
+    def _build(self, name: str, kind: Any) -> Any:
         dtype, shape, begin, end = self.entries[name]
         start = self.base + begin
         numel = (end - begin) // _DTYPES[dtype][1]
@@ -315,7 +353,7 @@ class _Decoder:
                 return torch.empty(shape, dtype=t_dtype)
             flat = torch.frombuffer(self.buf, dtype=t_dtype, count=numel, offset=start)
             return flat.reshape(shape)
-        raise _bad(f"tensor {name!r} has unknown kind {kind!r}")
+        raise _bad(f"tensor {name!r} has unknown kind {str(kind)[:100]!r}")
 
     def value(self, obj: Any) -> Any:
         if isinstance(obj, list):

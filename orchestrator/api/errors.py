@@ -7,10 +7,15 @@ ancestor). Every error answers JSON `{"error": code, "detail": text}`.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from orchestrator.allocation.errors import PlanInputError
 from orchestrator.errors import (
@@ -22,6 +27,29 @@ from orchestrator.errors import (
     StoreError,
     Unauthorized,
 )
+
+
+class ErrorBody(BaseModel):
+    """What every error answers: a stable code and a sentence for a person."""
+
+    error: str
+    detail: str
+
+
+_MEANING = {
+    401: "no bearer token, or not one this call accepts",
+    403: "the token is valid but not for this resource",
+    404: "no such resource",
+    409: "the resource is not in a state that allows this",
+    413: "the body is larger than this route accepts",
+    422: "the request is invalid; `detail` names the field",
+}
+
+
+def answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route's error statuses, all with the `ErrorBody` model."""
+    return {s: {"model": ErrorBody, "description": _MEANING[s]} for s in statuses}
+
 
 STATUS: dict[type[ServiceError], int] = {
     ServiceError: 500,
@@ -58,10 +86,42 @@ async def _invalid(_r: Request, exc: Exception) -> JSONResponse:
                         status_code=422)
 
 
-async def _http(_r: Request, exc: Exception) -> JSONResponse:
+def _template(path: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{[^}]+\})", path)
+    return re.compile("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts))
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route of the app answers on this path (RFC 9110: 405 carries Allow).
+
+    The documented routes come from the OpenAPI document (FastAPI keeps included routers
+    behind private objects); the app's own routes (/docs, /redoc) are matched directly.
+    """
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if getattr(route, "methods", None):
+            match, _ = route.matches({**request.scope, "method": "GET"})
+            if match != Match.NONE:
+                methods |= set(route.methods)
+    path = request.url.path
+    for template, ops in request.app.openapi().get("paths", {}).items():
+        if _template(template).fullmatch(path):
+            methods |= {m.upper() for m in ops}
+    return ", ".join(sorted(methods))
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it cannot even decode: a request error like any other.
+        return JSONResponse({"error": "invalid_request", "detail": f"body: {exc.detail}"},
+                            status_code=422)
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed(request)
+    return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code,
+                        headers=headers)
 
 
 async def _crash(_r: Request, exc: Exception) -> JSONResponse:

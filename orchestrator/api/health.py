@@ -18,7 +18,9 @@ def healthz(service: ServiceDep) -> dict[str, Any]:
     return {"ok": True, "tasks_running": len(service.store.tasks(("running",)))}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {
+    "description": "Prometheus text format",
+    "content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics(service: ServiceDep) -> Response:
     """The Prometheus metrics of this orchestrator."""
     return Response(service.metrics.render(),

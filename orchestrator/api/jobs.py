@@ -9,12 +9,13 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from orchestrator.api.deps import AdminDep, ServiceDep
+from orchestrator.api.deps import AdminDep, Id, ServiceDep
+from orchestrator.api.errors import answers
 from orchestrator.errors import Conflict
 from orchestrator.runs.jobs import JobRequest, job_view
 from orchestrator.service import Service
 
-router = APIRouter(tags=["jobs"], dependencies=[AdminDep])
+router = APIRouter(tags=["jobs"], dependencies=[AdminDep], responses=answers(401))
 
 
 def _job_view(service: Service, job_id: int) -> dict[str, Any]:
@@ -23,19 +24,25 @@ def _job_view(service: Service, job_id: int) -> dict[str, Any]:
                     [service.store.task(t) for t in job.task_ids])
 
 
-@router.post("/v1/jobs", status_code=201)
+@router.post("/v1/jobs", status_code=201, responses=answers(413, 422))
 async def submit_job(body: JobRequest, service: ServiceDep) -> dict[str, Any]:
     """Create a job and its tasks completely (or not at all) and start it."""
     from orchestrator.runs.jobs import validate_job
-    from orchestrator.runs.taskdata import prepare_task
+    from orchestrator.runs.taskdata import prepare_task, resolve_spec
 
     options, specs = validate_job(body)
     layout = service.store.layout
-    by_name = {s.name: s for s in specs}
+    # Each model checked against its data, the data's shape recorded in its spec (422 if not).
+    resolved = [await asyncio.to_thread(resolve_spec, s) for s in specs]
+    by_name = {s.name: (s, data) for s, data in resolved}
+
+    def prepare(task_id: int, spec: dict[str, Any], _dir: Any) -> dict[str, int]:
+        parsed, data = by_name[spec["name"]]
+        return prepare_task(parsed, task_id, layout, data)
+
     job = await asyncio.to_thread(
-        service.store.create_job, body.name, options, [s.to_dict() for s in specs],
-        lambda task_id, spec, _dir: prepare_task(by_name[spec["name"]], task_id, layout),
-        time.time())
+        service.store.create_job, body.name, options, [s.to_dict() for s, _ in resolved],
+        prepare, time.time())
     service.jobs.launch(job.id)
     return _job_view(service, job.id)
 
@@ -48,14 +55,14 @@ def list_jobs(service: ServiceDep) -> dict[str, Any]:
                       "rounds_done": j.rounds_done} for j in service.store.jobs()]}
 
 
-@router.get("/v1/jobs/{job_id}")
-def show_job(job_id: int, service: ServiceDep) -> dict[str, Any]:
+@router.get("/v1/jobs/{job_id}", responses=answers(404, 422))
+def show_job(job_id: Id, service: ServiceDep) -> dict[str, Any]:
     """One job with its tasks, per-round records and thesis 4.3 metrics."""
     return _job_view(service, job_id)
 
 
-@router.post("/v1/jobs/{job_id}/cancel")
-async def cancel_job(job_id: int, service: ServiceDep) -> dict[str, Any]:
+@router.post("/v1/jobs/{job_id}/cancel", responses=answers(404, 409, 422))
+async def cancel_job(job_id: Id, service: ServiceDep) -> dict[str, Any]:
     """Cancel a running job and its tasks."""
     job = service.store.set_job_state(job_id, "cancelled", "cancelled by the user", time.time())
     await service.jobs.cancel(job_id)

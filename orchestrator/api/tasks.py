@@ -6,15 +6,28 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Query
 from fastapi.responses import Response
 
-from orchestrator.api.deps import AdminDep, LearnerDep, LearnerOrAdminDep, ServiceDep
+from orchestrator.api.deps import (
+    MAX_ID,
+    AdminDep,
+    Id,
+    Index,
+    LearnerDep,
+    ServiceDep,
+    TaskReaderDep,
+)
+from orchestrator.api.errors import answers
 from orchestrator.errors import BadInput, Forbidden, NotFound
 from orchestrator.runs.jobs import JOB_ONLY
 from orchestrator.store import RoundRow, TaskRow
 
 router = APIRouter(tags=["tasks"])
+
+# A file download: declared as bytes, not JSON.
+BINARY: dict[int | str, dict[str, Any]] = {200: {"description": "the file", "content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 def task_view(t: TaskRow) -> dict[str, Any]:
@@ -67,17 +80,21 @@ def parse_task(spec: dict[str, Any]) -> Any:
     return parsed
 
 
-@router.post("/v1/tasks", status_code=201, dependencies=[AdminDep])
+@router.post("/v1/tasks", status_code=201, dependencies=[AdminDep],
+             responses=answers(401, 413, 422))
 async def submit(spec: Annotated[dict[str, Any], Body()], service: ServiceDep
                  ) -> dict[str, Any]:
     """Create a task completely (or not at all) and start it."""
-    from orchestrator.runs.taskdata import prepare_task
+    from orchestrator.runs.taskdata import prepare_task, resolve_spec
 
     parsed = parse_task(spec)
+    # The model is checked against the real data (and its shape and classes recorded in the
+    # spec) before the task exists: a mismatch is a 422 that leaves nothing behind.
+    parsed, data = await asyncio.to_thread(resolve_spec, parsed)
     layout = service.store.layout
     row = await asyncio.to_thread(
         service.store.create_task, parsed.to_dict(),
-        lambda task_id, _dir: prepare_task(parsed, task_id, layout), time.time())
+        lambda task_id, _dir: prepare_task(parsed, task_id, layout, data), time.time())
     if parsed.async_ is not None:
         service.asynchronous.launch(row)
         row = service.store.task(row.id)
@@ -86,20 +103,43 @@ async def submit(spec: Annotated[dict[str, Any], Body()], service: ServiceDep
     return task_view(row)
 
 
-@router.get("/v1/tasks", dependencies=[AdminDep])
+@router.get("/v1/tasks", dependencies=[AdminDep], responses=answers(401))
 def list_tasks(service: ServiceDep) -> dict[str, Any]:
     """Every task."""
     return {"tasks": [task_view(t) for t in service.store.tasks()]}
 
 
-@router.get("/v1/tasks/{task_id}", dependencies=[AdminDep])
-def show_task(task_id: int, service: ServiceDep) -> dict[str, Any]:
-    """One task."""
-    return task_view(service.store.task(task_id))
+@router.get("/v1/tasks/{task_id}", dependencies=[AdminDep], responses=answers(401, 404, 422))
+def show_task(task_id: Id, service: ServiceDep) -> dict[str, Any]:
+    """One task; `skipped` names the alive learners that cannot take part in it (cannot
+    build its model, or lack the memory to train it) and why; `refused` counts the learner
+    requests it refused, per error code."""
+    task = service.store.task(task_id)
+    return {**task_view(task), "skipped": skipped_learners(task, service),
+            "refused": service.store.refusals(task_id)}
 
 
-@router.post("/v1/tasks/{task_id}/cancel", dependencies=[AdminDep])
-async def cancel_task(task_id: int, service: ServiceDep) -> dict[str, Any]:
+def skipped_learners(task: TaskRow, service: Any) -> dict[str, str]:
+    """Learner name → why it is not given this (synchronous) task, among the alive ones."""
+    from orchestrator.runs.eligibility import skipped
+    from plexus.errors import PlexusError
+    from plexus.spec import load_spec
+
+    if (task.spec or {}).get("mode", "sync") != "sync":
+        return {}
+    now, after = time.time(), service.settings.alive_after_s
+    alive = [lr for lr in service.store.learners() if lr.last_seen >= now - after]
+    try:
+        why = skipped(load_spec(task.spec), alive)
+    except PlexusError:
+        return {}
+    names = {str(lr.id): lr.name for lr in alive}
+    return {names[k]: v.removeprefix("skipped: ") for k, v in why.items()}
+
+
+@router.post("/v1/tasks/{task_id}/cancel", dependencies=[AdminDep],
+             responses=answers(401, 404, 409, 422))
+async def cancel_task(task_id: Id, service: ServiceDep) -> dict[str, Any]:
     """Cancel a pending or running task."""
     row = service.store.set_state(task_id, "cancelled", "cancelled by the user", time.time())
     await service.sync.cancel(task_id)
@@ -107,30 +147,36 @@ async def cancel_task(task_id: int, service: ServiceDep) -> dict[str, Any]:
     return task_view(row)
 
 
-@router.get("/v1/tasks/{task_id}/rounds", dependencies=[AdminDep])
-def task_rounds(task_id: int, service: ServiceDep) -> dict[str, Any]:
+@router.get("/v1/tasks/{task_id}/rounds", dependencies=[AdminDep],
+            responses=answers(401, 404, 422))
+def task_rounds(task_id: Id, service: ServiceDep) -> dict[str, Any]:
     """A task's finished rounds."""
     return {"task_id": task_id,
             "rounds": [round_view(r) for r in service.store.rounds(task_id)]}
 
 
-@router.get("/v1/tasks/{task_id}/model", dependencies=[LearnerOrAdminDep])
-def task_model(task_id: int, service: ServiceDep) -> Response:
-    """The task's current model version (safetensors)."""
+@router.get("/v1/tasks/{task_id}/model", response_class=Response,
+            responses={**BINARY, **answers(401, 403, 404, 422)})
+def task_model(task_id: Id, _who: TaskReaderDep, service: ServiceDep,
+               version: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None) -> Response:
+    """Model version `version` of the task (safetensors), for the admin or a participant;
+    the current one when not given. Every version a round wrote is kept."""
     task = service.store.task(task_id)
-    path = service.store.layout.model(task_id, task.model_version)
-    if not path.exists():
-        raise NotFound(f"model version {task.model_version} of task {task_id} is missing "
-                       "from the data directory", code="model_not_found")
+    want = task.model_version if version is None else version
+    path = service.store.layout.model(task_id, want)
+    if want > task.model_version or not path.exists():
+        raise NotFound(f"model version {want} of task {task_id} does not exist (versions "
+                       f"0..{task.model_version})", code="model_not_found")
     data = path.read_bytes()
     service.metrics.bytes_served.labels(kind="model").inc(len(data))
     return Response(data, media_type="application/octet-stream",
-                    headers={"X-Model-Version": str(task.model_version)})
+                    headers={"X-Model-Version": str(want)})
 
 
-@router.get("/v1/tasks/{task_id}/shards/{n}")
-def task_shard(task_id: int, n: int, _me: LearnerDep, service: ServiceDep) -> Response:
-    """Shard `n` of a task, for an enrolled learner."""
+@router.get("/v1/tasks/{task_id}/shards/{n}", response_class=Response,
+            responses={**BINARY, **answers(401, 403, 404, 422)})
+def task_shard(task_id: Id, n: Index, _me: TaskReaderDep, service: ServiceDep) -> Response:
+    """Shard `n` of a task, for the admin or a learner that takes part in the task."""
     task = service.store.task(task_id)
     if not 0 <= n < task.num_shards:
         raise NotFound(f"shard {n} not found for task {task_id} (task has "
@@ -141,8 +187,9 @@ def task_shard(task_id: int, n: int, _me: LearnerDep, service: ServiceDep) -> Re
     return Response(data, media_type="application/octet-stream")
 
 
-@router.get("/v1/tasks/{task_id}/partitions/{client}", tags=["asynchronous tasks"])
-def task_partition(task_id: int, client: int, me: LearnerDep, service: ServiceDep
+@router.get("/v1/tasks/{task_id}/partitions/{client}", tags=["asynchronous tasks"],
+            response_class=Response, responses={**BINARY, **answers(401, 403, 404, 422)})
+def task_partition(task_id: Id, client: Index, me: LearnerDep, service: ServiceDep
                    ) -> Response:
     """Partition `client` of a running async task, for the learner that is that client."""
     from orchestrator.runs.taskdata import client_shard
@@ -153,8 +200,9 @@ def task_partition(task_id: int, client: int, me: LearnerDep, service: ServiceDe
                        f"{task_id}; wait for the orchestrator's join_async call",
                        code="not_a_client")
     if given != client:
+        service.asynchronous.refused(task_id, "not_your_partition")
         raise Forbidden(f"learner {me.name} is client {given} of task {task_id}, not "
-                        f"{client}: download partition {given}")
+                        f"{client}: download partition {given}", code="not_your_partition")
     task = service.store.task(task_id)
     data = service.store.layout.shard(task_id, client_shard(task.num_shards, client)).read_bytes()
     service.metrics.bytes_served.labels(kind="partition").inc(len(data))

@@ -10,7 +10,6 @@ docs/dashboard.md). Data comes from the same Service and views as the REST API.
 from __future__ import annotations
 
 import functools
-import hmac
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from orchestrator.api.deps import ServiceDep
+from orchestrator.api.deps import ServiceDep, same_secret
 from orchestrator.api.learners import learner_view
 from orchestrator.api.tasks import round_view, task_view
 from orchestrator.errors import NotFound, Unauthorized
@@ -115,7 +114,7 @@ async def login(request: Request, service: ServiceDep) -> Response:
     form = parse_qs(body)
     token = (form.get("token") or [""])[0].strip()
     target = _safe_next((form.get("next") or [""])[0])
-    if not token or not hmac.compare_digest(token.encode(), service.admin_token.encode()):
+    if not token or not same_secret(token, service.admin_token):
         return _page("login.html", status=401, next=target,
                      error="That is not the admin token (see <data dir>/admin_token).")
     sid = _sessions(request).open(time.time())

@@ -106,6 +106,8 @@ def task_summary(client: Client, task: dict[str, Any]) -> None:
     console.print(f"task {task['id']} [bold]{task['state']}[/bold]{reason}: "
                   f"{task['rounds_done']}/{task['rounds'] or '-'} rounds, "
                   f"{task['allocator']}")
+    for name, why in sorted((task.get("skipped") or {}).items()):
+        console.print(f"skipped {name}: {why}")
     if rounds:
         console.print(rounds_table(rounds, names))
         last = rounds[-1]

@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
     task.command("list")(list_)
     task.command("show")(show)
     task.command("cancel")(cancel)
+    task.command("model")(model)
 
 
 def submit(
@@ -131,6 +132,48 @@ def show(task_id: int, as_json: Annotated[bool, typer.Option("--json")] = False,
             task_summary(client, client.task(task_id))
     except APIError as exc:
         fail(exc)
+
+
+def model(
+    task_id: int,
+    output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
+    version: Annotated[int | None, typer.Option(
+        help="Model version (round r writes version r + 1); default the latest.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="safetensors | onnx")] = "safetensors",
+    url: URL = DEFAULT_URL, token: TOKEN = None, data_dir: DATA_DIR = DEFAULT_DATA,
+) -> None:
+    """Write a task's trained model: safetensors whose header holds the architecture and the
+    input/label metadata (load it with `plexus.models.load(FILE)`), or ONNX."""
+    from orchestrator.client import APIError
+    from plexus.errors import PlexusError
+
+    if fmt not in ("safetensors", "onnx"):
+        fail(ValueError(f"--format must be safetensors or onnx, got {fmt!r}"))
+    try:
+        with client_for(url, token, data_dir) as client:
+            task = client.task(task_id)
+            payload = client.model(task_id, version)
+        written = _write_model(task, payload, output, fmt)
+    except (APIError, PlexusError, OSError) as exc:
+        fail(exc)
+    console.print(f"task {task_id} model version {written} written to {output} ({fmt})")
+
+
+def _write_model(task: dict[str, Any], payload: bytes, output: Path, fmt: str) -> int:
+    from plexus.models import build_for_task, export_onnx, file_header, geometry, save
+    from plexus.spec import load_spec
+    from plexus.tensors import decode_state
+
+    spec = load_spec(task["spec"])
+    state, meta = decode_state(payload)
+    version = int(meta.get("version", task["model_version"]))
+    if fmt == "safetensors":
+        save(output, state, file_header(spec, task_id=task["id"], version=version))
+        return version
+    net = build_for_task(spec)
+    net.load_state_dict(state)
+    export_onnx(net, geometry(spec)[0], output)
+    return version
 
 
 def cancel(task_id: int, url: URL = DEFAULT_URL, token: TOKEN = None,

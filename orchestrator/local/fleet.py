@@ -159,7 +159,7 @@ class LocalFleet:
         self.speeds.setdefault(name, 1.0)
         # The join token travels in the environment, not on the command line.
         args = ["agent", "run", "--orchestrator", self.url, "--name", name, "--host",
-                "127.0.0.1"]
+                "127.0.0.1", "--data-dir", str(self.data_dir / "agents" / name)]
         if self.ca_file is not None:
             args += ["--ca-file", str(self.ca_file)]
         if name in self.relayed:

@@ -26,6 +26,7 @@ from orchestrator.aggregation import (
     Dispatch,
     StopTraining,
 )
+from orchestrator.errors import BadInput, Forbidden, ServiceError
 from plexus.errors import BadTensors
 from plexus.tensors import decode_state, encode_state
 
@@ -39,6 +40,8 @@ class AsyncTaskStats:
     pulls: int = 0
     accepted: int = 0
     rejected: int = 0
+    # Refused by admission (no outstanding pull, inflated sample count), per error code.
+    refused: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -48,6 +51,13 @@ class AsyncTaskRunner:
     ``evaluate(state) -> (loss, accuracy)`` scores every new version (optional).
     ``max_updates`` ends the task once that many updates have been aggregated.
     ``clock`` returns seconds; tests may pass their own.
+
+    Update admission (docs/security.md): a push is accepted only against the learner's
+    outstanding pull (the model version it was sent and the sample count it declared), and
+    its ``n_samples`` may not exceed that count; a pull may not declare more samples than the
+    ``limit`` its caller knows the learner holds (its partition). Each refusal raises a
+    ``ServiceError`` with a stable code, is counted in ``stats.refused`` and reported to
+    ``on_refused(code)``.
     """
 
     def __init__(
@@ -57,8 +67,12 @@ class AsyncTaskRunner:
         evaluate: Evaluator | None = None,
         max_updates: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.core = core
+        self.on_refused = on_refused
+        # learner → (model version it was sent, samples it declared) of its last pull.
+        self._outstanding: dict[str, tuple[int, int]] = {}
         self.evaluate = evaluate
         self.max_updates = max_updates
         self.clock = clock
@@ -102,8 +116,9 @@ class AsyncTaskRunner:
 
     # -- events ------------------------------------------------------------------------------
 
-    def pull(self, learner: str, n_samples: int) -> tuple[int, bytes] | None:
-        """A learner holding ``n_samples`` samples asks for work.
+    def pull(self, learner: str, n_samples: int, limit: int | None = None
+             ) -> tuple[int, bytes] | None:
+        """A learner holding ``n_samples`` samples (at most ``limit``) asks for work.
 
         Returns ``(version, safetensors bytes)`` of the model to train, or ``None`` when the
         server has not picked this learner (FedBuff / PORT): pull again later.
@@ -111,6 +126,10 @@ class AsyncTaskRunner:
         if n_samples < 1:
             raise BadUpdate(f"n_samples must be at least 1, got {n_samples}")
         with self._wake:
+            if limit is not None and n_samples > limit:
+                raise self._refuse(BadInput(
+                    f"pull from {learner} declares {n_samples} samples but its partition of "
+                    f"this task holds {limit}", code="n_samples_over_partition"))
             self.stats.pulls += 1
             if learner not in self._mailbox:
                 self._handle(self.core.pull(self.clock(), learner, n_samples))
@@ -118,7 +137,31 @@ class AsyncTaskRunner:
             if d is None:
                 return None
             self._stops.discard(learner)
+            self._outstanding[learner] = (d.version, n_samples)
             return d.version, encode_state(d.state, {"version": d.version})
+
+    def _refuse(self, exc: ServiceError) -> ServiceError:
+        """Count a refusal (lock held) and hand the error back for the caller to raise."""
+        self.stats.refused[exc.code] = self.stats.refused.get(exc.code, 0) + 1
+        if self.on_refused is not None:
+            self.on_refused(exc.code)
+        return exc
+
+    def _admit(self, learner: str, base_version: int, n_samples: int) -> None:
+        """Refuse an update that answers no outstanding pull or claims too many samples."""
+        sent = self._outstanding.get(learner)
+        if sent is None or sent[0] != base_version:
+            raise self._refuse(Forbidden(
+                f"update from {learner} answers no pull: it was "
+                + ("sent no model of this task" if sent is None else
+                   f"sent version {sent[0]}, not {base_version}")
+                + "; pull first and push the model trained from it",
+                code="no_outstanding_pull"))
+        if n_samples > sent[1]:
+            raise self._refuse(BadInput(
+                f"update from {learner} claims {n_samples} samples but its pull declared "
+                f"{sent[1]}", code="n_samples_too_large"))
+        del self._outstanding[learner]
 
     def should_stop(self, learner: str) -> bool:
         """Whether the server asked ``learner`` to stop training and push (PORT)."""
@@ -139,6 +182,7 @@ class AsyncTaskRunner:
             except (BadTensors, BadUpdate) as exc:
                 self.stats.rejected += 1
                 raise BadUpdate(f"update from {learner} rejected: {exc}") from None
+            self._admit(learner, base_version, n_samples)
             try:
                 decisions = self.core.push(self.clock(), learner, state, base_version, n_samples)
             except AggregationError:
@@ -161,6 +205,7 @@ class AsyncTaskRunner:
                 "pulls": self.stats.pulls,
                 "accepted": self.stats.accepted,
                 "rejected": self.stats.rejected,
+                "refused": dict(self.stats.refused),
                 "finished": self.finished.is_set(),
                 "history": list(self.stats.history),
             }

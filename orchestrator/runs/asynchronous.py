@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import Conflict
@@ -45,6 +46,28 @@ RESTART_REASON = ("the orchestrator restarted: an asynchronous task's update que
                   "memory and cannot resume; submit the task again")
 
 
+def make_runner(a: Any, initial_state: Any, seed: int, evaluate: Any, *,
+                clock: Callable[[], float] = time.monotonic,
+                on_refused: Callable[[str], None] | None = None) -> AsyncTaskRunner:
+    """The runner of an async task (spec section `a`), its core's clock started now.
+
+    The core measures π from `start_time`, on the runner's clock: built without it, the core
+    would count from 0 while `time.monotonic()` is far past π, and the first push of every
+    live SPIN task would be aggregated alone by timeout.
+    """
+    from orchestrator.aggregation import build_aggregator
+    from orchestrator.runs.async_runner import AsyncTaskRunner
+
+    # FedBuff / PORT have no timeout; a selection round that found no client holding data
+    # is drawn again after π seconds (their own default, 10 s, would idle a small live
+    # fleet), with the task seed for the draws. Each aggregator takes the settings it has.
+    core = build_aggregator(a.aggregator, initial_state, staleness=a.staleness, k=a.k,
+                            pi_s=a.pi_s, selection_interval_s=a.pi_s, seed=seed,
+                            start_time=clock())
+    return AsyncTaskRunner(core, evaluate=evaluate, max_updates=a.max_updates, clock=clock,
+                           on_refused=on_refused)
+
+
 class AsyncDriver:
     """The running asynchronous tasks of one orchestrator, task id → runner."""
 
@@ -62,6 +85,25 @@ class AsyncDriver:
         self._failed: dict[int, dict[int, float]] = {}
         self._calls: set[asyncio.Task[None]] = set()
 
+    def refused(self, task_id: int, code: str) -> None:
+        """Count a refused learner request of a task: in /metrics and on the task's row."""
+        self.metrics.refused.labels(reason=code).inc()
+        with contextlib.suppress(Exception):  # a store hiccup must not turn a 4xx into a 5xx
+            self.store.add_refusal(task_id, code)
+
+    def admit_pull(self, task_id: int, lr: LearnerRow) -> int:
+        """A learner asks an async task for work: the samples it may hold (its partition).
+
+        Every enrolled learner is invited to every running async task (as the join sweep
+        does); one that pulls before the sweep reached it is given its client index now, and
+        from then on takes part in the task (its token reads the task's model and partition).
+        """
+        clients = self.clients.setdefault(task_id, {})
+        clients.setdefault(lr.id, len(clients))
+        self.store.add_participant(task_id, lr.id)
+        # Every partition (shard) of a task holds exactly `shard_samples` samples.
+        return self.store.task(task_id).shard_samples
+
     def client_of(self, task_id: int, learner_id: int) -> int | None:
         """The client index (partition) a learner was given in a running async task."""
         return self.clients.get(task_id, {}).get(learner_id)
@@ -76,8 +118,6 @@ class AsyncDriver:
 
     def launch(self, task: TaskRow) -> None:
         """Build and start the runner of a freshly created async task."""
-        from orchestrator.aggregation import build_aggregator
-        from orchestrator.runs.async_runner import AsyncTaskRunner
         from orchestrator.runs.taskdata import initial_model, load_test_split, read_state
         from plexus.spec import load_spec
         from plexus.training import evaluate
@@ -98,13 +138,8 @@ class AsyncDriver:
             loss, acc = evaluate(scorer, x, y)
             return float(loss), float(acc)
 
-        # FedBuff / PORT have no timeout; a selection round that found no client holding data
-        # is drawn again after π seconds (their own default, 10 s, would idle a small live
-        # fleet), with the task seed for the draws. Each aggregator takes the settings it has.
-        core = build_aggregator(a.aggregator, read_state(layout.model(task.id, 0)),
-                                staleness=a.staleness, k=a.k, pi_s=a.pi_s,
-                                selection_interval_s=a.pi_s, seed=spec.seed)
-        runner = AsyncTaskRunner(core, evaluate=score, max_updates=a.max_updates)
+        runner = make_runner(a, read_state(layout.model(task.id, 0)), spec.seed, score,
+                             on_refused=lambda code: self.refused(task.id, code))
         self.store.set_state(task.id, "running", None, time.time())
         runner.start()
         self.runners[task.id] = runner

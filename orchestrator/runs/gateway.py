@@ -123,17 +123,24 @@ class LearnerGateway:
 
     # -- the agent's procedures (docs/protocol.md) -------------------------------------------
 
+    async def grant(self, lr: LearnerRow, task_id: int) -> None:
+        """Record that `lr` takes part in task `task_id` before it is given the task's work:
+        from then on its token may read the task's model and data (docs/security.md)."""
+        await asyncio.to_thread(self.store.add_participant, task_id, lr.id)
+
     async def _call(self, lr: LearnerRow, call: protocol.Call) -> Any:
         """One procedure call, its name and argument order taken from `plexus.protocol`."""
         return await self.stub(lr)[call.name].acall(*call.args())
 
     async def plan(self, lr: LearnerRow, spec: dict[str, Any], task_id: int) -> Any:
         """DAB: the learner picks its own number of shards a_k."""
+        await self.grant(lr, task_id)
         return await self._call(lr, protocol.Plan(task=spec, task_id=task_id))
 
     async def benchmark(self, lr: LearnerRow, spec: dict[str, Any], task_id: int,
                         state: str | None) -> Any:
         """Subset benchmarking (b_k, c_k), in the given stressor state or none."""
+        await self.grant(lr, task_id)
         return await self._call(lr, protocol.Benchmark(task=spec, task_id=task_id, state=state))
 
     async def round_state(self, lr: LearnerRow, distribution: dict[str, float],
@@ -144,12 +151,14 @@ class LearnerGateway:
     async def train(self, lr: LearnerRow, spec: dict[str, Any], task_id: int, index: int,
                     shards: list[int], halt_s: float, state: str | None) -> Any:
         """Train on `shards` for round `index`, halting after `halt_s` seconds."""
+        await self.grant(lr, task_id)
         return await self._call(lr, protocol.Train(task=spec, task_id=task_id, round=index,
                                                    shards=shards, deadline_s=halt_s, state=state))
 
     async def join_async(self, lr: LearnerRow, spec: dict[str, Any], task_id: int,
                          client: int) -> Any:
         """Join asynchronous task `task_id` as client index `client`."""
+        await self.grant(lr, task_id)
         return await self._call(lr, protocol.JoinAsync(task=spec, task_id=task_id, client=client))
 
     async def leave_async(self, lr: LearnerRow, task_id: int) -> Any:

@@ -36,6 +36,7 @@ from orchestrator.errors import BadInput, Conflict
 from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import Call, LearnerGateway, Reply
 from orchestrator.runs.rounds import ClosedRound, TestSplit, close_round
+from orchestrator.runs.sync import cap_samples
 from orchestrator.store import JobRoundRow, JobRow, LearnerRow, Store, TaskRow
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class JobOptions(BaseModel):
     heat: float = Field(0.5, gt=0)  # τ of the heated softmax, thesis 4.3.1
     # Wait for this many alive learners before benchmarking (default: one per task).
     learners: int | None = Field(None, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     time_limit_s: float = Field(5.0, gt=0)  # solver time limit per round, seconds
 
 
@@ -423,6 +424,11 @@ class JobDriver:
             by_task[owner[r.learner.id]].append(r)
         return counts, shard_ids, by_task
 
+    def _refused(self, task_id: int, code: str) -> None:
+        self.metrics.refused.labels(reason=code).inc()
+        with contextlib.suppress(Exception):
+            self.store.add_refusal(task_id, code)
+
     def _train_call(self, lr: LearnerRow, spec: TaskSpec, task_id: int, index: int,
                     shards: list[int], deadline_s: float) -> Callable[[], Awaitable[Any]]:
         spec_dict = spec.to_dict()
@@ -438,6 +444,9 @@ class JobDriver:
                            ) -> tuple[int, dict[str, Any], Any, dict[str, Any]]:
         assert spec.sync is not None
         busy = {str(r.learner.id): r.elapsed_s for r in replies}
+        # Update admission: no learner counts more samples than it was given (runs/sync.py).
+        replies = cap_samples(replies, shard_ids, t.shard_samples * spec.training.iterations,
+                              lambda code: self._refused(t.id, code))
         closed = await close_round(self.store, self.metrics, t.id, spec, index, models[slot],
                                    replies, test, dict(left_round))
         models[slot] = closed.state

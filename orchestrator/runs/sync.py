@@ -62,6 +62,27 @@ def learner_times(replies: list[Reply], reports: list[LearnerReport], counts: di
     return times
 
 
+def cap_samples(replies: list[Reply], shard_ids: dict[str, list[int]], per_shard: int,
+                refused: Callable[[str], None]) -> list[Reply]:
+    """Update admission of a round: a learner's `samples_trained` counts at most what it was
+    given (its shards × samples per shard × μ passes); a larger claim is cut to that bound
+    and counted as `samples_capped`, so no learner's claim can outweigh its allocation."""
+    out = []
+    for r in replies:
+        bound = len(shard_ids.get(str(r.learner.id), [])) * per_shard
+        value = r.value
+        if r.error is None and isinstance(value, dict):
+            try:
+                claimed = int(value.get("samples_trained", 0))
+            except (TypeError, ValueError):
+                claimed = 0  # close_round leaves such an answer out
+            if claimed > bound:
+                refused("samples_capped")
+                value = {**value, "samples_trained": bound}
+        out.append(Reply(r.learner, value=value, error=r.error, elapsed_s=r.elapsed_s))
+    return out
+
+
 class SyncDriver:
     """Runs every active synchronous task of one orchestrator, one asyncio task each."""
 
@@ -128,11 +149,11 @@ class SyncDriver:
             x_test, y_test, input_shape, classes = await asyncio.to_thread(
                 load_test_split, layout, task_id)
             state = await asyncio.to_thread(read_state, layout.model(task_id, task.model_version))
-            for index in range(task.rounds_done, spec.sync.rounds):
-                state = await self._round(task, spec, allocator, index, state,
-                                          (x_test, y_test, input_shape, classes))
-            await asyncio.to_thread(self.store.set_state, task_id, "finished", None,
-                                    time.time())
+            done = await asyncio.to_thread(self.store.rounds, task_id)
+            failure = await self._rounds(task, spec, allocator, state,
+                                         (x_test, y_test, input_shape, classes), done)
+            await asyncio.to_thread(self.store.set_state, task_id,
+                                    "failed" if failure else "finished", failure, time.time())
             self._reports.pop(task_id, None)
         except asyncio.CancelledError:
             raise
@@ -148,27 +169,55 @@ class SyncDriver:
             if self._tasks.get(task_id) is current:
                 self._tasks.pop(task_id, None)
 
+    async def _rounds(self, task: TaskRow, spec: TaskSpec, allocator: Allocator,
+                      state: dict[str, Any], test: TestSplit, done: list[Any]) -> str | None:
+        """Run the remaining rounds; None when the task finished, else why it failed: more
+        than `sync.max_empty_rounds` empty rounds in a row (no learner trained: all failed,
+        were skipped or got nothing), or no round that trained at all."""
+        assert spec.sync is not None
+        allowed = spec.sync.max_empty_rounds
+        streak, trained_any = 0, False
+        for r in done:  # a restarted task picks its count up from the committed rounds
+            empty = sum((r.samples or {}).values()) <= 0
+            streak, trained_any = (streak + 1, trained_any) if empty else (0, True)
+        why = ""
+        for index in range(task.rounds_done, spec.sync.rounds):
+            state, empty_why = await self._round(task, spec, allocator, index, state, test)
+            if empty_why is None:
+                streak, trained_any = 0, True
+                continue
+            streak += 1
+            why = f"round {index}: no learner trained ({empty_why})"
+            if streak > allowed:
+                return (f"{why}; {streak} empty rounds in a row, sync.max_empty_rounds is "
+                        f"{allowed}")
+        if not trained_any:
+            return f"no learner trained in any round; last: {why or 'no round ran'}"
+        return None
+
     async def _round(self, task: TaskRow, spec: TaskSpec, allocator: Allocator, index: int,
-                     state: dict[str, Any], test: TestSplit) -> dict[str, Any]:
+                     state: dict[str, Any], test: TestSplit
+                     ) -> tuple[dict[str, Any], str | None]:
+        """One round; returns the new parameters and, when no learner trained, why."""
+        from orchestrator.runs.eligibility import skipped
+
         assert spec.sync is not None
         sync = spec.sync
         spec_dict = spec.to_dict()
         # A task submitted before any learner enrolled waits for the first one.
-        learners = await self.gateway.wait_for_alive()
+        alive = await self.gateway.wait_for_alive()
         started_at = time.time()
-        ctx = RoundContext(
-            num_shards=task.num_shards, shard_samples=task.shard_samples,
-            shard_bytes=task.shard_bytes, model_bytes=task.model_bytes,
-            iterations=spec.training.iterations, deadline_s=sync.deadline_s,
-            total_shards=sync.total_shards)
-        left_out: dict[str, str] = {}
+        # Only learners that can build the model and hold it in memory take part.
+        left_out: dict[str, str] = await asyncio.to_thread(skipped, spec, alive)
+        learners = [lr for lr in alive if str(lr.id) not in left_out]
+        ctx = _context(task, spec)
 
         # Steps 1–3 of thesis 3.1: learn what the allocator needs to know.
         t0 = time.monotonic()
         reports = await self._probe(allocator, learners, task.id, spec_dict,
                                     sync.deadline_s + sync.grace_s + PROBE_EXTRA_S, left_out)
         plan_s = time.monotonic() - t0
-        counts = allocator.allocate(reports, ctx)
+        counts = allocator.allocate(reports, ctx) if reports else {}
         shard_ids = assign_shard_ids(counts, task.num_shards, seed=spec.seed, round_index=index)
         by_id = {str(lr.id): lr for lr in learners}
         chosen = [by_id[k] for k, n in counts.items() if n > 0]
@@ -184,6 +233,8 @@ class SyncDriver:
             [(lr, self._train(lr, spec_dict, task.id, index, shard_ids[str(lr.id)], halt_s))
              for lr in chosen], cutoff_s)
         round_end = time.monotonic()
+        replies = cap_samples(replies, shard_ids, task.shard_samples * spec.training.iterations,
+                              lambda code: self._refused(task.id, code))
         # Step 7: FedAvg weighted by samples trained; nobody answered -> the model stays.
         closed = await close_round(self.store, self.metrics, task.id, spec, index, state,
                                    replies, test, left_out, keep_updates=True)
@@ -197,14 +248,27 @@ class SyncDriver:
             "model_version": closed.version,
             "times": learner_times(replies, reports, counts, ctx),
         }, closed.model_path, time.time())
+        self._observe(task.id, index, allocator.name, round_time, truancy, closed.accuracy,
+                      sum(1 for k in left_out if k in {str(c.id) for c in chosen}))
+        if sum(closed.samples.values()) > 0:
+            return closed.state, None
+        return closed.state, _empty_reason(alive, closed.samples, left_out)
+
+    def _observe(self, task_id: int, index: int, allocator: str, round_time: float,
+                 truancy: float, accuracy: float, chosen_left_out: int) -> None:
+        """Prometheus metrics and the log line of one closed round."""
         m = self.metrics
-        m.rounds.labels(allocator=allocator.name).inc()
+        m.rounds.labels(allocator=allocator).inc()
         m.round_time.observe(round_time)
-        m.truancy.labels(task=str(task.id)).set(truancy)
-        m.left_out.inc(sum(1 for k in left_out if k in {str(c.id) for c in chosen}))
-        log.info("task %s round %s: %.2fs, truancy %+.1f%%, accuracy %.3f", task.id, index,
-                 round_time, 100 * truancy, closed.accuracy)
-        return closed.state
+        m.truancy.labels(task=str(task_id)).set(truancy)
+        m.left_out.inc(chosen_left_out)
+        log.info("task %s round %s: %.2fs, truancy %+.1f%%, accuracy %.3f", task_id, index,
+                 round_time, 100 * truancy, accuracy)
+
+    def _refused(self, task_id: int, code: str) -> None:
+        self.metrics.refused.labels(reason=code).inc()
+        with contextlib.suppress(Exception):
+            self.store.add_refusal(task_id, code)
 
     def _train(self, lr: LearnerRow, spec: dict[str, Any], task_id: int, index: int,
                shards: list[int], halt_s: float) -> Callable[[], Awaitable[Any]]:
@@ -241,3 +305,23 @@ class SyncDriver:
             except (KeyError, TypeError, ValueError) as exc:
                 left_out[key] = f"{proc}: bad answer {exc!r}"
         return [known[str(lr.id)] for lr in learners if str(lr.id) in known]
+
+
+def _empty_reason(alive: list[LearnerRow], samples: dict[str, int],
+                  left_out: dict[str, str]) -> str:
+    """Why a round trained nothing: each learner's cause, by name."""
+    names = {str(lr.id): lr.name for lr in alive}
+    for k, n in samples.items():
+        left_out.setdefault(k, f"trained {n} samples")
+    return "; ".join(f"{names.get(k, k)}: {v}"
+                     for k, v in sorted(left_out.items())) or "no learner"
+
+
+def _context(task: TaskRow, spec: TaskSpec) -> RoundContext:
+    """What an allocator knows of a sync task's round."""
+    assert spec.sync is not None
+    return RoundContext(
+        num_shards=task.num_shards, shard_samples=task.shard_samples,
+        shard_bytes=task.shard_bytes, model_bytes=task.model_bytes,
+        iterations=spec.training.iterations, deadline_s=spec.sync.deadline_s,
+        total_shards=spec.sync.total_shards)

@@ -18,6 +18,7 @@ from orchestrator.store import Layout, write_atomic
 if TYPE_CHECKING:
     import torch
 
+    from plexus.datasets import Dataset
     from plexus.spec import TaskSpec
 
 
@@ -26,32 +27,75 @@ def initial_model(spec: TaskSpec, input_shape: tuple[int, ...], num_classes: int
     """The task's model with seeded initial parameters (model version 0)."""
     import torch
 
-    from plexus.models import build_model
+    from plexus.models import build
 
     torch.manual_seed(spec.seed)
-    return build_model(spec.model, input_shape, num_classes)
+    return build(spec.model, input_shape, num_classes)
 
 
-def prepare_task(spec: TaskSpec, task_id: int, layout: Layout) -> dict[str, int]:
-    """Load the dataset, cut shards, write shards, test split and model v0; return sizes.
+def resolve_spec(spec: TaskSpec) -> tuple[TaskSpec, Dataset]:
+    """Load the task's data and check its model against it, before anything is created.
 
-    Sizes: `num_shards`, `shard_samples` (samples per shard), `shard_bytes` (bytes of one
-    shard file, Ω_d) and `model_bytes` (bytes of the model file, Ω_m). Raises BadInput naming
-    the spec field when the dataset or model cannot serve this spec.
+    Returns the spec with `model.input_shape`, `model.num_classes` (read from the data) and,
+    for a factory, `model.distribution` filled in, so a learner builds the same network
+    without seeing the data; and the loaded data. BadInput (422) names the field: the data
+    (`invalid_spec`), a size the spec gives that the data contradicts or a layer that cannot
+    take its input (`model_does_not_fit`), a factory not installed here
+    (`model_factory_missing`).
     """
     from plexus.datasets import load_dataset
-    from plexus.errors import DatasetError, PlexusError
-    from plexus.models import model_fits
-    from plexus.shards import encode_shard, partition
-    from plexus.tensors import encode_state
+    from plexus.errors import DatasetError, SpecError
+    from plexus.models import check_model, factory_distribution
 
     try:
         data = load_dataset(spec.dataset, seed=spec.seed)
     except DatasetError as exc:
         raise BadInput(f"dataset: {exc}", code="invalid_spec") from None
-    if not model_fits(spec.model, data.input_shape):
-        raise BadInput(f"model: {spec.model} does not fit inputs shaped {data.input_shape} of "
-                       f"dataset {spec.dataset.name}; pick another model", code="invalid_spec")
+    model = spec.model
+    shape, classes = tuple(data.input_shape), int(data.num_classes)
+    if model.input_shape is not None and tuple(model.input_shape) != shape:
+        raise BadInput(f"model.input_shape: {list(model.input_shape)} but dataset "
+                       f"{spec.dataset.name} has inputs shaped {list(shape)}; drop it to "
+                       "take the data's", code="model_does_not_fit")
+    if model.num_classes is not None and model.num_classes != classes:
+        raise BadInput(f"model.num_classes: {model.num_classes} but dataset "
+                       f"{spec.dataset.name} has {classes} classes; drop it to take the "
+                       "data's", code="model_does_not_fit")
+    update: dict[str, Any] = {"input_shape": shape, "num_classes": classes}
+    if model.factory is not None:
+        dist = factory_distribution(model.factory)
+        if dist is None:
+            raise BadInput(f"model.factory: {model.factory!r} is not installed on the "
+                           "orchestrator (Python entry-point group 'plexus.models'); install "
+                           "the package that provides it here and on the learners",
+                           code="model_factory_missing")
+        if model.distribution is not None and model.distribution != dist:
+            raise BadInput(f"model.distribution: {model.distribution} but the orchestrator "
+                           f"has {dist}", code="model_factory_missing")
+        update["distribution"] = dist
+    try:
+        check_model(model, shape, classes)
+    except SpecError as exc:
+        message = str(exc) if str(exc).startswith("model") else f"model: {exc}"
+        raise BadInput(message, code="model_does_not_fit") from None
+    return spec.model_copy(update={"model": model.model_copy(update=update)}), data
+
+
+def prepare_task(spec: TaskSpec, task_id: int, layout: Layout, data: Dataset | None = None
+                 ) -> dict[str, int]:
+    """Cut shards, write shards, test split and model v0 of a resolved spec; return sizes.
+
+    `data` is what `resolve_spec` loaded (loaded and checked here when not given). Sizes:
+    `num_shards`, `shard_samples` (samples per shard), `shard_bytes` (bytes of one shard
+    file, Ω_d) and `model_bytes` (bytes of the model file, Ω_m). Raises BadInput naming the
+    spec field when the dataset or model cannot serve this spec.
+    """
+    from plexus.errors import PlexusError
+    from plexus.shards import encode_shard, partition
+    from plexus.tensors import encode_state
+
+    if data is None:
+        spec, data = resolve_spec(spec)
     cut = spec.partition
     if spec.async_ is not None and cut.kind != "dirichlet":
         # An async task's shards are its clients' partitions (shard c for client c), always

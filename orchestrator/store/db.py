@@ -142,6 +142,28 @@ class ModelVersionRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class ParticipantRow(Base):
+    """A learner that was given work of a task (a probe, a train call, an async client index):
+    its learner token may read that task's model and data (docs/security.md)."""
+
+    __tablename__ = "task_participants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(Integer, index=True)
+    learner_id: Mapped[int] = mapped_column(Integer, index=True)
+
+
+class RefusalRow(Base):
+    """How many requests of one kind (`reason`, a stable error code) a task refused."""
+
+    __tablename__ = "task_refusals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(Integer, index=True)
+    reason: Mapped[str] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Store:
     """The orchestrator's database plus its data directory; safe to use from many threads."""
 
@@ -184,9 +206,14 @@ class Store:
 
     # -- learners -------------------------------------------------------------------------
 
-    def enroll(self, name: str, facts: dict[str, Any], endpoint: str | None, now: float
-               ) -> LearnerRow:
-        """Add a learner, or re-enroll one by name: same id, fresh token."""
+    def enroll(self, name: str, facts: dict[str, Any], endpoint: str | None, now: float,
+               secret: str | None = None) -> LearnerRow:
+        """Add a learner, or re-enroll one by name: same id, fresh token.
+
+        Re-enrolling an existing name needs that learner's own secret (its current token);
+        without it (another device, or a second agent under the same name) it is a Conflict
+        `name_taken`, and nothing changes.
+        """
         token = secrets.token_urlsafe(24)
         with self.session() as s:
             row = s.scalar(select(LearnerRow).where(LearnerRow.name == name))
@@ -194,16 +221,66 @@ class Store:
                 row = LearnerRow(name=name, token=token, endpoint=endpoint, facts=facts,
                                  enrolled_at=now, last_seen=now)
                 s.add(row)
+            elif secret is None or not _same(secret, row.token):
+                raise Conflict(
+                    f"a learner named {name!r} is already enrolled and this request does not "
+                    "carry its secret (its current learner token): if this is another device "
+                    "or a second agent on the same host, start it with --name <another name>; "
+                    "if it is that learner restarted, keep its --data-dir, which holds the "
+                    "secret; an admin can remove the old learner with `plexus learners remove "
+                    f"{row.id}`", code="name_taken")
             else:
                 row.token, row.endpoint, row.facts, row.last_seen = token, endpoint, facts, now
             s.flush()
             return row
 
+    def remove_learner(self, learner_id: int) -> LearnerRow:
+        """Remove a learner: its token stops working at once (NotFound if unknown)."""
+        with self.session() as s:
+            row = s.get(LearnerRow, learner_id)
+            if row is None:
+                raise NotFound(f"learner {learner_id} is not enrolled; list learners with "
+                               "GET /v1/learners", code="learner_not_found")
+            s.execute(delete(ParticipantRow).where(ParticipantRow.learner_id == learner_id))
+            s.delete(row)
+            return row
+
+    def add_participant(self, task_id: int, learner_id: int) -> None:
+        """Record that a learner was given work of a task (idempotent)."""
+        with self.session() as s:
+            found = s.scalar(select(ParticipantRow.id).where(
+                ParticipantRow.task_id == task_id, ParticipantRow.learner_id == learner_id))
+            if found is None:
+                s.add(ParticipantRow(task_id=task_id, learner_id=learner_id))
+
+    def takes_part(self, task_id: int, learner_id: int) -> bool:
+        """Whether the learner was ever given work of the task."""
+        with self.session() as s:
+            return s.scalar(select(ParticipantRow.id).where(
+                ParticipantRow.task_id == task_id,
+                ParticipantRow.learner_id == learner_id)) is not None
+
+    def add_refusal(self, task_id: int, reason: str) -> None:
+        """Count one refused request of a task under `reason` (a stable error code)."""
+        with self.session() as s:
+            row = s.scalar(select(RefusalRow).where(RefusalRow.task_id == task_id,
+                                                    RefusalRow.reason == reason))
+            if row is None:
+                s.add(RefusalRow(task_id=task_id, reason=reason, count=1))
+            else:
+                row.count += 1
+
+    def refusals(self, task_id: int) -> dict[str, int]:
+        """A task's refused requests, count per reason."""
+        with self.session() as s:
+            rows = s.scalars(select(RefusalRow).where(RefusalRow.task_id == task_id))
+            return {r.reason: r.count for r in rows}
+
     def learner_by_token(self, token: str) -> LearnerRow | None:
         with self.session() as s:
             row = s.scalar(select(LearnerRow).where(LearnerRow.token == token))
             # A constant-time comparison on top of the indexed lookup.
-            if row is not None and hmac.compare_digest(row.token, token):
+            if row is not None and _same(row.token, token):
                 return row
             return None
 
@@ -261,6 +338,8 @@ class Store:
         shutil.rmtree(self.layout.task_dir(task_id), ignore_errors=True)
         with self.session() as s:
             s.execute(delete(ModelVersionRow).where(ModelVersionRow.task_id == task_id))
+            s.execute(delete(ParticipantRow).where(ParticipantRow.task_id == task_id))
+            s.execute(delete(RefusalRow).where(RefusalRow.task_id == task_id))
             s.execute(delete(TaskRow).where(TaskRow.id == task_id))
 
     def discard_unready(self) -> None:
@@ -454,6 +533,11 @@ class Store:
             q = (select(JobRoundRow).where(JobRoundRow.job_id == job_id)
                  .order_by(JobRoundRow.index, JobRoundRow.task_id))
             return list(s.scalars(q))
+
+
+def _same(a: str, b: str) -> bool:
+    """Constant-time equality of two tokens, compared as UTF-8 bytes (any characters)."""
+    return hmac.compare_digest(a.encode(), b.encode())
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

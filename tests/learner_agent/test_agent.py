@@ -48,6 +48,17 @@ def _learner_token(fleet: LocalFleet, name: str) -> str:
     return str(row[0])
 
 
+def _grant(fleet: LocalFleet, name: str, task_id: int) -> None:
+    # A learner token reads only the tasks the orchestrator gave it work of; the orchestrator
+    # records that before it calls the agent (`LearnerGateway.grant`), so a test playing its
+    # part records it too.
+    with sqlite3.connect(fleet.data_dir / "plexus.db") as db:
+        row = db.execute("SELECT id FROM learners WHERE name = ?", (name,)).fetchone()
+        assert row is not None, f"learner {name} is not in the orchestrator's store"
+        db.execute("INSERT INTO task_participants (task_id, learner_id) VALUES (?, ?)",
+                   (task_id, row[0]))
+
+
 def _shard_bytes_served(fleet: LocalFleet) -> float:
     text = httpx.get(f"{fleet.url}/metrics", timeout=10).text
     found = re.search(r'^plexus_bytes_served_total\{kind="shard"\} (\S+)$', text, re.M)
@@ -103,7 +114,7 @@ def test_agent_process_enrolls_and_answers(
             assert record is not None
             version = admin.task(task_id)["model_version"]
         assert set(record["facts"]) == {  # type: ignore[arg-type]
-            "cores", "memory_bytes", "load_1m", "platform", "machine", "cuda"}
+            "cores", "memory_bytes", "load_1m", "platform", "machine", "cuda", "model_factories"}
         endpoint = str(record["endpoint"])
         assert endpoint.startswith("http://127.0.0.1:")
         # The idle agent started by the CLI has not loaded torch (its ~250 MB wait for a task).
@@ -116,6 +127,7 @@ def test_agent_process_enrolls_and_answers(
             anonymous.status()
 
         token = _learner_token(fleet, "pi-07")
+        _grant(fleet, "pi-07", task_id)
         with rpc.connect(endpoint, token=token, duplex=True, timeout=60) as agent:
             bench = agent.benchmark(TASK, task_id, None)
             assert bench["bandwidth"] > 0 and bench["compute"] > 0 and bench["state"] == "idle"
@@ -218,6 +230,7 @@ def test_stressor_states_in_benchmark_and_train(orchestrator: tuple[LocalFleet, 
     fleet, task_id = orchestrator
     client = OrchestratorClient(fleet.url)
     client.enroll(fleet.join_token, "stressed", {}, None)
+    _grant(fleet, "stressed", task_id)
     agent = Agent("stressed", client)
     try:
         shard_size = len(client.shard(task_id, 0))
@@ -252,6 +265,7 @@ def test_a_shard_named_several_times_is_downloaded_once(
     fleet, task_id = orchestrator
     client = OrchestratorClient(fleet.url)
     client.enroll(fleet.join_token, "duplicates", {}, None)
+    _grant(fleet, "duplicates", task_id)
     agent = Agent("duplicates", client)
     try:
         shard_size = len(client.shard(task_id, 0))
@@ -262,3 +276,50 @@ def test_a_shard_named_several_times_is_downloaded_once(
         assert _shard_bytes_served(fleet) - before == 2 * shard_size
     finally:
         client.close()
+
+
+def test_the_agent_keeps_its_secret_and_a_second_one_under_its_name_stops_with_a_hint(
+    orchestrator: tuple[LocalFleet, int], tmp_path: Path
+) -> None:
+    """Finding 5: re-enrolling a name needs that learner's own secret (kept 0600 in the
+    agent's data directory); a second agent under the same name gets 409 name_taken, says
+    to pass --name and exits non-zero instead of looping."""
+    import stat
+
+    fleet, _task = orchestrator
+    state = tmp_path / "twin"
+    first = AgentDaemon(fleet.url, fleet.join_token, name="twin", data_dir=state, relay=True)
+    first.start(wait_s=30)
+    try:
+        secret = state / "learner_token"
+        assert secret.read_text() == first.client.token
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        learner_id = first.client.learner_id
+        # The same data directory, while the first agent runs: it may not use the secret.
+        second = AgentDaemon(fleet.url, fleet.join_token, name="twin", data_dir=state,
+                             relay=True)
+        second.start(wait_s=0)
+        assert second.wait(30), "the second agent kept trying"
+        assert second.fatal is not None and "--name" in second.fatal
+        assert not second.enrolled.is_set()
+        second.stop()
+        # A process on another data directory: the hint on its output and a non-zero exit.
+        proc = subprocess.run(
+            _agent_cmd(fleet.url, "--name", "twin", "--relay", "--data-dir",
+                       str(tmp_path / "elsewhere")),
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PLEXUS_JOIN_TOKEN": fleet.join_token, "COLUMNS": "200"},
+        )
+        assert proc.returncode != 0
+        assert "--name" in proc.stdout + proc.stderr
+        first.client.heartbeat({})  # the first agent was never disturbed
+        assert secret.read_text() == first.client.token
+    finally:
+        first.stop()
+    # Restarted on its data directory, the learner gets its name (and id) back.
+    again = AgentDaemon(fleet.url, fleet.join_token, name="twin", data_dir=state, relay=True)
+    again.start(wait_s=30)
+    try:
+        assert again.client.learner_id == learner_id
+    finally:
+        again.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -71,7 +72,12 @@ def test_enrollment_issues_tokens_and_reenrolling_keeps_the_id(
     assert "name" in body["detail"]
     first = _enroll(shared_orchestrator, "pi-1")
     assert first["relay_url"].endswith("/relay") and first["heartbeat_interval_s"] > 0
-    again = _enroll(shared_orchestrator, "pi-1")
+    # Re-enrolling a name needs that learner's secret, its current token (test_security.py).
+    r = httpx.post(f"{url}/v1/learners/enroll",
+                   json={"join_token": shared_orchestrator.join_token, "name": "pi-1",
+                         "facts": {"cores": 1}, "endpoint": None, "secret": first["token"]})
+    assert r.status_code == 201, r.text
+    again = r.json()
     assert again["learner_id"] == first["learner_id"] and again["token"] != first["token"]
     hb = f"{url}/v1/learners/{first['learner_id']}/heartbeat"
     _err(httpx.post(hb, json={"facts": {}}, headers={"Authorization": f"Bearer {first['token']}"}),
@@ -127,8 +133,8 @@ def test_task_lifecycle_downloads_and_cancel(shared_orchestrator: Orchestrator,
     assert r.status_code == 201, r.text
     task = r.json()
     assert task["state"] in ("pending", "running") and task["num_shards"] == 8
-    learner = _enroll(shared_orchestrator, "dl")
-    auth = {"Authorization": f"Bearer {learner['token']}"}
+    # Shards are for the admin and the learners given the task's work (test_security.py).
+    auth = {"Authorization": f"Bearer {shared_orchestrator.admin_token}"}
     shard = httpx.get(f"{shared_orchestrator.url}/v1/tasks/{task['id']}/shards/3", headers=auth)
     assert shard.status_code == 200
     x, y, meta = decode_shard(shard.content)
@@ -143,3 +149,92 @@ def test_task_lifecycle_downloads_and_cancel(shared_orchestrator: Orchestrator,
     assert cancelled["state"] == "cancelled" and cancelled["reason"]
     _err(admin.post(f"/v1/tasks/{task['id']}/cancel"), 409, "conflict")
     assert admin.get(f"/v1/tasks/{task['id']}").json()["state"] == "cancelled"
+
+
+# Issue 12, finding 8: ids beyond 64 bits reached SQLite and answered 500 OverflowError.
+HUGE_IDS = [str(2**63), str(2**64 + 5), str(10**30), "0", "-1", str(-(2**63) - 1)]
+ID_PATHS = [
+    ("GET", "/v1/tasks/{id}"), ("GET", "/v1/tasks/{id}/rounds"), ("GET", "/v1/tasks/{id}/model"),
+    ("POST", "/v1/tasks/{id}/cancel"), ("GET", "/v1/jobs/{id}"), ("POST", "/v1/jobs/{id}/cancel"),
+]
+LEARNER_PATHS = [
+    ("GET", "/v1/tasks/{id}/shards/0"), ("GET", "/v1/tasks/1/shards/{id}"),
+    ("GET", "/v1/tasks/{id}/partitions/0"), ("GET", "/v1/tasks/{id}/stop"),
+    ("GET", "/v1/tasks/{id}/async"), ("POST", "/v1/tasks/{id}/updates"),
+]
+
+
+@pytest.mark.parametrize("big", HUGE_IDS)
+def test_ids_outside_64_bits_are_422_never_500(
+        shared_orchestrator: Orchestrator, admin: httpx.Client, big: str) -> None:
+    before = admin.get("/v1/tasks").json()["tasks"]
+    for method, path in ID_PATHS:
+        _err(admin.request(method, path.format(id=big)), 422, "invalid_request")
+    me = _enroll(shared_orchestrator, "big-ids")
+    auth = {"Authorization": f"Bearer {me['token']}"}
+    url = shared_orchestrator.url
+    for method, path in LEARNER_PATHS:
+        if path.endswith("/shards/{id}") and big == "0":
+            continue  # shard 0 is a valid index
+        _err(httpx.request(method, url + path.format(id=big), headers=auth), 422,
+             "invalid_request")
+    _err(httpx.post(f"{url}/v1/tasks/{big}/pull", json={"n_samples": 1}, headers=auth), 422,
+         "invalid_request")
+    _err(httpx.post(f"{url}/v1/learners/{big}/heartbeat", json={}, headers=auth), 422,
+         "invalid_request")
+    # The largest id that exists is a plain 404.
+    _err(admin.get(f"/v1/tasks/{2**63 - 1}"), 404, "task_not_found")
+    assert admin.get("/v1/tasks").json()["tasks"] == before
+
+
+# Issue 12, finding 9: hmac.compare_digest on str raised TypeError for non-ASCII tokens.
+@pytest.mark.parametrize("token", ["é", "Bearer-ü-ß", "\u2603" * 20, "token\u00ff"])
+def test_non_ascii_tokens_are_401_never_500(shared_orchestrator: Orchestrator,
+                                            admin: httpx.Client, token: str) -> None:
+    url = shared_orchestrator.url
+    header = {"Authorization": f"Bearer {token}".encode()}  # sent as UTF-8 bytes
+    def names() -> list[tuple[int, str]]:
+        return [(lr["id"], lr["name"]) for lr in admin.get("/v1/learners").json()["learners"]]
+
+    before = names()
+    for path in ("/v1/tasks", "/v1/learners", "/v1/tasks/1/model", "/v1/tasks/1/shards/0",
+                 "/v1/tasks/1/async"):
+        _err(httpx.get(url + path, headers=header), 401, "unauthorized")
+    for join in (token, "\ud800", "é" * 64):
+        _err(httpx.post(f"{url}/v1/learners/enroll",
+                        content=json.dumps({"join_token": join, "name": "intruder"}),
+                        headers={"content-type": "application/json"}), 401, "unauthorized")
+    assert names() == before
+
+
+# Issue 12, finding 11 (API side): NaN and Infinity are not JSON numbers; Python reads them.
+@pytest.mark.parametrize(("body", "field"), [
+    ('{"name": "x", "sync": {"deadline_s": Infinity}}', "sync.deadline_s"),
+    ('{"name": "x", "sync": {"deadline_s": 1e999}}', "sync.deadline_s"),
+    ('{"name": "x", "training": {"lr": NaN}}', "training.lr"),
+    ('{"name": "x", "mode": "async", "async": {"pi_s": -Infinity}}', "async.pi_s"),
+])
+def test_non_finite_numbers_in_a_task_are_422_naming_the_field(
+        admin: httpx.Client, body: str, field: str) -> None:
+    before = admin.get("/v1/tasks").json()["tasks"]
+    for ctype in ({"content-type": "application/json"}, {}):
+        detail = _err(admin.post("/v1/tasks", content=body, headers=ctype), 422,
+                      "invalid_request")["detail"]
+        assert detail.startswith(field), detail
+    assert admin.get("/v1/tasks").json()["tasks"] == before
+
+
+def test_non_finite_numbers_in_a_job_are_422_naming_the_field(admin: httpx.Client) -> None:
+    before = admin.get("/v1/jobs").json()["jobs"]
+    spec = json.dumps({**SPEC, "sync": {**SPEC["sync"], "allocator": "med"}})
+    nan = spec.replace('"deadline_s": 5.0', '"deadline_s": NaN')
+    for body, field in (
+        ('{"budget": Infinity, "tasks": [' + spec + "]}", "budget"),
+        ('{"tasks": [' + spec + ", " + nan + "]}", "tasks.1.sync.deadline_s"),
+        ('{"time_limit_s": 1e400, "tasks": [' + spec + "]}", "time_limit_s"),
+    ):
+        detail = _err(admin.post("/v1/jobs", content=body,
+                                 headers={"content-type": "application/json"}),
+                      422, "invalid_request")["detail"]
+        assert detail.startswith(field), detail
+    assert admin.get("/v1/jobs").json()["jobs"] == before

@@ -49,6 +49,9 @@ def test_spin_task_runs_to_the_end_over_rest(shared_orchestrator: LocalFleet,
             "facts": {}, "endpoint": None}).json()
         http = httpx.Client(base_url=url, timeout=30.0,
                             headers={"Authorization": f"Bearer {enrolled['token']}"})
+        # A learner takes part in an async task once it pulls (or the join sweep reaches it);
+        # only then may its token read the task's data (docs/security.md).
+        assert http.post(f"/v1/tasks/{task['id']}/pull", json={"n_samples": 1}).status_code == 200
         x, y, _ = decode_shard(http.get(f"/v1/tasks/{task['id']}/shards/{i}").content)
         model = build_model("twonn", tuple(x.shape[1:]), 10)  # the synthetic set has 10
         client = SpinClient(http, task["id"], model, x, y, rate=60.0, pull_threshold=8,

@@ -51,3 +51,19 @@ def test_bad_spec_file_and_bad_token_exit_with_a_message(shared_orchestrator: Lo
     assert code == 2 and "unauthorized" in out
     code, out = _run(shared_orchestrator, "task", "show", "4242")
     assert code == 2 and "task_not_found" in out
+
+
+def test_learners_remove_revokes_a_learner(shared_orchestrator: LocalFleet) -> None:
+    import httpx
+
+    enrolled = httpx.post(f"{shared_orchestrator.url}/v1/learners/enroll", json={
+        "join_token": shared_orchestrator.join_token, "name": "cli-gone"}).json()
+    code, out = _run(shared_orchestrator, "learners")
+    assert code == 0 and "cli-gone" in out
+    code, out = _run(shared_orchestrator, "learners", "remove", str(enrolled["learner_id"]))
+    assert code == 0 and "cli-gone" in out, out
+    hb = httpx.post(f"{shared_orchestrator.url}/v1/learners/{enrolled['learner_id']}/heartbeat",
+                    headers={"Authorization": f"Bearer {enrolled['token']}"}, json={})
+    assert hb.status_code == 401
+    code, out = _run(shared_orchestrator, "learners", "remove", str(enrolled["learner_id"]))
+    assert code == 2 and "learner_not_found" in out

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from orchestrator.allocation.med import thesis_instance
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "med_thesis_instance.json"
@@ -141,3 +143,48 @@ def test_stdout_guard_sends_c_level_writes_to_stderr() -> None:
                           timeout=60, check=True)
     assert proc.stdout.split() == ["before", "after"]
     assert proc.stderr.count("banner") == 4 and proc.stderr.count("python-level") == 4
+
+
+# Issue 12, finding 11: Infinity was "infeasible, deadline" (with a RuntimeWarning), a Gurobi
+# traceback (exit 1) or blamed on task_size; NaN was "Input should be greater than 0".
+@pytest.mark.parametrize(("where", "value"), [
+    (("tasks", 0, "deadline_s"), "Infinity"), (("tasks", 1, "model_bytes"), "Infinity"),
+    (("tasks", 2, "shard_bytes"), "NaN"), (("budget",), "Infinity"),
+    (("learners", 3, "price"), "-Infinity"), (("learners", 0, "bandwidth", 1), "NaN"),
+    (("tasks", 0, "deadline_s"), "1e999"),
+])
+@pytest.mark.parametrize("solver", ["auto", "highs"])
+def test_non_finite_numbers_are_exit_2_naming_the_field(
+        tmp_path: Path, where: tuple[str | int, ...], value: str, solver: str) -> None:
+    raw = json.loads(EXAMPLE.read_text())
+    node = raw
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = "@@"
+    path = tmp_path / "nonfinite.json"
+    path.write_text(json.dumps(raw).replace('"@@"', value))
+    proc = run_plan(str(path), "--solver", solver, "--time-limit", "2")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    field = ".".join(str(k) for k in where)
+    assert field in proc.stderr and "finite" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "RuntimeWarning" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_solver_lagrange_hands_an_instance_it_cannot_serve_to_the_milp(tmp_path: Path) -> None:
+    # As docs/med.md says (and test_med_lagrange.py checks on the library): forced, the
+    # Lagrangian backend answers alone when its greedy start serves the instance; otherwise
+    # the MILP proves infeasibility, named in `backend` and `notes`, never silently.
+    raw = json.loads(EXAMPLE.read_text())
+    raw["budget"] = 5.0
+    path = tmp_path / "poor.json"
+    path.write_text(json.dumps(raw))
+    proc = run_plan(str(path), "--solver", "lagrange", "--time-limit", "2")
+    assert proc.returncode == 1, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["status"] == "infeasible" and out["infeasible_families"] == ["budget"]
+    assert out["backend"] in ("gurobi", "highs")
+    assert "greedy start found no feasible allocation; the MILP decides" in out["notes"]
+    feasible = run_plan(str(EXAMPLE), "--solver", "lagrange", "--time-limit", "2")
+    assert feasible.returncode == 0, feasible.stderr
+    assert json.loads(feasible.stdout)["backend"] == "lagrange"

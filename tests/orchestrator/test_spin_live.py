@@ -151,8 +151,10 @@ def test_malformed_updates_are_rejected_and_counted(live: dict[str, Any]) -> Non
         stale = http.post(
             "/v1/tasks/7/updates", content=encode_state(good, {"base_version": 42, "n_samples": 5})
         )
-        assert stale.status_code == 409 and stale.json()["error"] == "unknown_version"
-        assert runner.status()["rejected"] == len(bad_bodies) + 1
+        # A base version this learner was never sent answers no pull: refused by admission.
+        assert stale.status_code == 403 and stale.json()["error"] == "no_outstanding_pull"
+        assert runner.status()["rejected"] == len(bad_bodies)
+        assert runner.status()["refused"] == {"no_outstanding_pull": 1}
         assert runner.core.queue == [] and runner.core.version == 0
         ok = http.post(
             "/v1/tasks/7/updates", content=encode_state(good, {"base_version": 0, "n_samples": 5})

@@ -111,7 +111,13 @@ def test_state_machine_refuses_moves_out_of_an_ended_state(store: Store) -> None
 
 def test_reenrolling_keeps_the_id_and_replaces_the_token(store: Store) -> None:
     a = store.enroll("pi", {}, "http://10.0.0.2:9000", time.time())
-    b = store.enroll("pi", {}, None, time.time())
+    with pytest.raises(Conflict) as taken:  # the name without that learner's secret
+        store.enroll("pi", {}, None, time.time())
+    assert taken.value.code == "name_taken" and "--name" in taken.value.detail
+    with pytest.raises(Conflict):
+        store.enroll("pi", {}, None, time.time(), secret="é-not-it")
+    assert store.learner_by_token(a.token) is not None
+    b = store.enroll("pi", {}, None, time.time(), secret=a.token)
     assert a.id == b.id and a.token != b.token
     assert store.learner_by_token(a.token) is None
     assert store.learner_by_token(b.token).endpoint is None  # type: ignore[union-attr]
@@ -131,3 +137,39 @@ def test_a_task_whose_preparation_was_interrupted_is_removed_at_start(store: Sto
     assert again.tasks() == []
     assert not store.layout.task_dir(1).exists()
     assert _create(again).id >= 1
+
+
+def test_participants_refusals_and_removal(store: Store) -> None:
+    lr = store.enroll("dev", {}, None, time.time())
+    assert not store.takes_part(7, lr.id)
+    store.add_participant(7, lr.id)
+    store.add_participant(7, lr.id)  # idempotent
+    assert store.takes_part(7, lr.id) and not store.takes_part(8, lr.id)
+    store.add_refusal(7, "no_outstanding_pull")
+    store.add_refusal(7, "no_outstanding_pull")
+    store.add_refusal(7, "n_samples_too_large")
+    assert store.refusals(7) == {"no_outstanding_pull": 2, "n_samples_too_large": 1}
+    assert store.refusals(8) == {}
+    store.remove_learner(lr.id)
+    assert store.learner_by_token(lr.token) is None and not store.takes_part(7, lr.id)
+    with pytest.raises(NotFound):
+        store.remove_learner(lr.id)
+
+
+def test_a_data_dir_from_before_the_admission_tables_still_opens(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    old = Store(tmp_path / "data")
+    lr = old.enroll("dev", {}, None, time.time())
+    with old.engine.begin() as conn:  # the schema as it was before issue 12
+        conn.execute(text("DROP TABLE task_participants"))
+        conn.execute(text("DROP TABLE task_refusals"))
+    old.close()
+    store = Store(tmp_path / "data")
+    try:
+        assert store.learner_by_token(lr.token) is not None
+        store.add_participant(1, lr.id)
+        store.add_refusal(1, "samples_capped")
+        assert store.takes_part(1, lr.id) and store.refusals(1) == {"samples_capped": 1}
+    finally:
+        store.close()

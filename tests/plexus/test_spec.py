@@ -27,7 +27,7 @@ def test_protocol_example_loads_from_yaml(tmp_path: Path) -> None:
     path = tmp_path / "task.yaml"
     path.write_text(PROTOCOL_EXAMPLE)
     spec = load_spec(path)
-    assert spec.model == "twonn"
+    assert spec.model.name == "twonn"
     assert spec.sync is not None and spec.sync.deadline_s == 20.0
     assert spec.async_ is None
 

@@ -31,10 +31,14 @@ FAMILIES: dict[str, str] = {
 # ---------------------------------------------------------------- instance schema (pydantic)
 
 
+# Every model below refuses NaN and ±Infinity (allow_inf_nan=False), naming the field: an
+# infinite deadline or model size otherwise passes `gt=0` and breaks the solvers downstream.
+
+
 class MedTask(BaseModel):
     """One requester's task r_i (thesis 4.1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1)
     shards: int = Field(gt=0, description="D_i, shards to train per GUC")
@@ -48,7 +52,7 @@ class MedTask(BaseModel):
 class MedLearner(BaseModel):
     """One learner w_j with its per-state benchmarks (thesis 4.1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1)
     price: float = Field(ge=0, description="p_j per shard")
@@ -95,7 +99,7 @@ class MedLearner(BaseModel):
 class MedInstance(BaseModel):
     """A whole MED problem: learners, tasks, budget B and per-learner minimum D_l (eq. 4.4)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     states: list[str] | None = Field(default=None, description="optional state names")
     budget: float = Field(ge=0, description="B, total price allowed")
