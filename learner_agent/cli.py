@@ -141,43 +141,36 @@ _DATA_DIR_HELP = ("Directory keeping the agent's name and its learner secret (mo
                   "default $XDG_STATE_HOME/plexus/agents/<name> (~/.local/state/...)")
 
 
+_JOIN_TOKEN_HELP = ("Join token the orchestrator's admin gave you (other users can see it in "
+                    "the process list: prefer --join-token-file or PLEXUS_JOIN_TOKEN)")
+_LOCAL_DATA_HELP = ("Directory of this device's own samples (npz, safetensors, CSV, IDX or a "
+                    "folder of pictures per class) for tasks with dataset.device: true; they "
+                    "never leave the device")
+_PRELOAD_HELP = "Import torch at start: faster first call, ~180 MiB more idle memory"
+
+
 def run(
     orchestrator: str = typer.Option(..., help="Orchestrator base URL, e.g. http://host:8000"),
-    join_token: str | None = typer.Option(
-        None,
-        envvar="PLEXUS_JOIN_TOKEN",
-        help="Join token the orchestrator's admin gave you (other users can see it in the "
-        "process list: prefer --join-token-file or PLEXUS_JOIN_TOKEN)",
-    ),
+    join_token: str | None = typer.Option(None, envvar="PLEXUS_JOIN_TOKEN",
+                                          help=_JOIN_TOKEN_HELP),
     join_token_file: Path | None = typer.Option(  # noqa: B008
-        None, help="File holding the join token; must not be readable by group/other"
-    ),
+        None, help="File holding the join token; must not be readable by group/other"),
     ca_file: Path | None = typer.Option(  # noqa: B008
-        None, help="CA certificate (PEM) to verify an https orchestrator with"
-    ),
+        None, help="CA certificate (PEM) to verify an https orchestrator with"),
     insecure: bool = typer.Option(
-        False, help="Testing only: do not verify the orchestrator's TLS certificate"
-    ),
+        False, help="Testing only: do not verify the orchestrator's TLS certificate"),
     relay: bool = typer.Option(False, help="Serve through the orchestrator's relay (NAT)"),
     name: str | None = typer.Option(None, help="Learner name (default: host name)"),
     host: str = typer.Option("0.0.0.0", help="Address to bind the RPC worker to"),
     port: int = typer.Option(0, help="Port for the RPC worker (0 = any free port)"),
     data_dir: Path | None = typer.Option(None, help=_DATA_DIR_HELP),  # noqa: B008
     local_data: Path | None = typer.Option(  # noqa: B008
-        None, "--data", envvar="PLEXUS_AGENT_DATA",
-        help="Directory of this device's own samples (npz, safetensors, CSV, IDX or a "
-        "folder of pictures per class) for tasks with dataset.device: true; they never "
-        "leave the device",
-    ),
+        None, "--data", envvar="PLEXUS_AGENT_DATA", help=_LOCAL_DATA_HELP),
     stress_heat: float | None = typer.Option(
-        None, help="Experiments only: sample stressor states with this softmax heat"
-    ),
+        None, help="Experiments only: sample stressor states with this softmax heat"),
     threads: int = typer.Option(
-        1, help="torch threads for training (0 = torch's default, one per core)"
-    ),
-    preload: bool = typer.Option(
-        False, help="Import torch at start: faster first call, ~180 MiB more idle memory"
-    ),
+        1, help="torch threads for training (0 = torch's default, one per core)"),
+    preload: bool = typer.Option(False, help=_PRELOAD_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every heartbeat"),
     adversary: str | None = typer.Option(None, envvar="PLEXUS_ADVERSARY", hidden=True,
                                          help="EXPERIMENTS ONLY: attack training"),
@@ -195,17 +188,9 @@ def run(
         import torch  # noqa: F401 - paying the import now keeps the first plan call fast
     try:
         daemon = AgentDaemon(
-            orchestrator,
-            token,
-            name=name,
-            host=host,
-            port=port,
-            relay=relay,
+            orchestrator, token, name=name, host=host, port=port, relay=relay,
             data_dir=data_dir or state_dir(name or default_name(None)),
-            stress_heat=stress_heat,
-            threads=threads,
-            verify=verify,
-            local_data=local_data,
+            stress_heat=stress_heat, threads=threads, verify=verify, local_data=local_data,
         )
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")

@@ -49,7 +49,8 @@ def round_view(r: RoundRow) -> dict[str, Any]:
     return {"index": r.index, "started_at": r.started_at, "allocation": r.allocation,
             "shards": r.shards, "samples": r.samples, "left_out": r.left_out,
             "plan_s": r.plan_s, "round_time_s": r.round_time_s, "truancy": r.truancy,
-            "loss": r.loss, "accuracy": r.accuracy, "model_version": r.model_version}
+            "loss": r.loss, "accuracy": r.accuracy, "model_version": r.model_version,
+            "times": r.times or {}}
 
 
 def parse_task(spec: dict[str, Any]) -> Any:

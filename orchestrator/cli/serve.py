@@ -18,6 +18,15 @@ def register(app: typer.Typer) -> None:
     orch.command("serve")(serve)
 
 
+def _announce(url: str, join_token: str, data_dir: Path) -> None:
+    """What an operator needs to connect agents and clients."""
+    console.print(f"orchestrator at [bold]{url}[/bold] (docs: {url}/docs), data in "
+                  f"{data_dir.resolve()}")
+    console.print(f"join token: {join_token}")
+    console.print(f"admin token: in {data_dir.resolve() / 'admin_token'}")
+    sys.stdout.flush()
+
+
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
@@ -70,12 +79,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per RPC poll is noise
     fastapi_app = create_app(settings)
-    service = fastapi_app.state.service
-    console.print(f"orchestrator at [bold]{settings.public_url}[/bold] "
-                  f"(docs: {settings.public_url}/docs), data in {data_dir.resolve()}")
-    console.print(f"join token: {service.join_token}")
-    console.print(f"admin token: in {data_dir.resolve() / 'admin_token'}")
-    sys.stdout.flush()
+    _announce(settings.public_url, fastapi_app.state.service.join_token, data_dir)
     # Shutdown waits for open requests at most a few seconds: relay long-polls and the
     # orchestrator's own keep-alive calls through its https relay would otherwise hold a
     # SIGTERM for tens of seconds. Durable state is committed per round, so nothing is lost.

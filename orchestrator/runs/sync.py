@@ -24,6 +24,7 @@ from orchestrator.allocation import (
     RoundContext,
     assign_shard_ids,
     get_allocator,
+    learner_time_s,
 )
 from orchestrator.errors import Conflict
 from orchestrator.metrics import Metrics
@@ -40,6 +41,25 @@ log = logging.getLogger("orchestrator.runs.sync")
 # Asking a learner (subset benchmarking: download n shards, train on them, perhaps import torch
 # for the first time) gets this much longer than a round before the learner is left out.
 PROBE_EXTRA_S = 60.0
+
+
+def learner_times(replies: list[Reply], reports: list[LearnerReport], counts: dict[str, int],
+                  ctx: RoundContext) -> dict[str, dict[str, float | None]]:
+    """Per learner that was called: seconds from dispatch to its answer (or the cut-off), and
+    where it reported b_k (bytes/s) and c_k (samples/s), those and the time thesis eq. 3.4
+    predicts for its shards (else None)."""
+    known = {r.learner_id: r for r in reports}
+    times: dict[str, dict[str, float | None]] = {}
+    for reply in replies:
+        key = str(reply.learner.id)
+        rep = known.get(key)
+        entry: dict[str, float | None] = {"actual_s": reply.elapsed_s, "predicted_s": None}
+        if rep is not None and rep.bandwidth is not None and rep.compute is not None:
+            entry["predicted_s"] = learner_time_s(counts.get(key, 0), bandwidth=rep.bandwidth,
+                                                  compute=rep.compute, ctx=ctx)
+            entry.update(b_k=rep.bandwidth, c_k=rep.compute)
+        times[key] = entry
+    return times
 
 
 def cap_samples(replies: list[Reply], shard_ids: dict[str, list[int]], per_shard: int,
@@ -199,11 +219,7 @@ class SyncDriver:
         plan_s = time.monotonic() - t0
         counts = allocator.allocate(reports, ctx) if reports else {}
         shard_ids = assign_shard_ids(counts, task.num_shards, seed=spec.seed, round_index=index)
-        by_id = {str(lr.id): lr for lr in learners}
-        chosen = [by_id[k] for k, n in counts.items() if n > 0]
-        for k, n in counts.items():
-            if n <= 0 and k not in left_out:
-                left_out[k] = "allocated no shards"
+        chosen = _chosen(learners, counts, left_out)
 
         # Steps 4–6: everyone trains at once; D + grace bounds the wait however they behave.
         halt_s = sync.deadline_s if allocator.halts_at_deadline else sync.deadline_s + sync.grace_s
@@ -229,6 +245,7 @@ class SyncDriver:
             "left_out": left_out, "plan_s": plan_s, "round_time_s": round_time,
             "truancy": truancy, "loss": closed.loss, "accuracy": closed.accuracy,
             "model_version": closed.version,
+            "times": learner_times(replies, reports, counts, ctx),
         }, closed.model_path, time.time())
         self._observe(task.id, index, allocator.name, round_time, truancy, closed.accuracy,
                       sum(1 for k in left_out if k in {str(c.id) for c in chosen}))
@@ -307,3 +324,13 @@ def _context(task: TaskRow, spec: TaskSpec) -> RoundContext:
         shard_bytes=task.shard_bytes, model_bytes=task.model_bytes,
         iterations=spec.training.iterations, deadline_s=spec.sync.deadline_s,
         total_shards=spec.sync.total_shards)
+
+
+def _chosen(learners: list[LearnerRow], counts: dict[str, int],
+            left_out: dict[str, str]) -> list[LearnerRow]:
+    """The learners given shards this round; the others are noted in `left_out`."""
+    by_id = {str(lr.id): lr for lr in learners}
+    for k, n in counts.items():
+        if n <= 0 and k not in left_out:
+            left_out[k] = "allocated no shards"
+    return [by_id[k] for k, n in counts.items() if n > 0]

@@ -96,6 +96,11 @@ def test_equal_split_and_csa_each_run_a_round(fleet: LocalFleet) -> None:
     assert sorted(equal["allocation"].values()) == [5, 5, 6]  # 16 shards over 3 learners
     assert sum(csa["allocation"].values()) == 16
     assert csa["allocation"].get(ids["slow"], 0) < csa["allocation"][ids["fast"]], csa
+    # CSA knows b_k and c_k: each learner's time is predicted (eq. 3.4) beside the actual one.
+    fast = csa["times"][ids["fast"]]
+    assert fast["predicted_s"] > 0 and fast["actual_s"] > 0, csa["times"]
+    assert fast["b_k"] > 0 and fast["c_k"] > 0, csa["times"]  # SB's benchmark, kept per round
+    assert all(t["predicted_s"] is None for t in equal["times"].values()), equal["times"]
     # One pass over 4000 samples: better than chance (0.10), far from trained.
     assert equal["accuracy"] > 0.15 and csa["accuracy"] > 0.15
 
