@@ -104,9 +104,13 @@ def _allowed(request: Request) -> str:
             if match != Match.NONE:
                 methods |= set(route.methods)
     path = request.url.path
-    for template, ops in request.app.openapi().get("paths", {}).items():
-        if _template(template).fullmatch(path):
-            methods |= {m.upper() for m in ops}
+    paths = request.app.openapi().get("paths", {})
+    # A literal path (/v1/learners/enroll) names its own resource, even where a template
+    # (/v1/learners/{learner_id}) would also match its text.
+    matching = [paths[path]] if path in paths else [
+        ops for template, ops in paths.items() if _template(template).fullmatch(path)]
+    for ops in matching:
+        methods |= {m.upper() for m in ops}
     return ", ".join(sorted(methods))
 
 

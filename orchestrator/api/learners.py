@@ -78,7 +78,9 @@ def list_learners(service: ServiceDep) -> dict[str, Any]:
     return {"learners": [learner_view(lr, now, after) for lr in service.store.learners()]}
 
 
-@router.delete("/v1/learners/{learner_id}", dependencies=[AdminDep],
+# `:int`: the literal /v1/learners/enroll is not a learner id; DELETE there is a 405 with
+# `Allow: POST`, not this route's 422.
+@router.delete("/v1/learners/{learner_id:int}", dependencies=[AdminDep],
                responses=answers(401, 404, 422))
 def remove_learner(learner_id: Id, service: ServiceDep) -> dict[str, Any]:
     """Remove (revoke) a learner: its token stops working at once, its name is free again."""
