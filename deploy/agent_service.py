@@ -13,6 +13,7 @@ The config file holds `KEY=VALUE` lines (`#` starts a comment):
     PLEXUS_NAME=pi-kitchen        PLEXUS_RELAY=0        PLEXUS_HOST=0.0.0.0
     PLEXUS_PORT=8701              PLEXUS_DATA_DIR=/var/lib/plexus-agent
     PLEXUS_CA_FILE=/etc/plexus-agent/ca.pem  # trust a private CA for an https orchestrator
+    PLEXUS_AGENT_DATA=/srv/my-samples  # device-local data (`--data`): it never leaves the device
 
 (`SSL_CERT_FILE=` is read as `PLEXUS_CA_FILE=`, as older installs wrote it.)
 """
@@ -33,6 +34,7 @@ _KNOWN = {
     "PLEXUS_HOST",
     "PLEXUS_PORT",
     "PLEXUS_DATA_DIR",
+    "PLEXUS_AGENT_DATA",
     "PLEXUS_CA_FILE",
     "SSL_CERT_FILE",
 }
@@ -96,6 +98,8 @@ def agent_argv(config: dict[str, str]) -> list[str]:
         argv += ["--port", config["PLEXUS_PORT"]]
     if config.get("PLEXUS_DATA_DIR"):
         argv += ["--data-dir", config["PLEXUS_DATA_DIR"]]
+    if config.get("PLEXUS_AGENT_DATA"):
+        argv += ["--data", config["PLEXUS_AGENT_DATA"]]
     return argv
 
 

@@ -216,6 +216,9 @@ def test_launcher_keeps_the_token_private(tmp_path: Path) -> None:
         "/etc/plexus-agent/ca.pem",
     ]
     assert argv[-2:] == ["--port", "8701"] and "s3cret" not in argv
+    # Device-local data (docs/your-model-and-data.md) reaches `plexus agent run --data`.
+    config_file.write_text(config_file.read_text() + "PLEXUS_AGENT_DATA=/srv/samples\n")
+    assert agent_argv(read_config(config_file))[-2:] == ["--data", "/srv/samples"]
     config_file.write_text("PLEXUS_ORCHESTRATR=https://o.lan\n")
     with pytest.raises(AgentConfigError, match="expected KEY=VALUE"):
         read_config(config_file)
