@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ import httpx
 import numpy as np
 import pytest
 
-from orchestrator.client import APIError, Client
+from orchestrator.client import APIError
 from orchestrator.local.fleet import LocalFleet
+from tests.orchestrator.test_end_to_end import finished, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -93,21 +93,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
         yield f
     finally:
         f.stop()
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} did not happen within {timeout_s} s")
-
-
-def finished(client: Client, task_id: int, timeout_s: float = 150.0) -> dict[str, Any]:
-    return wait_for(lambda: (t := client.task(task_id))["state"] not in ("pending", "running")
-                    and t, timeout_s, f"task {task_id} ending")
 
 
 def sync_spec(name: str, model: str, dataset: dict[str, Any], shard_size: int,

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typer.testing import CliRunner
 from orchestrator.client import APIError, Client
 from orchestrator.local.fleet import LocalFleet
 from plexus.cli import app
+from tests.orchestrator.test_end_to_end import finished
 
 pytestmark = pytest.mark.slow
 
@@ -94,16 +94,6 @@ def client(fleet: LocalFleet) -> Iterator[Client]:
         yield c
 
 
-def ended(client: Client, task_id: int, timeout_s: float = 150.0) -> dict[str, Any]:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        t = client.task(task_id)
-        if t["state"] not in ("pending", "running"):
-            return t
-        time.sleep(0.3)
-    raise TimeoutError(f"task {task_id} did not end within {timeout_s} s")
-
-
 def cli(fleet: LocalFleet, *args: str) -> Any:
     return CliRunner().invoke(app, [*args, "--url", fleet.url, "--token", fleet.admin_token])
 
@@ -111,7 +101,7 @@ def cli(fleet: LocalFleet, *args: str) -> Any:
 @pytest.fixture(scope="module")
 def cnn_task(client: Client) -> dict[str, Any]:
     created = client.submit(spec("cnn", {"layers": CNN}))
-    return ended(client, created["id"])
+    return finished(client, created["id"])
 
 
 def test_declared_cnn_trains_with_two_agents(client: Client, cnn_task: dict[str, Any]) -> None:
@@ -187,7 +177,7 @@ def test_plugin_factory_model_trains(client: Client) -> None:
     created = client.submit(spec("plugin", {"factory": "example-mlp", "kwargs": {"hidden": 24}},
                                  rounds=2))
     assert created["spec"]["model"]["distribution"] == "plexus-example-models==0.1.0"
-    task = ended(client, created["id"])
+    task = finished(client, created["id"])
     assert task["state"] == "finished", task["reason"]
     rounds = client.rounds(task["id"])
     assert all(len(r["samples"]) == 2 for r in rounds)
@@ -239,7 +229,7 @@ def test_learner_without_the_memory_is_skipped(fleet: LocalFleet, client: Client
     shown = client.task(created["id"])
     assert "not enough memory" in shown["skipped"]["tiny"], shown["skipped"]
     assert set(shown["skipped"]) == {"tiny"}
-    task = ended(client, created["id"])
+    task = finished(client, created["id"])
     assert task["state"] == "finished", task["reason"]
     tiny = next(lr["id"] for lr in client.learners() if lr["name"] == "tiny")
     left_out = client.rounds(task["id"])[0]["left_out"]
