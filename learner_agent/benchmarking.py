@@ -28,7 +28,8 @@ class SBResult:
     """What subset benchmarking measured.
 
     `bandwidth` b_k in bytes/s, `compute` c_k in samples/s, `shard_bytes` Ω_d (mean payload
-    bytes per shard), `shard_samples` samples per shard, `download_s` / `train_s` seconds.
+    bytes per shard), `shard_samples` samples per shard, `download_s` / `train_s` seconds
+    (`train_s` over all `passes` timed passes of the dummy over the `samples`).
     `shard_download_s` holds each shard's download time and `batch_sample_s` each batch's
     seconds per sample: the spread the DAB safety margin draws its quantile from.
     """
@@ -43,6 +44,7 @@ class SBResult:
     shards: int
     shard_download_s: tuple[float, ...] = field(default=())
     batch_sample_s: tuple[float, ...] = field(default=())
+    passes: int = 1
 
     def quantile_rates(self, q: float) -> tuple[float, float]:
         """Pessimistic `(bandwidth, compute)` from the q-quantile of per-unit times.
@@ -97,6 +99,14 @@ def subset_benchmark(
     return measure(spec, payloads, seconds, initial_state=initial_state, clock=clock)
 
 
+# A timed pass shorter than this is repeated: SB's first estimate on a small model and a few
+# shards would otherwise rest on a few tens of milliseconds, where one scheduler tick, a
+# frequency step or (in the local emulation) the phase of a 10 ms CPU duty cycle moves c_k by
+# tens of percent. See docs/agent.md, "How SB times training".
+MIN_TIMED_S = 0.25
+MAX_TIMED_PASSES = 32
+
+
 def measure(
     spec: TaskSpec,
     payloads: Sequence[bytes],
@@ -104,9 +114,11 @@ def measure(
     *,
     initial_state: Mapping[str, torch.Tensor] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    min_seconds: float = MIN_TIMED_S,
 ) -> SBResult:
     """SB's scores from shards already downloaded in `download_seconds` (one entry per shard):
-    b_k from bytes and seconds, c_k from one timed pass of a dummy model over the samples."""
+    b_k from bytes and seconds, c_k from timed passes of a dummy model over the samples,
+    repeated until they add up to `min_seconds` (at most MAX_TIMED_PASSES passes)."""
     if not payloads:
         raise ValueError("subset benchmarking needs at least one shard")
     total_bytes = sum(len(p) for p in payloads)
@@ -119,10 +131,10 @@ def measure(
     x_all = np.concatenate(xs)
     y_all = np.concatenate(ys)
     dummy = build_dummy(spec, initial_state)
-    train_s, batch_sample_s = _timed_pass(dummy, x_all, y_all, spec, clock)
+    train_s, batch_sample_s, passes = _timed_passes(dummy, x_all, y_all, spec, clock, min_seconds)
     return SBResult(
         bandwidth=total_bytes / download_s if download_s > 0 else float("inf"),
-        compute=len(y_all) / train_s if train_s > 0 else float("inf"),
+        compute=passes * len(y_all) / train_s if train_s > 0 else float("inf"),
         shard_bytes=total_bytes / len(payloads),
         shard_samples=len(y_all) / len(payloads),
         download_s=download_s,
@@ -131,6 +143,7 @@ def measure(
         shards=len(payloads),
         shard_download_s=tuple(download_seconds),
         batch_sample_s=tuple(batch_sample_s),
+        passes=passes,
     )
 
 
@@ -147,13 +160,14 @@ def build_dummy(
     return dummy
 
 
-def _timed_pass(
+def _timed_passes(
     model: torch.nn.Module,
     x: np.ndarray,
     y: np.ndarray,
     spec: TaskSpec,
     clock: Callable[[], float],
-) -> tuple[float, list[float]]:
+    min_seconds: float,
+) -> tuple[float, list[float], int]:
     from plexus.training import train
 
     per_sample: list[float] = []
@@ -177,20 +191,27 @@ def _timed_pass(
         lr=spec.training.lr,
         seed=spec.seed,
     )
-    t0 = clock()
-    last[0] = t0
-    train(
-        model,
-        x,
-        y,
-        passes=1,
-        batch_size=spec.training.batch_size,
-        optimizer=spec.training.optimizer,
-        lr=spec.training.lr,
-        seed=spec.seed,
-        on_batch=mark,
-    )
-    return clock() - t0, per_sample
+    # Then whole passes until they add up to min_seconds: c_k is the pooled rate of all of
+    # them (samples over seconds), so a slow or fast spell of a few milliseconds weighs as
+    # little as it will in a round of training that lasts seconds.
+    total, passes = 0.0, 0
+    while passes < MAX_TIMED_PASSES and (passes == 0 or total < min_seconds):
+        t0 = clock()
+        last[0] = t0
+        train(
+            model,
+            x,
+            y,
+            passes=1,
+            batch_size=spec.training.batch_size,
+            optimizer=spec.training.optimizer,
+            lr=spec.training.lr,
+            seed=spec.seed + passes,
+            on_batch=mark,
+        )
+        total += clock() - t0
+        passes += 1
+    return total, per_sample, passes
 
 
 def flops_benchmark(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from learner_agent.arguments import check_int, parse_task
 from learner_agent.async_runs import AsyncRuns
+from learner_agent.calibration import ObservedRates
 from learner_agent.errors import BadTask, OrchestratorRefused
 from learner_agent.facts import device_facts
 
@@ -58,6 +59,8 @@ class Agent:
         # Async tasks (join_async / leave_async) run in their own threads, not under _work.
         self.asynchronous = AsyncRuns(client, self._configure_torch, local_data)
         self._work = threading.Lock()  # one benchmark or training at a time
+        # c_k re-estimated from the rounds really trained (learner_agent/calibration.py).
+        self.observed = ObservedRates()
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._rng: np.random.Generator = np.random.default_rng(seed)
@@ -195,7 +198,8 @@ class Agent:
             assert spec.sync is not None  # checked in _benchmark
             if spec.dataset.device:
                 return self._plan_local(spec, task_id)
-            sb = self._benchmark(spec, task_id, "idle")
+            sb = self.observed.benchmark(task_id, "idle",
+                                         lambda: self._benchmark(spec, task_id, "idle"))
             a_k = plan_shards(
                 sb,
                 deadline_s=spec.sync.deadline_s,
@@ -254,7 +258,8 @@ class Agent:
         from plexus.cost import dab_bound
 
         assert spec.sync is not None
-        sb = self._benchmark_local(spec, task_id)
+        sb = self.observed.benchmark(task_id, "idle",
+                                     lambda: self._benchmark_local(spec, task_id))
         x, y = self._local_train(spec)[0]
         a_k = dab_bound(deadline=spec.sync.deadline_s, model_bytes=self._model_bytes(spec),
                         shard_bytes=0, bandwidth=sb.bandwidth,
@@ -274,7 +279,8 @@ class Agent:
         chosen = self._pick_state(state)
 
         def job() -> dict[str, Any]:
-            sb = self._benchmark(spec, task_id, chosen)
+            sb = self.observed.benchmark(task_id, chosen,
+                                         lambda: self._benchmark(spec, task_id, chosen))
             return {"bandwidth": float(sb.bandwidth), "compute": float(sb.compute), "state": chosen}
 
         return self._run(job)
@@ -340,6 +346,7 @@ class Agent:
                     download_s=download_s,
                     seed=spec.seed + round,
                 )
+            self.observed.record(task_id, chosen, result.samples_trained, result.train_s)
             answer = result.to_wire()
             # Shards that never arrived were allocated too: the orchestrator sees the drop.
             answer["samples_allocated"] = (
@@ -367,6 +374,7 @@ class Agent:
         payloads = shard_payloads(x, y, size, count, round * count)
         result = train_round(spec, model_payload, payloads, deadline=deadline,
                              clock=self.clock, download_s=download_s, seed=spec.seed + round)
+        self.observed.record(task_id, "idle", result.samples_trained, result.train_s)
         answer = result.to_wire()
         if local_eval is not None:
             answer["local_eval"] = local_eval

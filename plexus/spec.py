@@ -212,6 +212,9 @@ class SyncSpec(_Strict):
     # Consecutive rounds in which no learner trained (all failed, were skipped or got nothing)
     # that a task tolerates; one more, or a task whose every round was empty, ends `failed`.
     max_empty_rounds: int = Field(1, ge=0)
+    # DAB / CSA: ask the learners again every round (they answer from the rounds they really
+    # trained, learner_agent/calibration.py), or once per task as thesis alg. 10 does.
+    replan: Literal["each_round", "once"] = "each_round"
     aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
 
 

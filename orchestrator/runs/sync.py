@@ -280,7 +280,7 @@ class SyncDriver:
             return [LearnerReport(str(lr.id)) for lr in learners]
         proc = allocator.probe
         known = self._reports.setdefault(task_id, {})
-        if allocator.reprobe_each_round:
+        if allocator.reprobe_each_round or spec_dict["sync"].get("replan") != "once":
             known.clear()
         ask = [lr for lr in learners if str(lr.id) not in known]
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 
 from learner_agent.benchmarking import (
+    MAX_TIMED_PASSES,
+    MIN_TIMED_S,
+    SBResult,
     build_dummy,
     flops_benchmark,
     flops_predict_train_s,
@@ -13,6 +16,7 @@ from learner_agent.benchmarking import (
     subset_benchmark,
     training_flops_per_sample,
 )
+from learner_agent.calibration import ObservedRates
 from plexus.models import build_model
 
 from .conftest import make_task_data
@@ -43,8 +47,11 @@ def test_sb_measures_bandwidth_and_compute_from_shards() -> None:
     assert result.shard_bytes == payload
     # each fetch is bracketed by two clock readings: 0.5 s + 1 ms per shard
     assert abs(result.bandwidth - payload / 0.501) / result.bandwidth < 1e-6
-    assert len(result.shard_download_s) == 3 and len(result.batch_sample_s) == 12
-    assert result.compute > 0 and result.train_s > 0
+    # 1 ms per clock reading: one timed pass of 12 batches lasts ~13 ms, so SB repeats passes
+    # until they add up to MIN_TIMED_S and pools them.
+    assert result.passes > 1 and result.train_s >= MIN_TIMED_S
+    assert len(result.shard_download_s) == 3 and len(result.batch_sample_s) == 12 * result.passes
+    assert abs(result.compute - result.passes * 300 / result.train_s) < 1e-9
     assert sb_predict_download_s(result, 6) == 6 * payload / result.bandwidth
     assert sb_predict_train_s(result, 1000, passes=2) == 2000 / result.compute
 
@@ -70,3 +77,56 @@ def test_flops_baseline() -> None:
     flops = flops_benchmark(size=64, repeats=3)
     assert flops > 0
     assert flops_predict_train_s(flops, per_sample, 500, passes=2) == 2 * 500 * per_sample / flops
+
+
+def test_sb_times_one_pass_when_it_is_long_enough_and_caps_the_repeats() -> None:
+    state = make_task_data()
+    once = subset_benchmark(state.spec, lambda n: state.shards[n], [0], clock=StepClock())
+    assert once.passes > 1
+    class SlowClock(StepClock):
+        def __call__(self) -> float:  # 1 s per reading: one pass is already long enough
+            self.now += 1.0
+            return self.now
+
+    slow = subset_benchmark(state.spec, lambda n: state.shards[n], [0], clock=SlowClock())
+    assert slow.passes == 1
+
+    class FrozenClock(StepClock):
+        def __call__(self) -> float:  # time never advances: the repeat cap ends the loop
+            return 0.0
+
+    frozen = subset_benchmark(state.spec, lambda n: state.shards[n], [0], clock=FrozenClock())
+    assert frozen.passes == MAX_TIMED_PASSES
+
+
+def _sb(compute: float) -> SBResult:
+    return SBResult(bandwidth=1e6, compute=compute, shard_bytes=1e3, shard_samples=100,
+                    download_s=1.0, train_s=1.0, samples=100, shards=1,
+                    batch_sample_s=(1 / compute, 2 / compute))
+
+
+def test_observed_rounds_replace_sbs_compute_rate_per_task_and_state() -> None:
+    rates = ObservedRates()
+    sb = _sb(1000.0)
+    assert rates.calibrate(sb, 1, "idle") is sb  # nothing trained yet: SB's own estimate
+    rates.record(1, "idle", 400, 1.0)
+    rates.record(1, "idle", 200, 1.0)  # pooled: 600 samples in 2 s
+    got = rates.calibrate(sb, 1, "idle")
+    assert got.compute == 300.0 and got.bandwidth == sb.bandwidth
+    # the per-batch spread keeps its shape around the new mean
+    assert got.batch_sample_s == (1 / 300.0, 2 / 300.0)
+    assert rates.calibrate(sb, 1, "computing") is sb and rates.calibrate(sb, 2, "idle") is sb
+    for _ in range(5):
+        rates.record(1, "idle", 1000, 1.0)  # the window forgets the older, slower rounds
+    assert rates.rate(1, "idle") == 1000.0
+
+
+def test_observed_rates_ignore_empty_or_instant_rounds_and_stay_bounded() -> None:
+    rates = ObservedRates()
+    rates.record(1, "idle", 0, 5.0)
+    rates.record(1, "idle", 100, 0.001)
+    rates.record(1, "idle", 100, float("nan"))
+    assert rates.rate(1, "idle") is None
+    for task in range(200):
+        rates.record(task, "idle", 10, 1.0)
+    assert rates.rate(0, "idle") is None and rates.rate(199, "idle") == 10.0
