@@ -7,7 +7,9 @@ For benchmark sizes n = 2..10 shards of 500 MNIST samples, each repetition measu
   * the truth: the time to train a fresh TwoNN one pass over T ∈ {15, 30, 60, 120} shards and
     the time to download 60 shards,
 and reports |predicted − measured| / measured (thesis 3.4) as mean and 95 % interval over the
-repetitions. Training is timed twice over: by the wall clock (what a deadline sees) and by the
+repetitions, the share of predictions within ±5 % and ±10 % (as nn-Meter and LitePred report
+predictors), and beside them the **floor**: each truth is measured twice per repetition and one
+run taken as the prediction of the other, the error no predictor on this machine can beat. Training is timed twice over: by the wall clock (what a deadline sees) and by the
 thread's CPU time (what the shared machine's other jobs disturb least). Order inside a
 repetition is shuffled so slow spells of the machine do not always hit the same measurement.
 
@@ -323,18 +325,20 @@ def _one_repetition(
     jobs: list[tuple[str, Any]] = (
         [("sb", n) for n in sizes]
         + [("train", t) for t in targets]
+        + [("retrain", t) for t in targets]  # the floor: one truth run predicting another
         + [("flops", 0)]
         + [("download", name) for name in bench.clients]
     )
     bench.rng.shuffle(jobs)
-    rec: dict[str, Any] = {"sb": {}, "train_s": {}, "flops": {}, "download_s": {}}
+    rec: dict[str, Any] = {"sb": {}, "train_s": {}, "retrain_s": {}, "flops": {},
+                           "download_s": {}}
     for kind, arg in jobs:
         if kind == "sb":
             rec["sb"][arg] = _sb_entry(bench, arg)
-        elif kind == "train":
+        elif kind in ("train", "retrain"):
             w0, c0 = time.perf_counter(), time.thread_time()
             _twonn_pass(bench, arg, seed=rep)
-            rec["train_s"][arg] = {
+            rec[f"{kind}_s"][arg] = {
                 "wall": time.perf_counter() - w0,
                 "cpu": time.thread_time() - c0,
             }
@@ -387,13 +391,28 @@ def _training_errors(
         true = statistics.fmean(rec["train_s"][t][clock] for rec in records)
         pred = statistics.fmean(t * SHARD / rec["sb"][n][f"compute_{clock}"] for rec in records)
         bias.append(err(pred, true))
+    # The floor (as prediction studies report it beside the error): a truth run of the same
+    # size, measured in the same repetition, used as the prediction of the other one.
+    floor = [err(rec["retrain_s"][t][clock], rec["train_s"][t][clock])
+             for rec in records for t in targets if t in rec.get("retrain_s", {})]
     sb_i, fl_i = interval(sb_err), interval(fl_err)
+    floor_i = interval(floor) if floor else None
     return {
         "sb_train_error": sb_i,
         "sb_bias": statistics.fmean(bias),
         "flops_train_error": fl_i,
         "error_reduction": 1.0 - sb_i["mean"] / fl_i["mean"],
+        "sb_within": within(sb_err),
+        "flops_within": within(fl_err),
+        "floor": floor_i,
+        "floor_within": within(floor) if floor else None,
+        "sb_over_floor": sb_i["mean"] / floor_i["mean"] if floor_i and floor_i["mean"] else None,
     }
+
+
+def within(errors: list[float]) -> dict[str, float]:
+    """Share of predictions within ±5 % and ±10 % of the measurement (nn-Meter's accuracy)."""
+    return {f"{int(100 * b)}%": sum(e <= b for e in errors) / len(errors) for b in (0.05, 0.10)}
 
 
 def _summarise_prediction(
@@ -558,6 +577,9 @@ def plot(summary: dict[str, Any], path: Path) -> None:
                 label=label,
                 color=colour,
             )
+        if rows[0].get("floor"):
+            ax.axhline(100 * rows[0]["floor"]["mean"], color="black", ls=":",
+                       label="floor (truth run predicting truth run)")
         ax.plot(
             sizes,
             [100 * r["sb_bias"] for r in rows],
@@ -625,6 +647,16 @@ def _print_headline(summary: dict[str, Any], sizes: list[int], reps: int) -> Non
     wall, cpu = summary["wall"][n8], summary["cpu"][n8]
     dls = ", ".join(f"{k} {100 * v[n8]['mean']:.1f}%" for k, v in summary["download"].items())
     rss = summary["rss"].get("idle_bytes", 0) / 2**20
+    if wall.get("floor"):
+        print(
+            f"at {n8} shards, wall clock: SB {100 * wall['sb_train_error']['mean']:.1f}% "
+            f"({100 * wall['sb_within']['10%']:.0f}% of predictions within ±10%, "
+            f"{100 * wall['sb_within']['5%']:.0f}% within ±5%), floor "
+            f"{100 * wall['floor']['mean']:.1f}% ({100 * wall['floor_within']['10%']:.0f}% / "
+            f"{100 * wall['floor_within']['5%']:.0f}%): SB at {wall['sb_over_floor']:.2f}x the "
+            f"floor; FLOPS {100 * wall['flops_train_error']['mean']:.0f}% "
+            f"({100 * wall['flops_within']['10%']:.0f}% within ±10%)"
+        )
     print(
         f"at {n8} shards: SB error {100 * wall['sb_train_error']['mean']:.2f}% wall / "
         f"{100 * cpu['sb_train_error']['mean']:.2f}% cpu vs FLOPS "
