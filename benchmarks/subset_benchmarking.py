@@ -9,8 +9,9 @@ For benchmark sizes n = 2..10 shards of 500 MNIST samples, each repetition measu
 and reports |predicted − measured| / measured (thesis 3.4) as mean and 95 % interval over the
 repetitions, the share of predictions within ±5 % and ±10 % (as nn-Meter and LitePred report
 predictors), and beside them the **floor**: each truth is measured twice per repetition and one
-run taken as the prediction of the other, the error no predictor on this machine can beat. Training is timed twice over: by the wall clock (what a deadline sees) and by the
-thread's CPU time (what the shared machine's other jobs disturb least). Order inside a
+run taken as the prediction of the other, the error no predictor on this machine can beat.
+Training is timed twice over: by the wall clock (what a deadline sees) and by the thread's
+CPU time (what the shared machine's other jobs disturb least). Order inside a
 repetition is shuffled so slow spells of the machine do not always hit the same measurement.
 
 The shard server is a separate process (as the orchestrator is). Downloads run over loopback
@@ -550,6 +551,12 @@ def measure_agent_rss(settle_s: float = 3.0) -> dict[str, Any]:
 
 
 # -- plotting ---------------------------------------------------------------------------------
+def _plot_floor(ax: Any, rows: list[dict[str, Any]]) -> None:
+    if rows[0].get("floor"):
+        ax.axhline(100 * rows[0]["floor"]["mean"], color="black", ls=":",
+                   label="floor (truth run predicting truth run)")
+
+
 def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -577,9 +584,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
                 label=label,
                 color=colour,
             )
-        if rows[0].get("floor"):
-            ax.axhline(100 * rows[0]["floor"]["mean"], color="black", ls=":",
-                       label="floor (truth run predicting truth run)")
+        _plot_floor(ax, rows)
         ax.plot(
             sizes,
             [100 * r["sb_bias"] for r in rows],
