@@ -1,0 +1,80 @@
+"""The driver lease on its own (SQLite and PostgreSQL): one holder, takeover after expiry, and
+a round commit refused to an instance that lost it. Two real orchestrator processes on one
+database are in test_lease_processes.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.errors import Conflict
+from orchestrator.store import Store, lease
+from plexus.spec import parse_spec
+from tests.orchestrator.postgres import fresh_database, postgres_url
+
+SPEC = parse_spec({"name": "s", "dataset": {"name": "synthetic", "samples": 200},
+                   "partition": {"shard_size": 50}, "sync": {"rounds": 3}})
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s = Store(tmp_path / "data")
+        yield s
+        s.close()
+        return
+    with fresh_database(postgres_url()) as url:
+        s = Store(tmp_path / "data", url)
+        try:
+            yield s
+        finally:
+            s.close()
+
+
+def _round(index: int) -> dict[str, Any]:
+    return {"index": index, "started_at": time.time(), "allocation": {}, "shards": {},
+            "samples": {}, "left_out": {}, "plan_s": 0.0, "round_time_s": 1.0,
+            "truancy": 0.0, "loss": None, "accuracy": 0.5, "model_version": index + 1}
+
+
+def test_one_holder_until_it_expires_then_another_takes_over(store: Store) -> None:
+    now = 1000.0
+    assert lease.acquire(store, "a", 10.0, now)
+    assert not lease.acquire(store, "b", 10.0, now + 1)  # a holds it
+    assert lease.acquire(store, "a", 10.0, now + 5)  # a renews: until now + 15
+    assert not lease.acquire(store, "b", 10.0, now + 14)
+    assert lease.holder(store) == ("a", now + 15)
+    assert lease.acquire(store, "b", 10.0, now + 16)  # a stopped renewing
+    assert not lease.acquire(store, "a", 10.0, now + 17)  # and cannot take it back
+    assert lease.holder(store) == ("b", now + 26)
+
+
+def test_release_frees_it_at_once(store: Store) -> None:
+    assert lease.acquire(store, "a", 60.0, time.time())
+    lease.release(store, "b")  # not the holder: nothing happens
+    assert not lease.acquire(store, "b", 60.0, time.time())
+    lease.release(store, "a")
+    assert lease.acquire(store, "b", 60.0, time.time())
+
+
+def test_a_round_commit_is_refused_once_another_instance_took_the_lease(store: Store) -> None:
+    # No data files: the lease is about the rows (record_round only stores the model path).
+    task = store.create_task(SPEC.to_dict(), lambda _tid, _d: {}, time.time())
+    store.set_state(task.id, "running", None, time.time())
+    now = time.time()
+    assert lease.acquire(store, "a", 1.0, now)
+    store.fence = lambda s: lease.check(s, "a")
+    model = store.layout.model(task.id, 0)
+    store.record_round(task.id, _round(0), model, now)  # a holds it: committed
+    # a's renewal came late: it expired but nobody took it, so a still commits.
+    store.record_round(task.id, _round(1), model, now + 5)
+    assert lease.acquire(store, "b", 1.0, now + 5)  # b takes over
+    with pytest.raises(Conflict) as refused:
+        store.record_round(task.id, _round(2), model, now + 6)
+    assert refused.value.code == "lease_lost"
+    assert [r.index for r in store.rounds(task.id)] == [0, 1]  # nothing of round 2
+    assert store.task(task.id).rounds_done == 2
