@@ -66,7 +66,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS relay_calls (
     key TEXT PRIMARY KEY, procedure TEXT NOT NULL, state TEXT NOT NULL, body BLOB,
     callback_url TEXT, callback_token TEXT, status INTEGER, content_type TEXT, result BLOB,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL, finished_at REAL
 )
 """
 
