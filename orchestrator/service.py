@@ -89,8 +89,13 @@ class Service:
         # The relay queues calls for agents behind NAT but does not pass the caller's token on
         # to them, so only this orchestrator may call through it: with a secret of its own.
         relay_secret = secrets.token_urlsafe(24)
+        # A relayed agent that has not polled for alive_after_s is gone: calls for it fail at
+        # once (rpc.WorkerGone) instead of holding a round until its cut-off. Its queue stays
+        # in memory: the only caller, this process, does not outlive it, and a restarted
+        # orchestrator re-issues the calls of the round it resumes (docs/orchestrator.md).
         self.relay = rpc.Relay(caller_tokens={relay_secret},
-                               authorize_worker=self._authorize_worker)
+                               authorize_worker=self._authorize_worker,
+                               gone_after_s=max(settings.alive_after_s, 6.0))
         self.gateway = LearnerGateway(self.store, relay_url=self.relay_url,
                                       relay_secret=relay_secret, receiver=self.receiver,
                                       alive_after_s=settings.alive_after_s)
