@@ -10,6 +10,11 @@ import typer
 
 from orchestrator.cli.common import DATA_DIR, DEFAULT_DATA, console, fail
 
+LEASE_TTL = Annotated[float, typer.Option(
+    envvar="PLEXUS_LEASE_TTL_S", min=1.0, help="Driver lease, seconds: one instance per "
+    "database drives tasks and renews it every third of this; a standby instance on the same "
+    "database takes over this long after the driver stops (docs/orchestrator.md).")]
+
 
 def register(app: typer.Typer) -> None:
     """Add the `orchestrator` command group."""
@@ -51,15 +56,10 @@ def serve(
     max_data_bytes: Annotated[int, typer.Option(
         envvar="PLEXUS_MAX_DATA_BYTES", help="Largest user dataset accepted (bytes on disk, "
         "train and test files together).")] = 2 * 1024**3,
-    lease_ttl_s: Annotated[float, typer.Option(
-        envvar="PLEXUS_LEASE_TTL_S", min=1.0, help="Driver lease, seconds: one instance per "
-        "database drives tasks and renews it every third of this; a standby instance on the "
-        "same database takes over this long after the driver stops.")] = 30.0,
+    lease_ttl_s: LEASE_TTL = 30.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
-    ssl_certfile: Annotated[Path | None, typer.Option(
-        envvar="PLEXUS_SSL_CERTFILE",
-        help="TLS certificate (PEM, chain included): serve https (passed to uvicorn).")
-    ] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(envvar="PLEXUS_SSL_CERTFILE", help=
+        "TLS certificate (PEM, chain included): serve https (passed to uvicorn).")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(
         envvar="PLEXUS_SSL_KEYFILE", help="Private key (PEM) of --ssl-certfile.")] = None,
 ) -> None:
