@@ -104,8 +104,6 @@ class Relay:
         self.gone_after_s = gone_after_s
         # Workers get gone_after_s from the relay's start to (re)connect before they are gone.
         self._started = time.monotonic()
-        # Calls failed as gone while still queued: a later poll skips them (at most once).
-        self._abandoned: set[str] = set()
         if store is not None:
             self._restore(store.load())
         self.app = json_app(
@@ -155,8 +153,10 @@ class Relay:
         exc = WorkerGone(f"relayed worker {worker!r} has not polled this relay for "
                          f"{idle:.0f} s (gone_after_s is {self.gone_after_s} s): its call was "
                          "not run or its result will not come; check the worker")
+        # Its queue goes (no poll of a gone worker is open: polls last < gone_after_s); a
+        # call of it that is still handed out later would be skipped by _next anyway.
+        self._queues.pop(worker, None)
         for key in self.calls.running(f"{worker}/"):
-            self._abandoned.add(key)
             self._dispatched.pop(key, None)
             outcome = Outcome.error(exc)
             self.calls.finish(key, outcome)
@@ -345,7 +345,8 @@ class Relay:
         )
 
     async def _next(self, worker: str, wait: float) -> _Queued | None:
-        """The worker's next call within `wait` seconds, skipping calls failed as gone."""
+        """The worker's next call within `wait` seconds; only calls still waiting for an
+        outcome are handed out (never one already failed as gone)."""
         queue = self._queue(worker)
         end = time.monotonic() + wait
         while True:
@@ -355,10 +356,9 @@ class Relay:
                     queue.get(), left)
             except (asyncio.QueueEmpty, asyncio.TimeoutError):
                 return None
-            key = f"{worker}/{item.call_id}"
-            if key not in self._abandoned:
-                return item
-            self._abandoned.discard(key)
+            call = self.calls.get(f"{worker}/{item.call_id}")
+            if call is not None and call.outcome is None:
+                return item  # else it failed (worker gone) or expired while queued
 
     async def _result(self, request: Request) -> Response:
         try:

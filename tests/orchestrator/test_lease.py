@@ -1,9 +1,10 @@
 """The driver lease on its own (SQLite and PostgreSQL): one holder, takeover after expiry, and
-a round commit refused to an instance that lost it. Two real orchestrator processes on one
-database are in test_lease_processes.py."""
+a round commit refused to an instance that lost it; two services in one process. Two real
+orchestrator processes on one database are in test_lease_processes.py (extended tier)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,3 +79,29 @@ def test_a_round_commit_is_refused_once_another_instance_took_the_lease(store: S
     assert refused.value.code == "lease_lost"
     assert [r.index for r in store.rounds(task.id)] == [0, 1]  # nothing of round 2
     assert store.task(task.id).rounds_done == 2
+
+
+def test_a_second_service_stands_by_and_takes_over_when_the_first_shuts_down(
+        tmp_path: Path) -> None:
+    from orchestrator.service import Service, Settings
+
+    async def scenario() -> None:
+        settings = Settings(data_dir=tmp_path / "data", lease_ttl_s=1.5)
+        first, second = Service(settings), Service(settings)
+        first.start()
+        second.start()
+        try:
+            assert first.leader and not second.leader
+            with pytest.raises(Conflict) as refused:
+                second.require_leader()
+            assert refused.value.code == "standby" and first.owner in refused.value.detail
+            await first.stop()  # gives the lease back: no need to wait for its expiry
+            end = time.monotonic() + 20
+            while not second.leader:
+                assert time.monotonic() < end, "the standby did not take over"
+                await asyncio.sleep(0.05)
+            second.require_leader()
+        finally:
+            await second.stop()
+
+    asyncio.run(scenario())
