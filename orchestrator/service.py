@@ -119,7 +119,11 @@ class Service:
     def start(self) -> None:
         """In the running event loop: take the driver lease if free and drive, else stand by
         (serve the API, refuse new work) and take over once the holder's lease expires."""
-        if lease.acquire(self.store, self.owner, self.settings.lease_ttl_s, time.time()):
+        ttl, now = self.settings.lease_ttl_s, time.time()
+        # A holder that is a dead process of this host (this orchestrator before a kill -9)
+        # is replaced at once; a live or remote one only after its lease expired.
+        if (lease.acquire(self.store, self.owner, ttl, now)
+                or lease.take_from_dead(self.store, self.owner, ttl, now)):
             self._drive()
         else:
             held = lease.holder(self.store)

@@ -2,7 +2,9 @@
 
 A row in `leases` names the holder (`owner`, unique per process) and when its hold ends
 (`expires_at`, wall-clock seconds since the epoch). The holder renews it well before then; any
-other instance takes it only once it has expired. Acquiring and renewing are one conditional
+other instance takes it only once it has expired — or at once when the holder is a process of
+the same host that has exited (`take_from_dead`: a SIGKILLed orchestrator restarted in place
+does not wait for its own old lease). Acquiring and renewing are one conditional
 `UPDATE … WHERE owner = me OR expires_at < now` (or an `INSERT` of the first row, whose primary
 key makes a race between two first instances end with one winner), so they are atomic on SQLite
 and PostgreSQL alike, with no advisory-lock feature of either. Round commits call `check` first in
@@ -65,6 +67,38 @@ def acquire(store: Store, owner: str, ttl_s: float, now: float, name: str = DRIV
         if isinstance(exc.__cause__, IntegrityError):
             return False
         raise
+
+
+def dead_here(owner: str) -> bool:
+    """Whether `owner` (an id of `new_owner_id`) names a process of this host that has
+    exited: a holder that a restart on the same host may replace without waiting for expiry.
+    A pid taken by another process since reads as alive (the safe side: wait for expiry)."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def take_from_dead(store: Store, owner: str, ttl_s: float, now: float,
+                   name: str = DRIVER) -> bool:
+    """Take lease `name` at once if its holder is a process of this host that has exited (a
+    SIGKILLed orchestrator restarted on the same host), else False. One conditional UPDATE on
+    the dead holder's id, so of two instances racing for it one wins."""
+    held = holder(store, name)
+    if held is None or not dead_here(held[0]):
+        return False
+    with store.session() as s:
+        taken = s.execute(update(LeaseRow)
+                          .where(LeaseRow.name == name, LeaseRow.owner == held[0])
+                          .values(owner=owner, expires_at=now + ttl_s))
+        return bool(taken.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def release(store: Store, owner: str, name: str = DRIVER) -> None:

@@ -62,6 +62,29 @@ def test_release_frees_it_at_once(store: Store) -> None:
     assert lease.acquire(store, "b", 60.0, time.time())
 
 
+def test_a_dead_holder_of_this_host_is_replaced_at_once_a_live_one_is_not(
+        store: Store) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                            capture_output=True, text=True, check=True)
+    dead = f"{socket.gethostname()}:{int(exited.stdout)}:0000"
+    now = time.time()
+    assert lease.acquire(store, dead, 60.0, now)
+    assert not lease.acquire(store, "b", 60.0, now + 1)  # not expired
+    assert lease.take_from_dead(store, "b", 60.0, now + 1)  # but its process is gone
+    assert lease.holder(store) == ("b", now + 61)
+    alive = f"{socket.gethostname()}:{os.getpid()}:0000"
+    assert lease.acquire(store, alive, 60.0, now + 200)  # b's expired
+    assert not lease.take_from_dead(store, "c", 60.0, now + 201)  # a live process holds it
+    remote = "another-host:1:0000"
+    assert lease.acquire(store, remote, 60.0, now + 400)
+    assert not lease.take_from_dead(store, "c", 60.0, now + 401)  # cannot tell: wait
+
+
 def test_a_round_commit_is_refused_once_another_instance_took_the_lease(store: Store) -> None:
     # No data files: the lease is about the rows (record_round only stores the model path).
     task = store.create_task(SPEC.to_dict(), lambda _tid, _d: {}, time.time())
