@@ -54,6 +54,9 @@ def test_a_standby_instance_never_drives_and_takes_over_after_the_lease_expires(
                             join_token=first.join_token)
         stack.callback(second.stop)
         second.start_orchestrator()
+        # An agent of the standby, enrolled before the takeover (enrolment works on a
+        # standby): the first instance's agent reports to the dead one and fails its calls.
+        second.start_agent("two")
         with first.client() as a, second.client() as b:
             assert a.health()["driving"] is True
             assert b.health()["driving"] is False
@@ -68,8 +71,6 @@ def test_a_standby_instance_never_drives_and_takes_over_after_the_lease_expires(
         with second.client() as b:
             wait_for(lambda: b.health()["driving"], 30, "the standby taking over")
             took_s = time.monotonic() - killed_at
-            # The first instance's agent reports to the dead one; one of the second's trains.
-            second.start_agent("two")
             final = finished(b, task["id"], timeout_s=180)
             rounds = b.rounds(task["id"])
     assert final["state"] == "finished", final["reason"]
