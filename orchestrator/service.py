@@ -9,16 +9,23 @@ gateway and the metrics it needs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.errors import Conflict
 from orchestrator.metrics import Metrics
 from orchestrator.runs.asynchronous import AsyncDriver
 from orchestrator.runs.gateway import LearnerGateway
 from orchestrator.runs.jobs import JobDriver
 from orchestrator.runs.sync import SyncDriver
-from orchestrator.store import Store, write_atomic
+from orchestrator.store import Store, lease, write_atomic
+
+log = logging.getLogger("orchestrator.service")
 
 
 @dataclass
@@ -42,6 +49,9 @@ class Settings:
     # directory (default: <data_dir>/datasets), at most `max_data_bytes` per task.
     data_root: Path | None = None
     max_data_bytes: int = 2 * 1024**3
+    # The driver lease (orchestrator.store.lease): renewed every third of this; a standby
+    # instance on the same database takes over this long after the holder stopped renewing.
+    lease_ttl_s: float = 30.0
 
     @property
     def datasets_dir(self) -> Path:
@@ -79,8 +89,13 @@ class Service:
         # The relay queues calls for agents behind NAT but does not pass the caller's token on
         # to them, so only this orchestrator may call through it: with a secret of its own.
         relay_secret = secrets.token_urlsafe(24)
+        # A relayed agent that has not polled for alive_after_s is gone: calls for it fail at
+        # once (rpc.WorkerGone) instead of holding a round until its cut-off. Its queue stays
+        # in memory: the only caller, this process, does not outlive it, and a restarted
+        # orchestrator re-issues the calls of the round it resumes (docs/orchestrator.md).
         self.relay = rpc.Relay(caller_tokens={relay_secret},
-                               authorize_worker=self._authorize_worker)
+                               authorize_worker=self._authorize_worker,
+                               gone_after_s=max(settings.alive_after_s, 6.0))
         self.gateway = LearnerGateway(self.store, relay_url=self.relay_url,
                                       relay_secret=relay_secret, receiver=self.receiver,
                                       alive_after_s=settings.alive_after_s)
@@ -88,6 +103,11 @@ class Service:
         self.sync = SyncDriver(self.store, self.gateway, self.metrics)
         self.jobs = JobDriver(self.store, self.gateway, self.metrics)
         self.asynchronous = AsyncDriver(self.store, self.gateway, self.metrics)
+        # Only the holder of the driver lease runs tasks (orchestrator.store.lease).
+        self.owner = lease.new_owner_id()
+        self.leader = False
+        self._renewed = 0.0
+        self._lease_loop: asyncio.Task[None] | None = None
 
     def _authorize_worker(self, name: str, token: str | None) -> bool:
         # A relayed agent serves under its enrolled name with its own learner token.
@@ -97,15 +117,82 @@ class Service:
         return row is not None and row.name == name
 
     def start(self) -> None:
-        """In the running event loop: settle what a previous process left, resume sync tasks."""
+        """In the running event loop: take the driver lease if free and drive, else stand by
+        (serve the API, refuse new work) and take over once the holder's lease expires."""
+        ttl, now = self.settings.lease_ttl_s, time.time()
+        # A holder that is a dead process of this host (this orchestrator before a kill -9)
+        # is replaced at once; a live or remote one only after its lease expired.
+        if (lease.acquire(self.store, self.owner, ttl, now)
+                or lease.take_from_dead(self.store, self.owner, ttl, now)):
+            self._drive()
+        else:
+            held = lease.holder(self.store)
+            log.warning("standby: %s holds the driver lease of this database; this instance "
+                        "takes over when it stops renewing", held[0] if held else "?")
+        self._lease_loop = asyncio.get_running_loop().create_task(
+            self._keep_lease(), name="driver-lease")
+
+    def _drive(self) -> None:
+        """Become the driving instance: settle what a previous holder left, resume tasks."""
+        self.leader = True
+        self._renewed = time.time()
+        self.store.fence = lambda s: lease.check(s, self.owner)
+        log.info("driver lease taken by %s", self.owner)
         self.asynchronous.fail_leftovers()
         self.jobs.fail_leftovers()
         self.sync.resume_all()
 
-    async def stop(self) -> None:
-        """Stop every driver (durable state stays for the next start), then close."""
+    async def _stand_down(self, why: str) -> None:
+        """Stop driving (another instance holds the lease now); durable state stays."""
+        log.error("driver lease lost (%s): stopping every task driver of %s", why, self.owner)
+        self.leader = False
+        await self._stop_drivers()
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease every third of its TTL, or take it over once it expired."""
+        ttl = self.settings.lease_ttl_s
+        while True:
+            await asyncio.sleep(ttl / 3)
+            now = time.time()
+            try:
+                held = await asyncio.to_thread(lease.acquire, self.store, self.owner, ttl, now)
+            except Exception as exc:  # the database is unreachable: retry until expiry
+                log.warning("driver lease not renewed: %s", exc)
+                if self.leader and time.time() > self._renewed + ttl:
+                    await self._stand_down(f"not renewed for {ttl:.0f} s: {exc}")
+                continue
+            if held and not self.leader:
+                self._drive()
+            elif held:
+                self._renewed = now
+            elif self.leader:
+                await self._stand_down("another instance took it over")
+
+    def require_leader(self) -> None:
+        """Conflict `standby` unless this instance drives tasks (new work would not run)."""
+        if not self.leader:
+            held = lease.holder(self.store)
+            raise Conflict(
+                "this orchestrator is on standby: another instance "
+                f"({held[0] if held else 'unknown'}) holds the driver lease of this database "
+                "and runs its tasks; submit to that instance, or wait until this one takes "
+                "over (GET /healthz says \"driving\")", code="standby")
+
+    async def _stop_drivers(self) -> None:
         await self.jobs.stop()
         await self.asynchronous.stop()
         await self.sync.stop()
+
+    async def stop(self) -> None:
+        """Stop every driver (durable state stays for the next start), give the lease back
+        so a standby takes over at once, then close."""
+        if self._lease_loop is not None:
+            self._lease_loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_loop
+        await self._stop_drivers()
+        if self.leader:
+            with contextlib.suppress(Exception):
+                lease.release(self.store, self.owner)
         self.gateway.close()
         self.store.close()

@@ -6,6 +6,7 @@ from rpc._callback import CallbackReceiver
 from rpc._client import CallHandle, Remote, Stub, connect
 from rpc._registry import Procedure, Registry, default_registry, procedure
 from rpc._relay import Relay, RelayConnection
+from rpc._relay_store import RelayRecord, RelayStore, SqliteRelayStore
 from rpc._server import ServerThread
 from rpc._wire import CONTENT_TYPE, decode, encode
 from rpc._worker import Worker
@@ -24,6 +25,7 @@ from rpc.errors import (
     TransportError,
     UnknownProcedure,
     UnsupportedValue,
+    WorkerGone,
 )
 
 __all__ = [
@@ -43,15 +45,19 @@ __all__ = [
     "Registry",
     "Relay",
     "RelayConnection",
+    "RelayRecord",
+    "RelayStore",
     "Remote",
     "RemoteError",
     "ServerThread",
+    "SqliteRelayStore",
     "Stub",
     "Timeout",
     "TransportError",
     "UnknownProcedure",
     "UnsupportedValue",
     "Worker",
+    "WorkerGone",
     "connect",
     "decode",
     "default_registry",

@@ -266,6 +266,10 @@ class CallStore:
         self._purge()
         return self._calls.get(call_id)
 
+    def running(self, prefix: str = "") -> list[str]:
+        """Ids (starting with `prefix`) of the calls that have no outcome yet."""
+        return [k for k, c in self._calls.items() if c.outcome is None and k.startswith(prefix)]
+
     def drop(self, call_id: str) -> None:
         """Forget a call (its result was delivered or fetched)."""
         self._calls.pop(call_id, None)

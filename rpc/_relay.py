@@ -38,6 +38,7 @@ from rpc._http import (
     read_body,
     tls_verify,
 )
+from rpc._relay_store import DONE, QUEUED, RelayRecord, RelayStore
 from rpc._server import ServerThread
 from rpc._wire import CONTENT_TYPE, Buffer, Encoded
 from rpc.errors import (
@@ -46,6 +47,7 @@ from rpc.errors import (
     MalformedPayload,
     RPCError,
     TransportError,
+    WorkerGone,
 )
 
 WORKER_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -72,10 +74,18 @@ class Relay:
         poll_wait_s: float = 2.0,
         redeliver_after_s: float = 30.0,
         callback_verify: Any = True,
+        store: RelayStore | None = None,
+        gone_after_s: float | None = 30.0,
     ) -> None:
         """Token options are described in docs/rpc.md; bytes limit per body; seconds for
-        `result_ttl_s`, `poll_wait_s` (how long one poll is held open) and
-        `redeliver_after_s` (when a call handed out but never acknowledged is queued again)."""
+        `result_ttl_s`, `poll_wait_s` (how long one poll is held open),
+        `redeliver_after_s` (when a call handed out but never acknowledged is queued again)
+        and `gone_after_s` (a worker that has not polled for that long is gone: its calls fail
+        with WorkerGone; None = never). `store` (e.g. `rpc.SqliteRelayStore(path)`) makes
+        queued, running and answered calls survive a restart of the relay."""
+        if gone_after_s is not None and gone_after_s <= poll_wait_s:
+            raise ValueError(f"gone_after_s ({gone_after_s}) must exceed poll_wait_s "
+                             f"({poll_wait_s}): a polling worker would look gone")
         self.caller_tokens = frozenset(caller_tokens) if caller_tokens is not None else None
         self.worker_tokens = dict(worker_tokens) if worker_tokens is not None else None
         self.authorize_worker = authorize_worker
@@ -90,6 +100,12 @@ class Relay:
         self._seen: dict[str, float] = {}
         self._clients = ClientPool(callback_verify)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.store = store
+        self.gone_after_s = gone_after_s
+        # Workers get gone_after_s from the relay's start to (re)connect before they are gone.
+        self._started = time.monotonic()
+        if store is not None:
+            self._restore(store.load())
         self.app = json_app(
             [
                 Route("/healthz", self._healthz, methods=["GET"]),
@@ -100,6 +116,54 @@ class Relay:
                 Route("/{worker}/_result/{call_id}", self._result, methods=["POST"]),
             ]
         )
+
+    def _restore(self, records: list[RelayRecord]) -> None:
+        """After a restart: queue again what no worker acknowledged, wait for the results
+        of what was running, keep the answers nobody fetched yet."""
+        for rec in records:
+            self.calls.begin(rec.key)
+            if rec.callback_url and rec.state != DONE:
+                self._callbacks[rec.key] = (rec.callback_url, rec.callback_token)
+            if rec.state == QUEUED and rec.body is not None:
+                self._queue(rec.worker).put_nowait(
+                    _Queued(rec.call_id, rec.procedure, bytearray(rec.body)))
+            elif rec.state == DONE and rec.result is not None:
+                body = rec.result
+                self.calls.finish(rec.key, Outcome(rec.status or 500, rec.content_type or "",
+                                                   Encoded([body], len(body))))
+
+    async def _persist(self, method: str, *args: Any) -> None:
+        """Call a store method in a thread (it fsyncs); nothing without a store."""
+        if self.store is not None:
+            await asyncio.to_thread(getattr(self.store, method), *args)
+
+    def gone(self, worker: str) -> bool:
+        """Whether `worker` has not polled for `gone_after_s` (counted from the relay's start
+        for a worker not seen since)."""
+        if self.gone_after_s is None:
+            return False
+        last = self._seen.get(worker, self._started)
+        return time.monotonic() - last > self.gone_after_s
+
+    async def _reap(self, worker: str) -> None:
+        """If `worker` is gone, fail its queued and running calls with WorkerGone now."""
+        if not self.gone(worker):
+            return
+        idle = time.monotonic() - self._seen.get(worker, self._started)
+        exc = WorkerGone(f"relayed worker {worker!r} has not polled this relay for "
+                         f"{idle:.0f} s (gone_after_s is {self.gone_after_s} s): its call was "
+                         "not run or its result will not come; check the worker")
+        # Its queue goes (no poll of a gone worker is open: polls last < gone_after_s); a
+        # call of it that is still handed out later would be skipped by _next anyway.
+        self._queues.pop(worker, None)
+        for key in self.calls.running(f"{worker}/"):
+            self._dispatched.pop(key, None)
+            outcome = Outcome.error(exc)
+            self.calls.finish(key, outcome)
+            await self._persist("drop", key)
+            callback = self._callbacks.pop(key, None)
+            if callback is not None:
+                self._spawn(self._deliver(key, key.split("/", 1)[1], callback, outcome))
 
     def last_seen(self, worker: str) -> float | None:
         """time.monotonic() of the worker's latest poll, or None if it never polled."""
@@ -176,27 +240,52 @@ class Relay:
             if not CALL_ID_RE.match(call_id):
                 raise MalformedPayload(f"call id {call_id!r} must be 8-64 of [A-Za-z0-9_-]")
             check_content_type(request)
+            if self.gone(worker):
+                await self._reap(worker)
+                raise WorkerGone(f"relayed worker {worker!r} has not polled this relay for "
+                                 f"over {self.gone_after_s} s; the call was not queued")
             body = await read_body(request, self.max_body_bytes)
             key = f"{worker}/{call_id}"
             call = self.calls.begin(key)
         except RPCError as exc:
             return error_response(exc)
         callback = request.headers.get(CALLBACK_HEADER)
+        token = request.headers.get(CALLBACK_TOKEN_HEADER)
         if mode == "duplex" and callback:
-            self._callbacks[key] = (callback, request.headers.get(CALLBACK_TOKEN_HEADER))
+            self._callbacks[key] = (callback, token)
+        try:  # durable before the caller hears "accepted"
+            await self._persist("put", RelayRecord(
+                key, procedure, QUEUED, bytes(body), callback if mode == "duplex" else None,
+                token if mode == "duplex" and callback else None))
+        except Exception as exc:
+            self.calls.drop(key)
+            self._callbacks.pop(key, None)
+            return error_response(RPCError(f"the relay could not store the call: {exc}"))
         self._queue(worker).put_nowait(_Queued(call_id, procedure, body))
         del body
         if mode == "duplex":
             return JSONResponse({"call_id": call_id}, status_code=202)
-        await call.done.wait()
+        await self._wait(worker, call)
         self.calls.drop(key)
+        await self._persist("drop", key)
         assert call.outcome is not None
         return call.outcome.response()
+
+    async def _wait(self, worker: str, call: Any) -> None:
+        """Hold a simplex caller until its call has an outcome, failing it once the worker
+        is gone."""
+        step = min(1.0, self.gone_after_s / 4) if self.gone_after_s else None
+        while not call.done.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(call.done.wait(), step)
+            await self._reap(worker)
 
     async def _fetch(self, request: Request) -> Response:
         try:
             check_token(bearer(request.headers), self.caller_tokens, "relay")
-            key = f"{self._worker_name(request)}/{request.path_params['call_id']}"
+            worker = self._worker_name(request)
+            key = f"{worker}/{request.path_params['call_id']}"
+            await self._reap(worker)
             call = self.calls.get(key)
             if call is None:
                 raise CallNotFound(f"no call {key!r} on this relay (delivered, or expired)")
@@ -215,6 +304,7 @@ class Relay:
         call = self.calls.get(key)
         if call is not None and call.outcome is not None:
             self.calls.drop(key)
+            await self._persist("drop", key)
         return JSONResponse({"ok": True})
 
     async def _healthz(self, request: Request) -> Response:
@@ -237,12 +327,12 @@ class Relay:
         # The worker acknowledges on its next poll the calls it received; a call whose poll
         # answer was lost on the way is never acknowledged and goes back in the queue.
         for call_id in request.query_params.getlist("ack"):
-            self._dispatched.pop(f"{worker}/{call_id}", None)
+            key = f"{worker}/{call_id}"
+            if self._dispatched.pop(key, None) is not None:
+                await self._persist("mark_running", key)
         self._requeue_stale(worker)
-        queue = self._queue(worker)
-        try:
-            item = queue.get_nowait() if wait <= 0 else await asyncio.wait_for(queue.get(), wait)
-        except (asyncio.QueueEmpty, asyncio.TimeoutError):
+        item = await self._next(worker, wait)
+        if item is None:
             return Response(status_code=204)
         self._dispatched[f"{worker}/{item.call_id}"] = (item, time.monotonic())
         headers = {
@@ -253,6 +343,22 @@ class Relay:
         return StreamingResponse(
             Encoded([item.body], len(item.body)).achunks(), 200, headers, media_type=CONTENT_TYPE
         )
+
+    async def _next(self, worker: str, wait: float) -> _Queued | None:
+        """The worker's next call within `wait` seconds; only calls still waiting for an
+        outcome are handed out (never one already failed as gone)."""
+        queue = self._queue(worker)
+        end = time.monotonic() + wait
+        while True:
+            left = end - time.monotonic()
+            try:
+                item = queue.get_nowait() if left <= 0 else await asyncio.wait_for(
+                    queue.get(), left)
+            except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                return None
+            call = self.calls.get(f"{worker}/{item.call_id}")
+            if call is not None and call.outcome is None:
+                return item  # else it failed (worker gone) or expired while queued
 
     async def _result(self, request: Request) -> Response:
         try:
@@ -268,11 +374,18 @@ class Relay:
                 raise MalformedPayload(f"result lacks a numeric {STATUS_HEADER}") from None
             if not 200 <= status <= 599:
                 raise MalformedPayload(f"{STATUS_HEADER} {status} is not an HTTP status")
+            if call.outcome is not None:  # failed as gone, or a second answer: keep the first
+                raise CallNotFound(f"the relay is not waiting for call {key!r} any more")
             body = await read_body(request, self.max_body_bytes)
         except RPCError as exc:
             return error_response(exc)
         self._dispatched.pop(key, None)
         ctype = request.headers.get("content-type", "").split(";")[0].strip()
+        try:  # durable before the worker hears "ok" and forgets the result
+            await self._persist("finish", key, status, ctype, bytes(body),
+                                time.time() - self.calls.ttl_s)
+        except Exception as exc:
+            return error_response(RPCError(f"the relay could not store the result: {exc}"))
         outcome = Outcome(status, ctype, Encoded([body], len(body)))
         self.calls.finish(key, outcome)
         callback = self._callbacks.pop(key, None)
@@ -285,6 +398,7 @@ class Relay:
     ) -> None:
         if await deliver(self._clients, callback[0], callback[1], call_id, outcome):
             self.calls.drop(key)
+            await self._persist("drop", key)
 
 
 class CallRunner(Protocol):
@@ -304,7 +418,9 @@ class RelayConnection:
         *,
         token: str | None = None,
         verify: Any = True,
+        result_retry_s: float = 600.0,
     ) -> None:
+        """`result_retry_s`: how long (seconds) a result is offered to an unreachable relay."""
         if not WORKER_NAME_RE.match(name):
             raise ValueError(f"worker name {name!r} must be 1-128 of [A-Za-z0-9_.-]")
         self.worker = worker
@@ -312,6 +428,7 @@ class RelayConnection:
         self.name = name
         self.token = token
         self.verify = tls_verify(verify)
+        self.result_retry_s = result_retry_s
         self.error: BaseException | None = None
         self._connected = threading.Event()
         self._acks: list[str] = []
@@ -446,16 +563,24 @@ class RelayConnection:
             outcome = Outcome.error(exc)
         del body
         url = f"{self.url}/_result/{call_id}"
-        for attempt in range(3):
+        # Keep trying while the relay restarts (a durable relay waits for this result); give
+        # up on an answer that says it is not waiting, or after result_retry_s seconds.
+        end, pause = time.monotonic() + self.result_retry_s, 0.5
+        while True:
             try:
-                await client.post(
+                resp = await client.post(
                     url,
                     content=outcome.body.achunks(),
                     headers={**self._headers(), **outcome.headers()},
                 )
-                return
+                if resp.status_code < 500:
+                    return
             except httpx.HTTPError:
-                await asyncio.sleep(0.5 * (attempt + 1))
+                pass
+            if time.monotonic() + pause > end:
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop polling and wait for the thread (seconds); running calls are abandoned."""

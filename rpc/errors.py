@@ -5,7 +5,8 @@ RPCError                     base of everything rpc raises
 ├── TransportError           the HTTP exchange failed
 │   ├── Timeout              the deadline passed
 │   ├── ConnectionLost       could not connect, or the connection dropped
-│   └── ProtocolError        the peer answered something that is not this protocol
+│   ├── ProtocolError        the peer answered something that is not this protocol
+│   └── WorkerGone           a relayed worker stopped polling (HTTP 503)
 ├── RemoteError              the procedure raised: .remote_type, .message, .remote_traceback
 ├── PayloadError             a body could not be carried
 │   ├── PayloadTooLarge      over max_body_bytes (HTTP 413)
@@ -38,6 +39,7 @@ __all__ = [
     "TransportError",
     "UnknownProcedure",
     "UnsupportedValue",
+    "WorkerGone",
 ]
 
 
@@ -74,6 +76,14 @@ class ProtocolError(TransportError):
 
     code = "protocol_error"
     status = 502
+
+
+class WorkerGone(TransportError):
+    """The relay has not heard from the worker for its `gone_after_s`: its calls fail at once
+    instead of waiting for the caller's timeout."""
+
+    code = "worker_gone"
+    status = 503
 
 
 class RemoteError(RPCError):
@@ -162,5 +172,6 @@ BY_CODE: dict[str, type[RPCError]] = {
         UnknownProcedure,
         BadArguments,
         CallNotFound,
+        WorkerGone,
     )
 }

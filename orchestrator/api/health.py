@@ -14,8 +14,10 @@ router = APIRouter(tags=["service"])
 
 @router.get("/healthz")
 def healthz(service: ServiceDep) -> dict[str, Any]:
-    """Whether the service answers, and how many tasks run."""
-    return {"ok": True, "tasks_running": len(service.store.tasks(("running",)))}
+    """Whether the service answers, how many tasks run, and whether this instance drives them
+    (holds the driver lease; false on a standby instance of the same database)."""
+    return {"ok": True, "tasks_running": len(service.store.tasks(("running",))),
+            "driving": service.leader}
 
 
 @router.get("/metrics", response_class=Response, responses={200: {

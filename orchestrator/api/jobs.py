@@ -24,13 +24,14 @@ def _job_view(service: Service, job_id: int) -> dict[str, Any]:
                     [service.store.task(t) for t in job.task_ids])
 
 
-@router.post("/v1/jobs", status_code=201, responses=answers(413, 422))
+@router.post("/v1/jobs", status_code=201, responses=answers(409, 413, 422))
 async def submit_job(body: JobRequest, service: ServiceDep) -> dict[str, Any]:
     """Create a job and its tasks completely (or not at all) and start it."""
     from orchestrator.runs.jobs import validate_job
     from orchestrator.runs.taskdata import prepare_task, resolve_spec
 
     options, specs = validate_job(body)
+    service.require_leader()  # 409 standby: this instance would not run it
     layout = service.store.layout
     # Each model checked against its data, the data's shape recorded in its spec (422 if not).
     settings = service.settings

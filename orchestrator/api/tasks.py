@@ -81,13 +81,14 @@ def parse_task(spec: dict[str, Any]) -> Any:
 
 
 @router.post("/v1/tasks", status_code=201, dependencies=[AdminDep],
-             responses=answers(401, 413, 422))
+             responses=answers(401, 409, 413, 422))
 async def submit(spec: Annotated[dict[str, Any], Body()], service: ServiceDep
                  ) -> dict[str, Any]:
     """Create a task completely (or not at all) and start it."""
     from orchestrator.runs.taskdata import prepare_task, resolve_spec
 
     parsed = parse_task(spec)
+    service.require_leader()  # 409 standby: this instance would not run it
     # The model is checked against the real data (and its shape and classes recorded in the
     # spec) before the task exists: a mismatch is a 422 that leaves nothing behind.
     settings = service.settings

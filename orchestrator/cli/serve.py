@@ -10,6 +10,11 @@ import typer
 
 from orchestrator.cli.common import DATA_DIR, DEFAULT_DATA, console, fail
 
+LEASE_TTL = Annotated[float, typer.Option(
+    envvar="PLEXUS_LEASE_TTL_S", min=1.0, help="Driver lease, seconds: one instance per "
+    "database drives tasks and renews it every third of this; a standby instance on the same "
+    "database takes over this long after the driver stops (docs/orchestrator.md).")]
+
 
 def register(app: typer.Typer) -> None:
     """Add the `orchestrator` command group."""
@@ -51,11 +56,10 @@ def serve(
     max_data_bytes: Annotated[int, typer.Option(
         envvar="PLEXUS_MAX_DATA_BYTES", help="Largest user dataset accepted (bytes on disk, "
         "train and test files together).")] = 2 * 1024**3,
+    lease_ttl_s: LEASE_TTL = 30.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
-    ssl_certfile: Annotated[Path | None, typer.Option(
-        envvar="PLEXUS_SSL_CERTFILE",
-        help="TLS certificate (PEM, chain included): serve https (passed to uvicorn).")
-    ] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(envvar="PLEXUS_SSL_CERTFILE", help=
+        "TLS certificate (PEM, chain included): serve https (passed to uvicorn).")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(
         envvar="PLEXUS_SSL_KEYFILE", help="Private key (PEM) of --ssl-certfile.")] = None,
 ) -> None:
@@ -75,7 +79,7 @@ def serve(
         data_dir=data_dir, db_url=db_url, join_token=join_token, admin_token=admin_token,
         public_url=public_url or f"{scheme}://{advertised}:{port}",
         heartbeat_interval_s=heartbeat_s, alive_after_s=max(4 * heartbeat_s, 10.0),
-        data_root=data_root, max_data_bytes=max_data_bytes)
+        data_root=data_root, max_data_bytes=max_data_bytes, lease_ttl_s=lease_ttl_s)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per RPC poll is noise
     fastapi_app = create_app(settings)

@@ -6,6 +6,7 @@ leaves the last committed round resumable.
 
 from __future__ import annotations
 
+from orchestrator.store import lease
 from orchestrator.store.db import (
     ACTIVE_STATES,
     TASK_STATES,
@@ -20,6 +21,7 @@ from orchestrator.store.db import (
     TaskRow,
 )
 from orchestrator.store.files import Layout, write_atomic
+from orchestrator.store.lease import LeaseRow
 
 __all__ = [
     "ACTIVE_STATES",
@@ -28,11 +30,13 @@ __all__ = [
     "JobRow",
     "Layout",
     "LearnerRow",
+    "LeaseRow",
     "ModelVersionRow",
     "ParticipantRow",
     "RefusalRow",
     "RoundRow",
     "Store",
     "TaskRow",
+    "lease",
     "write_atomic",
 ]

@@ -184,6 +184,9 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open the database at {url}: {exc}; check --db-url") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Called inside every round commit's transaction (raises to refuse it): the driver
+        # lease check of orchestrator.store.lease, set by the service that holds the lease.
+        self.fence: Callable[[Session], None] | None = None
         self.discard_unready_jobs()
         self.discard_unready()
 
@@ -388,6 +391,8 @@ class Store:
                      now: float) -> RoundRow:
         """Commit a finished round, its model version and the task's progress together."""
         with self.session() as s:
+            if self.fence is not None:  # first: on SQLite its write takes the lock at once
+                self.fence(s)
             task = s.get(TaskRow, task_id, with_for_update=True)
             if task is None:
                 raise NotFound(f"task {task_id} does not exist", code="task_not_found")
@@ -512,6 +517,8 @@ class Store:
         """Commit one GUC of a job: per task its round row, model version and metric record
         (`entries` holds (task_id, round values, model path, record)), all in one transaction."""
         with self.session() as s:
+            if self.fence is not None:
+                self.fence(s)
             job = s.get(JobRow, job_id, with_for_update=True)
             if job is None or job.state != "running":
                 raise Conflict(f"job {job_id} is not running; its round is not recorded")
