@@ -88,6 +88,9 @@ class Service:
         self.sync = SyncDriver(self.store, self.gateway, self.metrics)
         self.jobs = JobDriver(self.store, self.gateway, self.metrics)
         self.asynchronous = AsyncDriver(self.store, self.gateway, self.metrics)
+        # Set on SIGTERM (`plexus orchestrator serve`) or at stop: new requests get 503
+        # `shutting_down` (orchestrator.api.stopping) while what runs is wound down.
+        self.stopping = False
 
     def _authorize_worker(self, name: str, token: str | None) -> bool:
         # A relayed agent serves under its enrolled name with its own learner token.
@@ -99,11 +102,17 @@ class Service:
     def start(self) -> None:
         """In the running event loop: settle what a previous process left, resume sync tasks."""
         self.asynchronous.fail_leftovers()
-        self.jobs.fail_leftovers()
+        self.jobs.resume_all()
         self.sync.resume_all()
 
     async def stop(self) -> None:
-        """Stop every driver (durable state stays for the next start), then close."""
+        """Stop every driver (durable state stays for the next start), then close.
+
+        Jobs first finish committing a GUC they are closing (bounded); a sync round or async
+        aggregation cut here was not committed and runs again after the restart. Writes
+        already handed to a thread complete: the event loop's executor is joined at exit.
+        """
+        self.stopping = True
         await self.jobs.stop()
         await self.asynchronous.stop()
         await self.sync.stop()

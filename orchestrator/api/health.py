@@ -15,7 +15,8 @@ router = APIRouter(tags=["service"])
 @router.get("/healthz")
 def healthz(service: ServiceDep) -> dict[str, Any]:
     """Whether the service answers, and how many tasks run."""
-    return {"ok": True, "tasks_running": len(service.store.tasks(("running",)))}
+    return {"ok": True, "tasks_running": len(service.store.tasks(("running",))),
+            "stopping": service.stopping}
 
 
 @router.get("/metrics", response_class=Response, responses={200: {
