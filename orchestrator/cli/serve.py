@@ -125,9 +125,8 @@ def serve(
     _announce(settings.public_url, fastapi_app.state.service.join_token, data_dir)
     # Shutdown waits for open requests at most a few seconds: relay long-polls and the
     # orchestrator's own keep-alive calls through its https relay would otherwise hold a
-    # SIGTERM for tens of seconds. Durable state is committed per round, so nothing is lost.
-    config = uvicorn.Config(fastapi_app, host=host, port=port, log_level=log_level,
-                            ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
-                            ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
-                            timeout_graceful_shutdown=3)
-    _server(config, fastapi_app.state.service).run()
+    # SIGTERM for tens of seconds; then the drivers stop (docs/orchestrator.md, "Shutdown").
+    _server(uvicorn.Config(
+        fastapi_app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3,
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None), fastapi_app.state.service).run()

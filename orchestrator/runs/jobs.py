@@ -478,7 +478,6 @@ class JobDriver:
                      ) -> list[tuple[int, dict[str, Any], Any, dict[str, Any]]]:
         """One GUC of the active tasks; returns what was committed per task."""
         started_at = time.time()
-        reveal = options.allocator == "mmtt_ideal"
         # Only learners that can take part in one of this GUC's tasks draw and get shards.
         fit = _eligible(setup, tasks)
         learners = [lr for lr in learners if any(lr.id in ids for ids in fit)]
@@ -487,19 +486,7 @@ class JobDriver:
                                f"the tasks {[t.name for t in tasks]}")
 
         # 1. Every learner draws this round's state; only MMTT-Ideal hears which one.
-        def draw(lr: LearnerRow) -> Call:
-            dist = setup["distributions"][str(lr.id)]
-            return lr, lambda: self.gateway.round_state(lr, dist, reveal)
-
-        drawn = await self.gateway.gather([draw(lr) for lr in learners], ROUND_STATE_TIMEOUT_S)
-        left_out = {str(r.learner.id): f"round_state: {r.error}" for r in drawn if r.error}
-        learners = [r.learner for r in drawn if r.error is None]
-        if not learners:
-            raise RuntimeError(f"no learner drew a state this round: {left_out}")
-        actual = None
-        if reveal:
-            states = {r.learner.id: r.value["state"] for r in drawn if r.error is None}
-            actual = [STATES.index(states[lr.id]) for lr in learners]
+        drawn, left_out, learners, actual = await self._draw(index, options, setup, learners)
 
         # 2. Allocate (eq. 4.4).
         t0 = time.monotonic()
@@ -535,6 +522,42 @@ class JobDriver:
         log.info("job %s round %s: %s", job_id, index,
                  ", ".join(f"{e[3]['task']} {e[3]['duration_s']:.2f}s" for e in entries))
         return entries
+
+    async def _draw(self, index: int, options: JobOptions, setup: dict[str, Any],
+                    learners: list[LearnerRow]
+                    ) -> tuple[list[Reply], dict[str, str], list[LearnerRow], list[int] | None]:
+        """Every learner draws its state for GUC `index` from a seed fixed by the job's seed,
+        the GUC and the learner; the replies, who failed, who drew, and (MMTT-Ideal only)
+        the revealed states in learner order."""
+        reveal = options.allocator == "mmtt_ideal"
+
+        def draw(lr: LearnerRow) -> Call:
+            dist = setup["distributions"][str(lr.id)]
+            seed = draw_seed(options.seed, index, lr.id)
+
+            async def call() -> Any:
+                import rpc
+
+                try:
+                    return await self.gateway.round_state(lr, dist, reveal, seed)
+                except (rpc.BadArguments, rpc.RemoteError) as exc:
+                    if not isinstance(exc, rpc.BadArguments) and \
+                            getattr(exc, "remote_type", "") != "BadArguments":
+                        raise
+                    # An agent older than seeded draws: it draws from its own stream.
+                    return await self.gateway.round_state(lr, dist, reveal)
+            return lr, call
+
+        drawn = await self.gateway.gather([draw(lr) for lr in learners], ROUND_STATE_TIMEOUT_S)
+        left_out = {str(r.learner.id): f"round_state: {r.error}" for r in drawn if r.error}
+        learners = [r.learner for r in drawn if r.error is None]
+        if not learners:
+            raise RuntimeError(f"no learner drew a state this round: {left_out}")
+        actual = None
+        if reveal:
+            states = {r.learner.id: r.value["state"] for r in drawn if r.error is None}
+            actual = [STATES.index(states[lr.id]) for lr in learners]
+        return drawn, left_out, learners, actual
 
     async def _allocate(self, index: int, options: JobOptions, setup: dict[str, Any],
                         learners: list[LearnerRow], tasks: list[TaskRow], specs: list[TaskSpec],
@@ -668,6 +691,13 @@ def _task_record(i: int, t: TaskRow, spec: TaskSpec, index: int, counts: dict[st
 
 # Samples/s (or bytes/s) standing in for "cannot run this task" in a MED instance.
 NEGLIGIBLE_RATE = 1e-9
+
+
+def draw_seed(job_seed: int, index: int, learner_id: int) -> int:
+    """The seed of a learner's stressor draw in GUC `index`: a function of the job's seed, the
+    GUC and the learner alone, so a GUC run again after a restart draws the same states (and
+    jobs with the same seed draw the same, for comparing allocators on one fleet)."""
+    return int(np.random.SeedSequence([job_seed, index, learner_id]).generate_state(1)[0])
 
 
 def _rate(bench: dict[str, Any], t: TaskRow | None, state: str, what: str) -> float:

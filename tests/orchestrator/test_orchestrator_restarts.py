@@ -17,9 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from learner_agent.stressors import sample_state
 from orchestrator.client import Client
+from orchestrator.runs.jobs import draw_seed
 from orchestrator.local.fleet import LocalFleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
@@ -27,9 +30,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.extended]
 AGENTS = ("r1", "r2", "r3")
 
 
-def task(name: str, *, rounds: int, deadline_s: float = 1.0,
-         total_shards: int = 4) -> dict[str, Any]:
-    return {"name": name, "model": "twonn", "dataset": {"name": "digits"},
+# A model of 2.1 M parameters (8.3 MB as a file), larger than SQLite's write-ahead log ever
+# grows (about 4 MB): a file size limit between the two stops model files, not the database.
+BIG = {"layers": ["Flatten", {"type": "Linear", "out_features": 28000}, "ReLU",
+                  {"type": "Linear"}]}
+LIMIT_BYTES = 6 * 1024 * 1024
+
+
+def task(name: str, *, rounds: int, deadline_s: float = 1.0, total_shards: int = 4,
+         model: Any = "twonn") -> dict[str, Any]:
+    return {"name": name, "model": model, "dataset": {"name": "digits"},
             "partition": {"shard_size": 50}, "training": {"lr": 0.1, "iterations": 1},
             "sync": {"deadline_s": deadline_s, "grace_s": 2.0, "rounds": rounds,
                      "benchmark_shards": 1, "total_shards": total_shards,
@@ -76,7 +86,8 @@ def models_load(client: Client, task_id: int, versions: int) -> None:
 
 def test_a_job_killed_mid_run_resumes_from_its_last_guc(fleet: LocalFleet) -> None:
     rounds = 4
-    body = {"allocator": "med", "seed": 7,
+    # MMTT-Ideal: the learners reveal their drawn states, so the test can check the draws.
+    body = {"allocator": "mmtt_ideal", "seed": 7,
             "tasks": [task("resume-a", rounds=rounds), task("resume-b", rounds=rounds - 1)]}
     with fleet.client() as client:
         created = client.submit_job(body)
@@ -103,6 +114,13 @@ def test_a_job_killed_mid_run_resumes_from_its_last_guc(fleet: LocalFleet) -> No
         kept = {(r["task_id"], r["round"]): r for r in job["records"]}
         for r in before["records"]:
             assert kept[(r["task_id"], r["round"])] == r
+        # Every GUC, before and after the kill, drew each learner's state from the seed of
+        # (job seed, GUC, learner): what a run without the kill draws.
+        for r in job["records"]:
+            for lid, state in r["states_revealed"].items():
+                dist = job["setup"]["distributions"][lid]
+                rng = np.random.default_rng(draw_seed(7, r["round"], int(lid)))
+                assert state == sample_state(dist, rng), (r["round"], lid)
 
 
 def test_sigterm_mid_round_exits_0_quickly_and_the_restart_resumes(fleet: LocalFleet) -> None:
@@ -138,10 +156,9 @@ def test_a_full_data_dir_holds_the_task_which_goes_on_when_space_returns(fleet: 
     assert proc is not None
     pid = proc.popen.pid
     with fleet.client() as client:
-        created = client.submit(task("full", rounds=rounds))
+        created = client.submit(task("full", rounds=rounds, model=BIG, deadline_s=2.0))
         wait_for(lambda: client.task(created["id"])["rounds_done"] >= 1, 90.0, "round 1")
-        # A model file of twonn is ~220 KB: 16 KiB is less than any file the round writes.
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (16 * 1024, resource.RLIM_INFINITY))
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (LIMIT_BYTES, resource.RLIM_INFINITY))
         try:
             held = wait_for(lambda: (t := client.task(created["id"]))["reason"]
                             and "storage_full" in t["reason"] and t, 60.0, "storage_full")
@@ -158,3 +175,23 @@ def test_a_full_data_dir_holds_the_task_which_goes_on_when_space_returns(fleet: 
         assert [r["index"] for r in client.rounds(created["id"])] == list(range(rounds))
         models_load(client, created["id"], rounds)
         assert no_temp_files(fleet.data_dir) == []
+
+
+def test_a_job_leaves_out_learners_that_cannot_hold_its_model(fleet: LocalFleet) -> None:
+    import httpx
+
+    # A learner enrolled through the API (as an agent would) that reports 1 KiB of memory.
+    r = httpx.post(f"{fleet.url}/v1/learners/enroll", json={
+        "join_token": fleet.join_token, "name": "tiny",
+        "facts": {"memory_bytes": 1024, "model_factories": []}})
+    assert r.status_code == 201
+    tiny = str(r.json()["learner_id"])
+    with fleet.client() as client:
+        created = client.submit_job({"allocator": "med", "learners": 4,
+                                     "tasks": [task("fit", rounds=1)]})
+        job = ended(lambda: client.job(created["id"]))
+        assert job["state"] == "finished", job["reason"]
+        (t,) = job["tasks"]
+        assert "not enough memory" in job["setup"]["skipped"][str(t["id"])][tiny]
+        assert tiny not in job["setup"]["benchmarks"]  # never asked to benchmark
+        assert all(tiny not in r["allocation"] for r in job["records"])
