@@ -22,8 +22,8 @@ import pytest
 
 from learner_agent.stressors import sample_state
 from orchestrator.client import Client
-from orchestrator.runs.jobs import draw_seed
 from orchestrator.local.fleet import LocalFleet
+from orchestrator.runs.jobs import draw_seed
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
