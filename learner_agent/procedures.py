@@ -285,11 +285,12 @@ class Agent:
 
         return self._run(job)
 
-    def round_state(self, distribution: dict[str, float], reveal: bool = False
-                    ) -> dict[str, str | None]:
+    def round_state(self, distribution: dict[str, float], reveal: bool = False,
+                    seed: int | None = None) -> dict[str, str | None]:
         """Draw this round's stressor state from `distribution` (state → probability, thesis
         4.3.1); the next `train` naming state "drawn" runs in it. Answers `{"state": s}` only when
-        `reveal` is true (MMTT-Ideal knows the state; MED and MMTT-Uncertain must not)."""
+        `reveal` is true (MMTT-Ideal knows the state; MED and MMTT-Uncertain must not). With a
+        `seed` (an integer ≥ 0) the draw is a function of it alone, else of the agent's stream."""
         from learner_agent.stressors import STATES, sample_state
 
         if not isinstance(distribution, dict) or not distribution:
@@ -301,8 +302,12 @@ class Agent:
                 raise BadTask(f"probability of {name!r} must be a number ≥ 0, got {p!r}")
         if not sum(distribution.values()) > 0:
             raise BadTask("the state probabilities sum to 0; give at least one positive")
-        self._round_state = sample_state({k: float(v) for k, v in distribution.items()},
-                                         self._round_rng)
+        rng = self._round_rng
+        if seed is not None:
+            import numpy as np
+
+            rng = np.random.default_rng(check_int("seed", seed))
+        self._round_state = sample_state({k: float(v) for k, v in distribution.items()}, rng)
         return {"state": self._round_state if reveal else None}
 
     def train(

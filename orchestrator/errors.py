@@ -16,6 +16,7 @@ benchmark called it::
     ├── NotFound                   not_found           (404)  unknown task, learner, shard, model
     ├── Conflict                   conflict            (409)  clashes with the current state
     ├── StoreError                 store_error         (500)  the database or data dir failed
+    │   └── StorageFull            storage_full        (507)  no space (or file size limit) left
     ├── AllocationError            allocation_error    (500)  (allocation.errors)
     │   ├── PlanInputError         invalid_request     (422)  bad plan method or states
     │   └── SolverUnavailable      solver_unavailable  (500)  no solver backend here
@@ -80,3 +81,10 @@ class StoreError(ServiceError):
     """The database or the data directory could not be read or written."""
 
     code = "store_error"
+
+
+class StorageFull(StoreError):
+    """The data directory (or the database) has no space left, or the process hit its file
+    size limit: nothing was written (the old files stay whole); retry when space returns."""
+
+    code = "storage_full"

@@ -108,6 +108,9 @@ class Service:
         self.leader = False
         self._renewed = 0.0
         self._lease_loop: asyncio.Task[None] | None = None
+        # Set on SIGTERM (`plexus orchestrator serve`) or at stop: new requests get 503
+        # `shutting_down` (orchestrator.api.stopping) while what runs is wound down.
+        self.stopping = False
 
     def _authorize_worker(self, name: str, token: str | None) -> bool:
         # A relayed agent serves under its enrolled name with its own learner token.
@@ -139,7 +142,7 @@ class Service:
         self.store.fence = lambda s: lease.check(s, self.owner)
         log.info("driver lease taken by %s", self.owner)
         self.asynchronous.fail_leftovers()
-        self.jobs.fail_leftovers()
+        self.jobs.resume_all()
         self.sync.resume_all()
 
     async def _stand_down(self, why: str) -> None:
@@ -185,7 +188,13 @@ class Service:
 
     async def stop(self) -> None:
         """Stop every driver (durable state stays for the next start), give the lease back
-        so a standby takes over at once, then close."""
+        so a standby takes over at once, then close.
+
+        Jobs first finish committing a GUC they are closing (bounded); a sync round or async
+        aggregation cut here was not committed and runs again after the restart. Writes
+        already handed to a thread complete: the event loop's executor is joined at exit.
+        """
+        self.stopping = True
         if self._lease_loop is not None:
             self._lease_loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -92,11 +92,13 @@ class LeaveAsync(Call):
 @dataclass(frozen=True)
 class RoundState(Call):
     """Draw this round's stressor state from `distribution` (state → probability, thesis
-    4.3.1); answered only when `reveal` is true (MMTT-Ideal)."""
+    4.3.1); answered only when `reveal` is true (MMTT-Ideal). With a `seed` the draw comes
+    from that seed alone (a job's GUC draws the same after an orchestrator restart)."""
 
     name: ClassVar[str] = "round_state"
     distribution: dict[str, float]
     reveal: bool = False
+    seed: int | None = None
 
 
 CALLS: tuple[type[Call], ...] = (

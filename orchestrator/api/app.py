@@ -18,6 +18,7 @@ from orchestrator.api import errors, health, jobs, learners, tasks, ui
 from orchestrator.api.asynchronous import make_async_router
 from orchestrator.api.deps import learner
 from orchestrator.api.finite import FiniteJSON
+from orchestrator.api.stopping import RefuseWhileStopping
 from orchestrator.service import Service, Settings
 
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.service = service
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(FiniteJSON)
+    app.add_middleware(RefuseWhileStopping, service=service)
     errors.install(app)
     for router in (health.router, learners.router, tasks.router, jobs.router, ui.router):
         app.include_router(router)

@@ -24,6 +24,7 @@ from orchestrator.errors import (
     Forbidden,
     NotFound,
     ServiceError,
+    StorageFull,
     StoreError,
     Unauthorized,
 )
@@ -43,6 +44,7 @@ _MEANING = {
     409: "the resource is not in a state that allows this",
     413: "the body is larger than this route accepts",
     422: "the request is invalid; `detail` names the field",
+    507: "the orchestrator's data directory is full: nothing was stored; retry later",
 }
 
 
@@ -60,6 +62,7 @@ STATUS: dict[type[ServiceError], int] = {
     NotFound: 404,
     Conflict: 409,
     StoreError: 500,
+    StorageFull: 507,
 }
 
 

@@ -14,10 +14,11 @@ router = APIRouter(tags=["service"])
 
 @router.get("/healthz")
 def healthz(service: ServiceDep) -> dict[str, Any]:
-    """Whether the service answers, how many tasks run, and whether this instance drives them
-    (holds the driver lease; false on a standby instance of the same database)."""
+    """Whether the service answers, how many tasks run, whether this instance drives them
+    (holds the driver lease; false on a standby instance of the same database) and whether
+    it is shutting down."""
     return {"ok": True, "tasks_running": len(service.store.tasks(("running",))),
-            "driving": service.leader}
+            "driving": service.leader, "stopping": service.stopping}
 
 
 @router.get("/metrics", response_class=Response, responses={200: {

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, Any
 
 import typer
 
@@ -21,6 +26,44 @@ def register(app: typer.Typer) -> None:
     orch = typer.Typer(help="Run the orchestrator service.", no_args_is_help=True)
     app.add_typer(orch, name="orchestrator")
     orch.command("serve")(serve)
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, plus: SIGTERM / SIGINT first mark the service as stopping (new
+        requests get 503 `shutting_down`), and a shutdown asked for by a signal exits 0
+        instead of re-raising the signal, so systemd's `Restart=on-failure` sees a clean
+        stop (docs/orchestrator.md, "Shutdown")."""
+
+        def __init__(self, config: uvicorn.Config, service: Any) -> None:
+            super().__init__(config)
+            self.service = service
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            self.service.stopping = True
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            originals = {sig: signal.signal(sig, self.handle_exit)
+                         for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in originals.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
+def _server(config: Any, service: Any) -> Any:
+    """A uvicorn server for `config` that stops `service` cleanly on SIGTERM."""
+    return _server_class()(config, service)
 
 
 def _announce(url: str, join_token: str, data_dir: Path) -> None:
@@ -86,8 +129,8 @@ def serve(
     _announce(settings.public_url, fastapi_app.state.service.join_token, data_dir)
     # Shutdown waits for open requests at most a few seconds: relay long-polls and the
     # orchestrator's own keep-alive calls through its https relay would otherwise hold a
-    # SIGTERM for tens of seconds. Durable state is committed per round, so nothing is lost.
-    uvicorn.run(fastapi_app, host=host, port=port, log_level=log_level,
-                ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
-                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
-                timeout_graceful_shutdown=3)
+    # SIGTERM for tens of seconds; then the drivers stop (docs/orchestrator.md, "Shutdown").
+    _server(uvicorn.Config(
+        fastapi_app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3,
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None), fastapi_app.state.service).run()

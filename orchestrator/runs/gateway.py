@@ -144,9 +144,11 @@ class LearnerGateway:
         return await self._call(lr, protocol.Benchmark(task=spec, task_id=task_id, state=state))
 
     async def round_state(self, lr: LearnerRow, distribution: dict[str, float],
-                          reveal: bool) -> Any:
-        """The learner draws its stressor state for the round; says which if `reveal`."""
-        return await self._call(lr, protocol.RoundState(distribution=distribution, reveal=reveal))
+                          reveal: bool, seed: int | None = None) -> Any:
+        """The learner draws its stressor state for the round (from `seed` when given); says
+        which if `reveal`."""
+        return await self._call(lr, protocol.RoundState(distribution=distribution, reveal=reveal,
+                                                        seed=seed))
 
     async def train(self, lr: LearnerRow, spec: dict[str, Any], task_id: int, index: int,
                     shards: list[int], halt_s: float, state: str | None) -> Any:

@@ -16,8 +16,15 @@ state for every task (the agent applies the stressor during SB). Each global upd
    allocated, per-learner busy and idle time) is committed with the round; the thesis 4.3
    metrics are computed from those records by `orchestrator.allocation.metrics`.
 
-A job that was running when the orchestrator stopped is failed with a reason at the next
-start (its per-state benchmarks and drawn states are not worth resuming half-way).
+A job that was running when the orchestrator stopped (SIGTERM or SIGKILL) resumes at the next
+start from its first uncommitted GUC: its setup (drawn distributions, benchmarked states,
+per-state benchmarks, eligibility) is in the job row, each task's progress and model version in
+its round rows, and every later draw of the orchestrator is a function of the job's seed and the
+GUC index, so no GUC is committed twice and the plan is the one the job would have made. Only
+the learners' own stressor draws (`round_state`) are theirs and not replayed. Every task is
+limited to the learners eligible for it (`runs/eligibility.py`); a task no learner can run, or
+with more than `sync.max_empty_rounds` empty GUCs in a row, fails with the reason while the
+others go on.
 """
 
 from __future__ import annotations
@@ -27,12 +34,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.errors import BadInput, Conflict
+from orchestrator.errors import BadInput, Conflict, StorageFull
 from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import Call, LearnerGateway, Reply
 from orchestrator.runs.rounds import ClosedRound, TestSplit, close_round
@@ -56,6 +64,16 @@ STATES: tuple[str, ...] = ("idle", "training", "downloading")
 # Subset benchmarking in three states for every task can take a while on a loaded device.
 BENCHMARK_TIMEOUT_S = 120.0
 ROUND_STATE_TIMEOUT_S = 10.0
+# On resume, wait this long for the job's benchmarked learners to heartbeat again (an agent
+# retries with a growing backoff while the orchestrator is away); later, for any one of them.
+RESUME_WAIT_S = 60.0
+JOINED_WAIT_S = 60.0
+# A GUC that could not be written (disk full) runs again after this long, doubling up to
+# the maximum, seconds.
+STORAGE_RETRY_S = 1.0
+STORAGE_RETRY_MAX_S = 30.0
+# A shutdown waits this long for a GUC being committed.
+STOP_COMMIT_S = 20.0
 
 
 class JobOptions(BaseModel):
@@ -158,12 +176,15 @@ def build_instance(tasks: list[TaskRow], specs: list[TaskSpec], learners: list[L
     for lr in learners:
         key = str(lr.id)
         bench = setup["benchmarks"][key]
+        known: list[TaskRow | None] = [t for t in tasks if str(t.id) in bench] or [None]
         learner_specs.append({
             "name": key, "price": options.prices.get(lr.name, options.default_price),
             "state_probs": [setup["distributions"][key][s] for s in STATES],
-            "bandwidth": [float(np.mean([bench[str(t.id)][s]["bandwidth"] for t in tasks]))
+            "bandwidth": [float(np.mean([_rate(bench, t, s, "bandwidth") for t in known]))
                           for s in STATES],
-            "compute": {str(t.id): [bench[str(t.id)][s]["compute"] for s in STATES]
+            # A task the learner cannot run (not benchmarked: not eligible) gets a negligible
+            # rate, so no deadline-respecting plan gives it shards; the driver zeroes the rest.
+            "compute": {str(t.id): [_rate(bench, t, s, "compute") for s in STATES]
                         for t in tasks},
             "benchmarked_state": STATES.index(setup["benchmarked_state"][key])})
     prices = [float(w["price"]) for w in learner_specs]
@@ -183,19 +204,19 @@ class JobDriver:
         self.gateway = gateway
         self.metrics = metrics
         self._jobs: dict[int, asyncio.Task[None]] = {}
+        # Closing and committing a GUC (FedAvg, model files, the round rows): shielded from
+        # cancellation, and awaited by `stop` so a shutdown never cuts a round in half.
+        self._commits: set[asyncio.Task[Any]] = set()
 
-    def fail_leftovers(self) -> None:
-        """Jobs (and their tasks) left running by a previous process are failed with a reason."""
-        now = time.time()
-        why = ("the orchestrator restarted during this multi-task job; its drawn states and "
-               "benchmarks are gone: submit the job again")
+    def resume_all(self) -> None:
+        """Launch every job a previous process left pending or running (resume, not fail):
+        it continues from its last committed GUC with its stored setup (docs/orchestrator.md)."""
         for job in self.store.jobs(("pending", "running")):
-            for task_id in job.task_ids:
-                with contextlib.suppress(Conflict):
-                    self.store.set_state(task_id, "failed", why, now)
-            self.store.set_job_state(job.id, "failed", why, now)
+            self.launch(job.id)
 
     def launch(self, job_id: int) -> None:
+        if job_id in self._jobs and not self._jobs[job_id].done():
+            return
         self._jobs[job_id] = asyncio.get_running_loop().create_task(
             self._run(job_id), name=f"job-{job_id}")
 
@@ -206,55 +227,32 @@ class JobDriver:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await job
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = STOP_COMMIT_S) -> None:
+        """Let GUCs being committed finish (at most `timeout_s`), then stop every job without
+        touching its state: the next start resumes it from its last committed GUC."""
+        if self._commits:
+            await asyncio.wait(set(self._commits), timeout=timeout_s)
         for job_id in list(self._jobs):
             await self.cancel(job_id)
+
+    async def _committed(self, coro: Awaitable[Any]) -> Any:
+        """Run `coro` to its end even if the job is cancelled meanwhile (a shutdown waits)."""
+        task = asyncio.ensure_future(coro)
+        self._commits.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._commits.discard(t)
+            if not t.cancelled():
+                t.exception()  # retrieved: a cancelled job's late commit is no error
+
+        task.add_done_callback(done)
+        return await asyncio.shield(task)
 
     # -- one job --------------------------------------------------------------------------
 
     async def _run(self, job_id: int) -> None:
-        from plexus.spec import load_spec
-
-        store = self.store
         try:
-            job = await asyncio.to_thread(store.job, job_id)
-            options = JobOptions(**job.options)
-            tasks = [await asyncio.to_thread(store.task, t) for t in job.task_ids]
-            specs = [load_spec(t.spec) for t in tasks]
-            now = time.time()
-            await asyncio.to_thread(store.set_job_state, job_id, "running", None, now)
-            for t in tasks:
-                await asyncio.to_thread(store.set_state, t.id, "running", None, now)
-            learners = await self.gateway.wait_for_alive(options.learners or len(tasks))
-            setup = await self._setup(job_id, options, learners, tasks, specs)
-            await asyncio.to_thread(store.set_job_state, job_id, "running", None, time.time(),
-                                    setup=setup)
-            joined = [lr for lr in learners if str(lr.id) in setup["benchmarks"]]
-            from orchestrator.runs.taskdata import load_test_split, read_state
-
-            layout = store.layout
-            tests = [await asyncio.to_thread(load_test_split, layout, t.id) for t in tasks]
-            models = [await asyncio.to_thread(read_state, layout.model(t.id, 0)) for t in tasks]
-            index = 0
-            while True:
-                active = [i for i, s in enumerate(specs)
-                          if s.sync is not None and index < s.sync.rounds]
-                if not active:
-                    break
-                alive_ids = {lr.id for lr in await asyncio.to_thread(self.gateway.alive)}
-                here = [lr for lr in joined if lr.id in alive_ids]
-                if not here:
-                    raise RuntimeError("no benchmarked learner is alive any more")
-                await self._round(job_id, index, options, setup, here,
-                                  [tasks[i] for i in active], [specs[i] for i in active],
-                                  [tests[i] for i in active], models, active)
-                now = time.time()
-                for i, s in enumerate(specs):
-                    if s.sync is not None and s.sync.rounds == index + 1:
-                        await asyncio.to_thread(store.set_state, tasks[i].id, "finished",
-                                                None, now)
-                index += 1
-            await asyncio.to_thread(store.set_job_state, job_id, "finished", None, time.time())
+            await self._drive(job_id)
         except asyncio.CancelledError:
             raise
         except Conflict as exc:
@@ -262,12 +260,156 @@ class JobDriver:
             # its own, which ends the job: its rounds are committed for all tasks together.
             log.info("job %s stopped: %s", job_id, exc)
             self._fail(job_id, f"stopped: {exc}")
+        except StorageFull as exc:  # waited long enough for space: give up with the reason
+            log.error("job %s failed: %s", job_id, exc)
+            self._fail(job_id, f"{exc.code}: {exc.detail}")
         except Exception as exc:
             log.exception("job %s failed", job_id)
             self._fail(job_id, f"{type(exc).__name__}: {exc}")
         finally:
             if self._jobs.get(job_id) is asyncio.current_task():
                 self._jobs.pop(job_id, None)
+
+    async def _drive(self, job_id: int) -> None:
+        """Set up (or take the stored setup of) a job, then run its GUCs from the first one
+        not committed; a job resumed after a restart draws exactly what it would have."""
+        from orchestrator.runs.taskdata import load_test_split, read_state
+        from plexus.spec import load_spec
+
+        store = self.store
+        job = await asyncio.to_thread(store.job, job_id)
+        options = JobOptions(**job.options)
+        tasks = [await asyncio.to_thread(store.task, t) for t in job.task_ids]
+        specs = [load_spec(t.spec) for t in tasks]
+        now = time.time()
+        await asyncio.to_thread(store.set_job_state, job_id, "running", None, now)
+        for t in tasks:
+            if t.state == "pending":
+                await asyncio.to_thread(store.set_state, t.id, "running", None, now)
+        setup: dict[str, Any] | None = job.setup if job.setup.get("benchmarks") else None
+        if setup is None:
+            learners = await self.gateway.wait_for_alive(options.learners or len(tasks))
+            setup = await self._setup(job_id, options, learners, tasks, specs)
+            await asyncio.to_thread(store.set_job_state, job_id, "running", None,
+                                    time.time(), setup=setup)
+        else:
+            log.info("job %s resumes at GUC %s", job_id, job.rounds_done)
+            await self._wait_back(setup, RESUME_WAIT_S)
+        layout = store.layout
+        tests = [await asyncio.to_thread(load_test_split, layout, t.id) for t in tasks]
+        # Resume from each task's last committed model version (v0 for a new job).
+        models = [await asyncio.to_thread(read_state, layout.model(t.id, t.model_version))
+                  for t in tasks]
+        progress = _Progress.load(tasks, specs, await asyncio.to_thread(store.job_rounds,
+                                                                         job_id))
+        await self._fail_ineligible(tasks, setup, progress)
+        await self._cycles(job_id, job.rounds_done, options, setup, tasks, specs, tests,
+                           models, progress)
+        failed = progress.failed_summary(tasks)
+        await asyncio.to_thread(store.set_job_state, job_id, "failed" if failed else
+                                "finished", failed, time.time())
+
+    async def _cycles(self, job_id: int, first: int, options: JobOptions,
+                      setup: dict[str, Any], tasks: list[TaskRow], specs: list[TaskSpec],
+                      tests: list[Any], models: list[dict[str, Any]],
+                      progress: _Progress) -> None:
+        """GUCs `first`, `first + 1`, … until every task ran its rounds or failed."""
+        joined = {int(k) for k in setup["benchmarks"]}
+        index = first
+        while True:
+            active = progress.active(specs, index)
+            if not active:
+                return
+            alive = await asyncio.to_thread(self.gateway.alive)
+            here = [lr for lr in alive if lr.id in joined]
+            if not here:
+                here = await self._wait_back(setup, JOINED_WAIT_S, need=1)
+            if not here:
+                raise RuntimeError("no benchmarked learner is alive any more (waited "
+                                   f"{JOINED_WAIT_S:.0f} s)")
+            entries = await self._round_when_space(
+                job_id, index, options, setup, here, [tasks[i] for i in active],
+                [specs[i] for i in active], [tests[i] for i in active], models, active)
+            await self._settle(index, tasks, specs, active, entries, progress)
+            index += 1
+
+    async def _round_when_space(self, job_id: int, index: int, *args: Any) -> list[Any]:
+        """GUC `index`, run again while the data directory is full: the job stays running
+        with reason `storage_full: …` and goes on, with that reason cleared, once a GUC
+        could be committed (nothing of the failed attempt was: its model files are temp
+        files removed, its rows rolled back)."""
+        delay, waiting = STORAGE_RETRY_S, False
+        while True:
+            try:
+                entries = await self._round(job_id, index, *args)
+            except StorageFull as exc:
+                waiting = True
+                log.error("job %s GUC %s: %s; trying again in %.0f s", job_id, index,
+                          exc.detail, delay)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(
+                        self.store.set_job_state, job_id, "running",
+                        f"storage_full: GUC {index} waits for space: {exc.detail}", time.time(),
+                        only_from=("running",))
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, STORAGE_RETRY_MAX_S)
+                continue
+            if waiting:
+                await asyncio.to_thread(self.store.set_job_state, job_id, "running", None,
+                                        time.time(), only_from=("running",))
+            return entries
+
+    async def _settle(self, index: int, tasks: list[TaskRow], specs: list[TaskSpec],
+                      active: list[int], entries: list[Any], progress: _Progress) -> None:
+        """After GUC `index`: end tasks that ran their last round, fail those with too many
+        empty rounds in a row (`sync.max_empty_rounds`, as a single sync task)."""
+        now = time.time()
+        for slot, (_tid, values, _path, record) in zip(active, entries, strict=True):
+            why = progress.observe(slot, specs[slot], index, values, record)
+            spec_sync = specs[slot].sync
+            assert spec_sync is not None
+            if why is None and spec_sync.rounds == index + 1:
+                why = progress.final(slot)
+                if why is None:
+                    await asyncio.to_thread(self.store.set_state, tasks[slot].id, "finished",
+                                            None, now)
+                    continue
+            if why is not None:
+                progress.dead[slot] = why
+                log.warning("job task %s failed: %s", tasks[slot].id, why)
+                await asyncio.to_thread(self.store.set_state, tasks[slot].id, "failed", why,
+                                        now)
+
+    async def _wait_back(self, setup: dict[str, Any], timeout_s: float, need: int | None = None
+                         ) -> list[LearnerRow]:
+        """Wait (at most `timeout_s`) until `need` (default: all) of the job's benchmarked
+        learners are alive again, e.g. heartbeating after an orchestrator restart; the alive
+        ones when it ends."""
+        joined = {int(k) for k in setup["benchmarks"]}
+        want = len(joined) if need is None else need
+        end = time.monotonic() + timeout_s
+        while True:
+            here = [lr for lr in await asyncio.to_thread(self.gateway.alive)
+                    if lr.id in joined]
+            if len(here) >= want or time.monotonic() >= end:
+                return here
+            await asyncio.sleep(0.5)
+
+    async def _fail_ineligible(self, tasks: list[TaskRow], setup: dict[str, Any],
+                               progress: _Progress) -> None:
+        """A task that no benchmarked learner can take part in fails with every reason."""
+        eligible = setup.get("eligible")
+        if eligible is None:  # a setup from before eligibility was recorded: all could
+            return
+        for slot, t in enumerate(tasks):
+            if slot in progress.dead or any(t.id in ids for ids in eligible.values()):
+                continue
+            why = "no eligible learner: " + (
+                "; ".join(f"{setup['learner_names'].get(k, k)}: {v}" for k, v in
+                          sorted(setup.get("skipped", {}).get(str(t.id), {}).items()))
+                or "no learner finished subset benchmarking")
+            progress.dead[slot] = why
+            await asyncio.to_thread(self.store.set_state, t.id, "failed", why, time.time())
 
     def _fail(self, job_id: int, reason: str) -> None:
         now = time.time()
@@ -282,8 +424,10 @@ class JobDriver:
 
     async def _setup(self, job_id: int, options: JobOptions, learners: list[LearnerRow],
                      tasks: list[TaskRow], specs: list[TaskSpec]) -> dict[str, Any]:
-        """Draw state distributions, then SB by every learner in every state for every task."""
+        """Draw state distributions, then SB by every learner in every state for every task
+        it is eligible for (it can build the model and hold it, `runs/eligibility.py`)."""
         from orchestrator.allocation.med import heated_softmax
+        from orchestrator.runs.eligibility import skipped
 
         # Seeded by the job's seed alone: jobs with the same seed and learners draw the same
         # distributions, so allocators can be compared on the same fleet.
@@ -296,41 +440,113 @@ class JobDriver:
             distributions[str(lr.id)] = {s: float(p) for s, p in zip(STATES, probs, strict=True)}
             # MMTT-Uncertain believes the learner stays in the state it was in during SB.
             benchmarked[str(lr.id)] = STATES[int(rng.choice(h, p=probs))]
+        skips = {str(t.id): await asyncio.to_thread(skipped, spec, learners)
+                 for t, spec in zip(tasks, specs, strict=True)}
+        fit = {lr.id: [i for i, t in enumerate(tasks) if str(lr.id) not in skips[str(t.id)]]
+               for lr in learners}
         gateway = self.gateway
 
         def bench_all(lr: LearnerRow) -> Call:
             async def run() -> dict[str, Any]:
                 out: dict[str, Any] = {}
-                for t, spec in zip(tasks, specs, strict=True):
+                for i in fit[lr.id]:
                     per_state = {}
                     for state in STATES:
-                        ans = await gateway.benchmark(lr, spec.to_dict(), t.id, state)
+                        ans = await gateway.benchmark(lr, specs[i].to_dict(), tasks[i].id,
+                                                      state)
                         per_state[state] = {"bandwidth": float(ans["bandwidth"]),
                                             "compute": float(ans["compute"])}
-                    out[str(t.id)] = per_state
+                    out[str(tasks[i].id)] = per_state
                 return out
             return lr, run
 
-        replies = await gateway.gather([bench_all(lr) for lr in learners], BENCHMARK_TIMEOUT_S)
+        replies = await gateway.gather([bench_all(lr) for lr in learners if fit[lr.id]],
+                                       BENCHMARK_TIMEOUT_S)
         benchmarks = {str(r.learner.id): r.value for r in replies if r.error is None}
         left_out = {str(r.learner.id): r.error for r in replies if r.error is not None}
         if not benchmarks:
-            raise RuntimeError(f"no learner finished subset benchmarking: {left_out}")
+            raise RuntimeError(f"no learner finished subset benchmarking: {left_out or skips}")
         return {"states": list(STATES), "distributions": distributions,
                 "benchmarked_state": benchmarked, "benchmarks": benchmarks,
-                "left_out": left_out,
+                "left_out": left_out, "skipped": skips,
+                "eligible": {k: [int(t) for t in v] for k, v in benchmarks.items()},
                 "learner_names": {str(lr.id): lr.name for lr in learners}}
 
     async def _round(self, job_id: int, index: int, options: JobOptions, setup: dict[str, Any],
                      learners: list[LearnerRow], tasks: list[TaskRow], specs: list[TaskSpec],
-                     tests: list[Any], models: list[dict[str, Any]], slots: list[int]) -> None:
+                     tests: list[Any], models: list[dict[str, Any]], slots: list[int]
+                     ) -> list[tuple[int, dict[str, Any], Any, dict[str, Any]]]:
+        """One GUC of the active tasks; returns what was committed per task."""
         started_at = time.time()
-        reveal = options.allocator == "mmtt_ideal"
+        # Only learners that can take part in one of this GUC's tasks draw and get shards.
+        fit = _eligible(setup, tasks)
+        learners = [lr for lr in learners if any(lr.id in ids for ids in fit)]
+        if not learners:
+            raise RuntimeError(f"round {index}: no alive learner can take part in any of "
+                               f"the tasks {[t.name for t in tasks]}")
 
         # 1. Every learner draws this round's state; only MMTT-Ideal hears which one.
+        drawn, left_out, learners, actual = await self._draw(index, options, setup, learners)
+
+        # 2. Allocate (eq. 4.4).
+        t0 = time.monotonic()
+        res, alloc = await self._allocate(index, options, setup, learners, tasks, specs, actual)
+        plan_s = time.monotonic() - t0
+        for i, ids in enumerate(fit):  # never dispatch a task to a learner that cannot run it
+            for j, lr in enumerate(learners):
+                if lr.id not in ids:
+                    alloc[i, j] = 0
+
+        # 3. Dispatch: each chosen learner trains its one task, halting at that task's T_i.
+        counts, shard_ids, by_task = await self._dispatch(index, alloc, learners, tasks, specs)
+
+        # 4. Per task: FedAvg by true samples, evaluate, record; shielded, so a shutdown
+        # waits for it and a GUC is committed whole or not at all (then it runs again).
+        async def close_and_commit() -> list[Any]:
+            entries = []
+            for i, (t, spec) in enumerate(zip(tasks, specs, strict=True)):
+                skips = {k: v for k, v in setup.get("skipped", {}).get(str(t.id), {}).items()
+                         if int(k) in {lr.id for lr in learners}}
+                entries.append(await self._finish_task(
+                    i, t, spec, index, started_at, plan_s, counts[i], shard_ids[i], by_task[i],
+                    tests[i], models, slots[i], {**left_out, **skips}, res, drawn))
+            await asyncio.to_thread(self.store.record_job_round, job_id, index, entries,
+                                    time.time())
+            return entries
+
+        entries: list[Any] = await self._committed(close_and_commit())
+        m = self.metrics
+        for _task_id, values, _path, _record in entries:
+            m.rounds.labels(allocator=options.allocator).inc()
+            m.round_time.observe(values["round_time_s"])
+        log.info("job %s round %s: %s", job_id, index,
+                 ", ".join(f"{e[3]['task']} {e[3]['duration_s']:.2f}s" for e in entries))
+        return entries
+
+    async def _draw(self, index: int, options: JobOptions, setup: dict[str, Any],
+                    learners: list[LearnerRow]
+                    ) -> tuple[list[Reply], dict[str, str], list[LearnerRow], list[int] | None]:
+        """Every learner draws its state for GUC `index` from a seed fixed by the job's seed,
+        the GUC and the learner; the replies, who failed, who drew, and (MMTT-Ideal only)
+        the revealed states in learner order."""
+        reveal = options.allocator == "mmtt_ideal"
+
         def draw(lr: LearnerRow) -> Call:
             dist = setup["distributions"][str(lr.id)]
-            return lr, lambda: self.gateway.round_state(lr, dist, reveal)
+            seed = draw_seed(options.seed, index, lr.id)
+
+            async def call() -> Any:
+                import rpc
+
+                try:
+                    return await self.gateway.round_state(lr, dist, reveal, seed)
+                except (rpc.BadArguments, rpc.RemoteError) as exc:
+                    if not isinstance(exc, rpc.BadArguments) and \
+                            getattr(exc, "remote_type", "") != "BadArguments":
+                        raise
+                    # An agent older than seeded draws: it draws from its own stream.
+                    return await self.gateway.round_state(lr, dist, reveal)
+            return lr, call
 
         drawn = await self.gateway.gather([draw(lr) for lr in learners], ROUND_STATE_TIMEOUT_S)
         left_out = {str(r.learner.id): f"round_state: {r.error}" for r in drawn if r.error}
@@ -341,28 +557,7 @@ class JobDriver:
         if reveal:
             states = {r.learner.id: r.value["state"] for r in drawn if r.error is None}
             actual = [STATES.index(states[lr.id]) for lr in learners]
-
-        # 2. Allocate (eq. 4.4).
-        t0 = time.monotonic()
-        res, alloc = await self._allocate(index, options, setup, learners, tasks, specs, actual)
-        plan_s = time.monotonic() - t0
-
-        # 3. Dispatch: each chosen learner trains its one task, halting at that task's T_i.
-        counts, shard_ids, by_task = await self._dispatch(index, alloc, learners, tasks, specs)
-
-        # 4. Per task: FedAvg by true samples, evaluate, record.
-        entries = []
-        for i, (t, spec) in enumerate(zip(tasks, specs, strict=True)):
-            entries.append(await self._finish_task(
-                i, t, spec, index, started_at, plan_s, counts[i], shard_ids[i], by_task[i],
-                tests[i], models, slots[i], left_out, res, drawn))
-        await asyncio.to_thread(self.store.record_job_round, job_id, index, entries, time.time())
-        m = self.metrics
-        for _task_id, values, _path, _record in entries:
-            m.rounds.labels(allocator=options.allocator).inc()
-            m.round_time.observe(values["round_time_s"])
-        log.info("job %s round %s: %s", job_id, index,
-                 ", ".join(f"{e[3]['task']} {e[3]['duration_s']:.2f}s" for e in entries))
+        return drawn, left_out, learners, actual
 
     async def _allocate(self, index: int, options: JobOptions, setup: dict[str, Any],
                         learners: list[LearnerRow], tasks: list[TaskRow], specs: list[TaskSpec],
@@ -492,3 +687,102 @@ def _task_record(i: int, t: TaskRow, spec: TaskSpec, index: int, counts: dict[st
         "solver": {"method": res.method, "status": res.status, "backend": res.backend,
                    "gap": res.gap, "notes": list(res.notes)},
     }
+
+
+# Samples/s (or bytes/s) standing in for "cannot run this task" in a MED instance.
+NEGLIGIBLE_RATE = 1e-9
+
+
+def draw_seed(job_seed: int, index: int, learner_id: int) -> int:
+    """The seed of a learner's stressor draw in GUC `index`: a function of the job's seed, the
+    GUC and the learner alone, so a GUC run again after a restart draws the same states (and
+    jobs with the same seed draw the same, for comparing allocators on one fleet)."""
+    return int(np.random.SeedSequence([job_seed, index, learner_id]).generate_state(1)[0])
+
+
+def _rate(bench: dict[str, Any], t: TaskRow | None, state: str, what: str) -> float:
+    """A learner's benchmarked rate for task `t` in `state`, or a negligible one."""
+    if t is None or str(t.id) not in bench:
+        return NEGLIGIBLE_RATE
+    return float(bench[str(t.id)][state][what])
+
+
+def _eligible(setup: dict[str, Any], tasks: list[TaskRow]) -> list[set[int]]:
+    """Per task, the ids of the learners that may train it (all benchmarked ones for a setup
+    recorded before eligibility was)."""
+    eligible = setup.get("eligible")
+    if eligible is None:
+        everyone = {int(k) for k in setup["benchmarks"]}
+        return [everyone for _ in tasks]
+    return [{int(k) for k, ids in eligible.items() if t.id in ids} for t in tasks]
+
+
+def _empty_why(values: dict[str, Any]) -> str:
+    """Why a task's GUC trained nothing, learner by learner."""
+    left = values.get("left_out") or {}
+    return "; ".join(f"learner {k}: {v}" for k, v in sorted(left.items())) or \
+        "no learner was allocated shards"
+
+
+@dataclass
+class _Progress:
+    """Per task slot of a job: empty GUCs in a row, whether any GUC trained, and why a task
+    failed (such a task takes no further GUCs; the others go on)."""
+
+    streak: dict[int, int] = field(default_factory=dict)
+    trained: dict[int, bool] = field(default_factory=dict)
+    dead: dict[int, str] = field(default_factory=dict)
+    last_why: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, tasks: list[TaskRow], specs: list[TaskSpec],
+             rounds: list[JobRoundRow]) -> _Progress:
+        """Progress as committed: a resumed job picks its counts up from its records."""
+        p = cls({i: 0 for i in range(len(tasks))}, {i: False for i in range(len(tasks))})
+        slot_of = {t.id: i for i, t in enumerate(tasks)}
+        for r in sorted(rounds, key=lambda r: (r.index, r.task_id)):
+            slot = slot_of.get(r.task_id)
+            if slot is None:
+                continue
+            if int(r.record.get("samples_trained", 0)) > 0:
+                p.streak[slot], p.trained[slot] = 0, True
+            else:
+                p.streak[slot] += 1
+        for i, t in enumerate(tasks):
+            if t.state in ("failed", "cancelled"):
+                p.dead[i] = t.reason or t.state
+        return p
+
+    def active(self, specs: list[TaskSpec], index: int) -> list[int]:
+        """Slots of the tasks that take part in GUC `index`."""
+        return [i for i, s in enumerate(specs)
+                if s.sync is not None and index < s.sync.rounds and i not in self.dead]
+
+    def observe(self, slot: int, spec: TaskSpec, index: int, values: dict[str, Any],
+                record: dict[str, Any]) -> str | None:
+        """Count GUC `index` of a task; why it fails now (too many empty GUCs), else None."""
+        assert spec.sync is not None
+        if int(record.get("samples_trained", 0)) > 0:
+            self.streak[slot], self.trained[slot] = 0, True
+            return None
+        self.streak[slot] += 1
+        allowed = spec.sync.max_empty_rounds
+        why = f"round {index}: no learner trained ({_empty_why(values)})"
+        self.last_why[slot] = why
+        if self.streak[slot] > allowed:
+            return (f"{why}; {self.streak[slot]} empty rounds in a row, "
+                    f"sync.max_empty_rounds is {allowed}")
+        return None
+
+    def final(self, slot: int) -> str | None:
+        """Why a task that ran all its rounds still fails (none trained), else None."""
+        if self.trained[slot]:
+            return None
+        return f"no learner trained in any round; last: {self.last_why.get(slot, 'none ran')}"
+
+    def failed_summary(self, tasks: list[TaskRow]) -> str | None:
+        """The job's reason when some of its tasks failed, else None."""
+        if not self.dead:
+            return None
+        return "; ".join(f"task {tasks[i].name} failed: {why}"
+                         for i, why in sorted(self.dead.items()))

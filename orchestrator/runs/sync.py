@@ -26,7 +26,7 @@ from orchestrator.allocation import (
     get_allocator,
     learner_time_s,
 )
-from orchestrator.errors import Conflict
+from orchestrator.errors import Conflict, StorageFull
 from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import Call, LearnerGateway, Reply
 from orchestrator.runs.rounds import TestSplit, close_round
@@ -41,6 +41,10 @@ log = logging.getLogger("orchestrator.runs.sync")
 # Asking a learner (subset benchmarking: download n shards, train on them, perhaps import torch
 # for the first time) gets this much longer than a round before the learner is left out.
 PROBE_EXTRA_S = 60.0
+# A round that could not be written (disk full) runs again after this long, doubling up to
+# the maximum, seconds.
+STORAGE_RETRY_S = 1.0
+STORAGE_RETRY_MAX_S = 30.0
 
 
 def learner_times(replies: list[Reply], reports: list[LearnerReport], counts: dict[str, int],
@@ -182,7 +186,8 @@ class SyncDriver:
             streak, trained_any = (streak + 1, trained_any) if empty else (0, True)
         why = ""
         for index in range(task.rounds_done, spec.sync.rounds):
-            state, empty_why = await self._round(task, spec, allocator, index, state, test)
+            state, empty_why = await self._round_when_space(task, spec, allocator, index,
+                                                            state, test)
             if empty_why is None:
                 streak, trained_any = 0, True
                 continue
@@ -194,6 +199,33 @@ class SyncDriver:
         if not trained_any:
             return f"no learner trained in any round; last: {why or 'no round ran'}"
         return None
+
+    async def _round_when_space(self, task: TaskRow, spec: TaskSpec, allocator: Allocator,
+                                index: int, state: dict[str, Any], test: TestSplit
+                                ) -> tuple[dict[str, Any], str | None]:
+        """Round `index`, run again while the data directory is full: the task stays running
+        with reason `storage_full: …` (cleared once a round is committed); nothing of a failed
+        attempt was kept (temp files removed, rows rolled back)."""
+        delay, waiting = STORAGE_RETRY_S, False
+        while True:
+            try:
+                out = await self._round(task, spec, allocator, index, state, test)
+            except StorageFull as exc:
+                waiting = True
+                log.error("task %s round %s: %s; trying again in %.0f s", task.id, index,
+                          exc.detail, delay)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(
+                        self.store.set_state, task.id, "running",
+                        f"storage_full: round {index} waits for space: {exc.detail}",
+                        time.time(), only_from=("running",))
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, STORAGE_RETRY_MAX_S)
+                continue
+            if waiting:
+                await asyncio.to_thread(self.store.set_state, task.id, "running", None,
+                                        time.time(), only_from=("running",))
+            return out
 
     async def _round(self, task: TaskRow, spec: TaskSpec, allocator: Allocator, index: int,
                      state: dict[str, Any], test: TestSplit

@@ -33,8 +33,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from orchestrator.errors import Conflict, NotFound, StoreError
-from orchestrator.store.files import Layout
+from orchestrator.errors import Conflict, NotFound, StorageFull, StoreError
+from orchestrator.store.files import Layout, sweep_temp_files
 
 TASK_STATES = ("pending", "running", "finished", "failed", "cancelled")
 ACTIVE_STATES = ("pending", "running")
@@ -187,6 +187,7 @@ class Store:
         # Called inside every round commit's transaction (raises to refuse it): the driver
         # lease check of orchestrator.store.lease, set by the service that holds the lease.
         self.fence: Callable[[Session], None] | None = None
+        sweep_temp_files(self.layout.root)
         self.discard_unready_jobs()
         self.discard_unready()
 
@@ -199,6 +200,11 @@ class Store:
                 s.commit()
             except SQLAlchemyError as exc:
                 s.rollback()
+                if _disk_full(exc):
+                    raise StorageFull(
+                        f"the database could not write ({getattr(exc, 'orig', exc)}): the data "
+                        "directory is full or the file size limit was reached; the transaction was "
+                        "rolled back; free space and retry") from exc
                 raise StoreError(f"database error: {exc}") from exc
             except BaseException:
                 s.rollback()
@@ -522,6 +528,9 @@ class Store:
             job = s.get(JobRow, job_id, with_for_update=True)
             if job is None or job.state != "running":
                 raise Conflict(f"job {job_id} is not running; its round is not recorded")
+            if job.rounds_done != index:  # a GUC is committed once, and in order
+                raise Conflict(f"job {job_id} has {job.rounds_done} GUCs committed; GUC "
+                               f"{index} is not the next one and is not recorded")
             for task_id, values, model_path, record in entries:
                 task = s.get(TaskRow, task_id, with_for_update=True)
                 if task is None or task.state != "running":
@@ -540,6 +549,22 @@ class Store:
             q = (select(JobRoundRow).where(JobRoundRow.job_id == job_id)
                  .order_by(JobRoundRow.index, JobRoundRow.task_id))
             return list(s.scalars(q))
+
+
+# SQLite's result codes for a write that found no space: SQLITE_FULL, and SQLITE_IOERR_WRITE
+# (what a write past RLIMIT_FSIZE, EFBIG, gives).
+_SQLITE_FULL = {13, 778}
+
+
+def _disk_full(exc: SQLAlchemyError) -> bool:
+    """Whether a database error means the disk (or the file size limit) is exhausted."""
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code in _SQLITE_FULL:
+        return True
+    text = str(orig or exc).lower()
+    # PostgreSQL: SQLSTATE 53100 disk_full; SQLite's message when the code is not exposed.
+    return getattr(orig, "sqlstate", None) == "53100" or "database or disk is full" in text
 
 
 def _same(a: str, b: str) -> bool:

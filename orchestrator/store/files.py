@@ -6,30 +6,62 @@ Model versions, shards, test splits and uploaded updates are safetensors files u
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+
+from orchestrator.errors import StorageFull
+
+# What a write fails with when the disk (or the quota, or the file size limit) is exhausted.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one.
 
     Temp file in the same directory, fsync, rename, then fsync the directory so the rename
-    itself survives a power cut.
+    itself survives a power cut. A full disk (ENOSPC, EDQUOT) or the process's file size
+    limit (EFBIG, RLIMIT_FSIZE) raises `StorageFull` after removing the temp file: the old
+    file, if any, stays as it was and no half-written file is ever at `path`.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.errno in FULL_ERRNOS:
+            raise StorageFull(
+                f"cannot write {path.name} ({len(data)} bytes) under {path.parent}: "
+                f"{os.strerror(exc.errno or 0)}; free space in the data directory (or raise "
+                "the file size limit); nothing was changed") from None
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def sweep_temp_files(root: Path) -> int:
+    """Remove temp files a crash left under `root` (never referenced by the store); how many."""
+    removed = 0
+    tasks = root / "tasks"
+    if not tasks.is_dir():
+        return 0
+    for tmp in tasks.rglob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed += 1
+    return removed
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ def test_orchestrator_unit_runs_unprivileged_and_restarts() -> None:
     service = unit["Service"]
     assert service["User"] == "plexus"
     assert service["Restart"] == "on-failure"
+    # SIGTERM (a clean stop, exit 0) to the orchestrator itself, SIGKILL only after it had
+    # longer than a job's commit on shutdown (20 s, docs/orchestrator.md "Shutdown").
+    assert service["KillMode"] == "mixed" and service["KillSignal"] == "SIGTERM"
+    assert int(service["TimeoutStopSec"]) > 20
     assert "orchestrator serve" in service["ExecStart"]
     assert "TOKEN" not in service["ExecStart"]  # tokens come from the environment file
     env_keys = {

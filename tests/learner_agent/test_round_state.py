@@ -45,3 +45,15 @@ def test_only_a_call_naming_drawn_uses_the_draw_and_only_once() -> None:
     assert a._pick_state("drawn") == "training"
     with pytest.raises(BadTask, match="round_state"):
         a._pick_state("drawn")
+
+
+def test_a_seeded_draw_depends_on_the_seed_alone() -> None:
+    dist = {"idle": 0.4, "training": 0.3, "downloading": 0.3}
+    a, b = agent("w1"), agent("w2")
+    a.round_state(dist, True)  # a's own stream moved on; the seeded draw does not care
+    seeded_a = [a.round_state(dist, True, seed)["state"] for seed in range(50)]
+    seeded_b = [b.round_state(dist, True, seed)["state"] for seed in range(50)]
+    assert seeded_a == seeded_b and len(set(seeded_a)) == 3
+    for bad in (-1, 1.5, True, "7"):
+        with pytest.raises(BadTask, match="seed"):
+            a.round_state(dist, False, bad)  # type: ignore[arg-type]

@@ -239,3 +239,34 @@ def test_non_finite_numbers_in_a_job_are_422_naming_the_field(admin: httpx.Clien
                       422, "invalid_request")["detail"]
         assert detail.startswith(field), detail
     assert admin.get("/v1/jobs").json()["jobs"] == before
+
+
+def test_a_task_submitted_to_a_full_data_dir_is_507_and_nothing_is_kept(
+        shared_orchestrator: Orchestrator) -> None:
+    # The data directory is "full": RLIMIT_FSIZE lowered on the running orchestrator (prlimit).
+    import resource
+
+    from orchestrator.client import APIError
+
+    orch = shared_orchestrator
+    assert orch.orchestrator is not None
+    pid = orch.orchestrator.popen.pid
+    spec = {"name": "full", "dataset": {"name": "digits"}, "partition": {"shard_size": 50},
+            "sync": {"rounds": 1}}
+    with orch.client() as client:
+        before = client.tasks()
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+        try:
+            with pytest.raises(APIError) as err:
+                client.submit(spec)
+            assert err.value.status == 507 and err.value.code == "storage_full", err.value
+            assert "free space" in err.value.detail
+            assert client.tasks() == before  # nothing half-made is visible
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE,
+                             (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        # Space is back: the same request succeeds, and no temp file was left behind.
+        created = client.submit(spec)
+        assert [t["id"] for t in client.tasks()] == [t["id"] for t in before] + [created["id"]]
+        client.cancel(created["id"])
+    assert sorted((orch.data_dir / "tasks").rglob("*.tmp")) == []

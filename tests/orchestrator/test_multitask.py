@@ -186,26 +186,3 @@ def test_mmtt_ideal_from_the_cli_hears_the_drawn_states(fleet: LocalFleet,
     assert record["states_revealed"]
     assert all(s in STATES for s in record["states_revealed"].values())
     assert record["solver"]["method"] == "mmtt-ideal"
-
-
-def test_a_job_running_at_a_crash_is_failed_with_a_reason_after_restart(fleet: LocalFleet
-                                                                        ) -> None:
-    # Last in the module: it kills the orchestrator.
-    long = task("long", {"name": "digits"}, deadline_s=1.0, rounds=50, total_shards=2)
-    with fleet.client() as client:
-        created = client.submit_job({"allocator": "equal", "tasks": [long]})
-        end = time.monotonic() + 60.0
-        while client.job(created["id"])["rounds_done"] < 1:
-            assert time.monotonic() < end, "the job recorded no round within 60 s"
-            time.sleep(0.2)
-    fleet.kill_orchestrator()
-    fleet.start_orchestrator()
-    with fleet.client() as client:
-        job = client.job(created["id"])
-        assert job["state"] == "failed" and "restarted" in job["reason"]
-        (only,) = job["tasks"]
-        assert only["state"] == "failed" and "restarted" in only["reason"]
-        # A new job runs on the same fleet after the restart.
-        again = client.submit_job({"allocator": "equal",
-                                   "tasks": [{**long, "sync": {**long["sync"], "rounds": 1}}]})
-        assert finished_job(client, again["id"])["state"] == "finished"

@@ -77,3 +77,43 @@ def test_a_job_round_commits_every_task_or_none(tmp_path: Path) -> None:
     assert [r.index for r in store.rounds(a)] == [0]
     assert [r.record for r in store.job_rounds(job.id)] == [{"task": str(a)}]
     assert store.task(a).model_version == 1 and store.job(job.id).rounds_done == 1
+    # A GUC is committed once: recording GUC 0 again (a resumed job repeating it) or skipping
+    # to GUC 2 is refused and changes nothing.
+    for index in (0, 2):
+        with pytest.raises(Conflict, match="not the next one"):
+            store.record_job_round(job.id, index, [entry(a)], now)
+    assert [r.index for r in store.rounds(a)] == [0] and store.job(job.id).rounds_done == 1
+
+
+def test_job_tasks_fail_alone_when_no_learner_can_run_them_or_rounds_stay_empty(
+        tmp_path: Path) -> None:
+    import asyncio
+
+    from orchestrator.runs.jobs import JobDriver, _Progress
+    from plexus.spec import parse_spec
+
+    store = Store(tmp_path / "data")
+    job = store.create_job("j", {}, [spec("a"), spec("b")], prepare, time.time())
+    a, b = job.task_ids
+    for t in (a, b):
+        store.set_state(t, "running", None, time.time())
+    tasks = [store.task(a), store.task(b)]
+    specs = [parse_spec({"name": n, "dataset": {"name": "digits"},
+                         "sync": {"rounds": 3, "max_empty_rounds": 1}}) for n in "ab"]
+    progress = _Progress.load(tasks, specs, [])
+    setup = {"benchmarks": {"7": {}}, "eligible": {"7": [a]},
+             "skipped": {str(b): {"8": "skipped: not enough memory"}},
+             "learner_names": {"7": "big", "8": "tiny"}}
+    driver = JobDriver(store, gateway=None, metrics=None)  # type: ignore[arg-type]
+    asyncio.run(driver._fail_ineligible(tasks, setup, progress))
+    assert store.task(b).state == "failed"
+    assert store.task(b).reason == "no eligible learner: tiny: skipped: not enough memory"
+    assert store.task(a).state == "running" and progress.active(specs, 0) == [0]
+    # Task a: an empty GUC is tolerated (max_empty_rounds 1), a second in a row is not.
+    empty = ({"left_out": {"7": "timed out"}}, {"samples_trained": 0})
+    assert progress.observe(0, specs[0], 0, *empty) is None
+    why = progress.observe(0, specs[0], 1, *empty)
+    assert why is not None and "2 empty rounds in a row" in why and "timed out" in why
+    assert progress.final(0) is not None  # and it never trained at all
+    assert progress.observe(0, specs[0], 2, {}, {"samples_trained": 50}) is None
+    assert progress.final(0) is None

@@ -23,7 +23,7 @@ def test_args_are_the_fields_in_order_and_not_copied() -> None:
     assert call.args() == (task, 3, 0, [4, 5], 20.0, None)
     assert call.args()[0] is task
     assert protocol.Status().args() == ()
-    assert protocol.RoundState({"idle": 1.0}).args() == ({"idle": 1.0}, False)
+    assert protocol.RoundState({"idle": 1.0}).args() == ({"idle": 1.0}, False, None)
 
 
 def test_check_signature_accepts_a_matching_function() -> None:
