@@ -98,7 +98,7 @@ class Service:
 
     def start(self) -> None:
         """In the running event loop: settle what a previous process left, resume sync tasks."""
-        self.asynchronous.fail_leftovers()
+        self.asynchronous.resume_all()
         self.jobs.fail_leftovers()
         self.sync.resume_all()
 

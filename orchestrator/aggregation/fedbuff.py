@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
+from typing import Any
 
 from orchestrator.aggregation.base import (
     AsyncAggregator,
     Decision,
     State,
+    Update,
     register_aggregator,
 )
 from orchestrator.aggregation.robust import RobustRule
@@ -66,6 +69,25 @@ class FedBuffAggregator(AsyncAggregator):
         self.holding: dict[str, int] = {}
         self.last_selection: float | None = None
         self.skipped = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = super().snapshot()
+        snap["times"]["last_selection"] = self.last_selection
+        version, internal, gauss = self.rng.getstate()
+        snap.update(holding=dict(self.holding), skipped=self.skipped,
+                    rng=[version, list(internal), gauss])
+        return snap
+
+    def restore(self, snap: dict[str, Any], models: Mapping[int, State],
+                queue: list[Update]) -> None:
+        super().restore(snap, models, queue)
+        last = snap["times"].get("last_selection")
+        self.last_selection = None if last is None else float(last)
+        self.holding = {str(c): int(n) for c, n in snap.get("holding", {}).items()}
+        self.skipped = int(snap.get("skipped", 0))
+        if snap.get("rng") is not None:
+            version, internal, gauss = snap["rng"]
+            self.rng.setstate((version, tuple(internal), gauss))
 
     def pull(self, t: float, client: str, n_samples: int) -> list[Decision]:
         self.register(client)

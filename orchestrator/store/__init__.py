@@ -9,6 +9,8 @@ from __future__ import annotations
 from orchestrator.store.db import (
     ACTIVE_STATES,
     TASK_STATES,
+    AsyncStateRow,
+    AsyncUpdateRow,
     JobRoundRow,
     JobRow,
     LearnerRow,
@@ -24,6 +26,8 @@ from orchestrator.store.files import Layout, write_atomic
 __all__ = [
     "ACTIVE_STATES",
     "TASK_STATES",
+    "AsyncStateRow",
+    "AsyncUpdateRow",
     "JobRoundRow",
     "JobRow",
     "Layout",
