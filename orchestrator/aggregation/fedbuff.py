@@ -27,7 +27,9 @@ class FedBuffAggregator(AsyncAggregator):
       training slots.
     * A drawn client that holds no unused data (it has not pulled since its last training)
       cannot take part in that round; its slot stays empty. A pull from a FedBuff client only
-      tells the server "I now hold unused data"; it is not answered by itself.
+      tells the server "I now hold unused data"; it is not answered by itself, except from a
+      client counted as training, which has dropped that training: it gets the current model
+      again at once.
     * A round that cannot complete (training + buffered < K) draws again every
       ``selection_interval_s`` seconds, so a server whose draws all missed does not wait
       forever.
@@ -91,8 +93,12 @@ class FedBuffAggregator(AsyncAggregator):
 
     def pull(self, t: float, client: str, n_samples: int) -> list[Decision]:
         self.register(client)
-        if client not in self.outstanding:
-            self.holding[client] = n_samples
+        if client in self.outstanding:
+            # It pulls while counted as training: it dropped that training (its agent or this
+            # server restarted, its upload was lost). Send it the current model again, in the
+            # slot it holds; otherwise the slot would stay taken for ever.
+            return [self._dispatch(t, client)]
+        self.holding[client] = n_samples
         return []
 
     def _after_push(self, t: float) -> list[Decision]:

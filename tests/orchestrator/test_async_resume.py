@@ -86,6 +86,7 @@ def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
     return value
 
 
+@pytest.mark.timeout(300)  # two orchestrator starts; about 65 s on a loaded 2-core host
 @pytest.mark.parametrize("aggregator", ["spin", "fedbuff"])
 def test_kill_9_mid_run_resumes_and_merges_every_acknowledged_update_once(
         tmp_path: Path, aggregator: str) -> None:

@@ -83,7 +83,8 @@ def test_spin_task_runs_to_the_end_over_rest(shared_orchestrator: LocalFleet,
     assert late.status_code == 404
 
 
-def test_an_async_task_running_at_a_crash_is_failed_with_a_reason(tmp_path: Path) -> None:
+def test_an_async_task_running_at_a_crash_resumes_after_restart(tmp_path: Path) -> None:
+    # The whole kill -9 → restart → finish cycle with pushers is test_async_resume (extended).
     with LocalFleet(tmp_path / "data") as fleet:
         fleet.start_orchestrator()
         with fleet.client() as client:
@@ -93,4 +94,12 @@ def test_an_async_task_running_at_a_crash_is_failed_with_a_reason(tmp_path: Path
         fleet.start_orchestrator()
         with fleet.client() as client:
             after = client.task(task["id"])
-    assert after["state"] == "failed" and "restarted" in after["reason"]
+            assert after["state"] == "running" and after["reason"] is None
+            enrolled = httpx.post(f"{fleet.url}/v1/learners/enroll", json={
+                "join_token": fleet.join_token, "name": "late", "facts": {},
+                "endpoint": None}).json()
+            # The resumed task serves its routes again.
+            pulled = httpx.post(f"{fleet.url}/v1/tasks/{task['id']}/pull",
+                                json={"n_samples": 8},
+                                headers={"Authorization": f"Bearer {enrolled['token']}"})
+            assert pulled.status_code == 200 and pulled.headers["x-model-version"] == "0"
