@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -212,12 +212,14 @@ class AsyncTaskRunner:
             self.end_reason = reason
             self.finished.set()
 
-    def stalled(self, learners: set[str]) -> bool:
-        """Whether every one of ``learners`` (the task's clients) has trained on its whole
-        partition and nothing is in flight: no pull outstanding, no model waiting for pickup."""
+    def stalled(self, also: Iterable[str] = ()) -> bool:
+        """Whether every learner that has asked for work (and each of ``also``, learners the
+        driver knows will) has trained on its whole partition, and nothing is in flight: no
+        pull outstanding, no model waiting for pickup, no selection pending."""
         with self._lock:
+            learners = set(self.core.clients) | set(also)
             return (bool(learners) and learners <= self.exhausted and not self._outstanding
-                    and not self._mailbox)
+                    and not self._mailbox and not self.core.outstanding)
 
     # -- events ------------------------------------------------------------------------------
 

@@ -370,10 +370,14 @@ class AsyncDriver:
         """Why the task can make no further progress, or None while it can."""
         if parsed.dataset.device:
             return None  # device data can still arrive
-        clients = self.clients.get(task_id, {})
-        names = {lr.name for lr in self.store.learners() if lr.id in clients}
-        if not runner.stalled(names):
+        # Learners that pulled are the runner's; a joined agent that has not pulled yet (still
+        # downloading its partition) will, so it counts too. A learner whose join failed and
+        # that never pulled holds no data of this task.
+        alive = {lr.id for lr in self.gateway.alive()}
+        joined = {lr.name for lr in self._joined.get(task_id, {}).values() if lr.id in alive}
+        if not runner.stalled(joined):
             return None
+        names = set(runner.core.clients) | joined
         return (f"no further progress possible: every client ({len(names)}) has trained on "
                 "its whole partition and no device data can arrive; the updates still "
                 "buffered were merged")
