@@ -97,7 +97,8 @@ class Service:
         return row is not None and row.name == name
 
     def start(self) -> None:
-        """In the running event loop: settle what a previous process left, resume sync tasks."""
+        """In the running event loop: settle what a previous process left, resume sync and
+        async tasks."""
         self.asynchronous.resume_all()
         self.jobs.fail_leftovers()
         self.sync.resume_all()
