@@ -248,6 +248,7 @@ class AsyncTaskRunner:
                     f"pull from {learner} declares {n_samples} samples but its partition of "
                     f"this task holds {limit}", code="n_samples_over_partition"))
             self.stats.pulls += 1
+            self.exhausted.discard(learner)  # a pull says it holds data it has not used
             if learner not in self._mailbox:
                 self._handle(self.core.pull(self.clock(), learner, n_samples), save=False)
             d = self._mailbox.pop(learner, None)
@@ -255,7 +256,6 @@ class AsyncTaskRunner:
                 self._save()
                 return None
             self._stops.discard(learner)
-            self.exhausted.discard(learner)
             self._outstanding[learner] = (d.version, n_samples, limit)
             self._save()
             return d.version, encode_state(d.state, {"version": d.version})

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -172,6 +173,7 @@ class AsyncDriver:
         self._calls: set[asyncio.Task[None]] = set()
         # Per task: since when (monotonic) alive learners exist but none can take part.
         self._nobody_since: dict[int, float] = {}
+        self._index_lock = threading.Lock()  # client indices are given from threads too
 
     def refused(self, task_id: int, code: str) -> None:
         """Count a refused learner request of a task: in /metrics and on the task's row."""
@@ -181,12 +183,13 @@ class AsyncDriver:
 
     def _client_index(self, task_id: int, learner_id: int) -> int:
         """The learner's client index in the task, given (and saved) on first use."""
-        clients = self.clients.setdefault(task_id, {})
-        if learner_id not in clients:
-            clients[learner_id] = len(clients)
-            self.store.save_async_state(task_id, time.time(),
-                                        clients={str(k): v for k, v in clients.items()})
-        return clients[learner_id]
+        with self._index_lock:
+            clients = self.clients.setdefault(task_id, {})
+            if learner_id not in clients:
+                clients[learner_id] = len(clients)
+                self.store.save_async_state(task_id, time.time(),
+                                            clients={str(k): v for k, v in clients.items()})
+            return clients[learner_id]
 
     def admit_pull(self, task_id: int, lr: LearnerRow) -> int:
         """A learner asks an async task for work: the samples it may hold (its partition).
@@ -365,8 +368,8 @@ class AsyncDriver:
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to tell
             self._spawn(self._leave(task_id, list(joined.values())), f"leave-{task_id}")
 
-    def _no_progress(self, task_id: int, runner: AsyncTaskRunner, parsed: TaskSpec
-                     ) -> str | None:
+    def _no_progress(self, runner: AsyncTaskRunner, parsed: TaskSpec,
+                     joined_agents: list[LearnerRow]) -> str | None:
         """Why the task can make no further progress, or None while it can."""
         if parsed.dataset.device:
             return None  # device data can still arrive
@@ -374,7 +377,7 @@ class AsyncDriver:
         # downloading its partition) will, so it counts too. A learner whose join failed and
         # that never pulled holds no data of this task.
         alive = {lr.id for lr in self.gateway.alive()}
-        joined = {lr.name for lr in self._joined.get(task_id, {}).values() if lr.id in alive}
+        joined = {lr.name for lr in joined_agents if lr.id in alive}
         if not runner.stalled(joined):
             return None
         names = set(runner.core.clients) | joined
@@ -389,7 +392,8 @@ class AsyncDriver:
             failure = await self._enlist(task_id, spec, parsed)
             if failure is not None:
                 return failure
-            done = await asyncio.to_thread(self._no_progress, task_id, runner, parsed)
+            joined = list(self._joined.get(task_id, {}).values())
+            done = await asyncio.to_thread(self._no_progress, runner, parsed, joined)
             if done is not None:
                 await asyncio.to_thread(runner.finish, done)
         except Exception:  # a store hiccup must not end the task
