@@ -141,3 +141,36 @@ def test_kill_9_mid_run_resumes_and_merges_every_acknowledged_update_once(
         assert store.task(task["id"]).model_version == versions[-1]
     finally:
         store.close()
+
+
+@pytest.mark.timeout(400)  # a fleet of three agents and two orchestrator starts
+def test_real_agents_ride_over_a_kill_9_and_the_task_finishes(tmp_path: Path) -> None:
+    # Three agent processes run SPIN's client over their digits partitions (as in
+    # test_async_agents); the orchestrator is SIGKILLed once two versions exist.
+    body = {"name": "resume-agents", "model": "twonn", "seed": 3, "dataset": {"name": "digits"},
+            "partition": {"kind": "dirichlet", "alpha": 1.0, "shard_size": 450},
+            "training": {"lr": 0.3, "batch_size": 16}, "mode": "async",
+            "async": {"aggregator": "spin", "k": 3, "pi_s": 0.5, "pull_threshold": 80,
+                      "epochs": 1, "arrival_rate": 40.0, "max_updates": 1000}}
+    with LocalFleet(tmp_path / "data", speeds={n: 1.0 for n in ("a", "b", "c")}) as fleet:
+        fleet.start()
+        with fleet.client() as client:
+            task = client.submit(body)
+            wait_for(lambda: client.task(task["id"])["model_version"] >= 2, 90, "2 versions")
+        fleet.kill_orchestrator(signal.SIGKILL)
+        fleet.start_orchestrator()
+        with fleet.client() as client:
+            done = wait_for(lambda: (t := client.task(task["id"]))["state"] != "running" and t,
+                            180, "the task to end")
+    assert done["state"] == "finished", done["reason"]
+    assert "no further progress" in (done["reason"] or "")
+    store = Store(tmp_path / "data")
+    try:
+        rows = store.async_updates(task["id"])
+        rounds = store.rounds(task["id"])
+        assert rows and all(r.consumed_version is not None for r in rows)
+        assert [r.model_version for r in rounds] == list(range(1, len(rounds) + 1))
+        assert sum(sum(r.allocation.values()) for r in rounds) == len(rows)
+        assert {r.learner for r in rows} == {"a", "b", "c"}
+    finally:
+        store.close()
