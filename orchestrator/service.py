@@ -141,7 +141,7 @@ class Service:
         self._renewed = time.time()
         self.store.fence = lambda s: lease.check(s, self.owner)
         log.info("driver lease taken by %s", self.owner)
-        self.asynchronous.fail_leftovers()
+        self.asynchronous.resume_all()
         self.jobs.resume_all()
         self.sync.resume_all()
 

@@ -32,7 +32,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -79,6 +79,8 @@ class Aggregated:
     staleness: tuple[int, ...]
     n_samples: tuple[int, ...]
     weights: tuple[float, ...]
+    # The driver's ids of the merged updates (its durable record), in ``clients``' order.
+    update_ids: tuple[int, ...] = ()
 
 
 Decision = Dispatch | StopTraining | Aggregated
@@ -93,6 +95,7 @@ class Update:
     state: State = field(repr=False)
     base_version: int
     n_samples: int
+    uid: int = -1  # the driver's id of the update (its durable record); -1 when it has none
 
 
 class AsyncAggregator(ABC):
@@ -160,11 +163,13 @@ class AsyncAggregator(ABC):
         state: State,
         base_version: int,
         n_samples: int,
+        uid: int = -1,
     ) -> list[Decision]:
         """A trained model from ``client`` arrives at time ``t`` (seconds).
 
         ``base_version`` is the version the client trained from; ``n_samples`` is |D_k|, the
-        number of samples it trained on. A bad update raises :class:`BadUpdate` or
+        number of samples it trained on; ``uid`` is the driver's id of the update, handed
+        back in :attr:`Aggregated.update_ids`. A bad update raises :class:`BadUpdate` or
         :class:`UnknownVersion`, is counted in ``rejected`` and never reaches the buffer.
         """
         try:
@@ -175,7 +180,7 @@ class AsyncAggregator(ABC):
         self.register(client)
         if self.outstanding.get(client) == base_version:
             del self.outstanding[client]
-        self.queue.append(Update(t, client, state, base_version, int(n_samples)))
+        self.queue.append(Update(t, client, state, base_version, int(n_samples), uid))
         return self._after_push(t)
 
     def tick(self, t: float) -> list[Decision]:
@@ -185,6 +190,38 @@ class AsyncAggregator(ABC):
     def next_deadline(self) -> float | None:
         """The earliest time (seconds) at which ``tick`` would do something, if any."""
         return None
+
+    def flush(self, t: float) -> list[Decision]:
+        """Merge whatever the buffer holds now (the task is ending): nothing accepted is left
+        unapplied. An empty buffer changes nothing."""
+        return [self._aggregate(t, "final")] if self.queue else []
+
+    # -- durable state (save at every event, restore after a restart) ------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The core's state besides its models and buffer, JSON-ready. Times (seconds on the
+        driver's clock) are under ``times``, so a driver can carry them across clocks."""
+        return {"version": self.version, "times": {"last_aggregation": self.last_aggregation},
+                "outstanding": dict(self.outstanding), "clients": list(self.clients),
+                "rejected": self.rejected}
+
+    def restore(self, snap: dict[str, Any], models: Mapping[int, State],
+                queue: list[Update]) -> None:
+        """Take back a :meth:`snapshot` (times already on this driver's clock), the kept
+        model versions (``models[snap["version"]]`` is the current one) and the buffer."""
+        self.version = int(snap["version"])
+        self.model = {n: t.detach().clone() for n, t in models[self.version].items()}
+        self._history = {int(v): (self.model if int(v) == self.version else dict(m))
+                         for v, m in models.items()}
+        self.last_aggregation = float(snap["times"]["last_aggregation"])
+        self.outstanding = {str(c): int(v) for c, v in snap.get("outstanding", {}).items()}
+        self.clients, self._known = [], set()
+        for c in snap.get("clients", []):
+            self.register(str(c))
+        self.rejected = int(snap.get("rejected", 0))
+        self.queue = list(queue)
+        for u in self.queue:
+            self.register(u.client)
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -269,6 +306,7 @@ class AsyncAggregator(ABC):
             staleness=tuple(staleness),
             n_samples=tuple(u.n_samples for u in updates),
             weights=tuple(weights),
+            update_ids=tuple(u.uid for u in updates),
         )
         self.aggregations.append(record)
         return record

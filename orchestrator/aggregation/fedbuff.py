@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
+from typing import Any
 
 from orchestrator.aggregation.base import (
     AsyncAggregator,
     Decision,
     State,
+    Update,
     register_aggregator,
 )
 from orchestrator.aggregation.robust import RobustRule
@@ -24,7 +27,9 @@ class FedBuffAggregator(AsyncAggregator):
       training slots.
     * A drawn client that holds no unused data (it has not pulled since its last training)
       cannot take part in that round; its slot stays empty. A pull from a FedBuff client only
-      tells the server "I now hold unused data"; it is not answered by itself.
+      tells the server "I now hold unused data"; it is not answered by itself, except from a
+      client counted as training, which has dropped that training: it gets the current model
+      again at once.
     * A round that cannot complete (training + buffered < K) draws again every
       ``selection_interval_s`` seconds, so a server whose draws all missed does not wait
       forever.
@@ -67,10 +72,33 @@ class FedBuffAggregator(AsyncAggregator):
         self.last_selection: float | None = None
         self.skipped = 0
 
+    def snapshot(self) -> dict[str, Any]:
+        snap = super().snapshot()
+        snap["times"]["last_selection"] = self.last_selection
+        version, internal, gauss = self.rng.getstate()
+        snap.update(holding=dict(self.holding), skipped=self.skipped,
+                    rng=[version, list(internal), gauss])
+        return snap
+
+    def restore(self, snap: dict[str, Any], models: Mapping[int, State],
+                queue: list[Update]) -> None:
+        super().restore(snap, models, queue)
+        last = snap["times"].get("last_selection")
+        self.last_selection = None if last is None else float(last)
+        self.holding = {str(c): int(n) for c, n in snap.get("holding", {}).items()}
+        self.skipped = int(snap.get("skipped", 0))
+        if snap.get("rng") is not None:
+            version, internal, gauss = snap["rng"]
+            self.rng.setstate((version, tuple(internal), gauss))
+
     def pull(self, t: float, client: str, n_samples: int) -> list[Decision]:
         self.register(client)
-        if client not in self.outstanding:
-            self.holding[client] = n_samples
+        if client in self.outstanding:
+            # It pulls while counted as training: it dropped that training (its agent or this
+            # server restarted, its upload was lost). Send it the current model again, in the
+            # slot it holds; otherwise the slot would stay taken for ever.
+            return [self._dispatch(t, client)]
+        self.holding[client] = n_samples
         return []
 
     def _after_push(self, t: float) -> list[Decision]:

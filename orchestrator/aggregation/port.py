@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -76,6 +79,16 @@ class PortAggregator(FedBuffAggregator):
         self.staleness_weight = staleness_weight
         self._stopped: set[tuple[str, int]] = set()
         self.similarities: list[float] = []
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = super().snapshot()
+        snap["stopped"] = sorted([c, b] for c, b in self._stopped)
+        return snap
+
+    def restore(self, snap: dict[str, Any], models: Mapping[int, State],
+                queue: list[Update]) -> None:
+        super().restore(snap, models, queue)
+        self._stopped = {(str(c), int(b)) for c, b in snap.get("stopped", [])}
 
     def _raw_weights(self, updates: list[Update]) -> list[float]:
         names = [n for n, t in self.model.items() if t.is_floating_point()]

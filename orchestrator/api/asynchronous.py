@@ -7,13 +7,16 @@ attribute, or a string). Errors answer JSON `{"error": code, "detail": text}`:
 * pull → ``403``/``422`` when the app's ``admit(task_id, who)`` refuses the learner, else
   ``200`` safetensors (metadata ``version``) with header ``X-Model-Version``, or
   ``204`` when the server has not picked this learner (FedBuff / PORT): pull again later;
-* updates → ``200 {"accepted", "version", "aggregated"}``; ``422 bad_update`` for wrong
+* updates → ``200 {"accepted", "version", "aggregated", "update_id"}`` once the update is on
+  disk (``update_id``: its row in the store, docs/orchestrator.md); ``422 bad_update`` for wrong
   names / shapes / dtypes / non-finite values / missing metadata, ``409 unknown_version`` for a
   base version the server does not hold; rejected updates are counted and never aggregated;
   update admission (docs/security.md): ``403 no_outstanding_pull`` for an update that answers
   no pull of this learner (or another version than it was sent), ``422 n_samples_too_large``
   for more samples than its pull declared, ``422 n_samples_over_partition`` for a pull that
   declares more samples than the learner's partition holds;
+* pull and updates → ``409 task_finished`` once the task has ended (its last aggregation is
+  being recorded), ``409 task_failed`` when recording its progress failed;
 * stop (``GET``) → ``200 {"stop": bool}``: whether the server (PORT) asks this learner to stop
   training and push what it has; clients ask between epochs.
 """
@@ -40,7 +43,7 @@ _BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "b
 PULL_ANSWERS: dict[int | str, dict[str, Any]] = {
     200: {"description": "the model (safetensors)", "content": _BYTES},
     204: {"description": "not picked this time: pull again later"},
-    **answers(401, 403, 404, 413, 422)}
+    **answers(401, 403, 404, 409, 413, 422)}
 UPDATE_BODY = {"requestBody": {"required": True, "content": _BYTES}}
 
 

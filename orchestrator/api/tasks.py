@@ -127,13 +127,11 @@ def show_task(task_id: Id, service: ServiceDep) -> dict[str, Any]:
 
 
 def skipped_learners(task: TaskRow, service: Any) -> dict[str, str]:
-    """Learner name → why it is not given this (synchronous) task, among the alive ones."""
+    """Learner name → why it is not given this task (sync or async), among the alive ones."""
     from orchestrator.runs.eligibility import skipped
     from plexus.errors import PlexusError
     from plexus.spec import load_spec
 
-    if (task.spec or {}).get("mode", "sync") != "sync":
-        return {}
     now, after = time.time(), service.settings.alive_after_s
     alive = [lr for lr in service.store.learners() if lr.last_seen >= now - after]
     try:

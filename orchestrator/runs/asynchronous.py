@@ -16,8 +16,21 @@ enrolls later, or re-enrolls after a restart, is joined at the next sweep (every
 cancelled, every joined agent is told to `leave_async` (best effort: the routes answer 404 by
 then anyway, which the client takes as the end).
 
-An async task's update queue lives in memory, so unlike a synchronous task it cannot resume
-after the orchestrator restarts: it is marked failed with that reason.
+Durability (docs/orchestrator.md, "Durability"): every update answered "accepted" is on disk
+first (`Store.add_async_update`: fsynced file + committed row, its id in the answer as
+`update_id`); every aggregation commits its model file, version row, the ids of the updates it
+consumed and the runner's state in one transaction (`Store.commit_async_aggregation`), and the
+state after every other event is saved. After a SIGKILL and restart on the same data directory
+`resume_all` rebuilds each running task's runner from the store: model version, buffer of
+accepted-but-unmerged updates, outstanding pulls, SPIN's timer (π counted from the last
+aggregation's recorded wall-clock time), FedBuff / PORT selection state and PORT's stop
+requests, and the learners' client indices; the agents are joined again by the sweep.
+
+A task ends after `async.max_updates` updates, or, when no further progress is possible (data
+replayed from the orchestrator and every client has trained on its whole partition, nothing in
+flight), after merging what its buffer holds, with that reason. Learners that cannot build the
+model or hold it in memory (`orchestrator.runs.eligibility`) are not joined; a task that no
+alive learner can take part in for `NO_LEARNER_GRACE_S` fails with the reasons.
 """
 
 from __future__ import annotations
@@ -25,35 +38,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import Conflict
 from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import LearnerGateway
-from orchestrator.runs.rounds import write_model
-from orchestrator.store import LearnerRow, Store, TaskRow
+from orchestrator.store import LearnerRow, Store, TaskRow, write_atomic
 
 if TYPE_CHECKING:
+    import torch
+
     from orchestrator.runs.async_runner import AsyncTaskRunner
+    from plexus.spec import TaskSpec
 
 log = logging.getLogger("orchestrator.runs.asynchronous")
 ENLIST_EVERY_S = 1.0  # how often a running task looks for alive learners not yet joined
 JOIN_TIMEOUT_S = 30.0  # join_async / leave_async return at once; this covers a slow relay
 JOIN_RETRY_S = 10.0  # wait this long before asking a learner that failed to join again
-RESTART_REASON = ("the orchestrator restarted: an asynchronous task's update queue is held in "
-                  "memory and cannot resume; submit the task again")
+NO_LEARNER_GRACE_S = 3.0  # alive learners, none of which can take part, for this long: fail
 
 
 def make_runner(a: Any, initial_state: Any, seed: int, evaluate: Any, *,
                 clock: Callable[[], float] = time.monotonic,
-                on_refused: Callable[[str], None] | None = None) -> AsyncTaskRunner:
+                on_refused: Callable[[str], None] | None = None,
+                journal: Any = None) -> AsyncTaskRunner:
     """The runner of an async task (spec section `a`), its core's clock started now.
 
     The core measures π from `start_time`, on the runner's clock: built without it, the core
     would count from 0 while `time.monotonic()` is far past π, and the first push of every
-    live SPIN task would be aggregated alone by timeout.
+    live SPIN task would be aggregated alone by timeout. A resumed runner takes its times
+    back from the saved state instead (`AsyncTaskRunner.restore`).
     """
     from orchestrator.aggregation import build_aggregator
     from orchestrator.aggregation.robust import RobustRule
@@ -66,7 +84,75 @@ def make_runner(a: Any, initial_state: Any, seed: int, evaluate: Any, *,
                             pi_s=a.pi_s, selection_interval_s=a.pi_s, seed=seed,
                             start_time=clock(), rule=RobustRule.from_spec(a.aggregation))
     return AsyncTaskRunner(core, evaluate=evaluate, max_updates=a.max_updates, clock=clock,
-                           on_refused=on_refused)
+                           on_refused=on_refused, journal=journal)
+
+
+class StoreJournal:
+    """Makes one async task's runner durable in the store (`AsyncJournal`)."""
+
+    def __init__(self, store: Store, task_id: int, metrics: Metrics | None = None) -> None:
+        self.store = store
+        self.task_id = task_id
+        self.metrics = metrics
+
+    def update(self, learner: str, body: bytes, base_version: int, n_samples: int) -> int:
+        return self.store.add_async_update(self.task_id, learner, base_version, n_samples,
+                                           body, time.time())
+
+    def aggregated(self, entry: dict[str, Any], state: Any, update_ids: list[int],
+                   snapshot: dict[str, Any]) -> None:
+        """Write the version's model file, then commit row, version and consumed ids."""
+        from plexus.tensors import encode_state
+
+        version = int(entry["version"])
+        path = self.store.layout.model(self.task_id, version)
+        write_atomic(path, encode_state(state, {"version": version, "task_id": self.task_id}))
+        # Async rows: `allocation` counts the updates each learner (by id, as in sync rows)
+        # contributed to this aggregation.
+        ids = {lr.name: str(lr.id) for lr in self.store.learners()}
+        contributed: dict[str, int] = {}
+        for name in entry.get("clients", []):
+            key = ids.get(name, name)
+            contributed[key] = contributed.get(key, 0) + 1
+        now = time.time()
+        self.store.commit_async_aggregation(self.task_id, {
+            # Every aggregation makes exactly one version: round index = version − 1.
+            "index": version - 1, "started_at": now, "allocation": contributed,
+            "shards": {}, "samples": {}, "left_out": {}, "plan_s": 0.0,
+            "round_time_s": float(entry.get("round_time_s", 0.0)),
+            # No deadline in asynchronous mode: truancy is recorded as 0.
+            "truancy": 0.0, "loss": entry.get("loss"), "accuracy": entry.get("accuracy"),
+            "model_version": version,
+        }, path, [u for u in update_ids if u >= 0], snapshot, now)
+        if self.metrics is not None:
+            self.metrics.updates.inc(len(entry.get("clients", [])))
+
+    def save(self, snapshot: dict[str, Any]) -> None:
+        self.store.save_async_state(self.task_id, time.time(), state=snapshot)
+
+
+def restore_runner(store: Store, task: TaskRow, runner: AsyncTaskRunner) -> None:
+    """Give a freshly built runner of `task` the state its previous process left."""
+    from orchestrator.aggregation import Update
+    from orchestrator.runs.taskdata import read_state
+
+    layout = store.layout
+    saved = store.async_state(task.id)
+    snap = dict(saved.state) if saved is not None and saved.state else {}
+    if not snap:  # nothing saved yet: start from the committed version, timer from now
+        snap = {"core": {"version": task.model_version,
+                         "times": {"last_aggregation": time.time()}}}
+    pending = store.async_updates(task.id, pending=True)
+    queue = [Update(runner.clock(), r.learner, read_state(Path(r.path)), r.base_version,
+                    r.n_samples, r.id) for r in pending]
+    needed = {int(snap["core"]["version"]), *(u.base_version for u in queue)}
+    needed.update(int(v[0]) for v in snap.get("outstanding", {}).values())
+    needed.update(int(v) for v in snap.get("mailbox", {}).values())
+    needed.update(int(v) for v in snap["core"].get("outstanding", {}).values())
+    models: dict[int, dict[str, torch.Tensor]] = {
+        v: read_state(layout.model(task.id, v)) for v in sorted(needed)
+        if layout.model(task.id, v).exists()}
+    runner.restore(snap, models, queue)
 
 
 class AsyncDriver:
@@ -85,12 +171,25 @@ class AsyncDriver:
         self._joining: dict[int, set[int]] = {}
         self._failed: dict[int, dict[int, float]] = {}
         self._calls: set[asyncio.Task[None]] = set()
+        # Per task: since when (monotonic) alive learners exist but none can take part.
+        self._nobody_since: dict[int, float] = {}
+        self._index_lock = threading.Lock()  # client indices are given from threads too
 
     def refused(self, task_id: int, code: str) -> None:
         """Count a refused learner request of a task: in /metrics and on the task's row."""
         self.metrics.refused.labels(reason=code).inc()
         with contextlib.suppress(Exception):  # a store hiccup must not turn a 4xx into a 5xx
             self.store.add_refusal(task_id, code)
+
+    def _client_index(self, task_id: int, learner_id: int) -> int:
+        """The learner's client index in the task, given (and saved) on first use."""
+        with self._index_lock:
+            clients = self.clients.setdefault(task_id, {})
+            if learner_id not in clients:
+                clients[learner_id] = len(clients)
+                self.store.save_async_state(task_id, time.time(),
+                                            clients={str(k): v for k, v in clients.items()})
+            return clients[learner_id]
 
     def admit_pull(self, task_id: int, lr: LearnerRow) -> int:
         """A learner asks an async task for work: the samples it may hold (its partition).
@@ -99,8 +198,7 @@ class AsyncDriver:
         does); one that pulls before the sweep reached it is given its client index now, and
         from then on takes part in the task (its token reads the task's model and partition).
         """
-        clients = self.clients.setdefault(task_id, {})
-        clients.setdefault(lr.id, len(clients))
+        self._client_index(task_id, lr.id)
         self.store.add_participant(task_id, lr.id)
         # Every partition (shard) of a task holds exactly `shard_samples` samples.
         return self.store.task(task_id).shard_samples
@@ -109,44 +207,57 @@ class AsyncDriver:
         """The client index (partition) a learner was given in a running async task."""
         return self.clients.get(task_id, {}).get(learner_id)
 
-    def fail_leftovers(self) -> None:
-        """At start-up: async tasks a previous process was running cannot resume."""
+    def resume_all(self) -> None:
+        """At start-up: resume every async task a previous process was running."""
         store = self.store
         for task in store.tasks(("pending", "running")):
-            if (task.spec or {}).get("mode") == "async":
+            if (task.spec or {}).get("mode") != "async" or task.id in self.runners:
+                continue
+            try:
+                self._start(task, resume=True)
+            except Exception as exc:  # one task that cannot resume must not stop the others
+                log.exception("async task %s could not resume", task.id)
                 with contextlib.suppress(Conflict):
-                    store.set_state(task.id, "failed", RESTART_REASON, time.time())
+                    store.set_state(task.id, "failed", "the orchestrator restarted and the "
+                                    f"task could not resume: {type(exc).__name__}: {exc}",
+                                    time.time())
 
     def launch(self, task: TaskRow) -> None:
         """Build and start the runner of a freshly created async task."""
+        self._start(task, resume=False)
+
+    def _start(self, task: TaskRow, *, resume: bool) -> None:
         from orchestrator.runs.taskdata import initial_model, load_test_split, read_state
         from plexus.spec import load_spec
         from plexus.training import evaluate
 
         spec = load_spec(task.spec)
         assert spec.async_ is not None
-        a = spec.async_
         layout = self.store.layout
         x, y, shape, classes = load_test_split(layout, task.id)
         scorer = initial_model(spec, shape, classes)
-        snapshots: list[dict[str, Any]] = []
 
         def score(state: Any) -> tuple[float, float]:
-            # Called once per aggregation, in order: keep that version's parameters so the
-            # watcher writes each version exactly as it was.
-            snapshots.append({k: v.detach().clone() for k, v in state.items()})
             scorer.load_state_dict(state)
             loss, acc = evaluate(scorer, x, y)
             return float(loss), float(acc)
 
-        runner = make_runner(a, read_state(layout.model(task.id, 0)), spec.seed, score,
-                             on_refused=lambda code: self.refused(task.id, code))
-        self.store.set_state(task.id, "running", None, time.time())
+        version = task.model_version if resume else 0
+        runner = make_runner(spec.async_, read_state(layout.model(task.id, version)),
+                             spec.seed, score,
+                             on_refused=lambda code: self.refused(task.id, code),
+                             journal=StoreJournal(self.store, task.id, self.metrics))
+        saved = self.store.async_state(task.id) if resume else None
+        if resume:
+            restore_runner(self.store, task, runner)
+        if task.state == "pending":
+            self.store.set_state(task.id, "running", None, time.time())
+        self.clients[task.id] = {int(k): int(v) for k, v in
+                                 ((saved.clients or {}) if saved is not None else {}).items()}
         runner.start()
         self.runners[task.id] = runner
-        self.clients[task.id] = {}
         self._watchers[task.id] = asyncio.get_running_loop().create_task(
-            self._watch(task.id, runner, snapshots, task.spec), name=f"async-task-{task.id}")
+            self._watch(task.id, runner, task.spec, spec), name=f"async-task-{task.id}")
 
     async def cancel(self, task_id: int) -> None:
         """Stop a task's runner and watcher (its state was set by the caller)."""
@@ -180,23 +291,40 @@ class AsyncDriver:
         self._calls.add(call)
         call.add_done_callback(self._calls.discard)
 
-    async def _enlist(self, task_id: int, spec: dict[str, Any]) -> None:
-        """Join every alive learner that is not (or no longer) in the task."""
+    async def _enlist(self, task_id: int, spec: dict[str, Any], parsed: TaskSpec
+                      ) -> str | None:
+        """Join every alive learner that can take part and is not (or no longer) in the task.
+
+        Returns why the task must fail when alive learners exist but none of them can take
+        part (cannot build the model, or lacks the memory) for `NO_LEARNER_GRACE_S`.
+        """
+        from orchestrator.runs.eligibility import skipped
+
         alive = await asyncio.to_thread(self.gateway.alive)
-        clients = self.clients.setdefault(task_id, {})
+        left_out = await asyncio.to_thread(skipped, parsed, alive)
+        eligible = [lr for lr in alive if str(lr.id) not in left_out]
+        now = time.monotonic()
+        if alive and not eligible and not self.clients.get(task_id):
+            since = self._nobody_since.setdefault(task_id, now)
+            if now - since >= NO_LEARNER_GRACE_S:
+                names = {str(lr.id): lr.name for lr in alive}
+                return "no learner can take part: " + "; ".join(
+                    f"{names[k]}: {v.removeprefix('skipped: ')}" for k, v in left_out.items())
+            return None
+        self._nobody_since.pop(task_id, None)
         joined = self._joined.setdefault(task_id, {})
         joining = self._joining.setdefault(task_id, set())
         failed = self._failed.setdefault(task_id, {})
-        now = time.monotonic()
-        for lr in alive:
+        for lr in eligible:
             done = joined.get(lr.id)
             if (done is not None and done.token == lr.token) or lr.id in joining:
                 continue
             if now - failed.get(lr.id, -JOIN_RETRY_S) < JOIN_RETRY_S:
                 continue
-            client = clients.setdefault(lr.id, len(clients))
+            client = await asyncio.to_thread(self._client_index, task_id, lr.id)
             joining.add(lr.id)
             self._spawn(self._join(task_id, spec, lr, client), f"join-{task_id}-{lr.name}")
+        return None
 
     async def _join(self, task_id: int, spec: dict[str, Any], lr: LearnerRow,
                     client: int) -> None:
@@ -240,56 +368,55 @@ class AsyncDriver:
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to tell
             self._spawn(self._leave(task_id, list(joined.values())), f"leave-{task_id}")
 
-    async def _record(self, task_id: int, index: int, entry: dict[str, Any], state: Any,
-                      round_time_s: float) -> None:
-        """Write one aggregation's model version and record it as round `index`."""
-        version = int(entry["version"])
-        path = await write_model(self.store, task_id, version, state,
-                                 {"version": version, "task_id": task_id})
-        # Async rows: `allocation` counts the updates each learner (by id, as in sync rows)
-        # contributed to this aggregation.
-        ids = {lr.name: str(lr.id) for lr in self._joined.get(task_id, {}).values()}
-        contributed: dict[str, int] = {}
-        for name in entry.get("clients", []):
-            key = ids.get(name, name)
-            contributed[key] = contributed.get(key, 0) + 1
-        await asyncio.to_thread(self.store.record_round, task_id, {
-            "index": index, "started_at": time.time(), "allocation": contributed,
-            "shards": {}, "samples": {}, "left_out": {}, "plan_s": 0.0,
-            "round_time_s": round_time_s,
-            # No deadline in asynchronous mode: truancy is recorded as 0.
-            "truancy": 0.0, "loss": entry.get("loss"), "accuracy": entry.get("accuracy"),
-            "model_version": version,
-        }, path, time.time())
-        self.metrics.updates.inc(len(entry.get("clients", [])))
+    def _no_progress(self, runner: AsyncTaskRunner, parsed: TaskSpec,
+                     joined_agents: list[LearnerRow]) -> str | None:
+        """Why the task can make no further progress, or None while it can."""
+        if parsed.dataset.device:
+            return None  # device data can still arrive
+        # Learners that pulled are the runner's; a joined agent that has not pulled yet (still
+        # downloading its partition) will, so it counts too. A learner whose join failed and
+        # that never pulled holds no data of this task.
+        alive = {lr.id for lr in self.gateway.alive()}
+        joined = {lr.name for lr in joined_agents if lr.id in alive}
+        if not runner.stalled(joined):
+            return None
+        names = set(runner.core.clients) | joined
+        return (f"no further progress possible: every client ({len(names)}) has trained on "
+                "its whole partition and no device data can arrive; the updates still "
+                "buffered were merged")
 
-    async def _watch(self, task_id: int, runner: AsyncTaskRunner,
-                     snapshots: list[dict[str, Any]], spec: dict[str, Any]) -> None:
+    async def _sweep(self, task_id: int, runner: AsyncTaskRunner, spec: dict[str, Any],
+                     parsed: TaskSpec) -> str | None:
+        """Join learners and end a task that cannot progress; returns why it must fail."""
+        try:
+            failure = await self._enlist(task_id, spec, parsed)
+            if failure is not None:
+                return failure
+            joined = list(self._joined.get(task_id, {}).values())
+            done = await asyncio.to_thread(self._no_progress, runner, parsed, joined)
+            if done is not None:
+                await asyncio.to_thread(runner.finish, done)
+        except Exception:  # a store hiccup must not end the task
+            log.exception("async task %s: looking for learners failed", task_id)
+        return None
+
+    async def _watch(self, task_id: int, runner: AsyncTaskRunner, spec: dict[str, Any],
+                     parsed: TaskSpec) -> None:
         store = self.store
-        recorded = 0
-        last = time.monotonic()
         enlisted = -ENLIST_EVERY_S
         try:
-            while True:
+            failure = None
+            while not runner.finished.is_set():
                 if time.monotonic() - enlisted >= ENLIST_EVERY_S:
                     enlisted = time.monotonic()
-                    try:
-                        await self._enlist(task_id, spec)
-                    except Exception:  # a store hiccup must not end the task
-                        log.exception("async task %s: looking for learners failed", task_id)
-                finished = runner.finished.is_set()
-                history = runner.status()["history"]
-                for entry in history[recorded:]:
-                    now = time.monotonic()
-                    state = snapshots[recorded]
-                    snapshots[recorded] = {}  # written once; free the memory
-                    await self._record(task_id, recorded, entry, state, now - last)
-                    recorded += 1
-                    last = now
-                if finished:
-                    break
+                    failure = await self._sweep(task_id, runner, spec, parsed)
+                    if failure is not None:
+                        break
                 await asyncio.sleep(0.25)
-            await asyncio.to_thread(store.set_state, task_id, "finished", None, time.time())
+            failure = failure or runner.failure
+            state = "failed" if failure else "finished"
+            await asyncio.to_thread(store.set_state, task_id, state,
+                                    failure or runner.end_reason, time.time())
         except asyncio.CancelledError:
             raise
         except Conflict:
@@ -301,6 +428,7 @@ class AsyncDriver:
         finally:
             self.runners.pop(task_id, None)
             self._watchers.pop(task_id, None)
+            self._nobody_since.pop(task_id, None)
             self._release(task_id)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(runner.close)

@@ -6,8 +6,8 @@ weighted by samples trained; nobody answered: the model stays), evaluates the ne
 the task's held-out split and writes it as the next model version. The caller commits the
 round: one round row for a task
 (`Store.record_round`), one record per task for a job (`Store.record_job_round`). An
-asynchronous task's model is aggregated by its core instead; its driver writes each version
-with the same `write_model`.
+asynchronous task's model is aggregated by its core instead; its journal
+(`runs.asynchronous.StoreJournal`) writes each version under the same name.
 """
 
 from __future__ import annotations

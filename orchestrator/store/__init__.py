@@ -10,6 +10,8 @@ from orchestrator.store import lease
 from orchestrator.store.db import (
     ACTIVE_STATES,
     TASK_STATES,
+    AsyncStateRow,
+    AsyncUpdateRow,
     JobRoundRow,
     JobRow,
     LearnerRow,
@@ -26,6 +28,8 @@ from orchestrator.store.lease import LeaseRow
 __all__ = [
     "ACTIVE_STATES",
     "TASK_STATES",
+    "AsyncStateRow",
+    "AsyncUpdateRow",
     "JobRoundRow",
     "JobRow",
     "Layout",

@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from orchestrator.errors import Conflict, NotFound, StorageFull, StoreError
-from orchestrator.store.files import Layout, sweep_temp_files
+from orchestrator.store.files import Layout, sweep_temp_files, write_atomic
 
 TASK_STATES = ("pending", "running", "finished", "failed", "cancelled")
 ACTIVE_STATES = ("pending", "running")
@@ -162,6 +162,38 @@ class RefusalRow(Base):
     task_id: Mapped[int] = mapped_column(Integer, index=True)
     reason: Mapped[str] = mapped_column(String(64))
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+# -- asynchronous tasks: acknowledged updates and resumable state (docs/orchestrator.md) --------
+
+
+class AsyncUpdateRow(Base):
+    """One update of an async task answered "accepted": its file is fsynced and this row
+    committed before the answer leaves. `consumed_version` is the model version it was merged
+    into (committed with that version), null while it waits in the buffer."""
+
+    __tablename__ = "async_updates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(Integer, index=True)
+    learner: Mapped[str] = mapped_column(String(128))
+    base_version: Mapped[int] = mapped_column(Integer)
+    n_samples: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(1024))
+    received_at: Mapped[float] = mapped_column(Float)
+    consumed_version: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+
+
+class AsyncStateRow(Base):
+    """What an async task needs to resume besides its models and buffer: the runner's and
+    the core's state (`state`, times as wall-clock seconds) and the client index of each
+    learner (`clients`, learner id → partition)."""
+
+    __tablename__ = "async_state"
+
+    task_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    clients: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[float] = mapped_column(Float)
 
 
 class Store:
@@ -549,6 +581,91 @@ class Store:
             q = (select(JobRoundRow).where(JobRoundRow.job_id == job_id)
                  .order_by(JobRoundRow.index, JobRoundRow.task_id))
             return list(s.scalars(q))
+
+
+    # -- asynchronous tasks (acknowledged updates, aggregation commits, resumable state) ----
+
+    def add_async_update(self, task_id: int, learner: str, base_version: int,
+                         n_samples: int, data: bytes, now: float) -> int:
+        """Keep one accepted update of an async task; returns its id.
+
+        The file `tasks/<id>/async_updates/u<update id>.safetensors` is written and fsynced
+        inside the transaction that inserts the row, so when this returns both are durable;
+        a crash before the commit leaves at most a file no row names (ignored).
+        """
+        with self.session() as s:
+            if self.fence is not None:
+                self.fence(s)
+            row = AsyncUpdateRow(task_id=task_id, learner=learner, base_version=base_version,
+                                 n_samples=n_samples, path="", received_at=now)
+            s.add(row)
+            s.flush()
+            path = self.layout.task_dir(task_id) / "async_updates" / f"u{row.id}.safetensors"
+            write_atomic(path, data)
+            row.path = str(path)
+            return int(row.id)
+
+    def async_updates(self, task_id: int, *, pending: bool = False) -> list[AsyncUpdateRow]:
+        """A task's accepted updates in arrival order; with `pending`, only those not yet
+        merged into a committed model version."""
+        with self.session() as s:
+            q = select(AsyncUpdateRow).where(AsyncUpdateRow.task_id == task_id)
+            if pending:
+                q = q.where(AsyncUpdateRow.consumed_version.is_(None))
+            return list(s.scalars(q.order_by(AsyncUpdateRow.id)))
+
+    def commit_async_aggregation(self, task_id: int, values: dict[str, Any], model_path: Path,
+                                 update_ids: list[int], state: dict[str, Any],
+                                 now: float) -> None:
+        """Commit one aggregation of an async task in one transaction: its round row and model
+        version (the file already on disk), the updates it consumed, and the state to resume
+        from. An update already consumed (or unknown) raises Conflict and nothing changes."""
+        with self.session() as s:
+            if self.fence is not None:  # only the holder of the driver lease commits
+                self.fence(s)
+            task = s.get(TaskRow, task_id, with_for_update=True)
+            if task is None or task.state != "running":
+                raise Conflict(f"task {task_id} is not running; its aggregation is not recorded")
+            if update_ids:
+                rows = list(s.scalars(select(AsyncUpdateRow).where(
+                    AsyncUpdateRow.id.in_(update_ids), AsyncUpdateRow.task_id == task_id,
+                    AsyncUpdateRow.consumed_version.is_(None))))
+                if len(rows) != len(set(update_ids)):
+                    raise Conflict(f"task {task_id}: updates {sorted(update_ids)} are not all "
+                                   "waiting to be merged; the aggregation is not recorded")
+                for row in rows:
+                    row.consumed_version = int(values["model_version"])
+            s.add(RoundRow(task_id=task_id, **values))
+            s.add(ModelVersionRow(task_id=task_id, version=values["model_version"],
+                                  path=str(model_path), created_at=now))
+            task.rounds_done = values["index"] + 1
+            task.model_version = values["model_version"]
+            self._put_async_state(s, task_id, now, state=state)
+
+    def save_async_state(self, task_id: int, now: float, *, state: dict[str, Any] | None = None,
+                         clients: dict[str, int] | None = None) -> None:
+        """Replace an async task's saved runner state and/or its learners' client indices."""
+        with self.session() as s:
+            self._put_async_state(s, task_id, now, state=state, clients=clients)
+
+    @staticmethod
+    def _put_async_state(s: Session, task_id: int, now: float, *,
+                         state: dict[str, Any] | None = None,
+                         clients: dict[str, int] | None = None) -> None:
+        row = s.get(AsyncStateRow, task_id)
+        if row is None:
+            row = AsyncStateRow(task_id=task_id, state={}, clients={}, updated_at=now)
+            s.add(row)
+        if state is not None:
+            row.state = state
+        if clients is not None:
+            row.clients = dict(clients)
+        row.updated_at = now
+
+    def async_state(self, task_id: int) -> AsyncStateRow | None:
+        """An async task's saved state, None when it never saved one."""
+        with self.session() as s:
+            return s.get(AsyncStateRow, task_id)
 
 
 # SQLite's result codes for a write that found no space: SQLITE_FULL, and SQLITE_IOERR_WRITE

@@ -76,3 +76,13 @@ def test_stuck_round_draws_again_after_the_interval() -> None:
     assert agg.tick(4.0) == []
     out = agg.tick(5.0)
     assert len(out) == 1 and isinstance(out[0], Dispatch)
+
+
+def test_a_client_that_pulls_while_training_gets_the_current_model_again() -> None:
+    # It dropped its training (a restart, a lost upload): its slot must not stay taken.
+    agg = FedBuffAggregator({"w": torch.zeros(2)}, k=2, concurrency=1, seed=0)
+    agg.pull(0.0, "a", 5)
+    (first,) = agg.select(0.0)
+    assert first.client == "a" and agg.outstanding == {"a": 0}
+    (again,) = agg.pull(1.0, "a", 5)
+    assert again.client == "a" and again.version == 0 and agg.outstanding == {"a": 0}
