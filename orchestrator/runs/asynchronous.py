@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.errors import Conflict
 from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import LearnerGateway
+from orchestrator.runs.journal import note
 from orchestrator.runs.rounds import write_model
 from orchestrator.store import LearnerRow, Store, TaskRow
 
@@ -91,6 +92,8 @@ class AsyncDriver:
         self.metrics.refused.labels(reason=code).inc()
         with contextlib.suppress(Exception):  # a store hiccup must not turn a 4xx into a 5xx
             self.store.add_refusal(task_id, code)
+        note(self.store, task_id, "refused", f"a learner request refused: {code}",
+             {"code": code})
 
     def admit_pull(self, task_id: int, lr: LearnerRow) -> int:
         """A learner asks an async task for work: the samples it may hold (its partition).
@@ -262,6 +265,12 @@ class AsyncDriver:
             "model_version": version,
         }, path, time.time())
         self.metrics.updates.inc(len(entry.get("clients", [])))
+        acc = entry.get("accuracy")
+        await asyncio.to_thread(
+            note, self.store, task_id, "aggregated",
+            f"model version {version} from {len(entry.get('clients', []))} update(s), "
+            f"accuracy {'-' if acc is None else f'{acc:.1%}'}",
+            {"round": index, "version": version, "accuracy": acc, "loss": entry.get("loss")})
 
     async def _watch(self, task_id: int, runner: AsyncTaskRunner,
                      snapshots: list[dict[str, Any]], spec: dict[str, Any]) -> None:
@@ -290,6 +299,7 @@ class AsyncDriver:
                     break
                 await asyncio.sleep(0.25)
             await asyncio.to_thread(store.set_state, task_id, "finished", None, time.time())
+            await asyncio.to_thread(note, store, task_id, "state", "finished")
         except asyncio.CancelledError:
             raise
         except Conflict:

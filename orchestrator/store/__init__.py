@@ -19,11 +19,22 @@ from orchestrator.store.db import (
     Store,
     TaskRow,
 )
+from orchestrator.store.events import (
+    EVENT_KINDS,
+    MAX_EVENTS_PER_TASK,
+    EventRow,
+    add_event,
+    event_view,
+    events,
+)
 from orchestrator.store.files import Layout, write_atomic
 
 __all__ = [
     "ACTIVE_STATES",
+    "EVENT_KINDS",
+    "MAX_EVENTS_PER_TASK",
     "TASK_STATES",
+    "EventRow",
     "JobRoundRow",
     "JobRow",
     "Layout",
@@ -34,5 +45,8 @@ __all__ = [
     "RoundRow",
     "Store",
     "TaskRow",
+    "add_event",
+    "event_view",
+    "events",
     "write_atomic",
 ]
