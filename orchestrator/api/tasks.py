@@ -22,7 +22,7 @@ from orchestrator.api.errors import answers
 from orchestrator.errors import BadInput, Forbidden, NotFound
 from orchestrator.runs.jobs import JOB_ONLY
 from orchestrator.runs.journal import note
-from orchestrator.store import RoundRow, TaskRow, event_view, events
+from orchestrator.store import RoundRow, TaskRow, event_view, read_events
 
 router = APIRouter(tags=["tasks"])
 
@@ -172,7 +172,7 @@ def task_events(task_id: Id, service: ServiceDep,
     request, state change), oldest first, those with an id above `after`; `next` is the
     cursor to pass as `after` for what comes later. Each task keeps its newest 2000."""
     service.store.task(task_id)  # 404 for an unknown task
-    rows = events(service.store, task_id, after, limit)
+    rows = read_events(service.store, task_id, after, limit)
     return {"task_id": task_id, "events": [event_view(e) for e in rows],
             "next": rows[-1].id if rows else after}
 

@@ -105,9 +105,9 @@ def _watch(client: Client, task_id: int) -> None:
     try:
         final = follow(client, task_id)
     except KeyboardInterrupt:
-        console.print(f"detached: task {task_id} keeps running on the orchestrator; "
-                      f"re-attach with `plexus task watch {task_id}`, read its events with "
-                      f"`plexus task logs {task_id} --follow`")
+        typer.echo(f"\ndetached: task {task_id} keeps running on the orchestrator\n"
+                   f"re-attach: plexus task watch {task_id}\n"
+                   f"its events: plexus task logs {task_id} --follow")
         raise typer.Exit(130) from None
     task_summary(client, final)
     if final["state"] != "finished":

@@ -25,7 +25,7 @@ from orchestrator.store.events import (
     EventRow,
     add_event,
     event_view,
-    events,
+    read_events,
 )
 from orchestrator.store.files import Layout, write_atomic
 
@@ -47,6 +47,6 @@ __all__ = [
     "TaskRow",
     "add_event",
     "event_view",
-    "events",
+    "read_events",
     "write_atomic",
 ]

@@ -2,7 +2,7 @@
 
 Append-only and bounded: each task keeps its newest `MAX_EVENTS_PER_TASK` events (older ones
 are dropped as new ones arrive). An event's `id` grows across the whole database, so it is a
-cursor: `events(store, task_id, after=id)` returns only what came later (`task logs --follow`).
+cursor: `read_events(store, task_id, after=id)` returns only what came later (`task logs --follow`).
 
 Kinds (`EVENT_KINDS`): `waiting` (no learner alive), `round_started`, `left_out` (a learner and
 why), `aggregated` (how many updates made the new model version), `round_closed` (GUC time,
@@ -59,7 +59,7 @@ def add_event(store: Store, task_id: int, kind: str, message: str, now: float,
         return row.id
 
 
-def events(store: Store, task_id: int, after: int = 0, limit: int = 500) -> list[EventRow]:
+def read_events(store: Store, task_id: int, after: int = 0, limit: int = 500) -> list[EventRow]:
     """A task's events with an id above `after`, oldest first, at most `limit`."""
     with store.session() as s:
         return list(s.scalars(select(EventRow).where(EventRow.task_id == task_id,
