@@ -19,8 +19,10 @@ from rich.table import Table
 def simulate_command(
     config: Annotated[Path, typer.Argument(help="Simulator config (YAML or JSON).")],
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the JSON trace (events + summary) here.")
+        Path | None, typer.Option("--out", help="Write the JSON trace (events + summary) here, "
+                                  "and accuracy over virtual time beside it (same name, .png).")
     ] = None,
+    plot: Annotated[bool, typer.Option(help="With --out, also write the PNG.")] = True,
     aggregator: Annotated[
         str | None,
         typer.Option("--aggregator", help="Override aggregator.name (spin, fedbuff, port)."),
@@ -64,7 +66,14 @@ def simulate_command(
         summary = sim.run(advance)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(sim.to_json(summary)))
+        doc = sim.to_json(summary)
+        out.write_text(json.dumps(doc))
+        if plot:
+            from orchestrator.simulation.plot import write_accuracy_png
+
+            write_accuracy_png(doc, out.with_suffix(".png"))
+            console.print(f"trace in {out}, accuracy over virtual time in "
+                          f"{out.with_suffix('.png')}")
     table = Table(title=f"{cfg.name}: {cfg.aggregator.name}, {cfg.clients} clients")
     table.add_column("metric")
     table.add_column("value", justify="right")
