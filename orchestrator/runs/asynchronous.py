@@ -270,7 +270,8 @@ class AsyncDriver:
             note, self.store, task_id, "aggregated",
             f"model version {version} from {len(entry.get('clients', []))} update(s), "
             f"accuracy {'-' if acc is None else f'{acc:.1%}'}",
-            {"round": index, "version": version, "accuracy": acc, "loss": entry.get("loss")})
+            {"round": index, "version": version, "accuracy": acc, "loss": entry.get("loss"),
+             "staleness": list(entry.get("staleness", []))})
 
     async def _watch(self, task_id: int, runner: AsyncTaskRunner,
                      snapshots: list[dict[str, Any]], spec: dict[str, Any]) -> None:
