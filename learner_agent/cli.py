@@ -185,7 +185,8 @@ def run(
     preload: bool = typer.Option(False, help=_PRELOAD_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every heartbeat"),
     log_format: str = typer.Option(
-        "text", help="Log lines as text, or json: one JSON object per line on stderr"),
+        "text", envvar="PLEXUS_LOG_FORMAT",
+        help="Log lines as text, or json: one JSON object per line on stderr"),
     adversary: str | None = typer.Option(None, envvar="PLEXUS_ADVERSARY", hidden=True,
                                          help="EXPERIMENTS ONLY: attack training"),
 ) -> None:

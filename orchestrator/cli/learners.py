@@ -45,8 +45,9 @@ def remove(learner_id: Annotated[int, typer.Argument(help="Learner id (see `plex
 
 def learners(ctx: typer.Context, url: URL = DEFAULT_URL, token: TOKEN = None,
              data_dir: DATA_DIR = DEFAULT_DATA) -> None:
-    """List enrolled learners: online or offline, when last heard from, how they are reached
-    (direct or relay), cores and load. `learners remove ID` revokes one."""
+    """List enrolled learners: online or offline, last seen (`learners remove ID` revokes one).
+
+    Also how each is reached (direct or relay), its cores and 1-minute load."""
     from orchestrator.client import APIError
 
     if ctx.invoked_subcommand is not None:

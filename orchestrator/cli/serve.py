@@ -13,7 +13,7 @@ from orchestrator.cli.common import DATA_DIR, DEFAULT_DATA, console, fail
 LOG_LEVEL = Annotated[str, typer.Option(
     help="Log level: debug, info (task events), warning, error.")]
 LOG_FORMAT = Annotated[str, typer.Option(
-    help="text, or json: one JSON object per line on stderr.")]
+    envvar="PLEXUS_LOG_FORMAT", help="text, or json: one JSON object per line on stderr.")]
 ACCESS_LOG = Annotated[bool, typer.Option(
     help="Also log every HTTP request (uvicorn's access log; off: only task events, "
          "warnings and errors).")]

@@ -55,8 +55,10 @@ def submit(
     job_name: Annotated[str, typer.Option(help="Name of the multi-task job.")] = "job",
     url: URL = DEFAULT_URL, token: TOKEN = None, data_dir: DATA_DIR = DEFAULT_DATA,
 ) -> None:
-    """Submit a task spec; with --wait, show a progress bar per round. Several specs (or
-    --allocator med/mmtt_*) submit one multi-task job (docs/orchestrator.md)."""
+    """Submit a task spec; with --wait, follow it (Ctrl-C detaches).
+
+    Several specs (or --allocator med/mmtt_*) submit one multi-task job
+    (docs/orchestrator.md)."""
     from orchestrator.client import APIError
     from plexus.errors import SpecError
     from plexus.spec import load_spec
@@ -117,8 +119,10 @@ def _watch(client: Client, task_id: int) -> None:
 def watch(task_id: Annotated[int, typer.Argument(help="Task id (see `plexus task list`).")],
           url: URL = DEFAULT_URL, token: TOKEN = None,
           data_dir: DATA_DIR = DEFAULT_DATA) -> None:
-    """Re-attach to a task: a progress bar per round until it ends, then its summary (as
-    `task submit --wait`). Ctrl-C detaches again; the task keeps running."""
+    """Re-attach to a task: a progress bar per round until it ends.
+
+    Then its summary, as `task submit --wait`. Ctrl-C detaches again (exit 130); the task keeps
+    running."""
     from orchestrator.client import APIError
 
     try:
@@ -136,8 +140,10 @@ def logs(task_id: Annotated[int, typer.Argument(help="Task id (see `plexus task 
              "(Ctrl-C stops).")] = False,
          url: URL = DEFAULT_URL, token: TOKEN = None,
          data_dir: DATA_DIR = DEFAULT_DATA) -> None:
-    """Print a task's events: rounds started and closed, learners left out and why,
-    aggregations, refused learner requests, state changes (the newest 2000 are kept)."""
+    """Print a task's events: rounds, who was left out and why, refusals.
+
+    Rounds started and closed, learners left out and why, aggregations, refused learner
+    requests, state changes; each task keeps its newest 2000."""
     from orchestrator.client import APIError
 
     try:
@@ -196,8 +202,9 @@ def show(task_id: Annotated[int, typer.Argument(help="Task id (see `plexus task 
              "PNG file.")] = None,
          url: URL = DEFAULT_URL, token: TOKEN = None,
          data_dir: DATA_DIR = DEFAULT_DATA) -> None:
-    """Show one task: state, per-round history, allocation with SB's predicted vs actual
-    time; --csv and --plot export the rounds."""
+    """Show one task: state, rounds, allocation (SB's predicted vs actual time).
+
+    --csv writes one row per round, --plot a PNG of accuracy, loss and GUC time."""
     from orchestrator.client import APIError
 
     try:
@@ -236,8 +243,10 @@ def model(
     fmt: Annotated[str, typer.Option("--format", help="safetensors | onnx")] = "safetensors",
     url: URL = DEFAULT_URL, token: TOKEN = None, data_dir: DATA_DIR = DEFAULT_DATA,
 ) -> None:
-    """Write a task's trained model: safetensors whose header holds the architecture and the
-    input/label metadata (load it with `plexus.models.load(FILE)`), or ONNX."""
+    """Write a task's trained model, as safetensors or ONNX.
+
+    The safetensors header holds the architecture and the input/label metadata (load it with
+    `plexus.models.load(FILE)`)."""
     from orchestrator.client import APIError
     from plexus.errors import PlexusError
 
