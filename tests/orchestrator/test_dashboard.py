@@ -163,7 +163,7 @@ def show_an_async_task(page: Any, fleet: LocalFleet, shots: Path) -> None:
             "partition": {"kind": "dirichlet", "alpha": 1.0, "shard_size": 450},
             "training": {"lr": 0.3, "batch_size": 16}, "mode": "async",
             "async": {"aggregator": "spin", "k": 2, "pi_s": 0.5, "pull_threshold": 80,
-                      "epochs": 1, "arrival_rate": 40.0, "max_updates": 4}})
+                      "epochs": 1, "arrival_rate": 40.0, "max_updates": 2}})
     page.goto(f"{fleet.url}/ui/tasks/{task['id']}")
     page.wait_for_function("document.querySelector('#task-state').textContent === 'finished'",
                            timeout=60_000)
