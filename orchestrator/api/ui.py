@@ -268,8 +268,18 @@ def task_data(service: Service, task_id: int) -> dict[str, Any]:
             "rounds": [round_view(r) for r in service.store.rounds(task_id)],
             "names": _names(service),
             "async": runner.status() if runner is not None else None,
+            "waiting": _waiting(service) if task["state"] in ("pending", "running") else "",
             "async_view": async_view(service, task_id, spec, runner) if task["mode"] == "async"
             else None}
+
+
+def _waiting(service: Service) -> str:
+    """What an active task waits for when no learner is alive (as `plexus task watch` says)."""
+    if service.gateway.alive():
+        return ""
+    enrolled = len(service.store.learners())
+    return ("waiting for learners: 0 enrolled" if not enrolled
+            else f"waiting for learners: {enrolled} enrolled, none alive")
 
 
 def async_view(service: Service, task_id: int, spec: dict[str, Any], runner: Any

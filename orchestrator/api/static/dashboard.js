@@ -171,8 +171,9 @@
     document.getElementById("task-state").textContent = t.state;
     document.getElementById("task-state").className = "state " + t.state;
     document.getElementById("task-reason").textContent = t.reason || "";
-    document.getElementById("task-progress").textContent = t.rounds
-      ? `${t.rounds_done} of ${t.rounds} rounds` : `model version ${t.model_version}`;
+    document.getElementById("task-progress").textContent = (t.rounds
+      ? `${t.rounds_done} of ${t.rounds} rounds` : `model version ${t.model_version}`) +
+      (d.waiting ? " · " + d.waiting : "");
     chart("chart-accuracy", [{ points: rs.filter((r) => r.accuracy != null)
       .map((r) => [r.index, r.accuracy]) }], { ymin: 0, ymax: 1, xlabel: "round" });
     chart("chart-loss", [{ points: rs.filter((r) => r.loss != null)
