@@ -66,15 +66,27 @@ def tls_verify(ca_file: Path | None, insecure: bool) -> bool | str:
     return not insecure
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, log_format: str = "text") -> None:
+    """Text lines through rich, or one JSON object per line on stderr (`--log-format json`)."""
     import logging
 
-    from rich.logging import RichHandler
+    from plexus.logs import check_format, json_handler
 
+    try:
+        check_format(log_format)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if log_format == "json":
+        handler = json_handler()
+    else:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=console, show_path=False)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
+        handlers=[handler],
     )
     if not verbose:
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -172,13 +184,18 @@ def run(
         1, help="torch threads for training (0 = torch's default, one per core)"),
     preload: bool = typer.Option(False, help=_PRELOAD_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every heartbeat"),
+    log_format: str = typer.Option(
+        "text", envvar="PLEXUS_LOG_FORMAT",
+        help="Log lines as text, or json: one JSON object per line on stderr"),
     adversary: str | None = typer.Option(None, envvar="PLEXUS_ADVERSARY", hidden=True,
                                          help="EXPERIMENTS ONLY: attack training"),
 ) -> None:
-    """Enroll with the orchestrator and serve status / plan / benchmark / train."""
+    """Enroll with the orchestrator and serve status / plan / benchmark / train. Logs one
+    line per piece of work (task, round, shards, samples trained, seconds, halted or not,
+    upload size) and each connection change (lost, retrying, reconnected)."""
     from learner_agent.daemon import AgentDaemon, default_name, state_dir
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, log_format)
     if local_data is not None and not local_data.is_dir():
         console.print(f"[red]error:[/red] --data {local_data} is not a directory")
         raise typer.Exit(2)

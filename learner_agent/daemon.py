@@ -16,6 +16,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -250,6 +251,7 @@ class AgentDaemon:
     def _loop(self) -> None:
         delay = self.backoff_s
         need_enroll = True
+        lost_at: float | None = None  # when the orchestrator last stopped answering
         while not self._stop.is_set():
             try:
                 if need_enroll:
@@ -257,10 +259,17 @@ class AgentDaemon:
                     need_enroll = False
                 else:
                     self.client.heartbeat(device_facts())
+                if lost_at is not None:
+                    log.info("reconnected to the orchestrator after %.0f s",
+                             time.monotonic() - lost_at, extra={"connection": "reconnected"})
+                    lost_at = None
                 delay = self.backoff_s
                 self._stop.wait(self.heartbeat_interval_s)
             except OrchestratorUnreachable as exc:
-                log.warning("%s; retrying in %.1f s", exc, delay)
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    log.warning("connection lost: %s", exc, extra={"connection": "lost"})
+                log.warning("retrying in %.1f s", delay, extra={"connection": "retrying"})
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.max_backoff_s)
             except OrchestratorRefused as exc:

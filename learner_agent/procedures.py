@@ -7,6 +7,7 @@ through the RPC layer. A bad task spec or argument is answered with `BadTask` (t
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import zlib
@@ -19,6 +20,8 @@ from learner_agent.async_runs import AsyncRuns
 from learner_agent.calibration import ObservedRates
 from learner_agent.errors import BadTask, OrchestratorRefused
 from learner_agent.facts import device_facts
+
+log = logging.getLogger("learner_agent.work")
 
 if TYPE_CHECKING:
     import numpy as np
@@ -359,7 +362,9 @@ class Agent:
             )
             return answer
 
-        return self._run(job)
+        answer = self._run(job)
+        log_work(task_id, round, len(ids), answer, self.clock() - arrived)
+        return answer
 
     def _train_local(self, spec: TaskSpec, task_id: int, round: int, count: int,
                      deadline: float) -> dict[str, Any]:
@@ -398,6 +403,27 @@ class Agent:
                 fetched[n] = self.client.shard(task_id, n)
             payloads.append(fetched[n])
         return payloads
+
+
+def upload_bytes(params: Any) -> int:
+    """Bytes of the parameters a train answer sends (tensor data, before framing)."""
+    try:
+        return int(sum(t.numel() * t.element_size() for t in params.values()))
+    except (AttributeError, TypeError):
+        return 0
+
+
+def log_work(task_id: int, round: int, shards: int, answer: dict[str, Any],
+             seconds: float) -> None:
+    """One log line per piece of work: task, round, shards, samples trained, seconds,
+    halted at the deadline or not, upload size."""
+    size = upload_bytes(answer.get("params"))
+    log.info("trained task %s round %s: %d shards, %s samples in %.2f s (%s), upload %.1f KiB",
+             task_id, round, shards, answer.get("samples_trained"), seconds,
+             "halted at the deadline" if answer.get("halted") else "not halted", size / 1024,
+             extra={"task_id": task_id, "round": round, "shards": shards,
+                    "samples_trained": answer.get("samples_trained"), "seconds": seconds,
+                    "halted": bool(answer.get("halted")), "upload_bytes": size})
 
 
 def _check_shards_and_deadline(shards: Any, deadline_s: Any) -> list[int]:

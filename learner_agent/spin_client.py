@@ -18,6 +18,7 @@ Any other error answer raises `OrchestratorRefused`. A connection failure is ret
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,8 @@ import numpy as np
 from learner_agent.adversary import active as active_adversary
 from learner_agent.errors import OrchestratorRefused
 from plexus.tensors import decode_state, encode_state
+
+log = logging.getLogger("learner_agent.work")
 
 
 class Arrivals(Protocol):
@@ -218,6 +221,7 @@ class SpinClient:
         from plexus.training import train
 
         self.report.pulls += 1
+        t0, early = time.monotonic(), self.report.stopped_early
         r = self.http.post(f"/v1/tasks/{self.task_id}/pull", json={"n_samples": held},
                            headers=self.headers)
         if r.status_code == 204:
@@ -265,6 +269,12 @@ class SpinClient:
         self._check(answer, "update")
         self.report.pushes += 1
         self.report.versions.append(version)
+        log.info("pushed task %s update from version %s: %d samples in %.2f s (%s), upload "
+                 "%.1f KiB", self.task_id, version, n, time.monotonic() - t0,
+                 "stopped early" if self.report.stopped_early > early else "not halted",
+                 len(body) / 1024,
+                 extra={"task_id": self.task_id, "base_version": version, "samples_trained": n,
+                        "upload_bytes": len(body)})
         self.report.answers.append(answer.json())
         return True
 

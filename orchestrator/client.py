@@ -73,6 +73,11 @@ class Client:
     def rounds(self, task_id: int) -> list[dict[str, Any]]:
         return self._call("GET", f"/v1/tasks/{task_id}/rounds")["rounds"]  # type: ignore[no-any-return]
 
+    def events(self, task_id: int, after: int = 0) -> dict[str, Any]:
+        """A task's events with an id above `after`: `{"events": [...], "next": cursor}`."""
+        return self._call("GET", f"/v1/tasks/{task_id}/events",  # type: ignore[no-any-return]
+                          params={"after": after})
+
     def model(self, task_id: int, version: int | None = None) -> bytes:
         """Model version `version` of a task as safetensors bytes (the current one: None)."""
         params = {} if version is None else {"version": version}

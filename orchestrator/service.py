@@ -99,7 +99,9 @@ class Service:
         self.gateway = LearnerGateway(self.store, relay_url=self.relay_url,
                                       relay_secret=relay_secret, receiver=self.receiver,
                                       alive_after_s=settings.alive_after_s)
-        self.metrics = Metrics(lambda: len(self.gateway.alive()))
+        self.metrics = Metrics(lambda: len(self.gateway.alive()), store=self.store,
+                               alive_after_s=settings.alive_after_s,
+                               async_status=lambda: self.asynchronous.runners)
         self.sync = SyncDriver(self.store, self.gateway, self.metrics)
         self.jobs = JobDriver(self.store, self.gateway, self.metrics)
         self.asynchronous = AsyncDriver(self.store, self.gateway, self.metrics)

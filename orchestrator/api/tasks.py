@@ -21,7 +21,8 @@ from orchestrator.api.deps import (
 from orchestrator.api.errors import answers
 from orchestrator.errors import BadInput, Forbidden, NotFound
 from orchestrator.runs.jobs import JOB_ONLY
-from orchestrator.store import RoundRow, TaskRow
+from orchestrator.runs.journal import note
+from orchestrator.store import RoundRow, TaskRow, event_view, read_events
 
 router = APIRouter(tags=["tasks"])
 
@@ -147,6 +148,7 @@ def skipped_learners(task: TaskRow, service: Any) -> dict[str, str]:
 async def cancel_task(task_id: Id, service: ServiceDep) -> dict[str, Any]:
     """Cancel a pending or running task."""
     row = service.store.set_state(task_id, "cancelled", "cancelled by the user", time.time())
+    note(service.store, task_id, "state", "cancelled by the user")
     await service.sync.cancel(task_id)
     await service.asynchronous.cancel(task_id)
     return task_view(row)
@@ -158,6 +160,20 @@ def task_rounds(task_id: Id, service: ServiceDep) -> dict[str, Any]:
     """A task's finished rounds."""
     return {"task_id": task_id,
             "rounds": [round_view(r) for r in service.store.rounds(task_id)]}
+
+
+@router.get("/v1/tasks/{task_id}/events", dependencies=[AdminDep],
+            responses=answers(401, 404, 422))
+def task_events(task_id: Id, service: ServiceDep,
+                after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 500) -> dict[str, Any]:
+    """A task's events (round started/closed, learner left out and why, aggregation, refused
+    request, state change), oldest first, those with an id above `after`; `next` is the
+    cursor to pass as `after` for what comes later. Each task keeps its newest 2000."""
+    service.store.task(task_id)  # 404 for an unknown task
+    rows = read_events(service.store, task_id, after, limit)
+    return {"task_id": task_id, "events": [event_view(e) for e in rows],
+            "next": rows[-1].id if rows else after}
 
 
 @router.get("/v1/tasks/{task_id}/model", response_class=Response,

@@ -267,7 +267,47 @@ def task_data(service: Service, task_id: int) -> dict[str, Any]:
             "grace_s": (spec.get("sync") or {}).get("grace_s"),
             "rounds": [round_view(r) for r in service.store.rounds(task_id)],
             "names": _names(service),
-            "async": runner.status() if runner is not None else None}
+            "async": runner.status() if runner is not None else None,
+            "waiting": _waiting(service) if task["state"] in ("pending", "running") else "",
+            "async_view": async_view(service, task_id, spec, runner) if task["mode"] == "async"
+            else None}
+
+
+def _waiting(service: Service) -> str:
+    """What an active task waits for when no learner is alive (as `plexus task watch` says)."""
+    if service.gateway.alive():
+        return ""
+    enrolled = len(service.store.learners())
+    return ("waiting for learners: 0 enrolled" if not enrolled
+            else f"waiting for learners: {enrolled} enrolled, none alive")
+
+
+def async_view(service: Service, task_id: int, spec: dict[str, Any], runner: Any
+               ) -> dict[str, Any]:
+    """An async task's staleness histogram (from its aggregation events, so it outlives the
+    run), buffer fill against K, and accepted vs refused updates."""
+    from orchestrator.store import read_events
+
+    histogram: dict[int, int] = {}
+    after = 0
+    while True:
+        page = read_events(service.store, task_id, after, 1000)
+        for e in page:
+            if e.kind == "aggregated":
+                for s in (e.data or {}).get("staleness", []):
+                    histogram[int(s)] = histogram.get(int(s), 0) + 1
+        if len(page) < 1000:
+            break
+        after = page[-1].id
+    status = runner.status() if runner is not None else None
+    refused = service.store.refusals(task_id)
+    aggregated = sum(sum(r.allocation.values()) for r in service.store.rounds(task_id))
+    return {"staleness": [[k, histogram[k]] for k in sorted(histogram)],
+            "buffer": {"queued": status["queued"] if status else None,
+                       "k": (spec.get("async") or {}).get("k")},
+            "accepted": status["accepted"] if status else aggregated,
+            "refused": sum(refused.values()),
+            "refused_by_reason": refused}
 
 
 def job_data(service: Service, job_id: int) -> dict[str, Any]:

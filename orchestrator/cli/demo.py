@@ -16,7 +16,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 
 def register(app: typer.Typer) -> None:
@@ -56,7 +55,7 @@ def demo_spec(rounds: int, deadline_s: float) -> dict[str, Any]:
 
 def run_demo(*, rounds: int, deadline_s: float, keep: bool, console: Console) -> int:
     """Run the demo end to end; return the process exit code (0 when the task finished)."""
-    from orchestrator.cli.render import follow, rounds_table
+    from orchestrator.cli.render import follow, rounds_table, table
     from orchestrator.local.fleet import LocalFleet
 
     started = time.monotonic()
@@ -82,10 +81,9 @@ def run_demo(*, rounds: int, deadline_s: float, keep: bool, console: Console) ->
             final = follow(client, task["id"])
             names = {str(lr["id"]): lr["name"] for lr in client.learners()}
             history = client.rounds(task["id"])
-            console.print(rounds_table(history, names, detail=False))
-            per = Table(title="per-learner allocation (DAB: chosen by each learner, eq. 3.5)")
-            for col in ("learner", "emulated speed", "shards per round", "samples trained"):
-                per.add_column(col)
+            console.print(rounds_table(history, names))
+            per = table("learner", "emulated speed", "shards per round", "samples trained",
+                        title="per-learner allocation (DAB: chosen by each learner, eq. 3.5)")
             for lid, name in sorted(names.items(), key=lambda kv: -SPEEDS.get(kv[1], 0)):
                 shards = [r["allocation"].get(lid, 0) for r in history]
                 trained = sum(r["samples"].get(lid, 0) for r in history)

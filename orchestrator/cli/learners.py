@@ -1,4 +1,4 @@
-"""`plexus learners`: the enrolled learners and whether they are alive; `learners remove ID`."""
+"""`plexus learners`: enrolled learners, online or offline, last seen; `learners remove ID`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import time
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from orchestrator.cli.common import (
     DATA_DIR,
@@ -18,6 +17,7 @@ from orchestrator.cli.common import (
     console,
     fail,
 )
+from orchestrator.cli.render import ago, table
 
 
 def register(app: typer.Typer) -> None:
@@ -45,7 +45,9 @@ def remove(learner_id: Annotated[int, typer.Argument(help="Learner id (see `plex
 
 def learners(ctx: typer.Context, url: URL = DEFAULT_URL, token: TOKEN = None,
              data_dir: DATA_DIR = DEFAULT_DATA) -> None:
-    """List enrolled learners and whether they are alive (`learners remove ID` revokes one)."""
+    """List enrolled learners: online or offline, last seen (`learners remove ID` revokes one).
+
+    Also how each is reached (direct or relay), its cores and 1-minute load."""
     from orchestrator.client import APIError
 
     if ctx.invoked_subcommand is not None:
@@ -53,14 +55,14 @@ def learners(ctx: typer.Context, url: URL = DEFAULT_URL, token: TOKEN = None,
 
     try:
         with client_for(url, token, data_dir) as client:
-            table = Table()
-            for col in ("id", "name", "alive", "via", "cores", "last seen"):
-                table.add_column(col)
+            out = table("id", "name", "state", "last seen", "via", "cores", "load")
             now = time.time()
             for lr in client.learners():
-                table.add_row(str(lr["id"]), lr["name"], "yes" if lr["alive"] else "no",
-                              lr["via"], str(lr["facts"].get("cores", "?")),
-                              f"{now - lr['last_seen']:.0f} s ago")
-            console.print(table)
+                facts = lr["facts"] or {}
+                load = facts.get("load_1m")
+                out.add_row(str(lr["id"]), lr["name"], "online" if lr["alive"] else "offline",
+                            ago(now - lr["last_seen"]), lr["via"], str(facts.get("cores", "?")),
+                            "-" if not isinstance(load, (int, float)) else f"{load:.2f}")
+            console.print(out)
     except APIError as exc:
         fail(exc)

@@ -18,42 +18,81 @@ def fmt(value: float | None, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
 
 
-def rounds_table(rounds: list[dict[str, Any]], names: dict[str, str], *,
-                 detail: bool = True) -> Table:
-    """Per round: GUC time, truancy, loss, accuracy, who was left out; with `detail` also the
-    allocation and samples trained per learner."""
-    table = Table(title="rounds")
-    cols = ["round", "GUC time", "truancy", "loss", "accuracy", "left out"]
-    if detail:
-        cols[1:1] = ["allocation (shards)", "samples trained"]
-    for col in cols:
-        table.add_column(col)
+def table(*columns: str, title: str | None = None) -> Table:
+    """A table whose header words are never cut (`allocat…`): each column is at least as
+    wide as its longest header word, and long cells fold onto more lines."""
+    out = Table(title=title)
+    for col in columns:
+        out.add_column(col, min_width=max(len(w) for w in col.split()), overflow="fold")
+    return out
+
+
+def ago(seconds: float) -> str:
+    """`12 s ago`, `5 min ago`, `3 h ago`, `2 d ago`."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{max(seconds, 0):.0f} s ago"
+
+
+def rounds_table(rounds: list[dict[str, Any]], names: dict[str, str]) -> Table:
+    """Per round: GUC time, truancy, loss, accuracy, who was left out and why."""
+    out = table("round", "time (s)", "truancy", "loss", "accuracy", "left out", title="rounds")
     for r in rounds:
-        row = [str(r["index"]), f"{r['round_time_s']:.2f} s", f"{100 * r['truancy']:+.1f} %",
-               fmt(r["loss"], "{:.3f}"), fmt(r["accuracy"], "{:.1%}"),
-               ", ".join(names.get(k, k) for k in sorted(r["left_out"])) or "-"]
-        if detail:
-            row[1:1] = [
-                ", ".join(f"{names.get(k, k)}={v}" for k, v in sorted(r["allocation"].items())),
-                ", ".join(f"{names.get(k, k)}={v}" for k, v in sorted(r["samples"].items()))]
-        table.add_row(*row)
-    return table
+        out.add_row(str(r["index"]), f"{r['round_time_s']:.2f}", f"{100 * r['truancy']:+.1f} %",
+                    fmt(r["loss"], "{:.3f}"), fmt(r["accuracy"], "{:.1%}"),
+                    "; ".join(f"{names.get(k, k)}: {why}"
+                              for k, why in sorted(r["left_out"].items())) or "-")
+    return out
+
+
+def allocation_table(rounds: list[dict[str, Any]], names: dict[str, str]) -> Table:
+    """Per round and learner: shards given, samples trained, seconds taken, the seconds SB
+    predicted (eq. 3.4, where the learner reported b_k and c_k) and the prediction error."""
+    out = table("round", "learner", "shards", "samples", "actual (s)", "predicted (s)",
+                "error", title="allocation")
+    for r in rounds:
+        times = r.get("times") or {}
+        for key in sorted(set(r["allocation"]) | set(times), key=lambda k: names.get(k, k)):
+            t = times.get(key) or {}
+            actual, predicted = t.get("actual_s"), t.get("predicted_s")
+            error = (None if actual is None or not predicted
+                     else (actual - predicted) / predicted)
+            out.add_row(str(r["index"]), names.get(key, key), str(r["allocation"].get(key, 0)),
+                        str(r["samples"].get(key, "-")), fmt(actual, "{:.2f}"),
+                        fmt(predicted, "{:.2f}"), fmt(error, "{:+.0%}"))
+    return out
+
+
+def waiting_line(client: Client) -> str:
+    """Why a task that has not started a round yet waits: no learner alive."""
+    learners = client.learners()
+    alive = sum(1 for lr in learners if lr["alive"])
+    if alive:
+        return ""
+    if not learners:
+        return "waiting for learners: 0 enrolled"
+    return f"waiting for learners: {len(learners)} enrolled, none alive"
 
 
 def follow(client: Client, task_id: int, *, poll_s: float = 0.5) -> dict[str, Any]:
-    """Show a progress bar per round until the task ends; return the final task."""
+    """Show a progress bar per round until the task ends; return the final task. Before the
+    first round it says what the task waits for (`waiting for learners: 0 enrolled`)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     task = client.task(task_id)
     total = task.get("rounds")  # None for async tasks: an open-ended bar
     seen = 0
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                  TextColumn("{task.completed:.0f} rounds"), TimeElapsedColumn(),
+    unit = "updates" if task.get("mode") == "async" else "rounds"
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20),
+                  TextColumn("{task.completed:.0f} " + unit), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), console=console) as progress:
         bar = progress.add_task(f"task {task_id}", total=total, info="")
         while True:
             task = client.task(task_id)
             rounds = client.rounds(task_id)
+            if not rounds and task["state"] in ("pending", "running"):
+                progress.update(bar, info=waiting_line(client))
             for r in rounds[seen:]:
                 progress.update(bar, completed=r["index"] + 1, info=(
                     f"acc {fmt(r['accuracy'], '{:.1%}')}, {r['round_time_s']:.1f} s, "
@@ -88,15 +127,13 @@ def job_summary(job: dict[str, Any]) -> None:
     m = job.get("metrics")
     if not m:
         return
-    table = Table()
-    for col in ("task", "avg training time", "satisfaction", "fulfillment", "data drop",
-                "occupancy"):
-        table.add_column(col)
+    out = table("task", "avg training time", "satisfaction", "fulfillment", "data drop",
+                "occupancy")
     for name, row in [*m["per_task"].items(), ("all", m)]:
-        table.add_row(name, f"{row['average_training_time_s']:.2f} s",
+        out.add_row(name, f"{row['average_training_time_s']:.2f} s",
                       f"{row['satisfaction_ratio']:.0%}", f"{row['average_task_fulfillment']:.0%}",
                       f"{row['data_drop_rate']:.0%}", f"{row['occupancy']:.0%}")
-    console.print(table)
+    console.print(out)
 
 
 def task_summary(client: Client, task: dict[str, Any]) -> None:
@@ -108,8 +145,14 @@ def task_summary(client: Client, task: dict[str, Any]) -> None:
                   f"{task['allocator']}")
     for name, why in sorted((task.get("skipped") or {}).items()):
         console.print(f"skipped {name}: {why}")
+    if not rounds and task["state"] in ("pending", "running"):
+        line = waiting_line(client)
+        if line:
+            console.print(line)
     if rounds:
         console.print(rounds_table(rounds, names))
+        if any(r["allocation"] for r in rounds):
+            console.print(allocation_table(rounds, names))
         last = rounds[-1]
         console.print(f"final accuracy {fmt(last['accuracy'], '{:.1%}')}, "
                       f"loss {fmt(last['loss'], '{:.3f}')}")

@@ -19,6 +19,13 @@ LEASE_TTL = Annotated[float, typer.Option(
     envvar="PLEXUS_LEASE_TTL_S", min=1.0, help="Driver lease, seconds: one instance per "
     "database drives tasks and renews it every third of this; a standby instance on the same "
     "database takes over this long after the driver stops (docs/orchestrator.md).")]
+LOG_LEVEL = Annotated[str, typer.Option(
+    help="Log level: debug, info (task events), warning, error.")]
+LOG_FORMAT = Annotated[str, typer.Option(
+    envvar="PLEXUS_LOG_FORMAT", help="text, or json: one JSON object per line on stderr.")]
+ACCESS_LOG = Annotated[bool, typer.Option(
+    help="Also log every HTTP request (uvicorn's access log; off: only task events, "
+         "warnings and errors).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -75,6 +82,25 @@ def _announce(url: str, join_token: str, data_dir: Path) -> None:
     sys.stdout.flush()
 
 
+def _setup_logging(level: str, log_format: str) -> None:
+    """Root logging for every logger (uvicorn's too: it is run with log_config=None)."""
+    import logging
+
+    from plexus.logs import check_format, json_handler
+
+    try:
+        check_format(log_format)
+        numeric = logging.getLevelNamesMapping()[level.upper()]
+    except (ValueError, KeyError):
+        fail(ValueError(f"--log-level {level!r} or --log-format {log_format!r} is not "
+                        "known (levels: debug, info, warning, error; formats: text, json)"))
+    handler = json_handler() if log_format == "json" else logging.StreamHandler()
+    if log_format != "json":
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=numeric, handlers=[handler], force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per RPC poll is noise
+
+
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
@@ -100,15 +126,16 @@ def serve(
         envvar="PLEXUS_MAX_DATA_BYTES", help="Largest user dataset accepted (bytes on disk, "
         "train and test files together).")] = 2 * 1024**3,
     lease_ttl_s: LEASE_TTL = 30.0,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
-    ssl_certfile: Annotated[Path | None, typer.Option(envvar="PLEXUS_SSL_CERTFILE", help=
-        "TLS certificate (PEM, chain included): serve https (passed to uvicorn).")] = None,
+    log_level: LOG_LEVEL = "info", log_format: LOG_FORMAT = "text", access_log: ACCESS_LOG = False,
+    ssl_certfile: Annotated[Path | None, typer.Option(
+        envvar="PLEXUS_SSL_CERTFILE",
+        help="TLS certificate (PEM, chain included): serve https (passed to uvicorn).")
+    ] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(
         envvar="PLEXUS_SSL_KEYFILE", help="Private key (PEM) of --ssl-certfile.")] = None,
 ) -> None:
-    """Serve the REST API, the relay and the round driver until interrupted."""
-    import logging
-
+    """Serve the REST API, the relay and the round driver until interrupted. Logs task events
+    (round started/closed, learner left out, aggregation, refusal), not every request."""
     import uvicorn
 
     from orchestrator.api import create_app
@@ -123,14 +150,14 @@ def serve(
         public_url=public_url or f"{scheme}://{advertised}:{port}",
         heartbeat_interval_s=heartbeat_s, alive_after_s=max(4 * heartbeat_s, 10.0),
         data_root=data_root, max_data_bytes=max_data_bytes, lease_ttl_s=lease_ttl_s)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per RPC poll is noise
+    _setup_logging(log_level, log_format)
     fastapi_app = create_app(settings)
     _announce(settings.public_url, fastapi_app.state.service.join_token, data_dir)
     # Shutdown waits for open requests at most a few seconds: relay long-polls and the
     # orchestrator's own keep-alive calls through its https relay would otherwise hold a
     # SIGTERM for tens of seconds; then the drivers stop (docs/orchestrator.md, "Shutdown").
     _server(uvicorn.Config(
-        fastapi_app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3,
+        fastapi_app, host=host, port=port, log_level=log_level, log_config=None,
+        access_log=access_log, timeout_graceful_shutdown=3,
         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
         ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None), fastapi_app.state.service).run()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,8 +19,10 @@ from rich.table import Table
 def simulate_command(
     config: Annotated[Path, typer.Argument(help="Simulator config (YAML or JSON).")],
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the JSON trace (events + summary) here.")
+        Path | None, typer.Option("--out", help="Write the JSON trace (events + summary) here, "
+                                  "and accuracy over virtual time beside it (same name, .png).")
     ] = None,
+    plot: Annotated[bool, typer.Option(help="With --out, also write the PNG.")] = True,
     aggregator: Annotated[
         str | None,
         typer.Option("--aggregator", help="Override aggregator.name (spin, fedbuff, port)."),
@@ -63,14 +65,24 @@ def simulate_command(
 
         summary = sim.run(advance)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(sim.to_json(summary)))
+        _write(console, sim.to_json(summary), out, plot)
     table = Table(title=f"{cfg.name}: {cfg.aggregator.name}, {cfg.clients} clients")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in summary.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     Console().print(table)
+
+
+def _write(console: Console, doc: dict[str, Any], out: Path, plot: bool) -> None:
+    """The JSON trace at `out` and, with `plot`, accuracy over virtual time beside it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc))
+    if plot:
+        from orchestrator.simulation.plot import write_accuracy_png
+
+        write_accuracy_png(doc, out.with_suffix(".png"))
+        console.print(f"trace in {out}, accuracy over virtual time in {out.with_suffix('.png')}")
 
 
 def _dump(updates: dict[str, object]) -> dict[str, object]:

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.errors import Conflict
 from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import LearnerGateway
+from orchestrator.runs.journal import note
 from orchestrator.store import LearnerRow, Store, TaskRow, write_atomic
 
 if TYPE_CHECKING:
@@ -126,6 +127,12 @@ class StoreJournal:
         }, path, [u for u in update_ids if u >= 0], snapshot, now)
         if self.metrics is not None:
             self.metrics.updates.inc(len(entry.get("clients", [])))
+        acc = entry.get("accuracy")
+        note(self.store, self.task_id, "aggregated",
+             f"model version {version} from {len(entry.get('clients', []))} update(s), "
+             f"accuracy {'-' if acc is None else f'{acc:.1%}'}",
+             {"round": version - 1, "version": version, "accuracy": acc,
+              "loss": entry.get("loss"), "staleness": list(entry.get("staleness", []))})
 
     def save(self, snapshot: dict[str, Any]) -> None:
         self.store.save_async_state(self.task_id, time.time(), state=snapshot)
@@ -180,6 +187,8 @@ class AsyncDriver:
         self.metrics.refused.labels(reason=code).inc()
         with contextlib.suppress(Exception):  # a store hiccup must not turn a 4xx into a 5xx
             self.store.add_refusal(task_id, code)
+        note(self.store, task_id, "refused", f"a learner request refused: {code}",
+             {"code": code})
 
     def _client_index(self, task_id: int, learner_id: int) -> int:
         """The learner's client index in the task, given (and saved) on first use."""
@@ -417,6 +426,9 @@ class AsyncDriver:
             state = "failed" if failure else "finished"
             await asyncio.to_thread(store.set_state, task_id, state,
                                     failure or runner.end_reason, time.time())
+            await asyncio.to_thread(note, store, task_id, "state",
+                                    f"{state}: {failure or runner.end_reason}"
+                                    if failure or runner.end_reason else state)
         except asyncio.CancelledError:
             raise
         except Conflict:

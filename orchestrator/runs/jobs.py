@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.errors import BadInput, Conflict, StorageFull
 from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import Call, LearnerGateway, Reply
+from orchestrator.runs.journal import note, round_notes
 from orchestrator.runs.rounds import ClosedRound, TestSplit, close_round
 from orchestrator.runs.sync import cap_samples
 from orchestrator.store import JobRoundRow, JobRow, LearnerRow, Store, TaskRow
@@ -515,6 +516,12 @@ class JobDriver:
             return entries
 
         entries: list[Any] = await self._committed(close_and_commit())
+        names = {str(r.learner.id): r.learner.name for r in drawn}
+        for task_id, v, _path, _record in entries:
+            await asyncio.to_thread(
+                round_notes, self.store, task_id, index, names, left_out=v["left_out"],
+                samples=v["samples"], version=v["model_version"], round_time_s=v["round_time_s"],
+                truancy=v["truancy"], accuracy=v["accuracy"], loss=v["loss"])
         m = self.metrics
         for _task_id, values, _path, _record in entries:
             m.rounds.labels(allocator=options.allocator).inc()
@@ -623,6 +630,8 @@ class JobDriver:
         self.metrics.refused.labels(reason=code).inc()
         with contextlib.suppress(Exception):
             self.store.add_refusal(task_id, code)
+        note(self.store, task_id, "refused", f"a learner request refused: {code}",
+             {"code": code})
 
     def _train_call(self, lr: LearnerRow, spec: TaskSpec, task_id: int, index: int,
                     shards: list[int], deadline_s: float) -> Callable[[], Awaitable[Any]]:

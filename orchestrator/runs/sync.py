@@ -29,7 +29,8 @@ from orchestrator.allocation import (
 from orchestrator.errors import Conflict, StorageFull
 from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import Call, LearnerGateway, Reply
-from orchestrator.runs.rounds import TestSplit, close_round
+from orchestrator.runs.journal import note, round_notes
+from orchestrator.runs.rounds import ClosedRound, TestSplit, close_round
 from orchestrator.runs.taskdata import load_test_split, read_state, record_device_eval
 from orchestrator.store import LearnerRow, Store, TaskRow
 
@@ -149,6 +150,7 @@ class SyncDriver:
             if task.state == "pending":
                 task = await asyncio.to_thread(self.store.set_state, task_id, "running", None,
                                                time.time())
+                await asyncio.to_thread(note, self.store, task_id, "state", "running")
             layout = self.store.layout
             x_test, y_test, input_shape, classes = await asyncio.to_thread(
                 load_test_split, layout, task_id)
@@ -158,6 +160,8 @@ class SyncDriver:
                                          (x_test, y_test, input_shape, classes), done)
             await asyncio.to_thread(self.store.set_state, task_id,
                                     "failed" if failure else "finished", failure, time.time())
+            await asyncio.to_thread(note, self.store, task_id, "state",
+                                    f"failed: {failure}" if failure else "finished")
             self._reports.pop(task_id, None)
         except asyncio.CancelledError:
             raise
@@ -236,8 +240,7 @@ class SyncDriver:
         assert spec.sync is not None
         sync = spec.sync
         spec_dict = spec.to_dict()
-        # A task submitted before any learner enrolled waits for the first one.
-        alive = await self.gateway.wait_for_alive()
+        alive = await self._alive(task.id, index)
         started_at = time.time()
         # Only learners that can build the model and hold it in memory take part.
         left_out: dict[str, str] = await asyncio.to_thread(skipped, spec, alive)
@@ -252,6 +255,9 @@ class SyncDriver:
         counts = allocator.allocate(reports, ctx) if reports else {}
         shard_ids = assign_shard_ids(counts, task.num_shards, seed=spec.seed, round_index=index)
         chosen = _chosen(learners, counts, left_out)
+        names = {str(lr.id): lr.name for lr in alive}
+        await asyncio.to_thread(_note_start, self.store, task.id, index, names, counts,
+                                sync.deadline_s)
 
         # Steps 4–6: everyone trains at once; D + grace bounds the wait however they behave.
         halt_s = sync.deadline_s if allocator.halts_at_deadline else sync.deadline_s + sync.grace_s
@@ -279,27 +285,43 @@ class SyncDriver:
             "model_version": closed.version,
             "times": learner_times(replies, reports, counts, ctx),
         }, closed.model_path, time.time())
-        self._observe(task.id, index, allocator.name, round_time, truancy, closed.accuracy,
-                      sum(1 for k in left_out if k in {str(c.id) for c in chosen}))
+        await self._observe(task.id, index, allocator.name, round_time, truancy, closed, names,
+                            sum(1 for k in left_out if k in {str(c.id) for c in chosen}))
         if sum(closed.samples.values()) > 0:
             return closed.state, None
         return closed.state, _empty_reason(alive, closed.samples, left_out)
 
-    def _observe(self, task_id: int, index: int, allocator: str, round_time: float,
-                 truancy: float, accuracy: float, chosen_left_out: int) -> None:
-        """Prometheus metrics and the log line of one closed round."""
+    async def _alive(self, task_id: int, index: int) -> list[LearnerRow]:
+        """The alive learners; a task submitted before any learner is alive waits (and notes
+        that it does) for the first one."""
+        alive = await asyncio.to_thread(self.gateway.alive)
+        if not alive:
+            enrolled = len(await asyncio.to_thread(self.store.learners))
+            await asyncio.to_thread(note, self.store, task_id, "waiting",
+                                    f"round {index}: waiting for learners: {enrolled} "
+                                    "enrolled, 0 alive", {"round": index, "enrolled": enrolled})
+            alive = await self.gateway.wait_for_alive()
+        return alive
+
+    async def _observe(self, task_id: int, index: int, allocator: str, round_time: float,
+                       truancy: float, closed: ClosedRound, names: dict[str, str],
+                       chosen_left_out: int) -> None:
+        """Prometheus metrics and the events (and so log lines) of one closed round."""
         m = self.metrics
         m.rounds.labels(allocator=allocator).inc()
         m.round_time.observe(round_time)
-        m.truancy.labels(task=str(task_id)).set(truancy)
         m.left_out.inc(chosen_left_out)
-        log.info("task %s round %s: %.2fs, truancy %+.1f%%, accuracy %.3f", task_id, index,
-                 round_time, 100 * truancy, accuracy)
+        await asyncio.to_thread(
+            round_notes, self.store, task_id, index, names, left_out=closed.left_out,
+            samples=closed.samples, version=closed.version, round_time_s=round_time,
+            truancy=truancy, accuracy=closed.accuracy, loss=closed.loss)
 
     def _refused(self, task_id: int, code: str) -> None:
         self.metrics.refused.labels(reason=code).inc()
         with contextlib.suppress(Exception):
             self.store.add_refusal(task_id, code)
+        note(self.store, task_id, "refused", f"a learner request refused: {code}",
+             {"code": code})
 
     def _train(self, lr: LearnerRow, spec: dict[str, Any], task_id: int, index: int,
                shards: list[int], halt_s: float) -> Callable[[], Awaitable[Any]]:
@@ -336,6 +358,15 @@ class SyncDriver:
             except (KeyError, TypeError, ValueError) as exc:
                 left_out[key] = f"{proc}: bad answer {exc!r}"
         return [known[str(lr.id)] for lr in learners if str(lr.id) in known]
+
+
+def _note_start(store: Store, task_id: int, index: int, names: dict[str, str],
+                counts: dict[str, int], deadline_s: float) -> None:
+    given = {k: n for k, n in sorted(counts.items()) if n > 0}
+    note(store, task_id, "round_started",
+         f"round {index}: {len(given)} learner(s), deadline {deadline_s:g} s, shards "
+         + (", ".join(f"{names.get(k, k)}={n}" for k, n in given.items()) or "none"),
+         {"round": index, "allocation": counts})
 
 
 def _empty_reason(alive: list[LearnerRow], samples: dict[str, int],

@@ -22,14 +22,25 @@ from orchestrator.store.db import (
     Store,
     TaskRow,
 )
+from orchestrator.store.events import (
+    EVENT_KINDS,
+    MAX_EVENTS_PER_TASK,
+    EventRow,
+    add_event,
+    event_view,
+    read_events,
+)
 from orchestrator.store.files import Layout, write_atomic
 from orchestrator.store.lease import LeaseRow
 
 __all__ = [
     "ACTIVE_STATES",
+    "EVENT_KINDS",
+    "MAX_EVENTS_PER_TASK",
     "TASK_STATES",
     "AsyncStateRow",
     "AsyncUpdateRow",
+    "EventRow",
     "JobRoundRow",
     "JobRow",
     "Layout",
@@ -41,6 +52,9 @@ __all__ = [
     "RoundRow",
     "Store",
     "TaskRow",
+    "add_event",
+    "event_view",
     "lease",
+    "read_events",
     "write_atomic",
 ]

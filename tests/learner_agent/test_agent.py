@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -197,8 +198,9 @@ def test_agent_refuses_a_readable_token_file_and_a_missing_token(
 
 
 def test_daemon_waits_for_the_orchestrator_and_re_enrolls_when_forgotten(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="learner_agent")
     fleet = LocalFleet(tmp_path / "data")
     daemon = AgentDaemon(fleet.url, fleet.join_token, name="late", backoff_s=0.05,
                          max_backoff_s=0.2)
@@ -207,6 +209,12 @@ def test_daemon_waits_for_the_orchestrator_and_re_enrolls_when_forgotten(
         assert not daemon.enrolled.is_set()  # nothing listens yet: it keeps retrying
         fleet.start_orchestrator()
         assert daemon.enrolled.wait(30)
+        # Each connection change is one log line: lost, retrying, reconnected.
+        _poll(lambda: any(r.getMessage().startswith("reconnected to the orchestrator after")
+                          for r in caplog.records), "a reconnected line")
+        said = [r.getMessage() for r in caplog.records if r.name == "learner_agent"]
+        assert sum(m.startswith("connection lost:") for m in said) == 1, said
+        assert any(m.startswith("retrying in") for m in said), said
         first_token = daemon.client.token
         # The orchestrator goes away and comes back having lost its store: the agent's
         # heartbeats are refused, so it enrolls again under the same name.

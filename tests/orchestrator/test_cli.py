@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import httpx
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -67,3 +70,39 @@ def test_learners_remove_revokes_a_learner(shared_orchestrator: LocalFleet) -> N
     assert hb.status_code == 401
     code, out = _run(shared_orchestrator, "learners", "remove", str(enrolled["learner_id"]))
     assert code == 2 and "learner_not_found" in out
+
+
+def test_logs_and_show_say_a_task_waits_for_learners(shared_orchestrator: LocalFleet,
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.cli.common import console
+
+    monkeypatch.setattr(console, "_width", 80)  # as COLUMNS=80 would
+    with shared_orchestrator.client() as client:
+        task_id = client.submit({"name": "cli-waits", "model": "twonn",
+                                 "dataset": {"name": "mnist5k"}, "sync": {"rounds": 1}})["id"]
+        # No learner is alive here: the driver notes that it waits.
+        deadline = time.monotonic() + 30
+        while not any(e["kind"] == "waiting" for e in client.events(task_id)["events"]):
+            assert time.monotonic() < deadline, "no waiting event within 30 s"
+            time.sleep(0.1)
+    code, out = _run(shared_orchestrator, "task", "show", str(task_id))
+    assert code == 0 and "waiting for learners:" in out, out
+    code, out = _run(shared_orchestrator, "task", "cancel", str(task_id))
+    assert code == 0
+    code, out = _run(shared_orchestrator, "task", "logs", str(task_id), "--follow")
+    assert code == 0, out  # --follow returns: the task has ended
+    lines = out.splitlines()
+    assert "waiting for learners:" in lines[-2] and "enrolled" in lines[-2], out
+    assert "state" in lines[-1] and "cancelled by the user" in lines[-1], out
+    for args in (("task", "list"), ("learners",), ("task", "show", str(task_id))):
+        code, out = _run(shared_orchestrator, *args)
+        assert code == 0 and "…" not in out, out  # no header word cut at 80 columns
+        assert max(len(line) for line in out.splitlines()) <= 80, out
+
+
+def test_events_route_refuses_bad_cursors(admin: httpx.Client) -> None:
+    assert admin.get("/v1/tasks/4242/events").json()["error"] == "task_not_found"
+    assert admin.get("/v1/tasks/1/events", params={"after": -1}).status_code == 422
+    assert admin.get("/v1/tasks/1/events", params={"limit": 5000}).status_code == 422
+    assert httpx.get(f"{admin.base_url}/v1/tasks/1/events").status_code == 401

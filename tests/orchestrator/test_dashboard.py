@@ -155,6 +155,24 @@ def show_a_job(page: Any, fleet: LocalFleet, shots: Path) -> None:
     page.screenshot(path=str(shots / "job.png"), full_page=True)
 
 
+def show_an_async_task(page: Any, fleet: LocalFleet, shots: Path) -> None:
+    """An async task's page: staleness histogram, accepted vs refused, buffer fill."""
+    with fleet.client() as client:
+        task = client.submit({
+            "name": "dashboard-async", "model": "twonn", "dataset": {"name": "digits"},
+            "partition": {"kind": "dirichlet", "alpha": 1.0, "shard_size": 450},
+            "training": {"lr": 0.3, "batch_size": 16}, "mode": "async",
+            "async": {"aggregator": "spin", "k": 2, "pi_s": 0.5, "pull_threshold": 80,
+                      "epochs": 1, "arrival_rate": 40.0, "max_updates": 2}})
+    page.goto(f"{fleet.url}/ui/tasks/{task['id']}")
+    page.wait_for_function("document.querySelector('#task-state').textContent === 'finished'",
+                           timeout=60_000)
+    page.wait_for_function("+document.querySelector('#chart-staleness').dataset.bars >= 1")
+    assert page.locator("#chart-updates rect").count() == 2
+    assert page.get_attribute("#buffer-fill", "max") == "2"
+    page.screenshot(path=str(shots / "async.png"), full_page=True)
+
+
 def see_an_agent_go_offline(page: Any, fleet: LocalFleet, shots: Path) -> None:
     """The fleet page shows an agent go offline once it is killed."""
     page.goto(f"{fleet.url}/ui/fleet")
@@ -177,6 +195,7 @@ def test_dashboard_live(browser: Any, fleet: LocalFleet, tmp_path: Path) -> None
     page.goto(f"{fleet.url}/ui")
     page.wait_for_selector(f"#tasks a[href='/ui/tasks/{task_id}']")
     show_a_job(page, fleet, tmp_path)
+    show_an_async_task(page, fleet, tmp_path)
     see_an_agent_go_offline(page, fleet, tmp_path)  # last: it kills an agent
     assert errors == [], errors
     print(f"screenshots in {tmp_path}")

@@ -95,3 +95,16 @@ def test_only_the_two_assets_are_served(shared_orchestrator: LocalFleet) -> None
     for name in ["ui.py", "..%2Fui.py", "login.html"]:
         r = httpx.get(url + name)
         assert r.status_code == 404 and r.json()["error"] in ("asset_not_found", "not_found")
+
+
+def test_a_task_page_says_it_waits_for_learners(shared_orchestrator: LocalFleet) -> None:
+    orch = shared_orchestrator
+    cookies = _session(orch)
+    with orch.client() as client:
+        task_id = client.submit({"name": "waits", "dataset": {"name": "synthetic",
+                                 "samples": 400}, "partition": {"shard_size": 50}})["id"]
+        body = httpx.get(f"{orch.url}/ui/api/tasks/{task_id}", cookies=cookies).json()
+        assert body["waiting"] == "waiting for learners: 0 enrolled"
+        client.cancel(task_id)
+    body = httpx.get(f"{orch.url}/ui/api/tasks/{task_id}", cookies=cookies).json()
+    assert body["waiting"] == ""  # an ended task waits for nothing

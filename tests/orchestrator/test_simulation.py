@@ -140,5 +140,6 @@ def test_cli_writes_trace(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["summary"]["aggregator"] == "spin"
     assert {"pull", "dispatch", "push"} <= {e["event"] for e in doc["events"]}
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # beside it
     bad = CliRunner().invoke(app, ["simulate", str(tmp_path / "missing.yaml")])
     assert bad.exit_code == 2

@@ -84,6 +84,40 @@
     el.dataset.points = String(count);
   }
 
+  // -- a bar chart in SVG: [label, value] pairs, one bar each ------------------------------
+  function bars(id, pairs, opt) {
+    const el = document.getElementById(id);
+    if (!el) return;
+    opt = opt || {};
+    const W = 360, H = 180, L = 44, R = 10, T = 10, B = 26;
+    const top = Math.max(1, ...pairs.map((p) => p[1]));
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    const add = (tag, attrs, text) => {
+      const e = document.createElementNS(SVG, tag);
+      for (const k in attrs) e.setAttribute(k, attrs[k]);
+      if (text != null) e.textContent = text;
+      svg.appendChild(e);
+      return e;
+    };
+    add("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" });
+    add("text", { x: L - 4, y: T + 4, class: "tick", "text-anchor": "end" }, String(top));
+    add("text", { x: L - 4, y: H - B, class: "tick", "text-anchor": "end" }, "0");
+    const slot = (W - L - R) / Math.max(pairs.length, 1);
+    pairs.forEach(([label, value], i) => {
+      const h = value / top * (H - T - B);
+      add("rect", { x: L + i * slot + slot * 0.15, y: H - B - h, width: slot * 0.7, height: h,
+        class: "bar " + (opt.classes ? opt.classes[i] || "" : "s0") }).appendChild(
+        document.createElementNS(SVG, "title")).textContent = `${label}: ${value}`;
+      add("text", { x: L + (i + 0.5) * slot, y: H - 8, class: "tick", "text-anchor": "middle" },
+        String(label));
+    });
+    if (!pairs.length) add("text", { x: W / 2, y: H / 2, class: "tick", "text-anchor": "middle" },
+      opt.empty || "nothing yet");
+    el.replaceChildren(svg);
+    el.dataset.bars = String(pairs.length);
+  }
+
   // -- pages -------------------------------------------------------------------------------
   function renderOverview(d) {
     rows("tasks", d.tasks.map((t) => `<tr><td>${t.id}</td>
@@ -137,8 +171,9 @@
     document.getElementById("task-state").textContent = t.state;
     document.getElementById("task-state").className = "state " + t.state;
     document.getElementById("task-reason").textContent = t.reason || "";
-    document.getElementById("task-progress").textContent = t.rounds
-      ? `${t.rounds_done} of ${t.rounds} rounds` : `model version ${t.model_version}`;
+    document.getElementById("task-progress").textContent = (t.rounds
+      ? `${t.rounds_done} of ${t.rounds} rounds` : `model version ${t.model_version}`) +
+      (d.waiting ? " · " + d.waiting : "");
     chart("chart-accuracy", [{ points: rs.filter((r) => r.accuracy != null)
       .map((r) => [r.index, r.accuracy]) }], { ymin: 0, ymax: 1, xlabel: "round" });
     chart("chart-loss", [{ points: rs.filter((r) => r.loss != null)
@@ -175,6 +210,19 @@
       ? `version <b>${a.version}</b> · buffer ${a.queued} · pulls ${a.pulls} · accepted
          <b class="ok">${a.accepted}</b> · refused <b class="bad">${a.rejected}</b>`
       : "not running: counters are kept only while the task runs";
+    const v = d.async_view;
+    if (!v) return;
+    bars("chart-staleness", v.staleness, { empty: "no aggregation yet" });
+    bars("chart-updates", [["accepted", v.accepted], ["refused", v.refused]],
+      { classes: ["ok", "bad"] });
+    const meter = document.getElementById("buffer-fill");
+    meter.max = v.buffer.k || 1;
+    meter.value = v.buffer.queued || 0;
+    document.getElementById("buffer-text").textContent = v.buffer.queued == null
+      ? "(only while the task runs)" : `${v.buffer.queued} of K = ${v.buffer.k} updates`;
+    document.getElementById("refused-reasons").textContent = Object.keys(
+      v.refused_by_reason).length ? "refused: " + Object.entries(v.refused_by_reason).map(
+      ([k, n]) => `${k} ${n}`).join(", ") : "";
   }
 
   function renderJob(d) {
