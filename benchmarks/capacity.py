@@ -353,7 +353,6 @@ class Pusher:
 
         http, rec = self.fleet.http, self.fleet.rec
         headers = {"Authorization": f"Bearer {lr.token}"}
-        lr.busy = True
         try:
             resp = await timed(rec, "pull", scheduled, lambda: http.post(
                 f"/v1/tasks/{self.task_id}/pull", json={"n_samples": self.n_samples},
@@ -385,6 +384,8 @@ class Pusher:
                 lr = pool[turn % len(pool)]
                 turn += 1
                 if not lr.busy:
+                    lr.busy = True  # now, not when the coroutine starts: a late generator
+                    # catching up spawns many pairs before any of them runs
                     self.fleet.spawn(self.pull_push(lr, due))
                     break
             else:
@@ -574,10 +575,19 @@ def profile(pid: int, opts: LiveOptions, n: int) -> subprocess.Popen[bytes] | No
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def cpu_ms_per_request(step: dict[str, Any]) -> float:
+    """Orchestrator CPU milliseconds per request answered in a window: what a loaded host
+    changes least (latency there is mostly waiting for a core), and what bounds throughput
+    on dedicated cores (1000 / this = requests/s per fully used core)."""
+    answered = sum(r["count"] for r in step["routes"].values())
+    return float(10 * step["cpu_percent"] * step["window_s"] / max(answered, 1))
+
+
 def one_line(step: dict[str, Any]) -> str:
     """A step as one printed line."""
     routes = step["routes"]
     parts = [f"N={step['learners']}", f"cpu {step['cpu_percent']:.0f}%",
+             f"{cpu_ms_per_request(step):.1f} cpu-ms/request",
              f"rss {step['rss_mb']:.0f} MB", f"lag p99 {step['generator_lag_p99_ms']:.0f} ms"]
     for route, r in routes.items():
         parts.append(f"{route} {r['per_s']:.1f}/s p50 {r['p50_ms']:.0f} p99 {r['p99_ms']:.0f} "
@@ -810,7 +820,8 @@ def compare(result: dict[str, Any], baseline: dict[str, Any]) -> list[dict[str, 
         ratios = {route: old["routes"][route]["p99_ms"] / max(r["p99_ms"], 1e-9)
                   for route, r in step["routes"].items() if route in old["routes"]}
         out.append({"learners": step["learners"], "p99_speedup": ratios,
-                    "cpu_ratio": old["cpu_percent"] / max(step["cpu_percent"], 1e-9)})
+                    "cpu_ms_per_request": [cpu_ms_per_request(old), cpu_ms_per_request(step)],
+                    "rss_mb": [old["rss_mb"], step["rss_mb"]]})
     return out
 
 
