@@ -286,7 +286,7 @@ class Fleet:
         answer = resp.json()
         lr.id, lr.token = int(answer["learner_id"]), str(answer["token"])
 
-    async def grow(self, n: int, timeout_s: float, concurrency: int = 16) -> float:
+    async def grow(self, n: int, timeout_s: float, concurrency: int = 48) -> float:
         """Enroll learners until there are `n` (or `timeout_s` passed); each starts
         heartbeating at a random phase. Returns the enrolment rate (learners/s)."""
         import heapq
@@ -347,6 +347,9 @@ class Pusher:
         self.rng = np.random.default_rng(1)
         self.skipped = 0  # scheduled pairs with every pushing learner still busy
         self.accepted = 0
+        # While the fleet grows (enrolment, join sweep) no pairs are sent: a step measures
+        # the steady state of N learners, not N learners plus their arrival.
+        self.paused = False
 
     async def pull_push(self, lr: Learner, scheduled: float) -> None:
         from plexus.tensors import encode_state
@@ -374,6 +377,10 @@ class Pusher:
     async def run(self) -> None:
         t0, j, turn = time.monotonic(), 0, 0
         while True:
+            if self.paused:
+                await asyncio.sleep(0.05)
+                t0, j = time.monotonic(), 0  # resume on schedule, with no backlog
+                continue
             due = t0 + j / self.rate
             now = time.monotonic()
             if due > now:
@@ -535,6 +542,7 @@ async def drive(opts: LiveOptions, url: str, join_token: str, admin_token: str, 
     try:
         for n in opts.steps:
             left = opts.budget_s - (time.monotonic() - t0)
+            pusher.paused = True
             enroll_rate = await fleet.grow(n, max(left, 1.0))
             if len(fleet.learners) < n:
                 steps.append({"learners": n, "enrolled": len(fleet.learners),
@@ -543,6 +551,7 @@ async def drive(opts: LiveOptions, url: str, join_token: str, admin_token: str, 
                 print(steps[-1]["failed"], flush=True)
                 break
             join_s = await wait_joined(trainer, n, opts.join_timeout_s)
+            pusher.paused = False
             spy = profile(pid, opts, n)
             step = await measure(fleet, pusher, meter, opts.window_s)
             if spy is not None:
@@ -755,6 +764,8 @@ def plot(result: dict[str, Any], baseline: dict[str, Any] | None, path: Path) ->
         a.legend(fontsize=6)
     sync = result["sync"]
     s = axes[1][1]
+    if not sync:
+        s.set_axis_off()
     s.plot([r["learners"] for r in sync], [r["total_s"] for r in sync], "-o", label="total")
     s.plot([r["learners"] for r in sync], [r["close_round_s"] for r in sync], "-s",
            label="close_round (check, FedAvg, evaluate, write)")
@@ -830,30 +841,37 @@ def main(argv: list[str] | None = None) -> int:
     opts = options(args)
     out = results_dir(args)
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="plexus-capacity-") as tmp:
-        live = run_live(opts, Path(tmp))
-        sizes = args.sync_sizes or ([20, 60] if args.quick else [100, 250, 500, 1000])
-        sync = [] if args.no_sync else sync_curve(Path(tmp), sizes)
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
     result: dict[str, Any] = {
         "benchmark": "capacity", "quick": bool(args.quick), "argv": sys.argv[1:],
-        "machine": {"cpus": os.cpu_count(), "load_1m_at_end": os.getloadavg()[0]},
         "options": {**opts.__dict__, "profile_dir": str(opts.profile_dir),
-                    "p99_goal_ms": args.p99_goal_ms},
-        "live": live, "sync": sync, "knee": knee(live["steps"], args.p99_goal_ms),
-        "seconds": time.monotonic() - t0}
-    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
-    if baseline is not None:
-        result["versus_baseline"] = compare(result, baseline)
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
-    if sync:
-        plot(result, baseline, out / f"{args.name}.png")
-    measured = [s for s in live["steps"] if "routes" in s]
+                    "p99_goal_ms": args.p99_goal_ms}, "sync": []}
+    with tempfile.TemporaryDirectory(prefix="plexus-capacity-") as tmp:
+        result["live"] = run_live(opts, Path(tmp))
+        result["knee"] = knee(result["live"]["steps"], args.p99_goal_ms)
+        if baseline is not None:
+            result["versus_baseline"] = compare(result, baseline)
+        write(result, baseline, out, args.name, t0)  # the live curve is kept whatever follows
+        sizes = args.sync_sizes or ([20, 60] if args.quick else [100, 250, 500, 1000])
+        result["sync"] = [] if args.no_sync else sync_curve(Path(tmp), sizes)
+    write(result, baseline, out, args.name, t0)
+    sync = result["sync"]
+    measured = [s for s in result["live"]["steps"] if "routes" in s]
     last: dict[str, Any] = measured[-1] if measured else {"learners": 0, "routes": {}}
     worst = max((r["p99_ms"] for r in last["routes"].values()), default=0.0)
     print(f"capacity: {last['learners']} learners, worst p99 {worst:.0f} ms, knee at "
           f"{result['knee']['learners']}, sync at {sync[-1]['learners'] if sync else 0} "
           f"learners {sync[-1]['total_s'] if sync else 0:.2f} s; {out / args.name}.json")
     return 0
+
+
+def write(result: dict[str, Any], baseline: dict[str, Any] | None, out: Path, name: str,
+          t0: float) -> None:
+    """The JSON and the PNG of what has been measured so far."""
+    result["machine"] = {"cpus": os.cpu_count(), "load_1m_at_end": os.getloadavg()[0]}
+    result["seconds"] = time.monotonic() - t0
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    plot(result, baseline, out / f"{name}.png")
 
 
 if __name__ == "__main__":
