@@ -701,6 +701,43 @@ def sync_curve(work: Path, sizes: list[int]) -> list[dict[str, float]]:
     return out
 
 
+# -- the cost of one learner's RPC stub, before and after the shared TLS context -------------
+
+def stub_cost(count: int = 200) -> dict[str, Any]:
+    """CPU ms and RSS KB per learner stub, side by side: what `rpc.Remote` built per stub
+    before the fix (an `httpx.Client` and an `httpx.AsyncClient`, each with `verify=True`,
+    each loading the CA bundle) and what `rpc.connect` builds now (its first `acall` client
+    included)."""
+    import psutil
+
+    import rpc
+
+    proc = psutil.Process()
+
+    def per_stub(make: Callable[[], Any]) -> dict[str, float]:
+        rss0, cpu0 = proc.memory_info().rss, sum(proc.cpu_times()[:2])
+        keep = [make() for _ in range(count)]
+        cpu1, rss1 = sum(proc.cpu_times()[:2]), proc.memory_info().rss
+        del keep
+        return {"cpu_ms": 1000 * (cpu1 - cpu0) / count, "rss_kb": (rss1 - rss0) / count / 1024}
+
+    def old() -> Any:
+        return httpx.Client(verify=True), httpx.AsyncClient(verify=True)
+
+    async def new_stubs() -> dict[str, float]:
+        def make() -> Any:
+            remote = rpc.connect("http://127.0.0.1:9/l/x", duplex=True, timeout=1.0)
+            return remote, remote._aclients.get()
+        return per_stub(make)
+
+    before = per_stub(old)
+    after = asyncio.run(new_stubs())
+    print(f"stub per learner: before {before['cpu_ms']:.1f} cpu-ms {before['rss_kb']:.0f} KB, "
+          f"now {after['cpu_ms']:.2f} cpu-ms {after['rss_kb']:.0f} KB", flush=True)
+    return {"before": before, "now": after,
+            "cpu_ratio": before["cpu_ms"] / max(after["cpu_ms"], 1e-6)}
+
+
 # -- analysis, plot, command line --------------------------------------------------------------
 
 def knee(steps: list[dict[str, Any]], p99_goal_ms: float) -> dict[str, Any]:
@@ -845,7 +882,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "benchmark": "capacity", "quick": bool(args.quick), "argv": sys.argv[1:],
         "options": {**opts.__dict__, "profile_dir": str(opts.profile_dir),
-                    "p99_goal_ms": args.p99_goal_ms}, "sync": []}
+                    "p99_goal_ms": args.p99_goal_ms}, "sync": [], "stub_cost": stub_cost()}
     with tempfile.TemporaryDirectory(prefix="plexus-capacity-") as tmp:
         result["live"] = run_live(opts, Path(tmp))
         result["knee"] = knee(result["live"]["steps"], args.p99_goal_ms)
