@@ -268,6 +268,7 @@ class Fleet:
         self.http = httpx.AsyncClient(base_url=url, timeout=120.0, limits=httpx.Limits(
             max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS))
         self._due: list[tuple[float, int]] = []  # (next heartbeat, learner index), a heap
+        self.enroll_failures = 0
         self._inflight: set[asyncio.Task[Any]] = set()
 
     def spawn(self, coro: Awaitable[Any]) -> None:
@@ -279,10 +280,14 @@ class Fleet:
         body = {"join_token": self.join_token, "name": lr.name,
                 "facts": device_facts(self.rng), "endpoint": f"{self.agents_url}/l/{lr.name}"}
         t = time.monotonic()
-        resp = await timed(self.rec, "enroll", t,
-                           lambda: self.http.post("/v1/learners/enroll", json=body), (201,))
-        if resp is None:
-            raise RuntimeError(f"enrolment of {lr.name} failed")
+        for _attempt in range(3):  # an enrolment refused under load is tried again
+            resp = await timed(self.rec, "enroll", t,
+                               lambda: self.http.post("/v1/learners/enroll", json=body), (201,))
+            if resp is not None:
+                break
+            self.enroll_failures += 1
+        else:
+            raise RuntimeError(f"enrolment of {lr.name} failed three times")
         answer = resp.json()
         lr.id, lr.token = int(answer["learner_id"]), str(answer["token"])
 
@@ -547,7 +552,9 @@ async def drive(opts: LiveOptions, url: str, join_token: str, admin_token: str, 
             if len(fleet.learners) < n:
                 steps.append({"learners": n, "enrolled": len(fleet.learners),
                               "failed": f"only {len(fleet.learners)} of {n} learners enrolled "
-                                        f"within the run's budget ({opts.budget_s:.0f} s)"})
+                                        f"within the run's budget ({opts.budget_s:.0f} s; "
+                                        f"{fleet.enroll_failures} refused or failed "
+                                        "requests)"})
                 print(steps[-1]["failed"], flush=True)
                 break
             join_s = await wait_joined(trainer, n, opts.join_timeout_s)
@@ -557,6 +564,7 @@ async def drive(opts: LiveOptions, url: str, join_token: str, admin_token: str, 
             if spy is not None:
                 await asyncio.to_thread(spy.wait)
             step.update(learners=n, enroll_per_s=enroll_rate, join_s=join_s,
+                        enroll_failures=fleet.enroll_failures,
                         joined=trainer.calls.get("join_async", 0),
                         offered_heartbeats_per_s=n / opts.heartbeat_s,
                         offered_pushes_per_s=opts.push_rate)

@@ -19,7 +19,7 @@ from orchestrator.store.db import (
     Store,
     TaskRow,
 )
-from orchestrator.store.files import Layout, write_atomic
+from orchestrator.store.files import Layout, write_atomic, write_atomic_many
 
 __all__ = [
     "ACTIVE_STATES",
@@ -35,4 +35,5 @@ __all__ = [
     "Store",
     "TaskRow",
     "write_atomic",
+    "write_atomic_many",
 ]
