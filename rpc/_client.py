@@ -236,7 +236,10 @@ class Remote:
         self.poll_interval_s = poll_interval_s
         self._callback = callback
         self._verify = tls_verify(verify)
-        self._client = httpx.Client(verify=self._verify, timeout=None)
+        # Made on the first blocking call: a caller that only uses `acall` (the
+        # orchestrator's stub per learner) never pays for a client it does not use.
+        self._sync: httpx.Client | None = None
+        self._sync_lock = threading.Lock()
         self._aclients = ClientPool(self._verify)
 
     # ------------------------------------------------------------------------ public surface
@@ -249,9 +252,20 @@ class Remote:
     def __getitem__(self, name: str) -> Stub:
         return Stub(self, name)
 
+    @property
+    def _client(self) -> httpx.Client:
+        """The client of blocking calls (made on first use)."""
+        with self._sync_lock:
+            if self._sync is None:
+                self._sync = httpx.Client(verify=self._verify, timeout=None)
+            return self._sync
+
     def close(self) -> None:
         """Close the pooled connections of blocking calls."""
-        self._client.close()
+        with self._sync_lock:
+            sync, self._sync = self._sync, None
+        if sync is not None:
+            sync.close()
 
     async def aclose(self) -> None:
         """Close the pooled connections of `acall` on the running loop."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import re
 import ssl
 import threading
@@ -57,11 +58,30 @@ def json_app(routes: list[BaseRoute]) -> Starlette:
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
 
 
+# verify=True's SSLContext, one per process (per SSL_CERT_FILE / SSL_CERT_DIR in force).
+_DEFAULT_CONTEXTS: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+_DEFAULT_LOCK = threading.Lock()
+
+
 def tls_verify(verify: Any) -> Any:
     """httpx's `verify` option; a CA bundle path becomes an SSLContext (httpx 0.28 deprecates
-    paths)."""
+    paths), and `True` the process's shared default context.
+
+    httpx builds a new SSLContext for every client given `verify=True`, loading the whole CA
+    bundle each time (about 0.1 s of CPU and 0.9 MB per client); an orchestrator holds a
+    stub per learner, so 10,000 learners cost minutes of its event loop and gigabytes
+    (benchmarks/capacity.py). One context serves any number of clients: built once, the same
+    way httpx would (certifi, or SSL_CERT_FILE / SSL_CERT_DIR when set).
+    """
     if isinstance(verify, str):
         return ssl.create_default_context(cafile=verify)
+    if verify is True:
+        key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        with _DEFAULT_LOCK:
+            ctx = _DEFAULT_CONTEXTS.get(key)
+            if ctx is None:
+                ctx = _DEFAULT_CONTEXTS[key] = httpx.create_ssl_context(verify=True)
+        return ctx
     return verify
 
 
@@ -282,7 +302,7 @@ class ClientPool:
     """One httpx.AsyncClient per event loop: clients must not cross loops."""
 
     def __init__(self, verify: Any = True) -> None:
-        self._verify = verify
+        self._verify = tls_verify(verify)
         self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         # Loops in several threads may ask at once (e.g. acall from two asyncio.run threads).
         self._lock = threading.Lock()

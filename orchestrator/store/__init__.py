@@ -30,7 +30,7 @@ from orchestrator.store.events import (
     event_view,
     read_events,
 )
-from orchestrator.store.files import Layout, write_atomic
+from orchestrator.store.files import Layout, write_atomic, write_atomic_many
 from orchestrator.store.lease import LeaseRow
 
 __all__ = [
@@ -57,4 +57,5 @@ __all__ = [
     "lease",
     "read_events",
     "write_atomic",
+    "write_atomic_many",
 ]
