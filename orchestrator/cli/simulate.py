@@ -35,10 +35,10 @@ def simulate_command(
         str | None,
         typer.Option(
             "--ray",
-            flag_value="local",
-            metavar="[ADDRESS]",
-            help="Train clients on Ray workers (needs plexus-edge\\[ray]): alone, a private "
-            "local Ray; with ADDRESS (HOST:PORT or auto), that cluster. Same trace as without.",
+            metavar="ADDRESS",
+            help="Train clients on Ray workers (needs plexus-edge\\[ray]): 'local' starts a "
+            "private single-node Ray, HOST:PORT or 'auto' joins that cluster. Same trace as "
+            "without.",
         ),
     ] = None,
 ) -> None:
