@@ -4,8 +4,9 @@ Two agents enrol with the aggregator (`plexus aggregator serve --upstream URL`),
 orchestrator directly. Every round's global model must equal flat FedAvg over the three
 learners' own updates (the aggregator keeps its children's, the orchestrator the direct one's)
 within float tolerance. Then the aggregator is killed (SIGKILL) and restarted on the same data
-directory; its children are accepted again without re-enrolling and a second task goes through
-the tier the same way.
+directory; its children are accepted again without re-enrolling and a second task, under DAB
+(each child plans its own bound a_k; the subtree is allocated their sum), goes through the tier
+the same way.
 """
 
 from __future__ import annotations
@@ -120,11 +121,11 @@ def tier(tmp_path: Path) -> Iterator[Tier]:
             sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-2500:]}\n")
 
 
-def _spec() -> dict[str, Any]:
+def _spec(allocator: str) -> dict[str, Any]:
     return {"name": "tiers", "model": "twonn", "dataset": {"name": "mnist5k"},
             "partition": {"shard_size": 250}, "training": {"lr": 0.05, "iterations": 1},
-            "sync": {"allocator": "equal", "deadline_s": 20.0, "grace_s": 20.0,
-                     "rounds": ROUNDS, "total_shards": 6}}
+            "sync": {"allocator": allocator, "deadline_s": 20.0, "grace_s": 20.0,
+                     "rounds": ROUNDS, "total_shards": 6, "benchmark_shards": 2}}
 
 
 def _flat_fedavg(layout: Layout, tier: Tier, task_id: int, index: int, direct_id: int,
@@ -145,11 +146,11 @@ def _flat_fedavg(layout: Layout, tier: Tier, task_id: int, index: int, direct_id
     return weighted_average(states, weights)
 
 
-def _run_task(tier: Tier, ids: dict[str, int]) -> None:
+def _run_task(tier: Tier, ids: dict[str, int], allocator: str) -> int:
     """Run one sync task to the end; every round must have trained the subtree, and its model
     must be flat FedAvg over all three learners' own updates."""
     client = tier.fleet.client()
-    task_id = int(client.submit(_spec())["id"])
+    task_id = int(client.submit(_spec(allocator))["id"])
     task = wait_for(lambda: (t := client.task(task_id))["state"] not in ("pending", "running")
                     and t, 300, f"task {task_id} finishing")
     assert task["state"] == "finished", task
@@ -171,6 +172,7 @@ def _run_task(tier: Tier, ids: dict[str, int]) -> None:
         model, _ = decode_state(layout.model(task_id, index + 1).read_bytes())
         for name, value in flat.items():
             assert torch.allclose(model[name], value, rtol=0, atol=1e-6), (index, name)
+    return task_id
 
 
 def _ready(tier: Tier) -> bool:
@@ -189,7 +191,7 @@ def test_two_tiers_equal_flat_fedavg_and_the_aggregator_survives_a_restart(tier:
     children_before = json.loads((tier.data / "aggregator.json").read_text())["children"]
 
     # Act + assert: a task through the tier equals flat FedAvg, round by round.
-    _run_task(tier, ids)
+    _run_task(tier, ids, "equal")
 
     # The aggregator dies hard and comes back on the same data directory: its children keep
     # their ids and tokens (no re-enrolment), it is the same learner upstream, and the next
@@ -199,4 +201,10 @@ def test_two_tiers_equal_flat_fedavg_and_the_aggregator_survives_a_restart(tier:
     wait_for(lambda: _ready(tier), 120, "the aggregator back with its two children")
     assert json.loads((tier.data / "aggregator.json").read_text())["children"] == children_before
     assert {lr["name"]: int(lr["id"]) for lr in client.learners()} == ids
-    _run_task(tier, ids)
+    task_id = _run_task(tier, ids, "dab")
+    # DAB through the tier: each child planned its own bound a_k; the orchestrator allocated
+    # the subtree their sum, and each child was dealt its own a_k.
+    shares = json.loads((tier.data / "aggregator.json").read_text())["shares"][str(task_id)]
+    assert set(shares) == {"child-a", "child-b"} and min(shares.values()) > 0
+    for r in client.rounds(task_id):
+        assert r["allocation"][str(ids["edge-1"])] == sum(shares.values())
