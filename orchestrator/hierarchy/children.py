@@ -35,7 +35,8 @@ class EnrolError(ValueError):
 
 @dataclass
 class Child:
-    """One enrolled learner: its id, name, token (its secret), RPC endpoint and facts."""
+    """One enrolled learner: its id, name, token (its secret), RPC endpoint ("" when it is
+    served through the aggregator's relay) and facts."""
 
     id: int
     name: str
@@ -48,10 +49,10 @@ def check_enrolment(name: Any, endpoint: Any, facts: Any) -> None:
     """Raise EnrolError unless the name, endpoint and facts are well-formed and bounded."""
     if not isinstance(name, str) or not NAME_OK.match(name):
         raise EnrolError(400, "bad_name", "name: 1-64 letters, digits, '_', '.' or '-'")
-    if not isinstance(endpoint, str) or not endpoint:
-        raise EnrolError(400, "endpoint_required", "an edge aggregator calls its learners at "
-                         "their endpoint: run the agent without --relay")
-    if len(endpoint) > MAX_ENDPOINT_CHARS or not endpoint.startswith(("http://", "https://")):
+    if endpoint is None or endpoint == "":
+        pass  # behind NAT: served through the aggregator's relay
+    elif not isinstance(endpoint, str) or len(endpoint) > MAX_ENDPOINT_CHARS \
+            or not endpoint.startswith(("http://", "https://")):
         raise EnrolError(400, "bad_endpoint", "endpoint must be an http(s) URL of at most "
                          f"{MAX_ENDPOINT_CHARS} characters")
     if not isinstance(facts, dict) or len(json.dumps(facts)) > MAX_FACTS_BYTES:
@@ -94,7 +95,7 @@ class Children:
             if old is None:
                 old = Child(self.next_id, name, secrets.token_urlsafe(32), endpoint, facts)
                 self.next_id += 1
-            child = Child(old.id, name, old.token, endpoint, facts)
+            child = Child(old.id, name, old.token, endpoint or "", facts)
             self.children[name] = child
             self.save()
             self._seen[child.id] = time.time()

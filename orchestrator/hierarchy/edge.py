@@ -70,9 +70,17 @@ class EdgeAggregator:
         self.children = Children(data_dir / "aggregator.json")
         self.receiver = rpc.CallbackReceiver(public_url=f"{self.public_url}/rpc-callbacks")
         self.worker = rpc.Worker(self._registry(), tokens=frozenset())
+        # Children behind NAT long-poll this relay; only a child's own token serves its name,
+        # and only this aggregator (its relay secret) may call through it.
+        self.relay_secret = secrets.token_urlsafe(32)
+        self.relay = rpc.Relay(caller_tokens=frozenset({self.relay_secret}),
+                               authorize_worker=self._authorize_child)
         self._stubs: dict[str, Any] = {}
         self._models: dict[int, bytes] = {}  # task id -> model payload of the current round
         self._shards: dict[tuple[int, int], bytes] = {}
+        # Task id -> children called for it (plan, benchmark, train): only they may read its
+        # model and shards, as the orchestrator lets only a task's participants read them.
+        self.granted: dict[int, set[str]] = {}
         self._http: httpx.AsyncClient | None = None
         self._busy = 0
         self.enrolled = asyncio.Event()
@@ -83,6 +91,7 @@ class EdgeAggregator:
             Route("/v1/tasks/{task_id:int}/model", self._model, methods=["GET"]),
             Route("/v1/tasks/{task_id:int}/shards/{n:int}", self._shard, methods=["GET"]),
             Mount("/rpc-callbacks", self.receiver.app),
+            Mount("/relay", self.relay.app),
             Mount("/rpc", self.worker.app),
         ], lifespan=self._lifespan)
 
@@ -208,10 +217,26 @@ class EdgeAggregator:
             return _error(exc.status, exc.code, str(exc))
         self._stubs.pop(child.name, None)  # a new endpoint: a new stub
         return JSONResponse({"learner_id": child.id, "token": child.token,
-                             "heartbeat_interval_s": self.heartbeat_s, "relay_url": None})
+                             "heartbeat_interval_s": self.heartbeat_s,
+                             "relay_url": f"{self.public_url}/relay"})
+
+    def _authorize_child(self, name: str, token: str) -> bool:
+        child = self.children.by_token(token)
+        return child is not None and child.name == name
 
     def _child(self, request: Request) -> Child | None:
         return self.children.by_token(_bearer(request))
+
+    def _reader(self, request: Request) -> Response | None:
+        """None when the bearer is a child taking part in the path's task, else the 401/403."""
+        child = self._child(request)
+        if child is None:
+            return _error(401, "unauthorized", "a learner's own token is needed")
+        task_id = int(request.path_params["task_id"])
+        if child.name not in self.granted.get(task_id, set()):
+            return _error(403, "not_a_participant",
+                          f"learner {child.name} takes no part in task {task_id}")
+        return None
 
     async def _heartbeat(self, request: Request) -> Response:
         child = self._child(request)
@@ -231,8 +256,8 @@ class EdgeAggregator:
         return r.content
 
     async def _model(self, request: Request) -> Response:
-        if self._child(request) is None:
-            return _error(401, "unauthorized", "a learner's own token is needed")
+        if (refused := self._reader(request)) is not None:
+            return refused
         task_id = int(request.path_params["task_id"])
         payload = self._models.get(task_id)
         if payload is None:
@@ -240,8 +265,8 @@ class EdgeAggregator:
         return Response(payload, media_type="application/octet-stream")
 
     async def _shard(self, request: Request) -> Response:
-        if self._child(request) is None:
-            return _error(401, "unauthorized", "a learner's own token is needed")
+        if (refused := self._reader(request)) is not None:
+            return refused
         key = (int(request.path_params["task_id"]), int(request.path_params["n"]))
         if key not in self._shards:
             path = f"/v1/tasks/{key[0]}/shards/{key[1]}"
@@ -270,7 +295,11 @@ class EdgeAggregator:
 
         stub = self._stubs.get(child.name)
         if stub is None:
-            stub = rpc.connect(child.endpoint, token=child.token, duplex=True, timeout=None,
+            # Straight to the child's worker, or through our own relay (as the orchestrator's
+            # gateway reaches relayed agents through its relay).
+            url, token = ((child.endpoint, child.token) if child.endpoint
+                          else (f"{self.public_url}/relay/{child.name}", self.relay_secret))
+            stub = rpc.connect(url, token=token, duplex=True, timeout=None,
                                callback=self.receiver, poll_interval_s=1.0)
             self._stubs[child.name] = stub
         return stub
@@ -280,11 +309,15 @@ class EdgeAggregator:
         """Call each alive child named in ``calls`` at once; the answers that came back in
         ``timeout_s`` seconds (a failed or late child is left out and logged)."""
         by_name = {c.name: c for c in self.children.alive(3 * self.heartbeat_s)}
+        names = [n for n in calls if n in by_name]
+        for n in names:  # granted before the call, as the orchestrator's gateway does
+            task_id = getattr(calls[n], "task_id", None)
+            if isinstance(task_id, int):
+                self.granted.setdefault(task_id, set()).add(n)
 
         async def one(name: str, call: protocol.Call) -> Any:
             return await self._stub(by_name[name])[call.name].acall(*call.args())
 
-        names = [n for n in calls if n in by_name]
         results = await asyncio.gather(
             *(asyncio.wait_for(one(n, calls[n]), timeout_s) for n in names),
             return_exceptions=True)

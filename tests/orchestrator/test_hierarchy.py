@@ -1,12 +1,12 @@
 """Hierarchical aggregation with real processes: orchestrator, an edge aggregator, agents.
 
-Two agents enrol with the aggregator (`plexus aggregator serve --upstream URL`), a third with the
-orchestrator directly. Every round's global model must equal flat FedAvg over the three
-learners' own updates (the aggregator keeps its children's, the orchestrator the direct one's)
-within float tolerance. Then the aggregator is killed (SIGKILL) and restarted on the same data
-directory; its children are accepted again without re-enrolling and a second task, under DAB
-(each child plans its own bound a_k; the subtree is allocated their sum), goes through the tier
-the same way.
+Two agents enrol with the aggregator (`plexus aggregator serve --upstream URL`), one of them
+through its relay (`--relay`, as behind NAT), a third with the orchestrator directly. Every
+round's global model must equal flat FedAvg over the three learners' own updates (the
+aggregator keeps its children's, the orchestrator the direct one's) within float tolerance.
+Then the aggregator is killed (SIGKILL) and restarted on the same data directory; its children
+are accepted again without re-enrolling and a second task, under DAB (each child plans its own
+bound a_k; the subtree is allocated their sum), goes through the tier the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from plexus.tensors import decode_state
 pytestmark = [pytest.mark.extended, pytest.mark.slow, pytest.mark.timeout(600)]
 
 CHILD_TOKEN = "children-join-token"
+RELAYED = {"child-b"}  # binds no port: served through the aggregator's relay, as behind NAT
 ROUNDS = 2
 
 
@@ -90,7 +91,8 @@ class Tier:
         self.procs[name] = _spawn(
             ["-c", "import sys, torch; from plexus.cli import main; sys.argv[0] = 'plexus'; "
              "main()", "agent", "run", "--orchestrator", self.url, "--name", name,
-             "--host", "127.0.0.1", "--data-dir", str(self.root / "agents" / name)],
+             "--host", "127.0.0.1", "--data-dir", str(self.root / "agents" / name),
+             *(["--relay"] if name in RELAYED else [])],
             self.root / f"agent-{name}.log", {"PLEXUS_JOIN_TOKEN": CHILD_TOKEN})
 
     def health(self) -> dict[str, Any] | None:

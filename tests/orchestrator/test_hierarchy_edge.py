@@ -47,7 +47,7 @@ def _children(data_dir: Path) -> list[dict[str, object]]:
     ({"join_token": "wrong"}, 401, "bad_join_token"),
     ({"name": "../etc"}, 400, "bad_name"),
     ({"name": "x" * 65}, 400, "bad_name"),
-    ({"endpoint": None}, 400, "endpoint_required"),
+    ({"endpoint": 42}, 400, "bad_endpoint"),
     ({"endpoint": "file:///etc/passwd"}, 400, "bad_endpoint"),
     ({"facts": {"blob": "x" * 20_000}}, 400, "bad_facts"),
     ({"facts": [1, 2]}, 400, "bad_facts"),
@@ -88,8 +88,28 @@ def test_a_name_is_kept_by_its_secret_and_tokens_guard_the_routes(
                       headers=ok, timeout=10).status_code == 401  # not its own id
     assert httpx.get(f"{url}/v1/tasks/1/model", timeout=10).status_code == 401
     assert httpx.get(f"{url}/v1/tasks/1/shards/0", headers=bad, timeout=10).status_code == 401
+    # Its own token, but a task it was never called for: refused like a non-participant.
+    r = httpx.get(f"{url}/v1/tasks/1/model", headers=ok, timeout=10)
+    assert (r.status_code, r.json()["error"]) == (403, "not_a_participant")
     assert httpx.post(f"{url}/v1/learners/{lid}/heartbeat", json={"facts": {}},
                       headers=ok, timeout=10).status_code == 200
+
+
+def test_a_child_behind_nat_enrols_without_endpoint_and_only_it_polls_its_relay_queue(
+        served: tuple[str, Path]) -> None:
+    url, data_dir = served
+    child = _enrol(url, name="nat-1", endpoint=None).json()
+    assert child["relay_url"] == f"{url}/relay"
+    assert [(c["name"], c["endpoint"]) for c in _children(data_dir)] == [("nat-1", "")]
+    other = _enrol(url, name="pi-2").json()
+    # Another child's token cannot take nat-1's calls; no token cannot either.
+    for headers in ({"Authorization": f"Bearer {other['token']}"}, {}):
+        r = httpx.get(f"{url}/relay/nat-1/_poll", headers=headers, timeout=10)
+        assert r.status_code == 401
+    # Nobody but the aggregator may call through its relay.
+    r = httpx.post(f"{url}/relay/nat-1/call/status", content=b"", timeout=10,
+                   headers={"Authorization": f"Bearer {child['token']}"})
+    assert r.status_code == 401
 
 
 def test_children_survive_a_restart_of_the_aggregator(tmp_path: Path) -> None:
