@@ -68,22 +68,27 @@ def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
 
 
 class Tier:
-    """The aggregator process and its two agents, on top of a LocalFleet orchestrator."""
+    """An aggregator process and the agents enrolled with it, under a LocalFleet orchestrator
+    (or under another Tier's aggregator: `upstream`)."""
 
-    def __init__(self, fleet: LocalFleet, root: Path) -> None:
+    def __init__(self, fleet: LocalFleet, root: Path, name: str = "edge-1",
+                 upstream: Tier | None = None) -> None:
         self.fleet = fleet
         self.root = root
+        self.name = name
+        self.upstream_url = upstream.url if upstream else fleet.url
+        self.upstream_token = CHILD_TOKEN if upstream else fleet.join_token
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.data = root / "aggregator"
+        self.data = root / name
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start_aggregator(self) -> None:
         self.procs["aggregator"] = _spawn(
-            ["aggregator", "serve", "--upstream", self.fleet.url, "--port", str(self.port),
-             "--data-dir", str(self.data), "--join-token", CHILD_TOKEN, "--name", "edge-1",
+            ["aggregator", "serve", "--upstream", self.upstream_url, "--port", str(self.port),
+             "--data-dir", str(self.data), "--join-token", CHILD_TOKEN, "--name", self.name,
              "--heartbeat-s", "1", "--grace-s", "4"],
-            self.root / "aggregator.log", {"PLEXUS_UPSTREAM_JOIN_TOKEN": self.fleet.join_token})
+            self.root / f"{self.name}.log", {"PLEXUS_UPSTREAM_JOIN_TOKEN": self.upstream_token})
 
     def start_child(self, name: str) -> None:
         # torch is imported before the agent enrols (as LocalFleet does): a one-off cost of a
@@ -210,3 +215,52 @@ def test_two_tiers_equal_flat_fedavg_and_the_aggregator_survives_a_restart(tier:
     assert set(shares) == {"child-a", "child-b"} and min(shares.values()) > 0
     for r in client.rounds(task_id):
         assert r["allocation"][str(ids["edge-1"])] == sum(shares.values())
+
+
+def _kept(tier: Tier, task_id: int, index: int, child: str) -> tuple[dict[str, Any], int]:
+    path = tier.data / "updates" / str(task_id) / str(index) / f"{child}.safetensors"
+    state, meta = decode_state(path.read_bytes())
+    return state, int(meta["samples"])
+
+
+def test_tiers_nest_and_still_equal_flat_fedavg(tmp_path: Path) -> None:
+    # Arrange: orchestrator <- edge-top <- {edge-low <- {child-a, child-b}, child-c}.
+    fleet = LocalFleet(tmp_path / "orchestrator", speeds={}, heartbeat_s=1.0)
+    top = Tier(fleet, tmp_path, "edge-top")
+    low = Tier(fleet, tmp_path, "edge-low", upstream=top)
+    try:
+        fleet.start()
+        top.start_aggregator()
+        low.start_aggregator()
+        top.start_child("child-c")
+        for name in ("child-a", "child-b"):
+            low.start_child(name)
+        for t in (top, low):
+            wait_for(lambda t=t: _ready(t), 180, f"{t.name} enrolled with two children")
+        client = fleet.client()
+        (learner,) = wait_for(lambda: [lr for lr in client.learners() if lr["alive"]], 60,
+                              "edge-top upstream")
+        # Act
+        task_id = int(client.submit(_spec("equal"))["id"])
+        task = wait_for(lambda: (t := client.task(task_id))["state"]
+                        not in ("pending", "running") and t, 300, "the task finishing")
+        # Assert: the one learner upstream carries all three agents' samples, and the model
+        # is flat FedAvg over the three agents' own updates.
+        assert task["state"] == "finished", task
+        layout = Layout(fleet.data_dir)
+        for r in client.rounds(task_id):
+            index = int(r["index"])
+            own = [_kept(low, task_id, index, "child-a"), _kept(low, task_id, index, "child-b"),
+                   _kept(top, task_id, index, "child-c")]
+            assert r["samples"] == {str(learner["id"]): sum(n for _, n in own)}
+            flat = weighted_average([s for s, n in own if n > 0],
+                                    [float(n) for _, n in own if n > 0])
+            model, _ = decode_state(layout.model(task_id, index + 1).read_bytes())
+            for name, value in flat.items():
+                assert torch.allclose(model[name], value, rtol=0, atol=1e-6), (index, name)
+    finally:
+        low.stop()
+        top.stop()
+        fleet.stop()
+        for log in sorted(tmp_path.glob("*.log")):
+            sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-2500:]}\n")
