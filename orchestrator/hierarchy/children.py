@@ -8,6 +8,7 @@ upstream under its own secret. Heartbeat times live in memory only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -22,6 +23,11 @@ from orchestrator.store import write_atomic
 NAME_OK = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_FACTS_BYTES = 16_384
 MAX_ENDPOINT_CHARS = 300
+
+
+def token_digest(token: str) -> bytes:
+    # Tokens are looked up by their SHA-256, so the lookup leaks nothing usable about a token.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 class EnrolError(ValueError):
@@ -71,12 +77,15 @@ class Children:
         self.shares: dict[str, dict[str, int]] = {}  # task id -> child name -> share
         self.next_id = 1
         self._seen: dict[int, float] = {}
+        # Token digest -> child name: one dict lookup per request, however many children.
+        self._by_token: dict[bytes, str] = {}
         if path.exists():
             doc = json.loads(path.read_text())
             self.children = {c["name"]: Child(**c) for c in doc.get("children", [])}
             self.upstream = dict(doc.get("upstream", {}))
             self.shares = {k: dict(v) for k, v in doc.get("shares", {}).items()}
             self.next_id = int(doc.get("next_id", 1))
+        self._by_token = {token_digest(c.token): c.name for c in self.children.values()}
 
     def save(self) -> None:
         """Write the whole state atomically (fsync'd) — before an answer depends on it."""
@@ -89,7 +98,8 @@ class Children:
         check_enrolment(name, endpoint, facts)
         with self._lock:
             old = self.children.get(name)
-            if old is not None and not (secret and secrets.compare_digest(secret, old.token)):
+            if old is not None and not (secret and secrets.compare_digest(
+                    token_digest(secret), token_digest(old.token))):
                 raise EnrolError(409, "name_taken", f"a learner named {name!r} is enrolled "
                                  "here; re-enrolling needs its secret")
             if old is None:
@@ -98,17 +108,16 @@ class Children:
             child = Child(old.id, name, old.token, endpoint or "", facts)
             self.children[name] = child
             self.save()
+            self._by_token[token_digest(child.token)] = name
             self._seen[child.id] = time.time()
             return child
 
     def by_token(self, token: str | None) -> Child | None:
         """The child this bearer token belongs to, or None."""
-        if not token:
+        if not token or len(token) > 256:
             return None
-        for c in self.children.values():
-            if secrets.compare_digest(token, c.token):
-                return c
-        return None
+        name = self._by_token.get(token_digest(token))
+        return self.children.get(name) if name is not None else None
 
     def heartbeat(self, child: Child, facts: Any) -> None:
         """Note that ``child`` is alive (and its fresh facts, when well-formed)."""

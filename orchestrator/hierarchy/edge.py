@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from orchestrator.hierarchy.children import Child, Children, EnrolError
+from orchestrator.hierarchy.children import Child, Children, EnrolError, token_digest
 from orchestrator.hierarchy.combine import combine, split_shards
 from orchestrator.store import write_atomic
 from plexus import protocol
@@ -206,7 +206,8 @@ class EdgeAggregator:
         if not isinstance(body, dict):
             return _error(400, "malformed_json", "the body must be a JSON object")
         token = body.get("join_token")
-        if not isinstance(token, str) or not secrets.compare_digest(token, self.join_token):
+        if not isinstance(token, str) or not secrets.compare_digest(
+                token_digest(token), token_digest(self.join_token)):  # digests: any text compares
             return _error(401, "bad_join_token", "wrong join token for this aggregator")
         secret = body.get("secret")
         try:
@@ -403,8 +404,7 @@ class EdgeAggregator:
         part = await asyncio.to_thread(combine, updates)
         if part.state is None:
             return {"params": reference, "samples_trained": 0, "children": part.samples}
-        await asyncio.to_thread(self._keep, task_id, round, "_partial", part.state,
-                                part.weight)
+        await asyncio.to_thread(self._keep, task_id, round, None, part.state, part.weight)
         return {"params": part.state, "samples_trained": part.weight,
                 "children": part.samples}
 
@@ -441,10 +441,14 @@ class EdgeAggregator:
             out[name] = (params, n)
         return out
 
-    def _keep(self, task_id: int, round: int, name: str, state: Any, samples: int) -> None:
+    def _keep(self, task_id: int, round: int, name: str | None, state: Any,
+              samples: int) -> None:
+        """Write a child's update (``name``) or, for None, the partial sent up, fsync'd."""
         from plexus.tensors import encode_state
 
-        path = self.data_dir / "updates" / str(task_id) / str(round) / f"{name}.safetensors"
+        where = self.data_dir / "updates" / str(task_id)
+        path = (where / str(round) / f"{name}.safetensors" if name is not None
+                else where / f"{round}.partial.safetensors")  # no child name can clash
         write_atomic(path, encode_state(state, {"round": round, "samples": samples}))
 
 

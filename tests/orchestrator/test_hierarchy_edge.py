@@ -35,7 +35,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 def _enrol(url: str, **over: object) -> httpx.Response:
     body = {"join_token": JOIN, "name": "pi-1", "facts": {"memory_bytes": 10**9},
             "endpoint": "http://127.0.0.1:5000", **over}
-    return httpx.post(f"{url}/v1/learners/enroll", json=body, timeout=10)
+    # json.dumps escapes lone surrogates ("\ud800"), which httpx's own encoder refuses.
+    return httpx.post(f"{url}/v1/learners/enroll", content=json.dumps(body), timeout=10,
+                      headers={"Content-Type": "application/json"})
 
 
 def _children(data_dir: Path) -> list[dict[str, object]]:
@@ -45,6 +47,9 @@ def _children(data_dir: Path) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize(("over", "status", "code"), [
     ({"join_token": "wrong"}, 401, "bad_join_token"),
+    ({"join_token": "jöin"}, 401, "bad_join_token"),
+    ({"join_token": 7}, 401, "bad_join_token"),
+    ({"join_token": "\ud800"}, 401, "bad_join_token"),
     ({"name": "../etc"}, 400, "bad_name"),
     ({"name": "x" * 65}, 400, "bad_name"),
     ({"endpoint": 42}, 400, "bad_endpoint"),
@@ -72,8 +77,9 @@ def test_a_name_is_kept_by_its_secret_and_tokens_guard_the_routes(
     url, data_dir = served
     first = _enrol(url).json()
     # Another enrolment under the same name without its secret: 409, nothing changes.
-    r = _enrol(url, endpoint="http://127.0.0.1:6000")
-    assert (r.status_code, r.json()["error"]) == (409, "name_taken")
+    for secret in (None, "wrong", "sécret", "\ud800"):
+        r = _enrol(url, endpoint="http://127.0.0.1:6000", secret=secret)
+        assert (r.status_code, r.json()["error"]) == (409, "name_taken")
     assert [(c["name"], c["token"], c["endpoint"]) for c in _children(data_dir)] == [
         ("pi-1", first["token"], "http://127.0.0.1:5000")]
     # With its secret it re-enrols: same id and token, the new endpoint.
