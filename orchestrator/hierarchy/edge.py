@@ -40,10 +40,37 @@ log = logging.getLogger("orchestrator.hierarchy")
 
 PROBE_TIMEOUT_S = 300.0  # plan / benchmark: children subset-benchmark first
 MAX_CACHED_SHARDS = 256
+MAX_BODY_BYTES = 64 * 1024  # an enrolment or a heartbeat (facts are at most 16 KiB)
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+class _BadBody(Exception):
+    def __init__(self, response: JSONResponse) -> None:
+        self.response = response
+
+
+async def _read_json(request: Request) -> dict[str, Any]:
+    """The request's JSON object, read at most MAX_BODY_BYTES (a larger body is a 413 before
+    it is all in memory); raises _BadBody with the 400/413 to answer."""
+    import json
+
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _BadBody(_error(413, "payload_too_large",
+                                  f"the body exceeds {MAX_BODY_BYTES} bytes"))
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise _BadBody(_error(400, "malformed_json", "the body must be a JSON object"))
+    return body
 
 
 def _bearer(request: Request) -> str | None:
@@ -200,11 +227,9 @@ class EdgeAggregator:
 
     async def _enrol(self, request: Request) -> Response:
         try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "malformed_json", "the body must be a JSON object")
-        if not isinstance(body, dict):
-            return _error(400, "malformed_json", "the body must be a JSON object")
+            body = await _read_json(request)
+        except _BadBody as bad:
+            return bad.response
         token = body.get("join_token")
         if not isinstance(token, str) or not secrets.compare_digest(
                 token_digest(token), token_digest(self.join_token)):  # digests: any text compares
@@ -244,10 +269,10 @@ class EdgeAggregator:
         if child is None or child.id != request.path_params["learner_id"]:
             return _error(401, "unauthorized", "a learner's own token is needed")
         try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "malformed_json", "the body must be a JSON object")
-        self.children.heartbeat(child, body.get("facts") if isinstance(body, dict) else None)
+            body = await _read_json(request)
+        except _BadBody as bad:
+            return bad.response
+        self.children.heartbeat(child, body.get("facts"))
         return JSONResponse({"ok": True})
 
     async def _fetch(self, path: str) -> bytes:

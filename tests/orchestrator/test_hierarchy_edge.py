@@ -72,6 +72,15 @@ def test_garbage_body_is_a_400(served: tuple[str, Path]) -> None:
     assert _children(data_dir) == []
 
 
+def test_an_oversized_body_is_a_413(served: tuple[str, Path]) -> None:
+    url, data_dir = served
+    body = json.dumps({"join_token": JOIN, "name": "big", "endpoint": "http://127.0.0.1:1",
+                       "facts": {}, "pad": "x" * 100_000})
+    r = httpx.post(f"{url}/v1/learners/enroll", content=body, timeout=10)
+    assert (r.status_code, r.json()["error"]) == (413, "payload_too_large")
+    assert _children(data_dir) == []
+
+
 def test_a_name_is_kept_by_its_secret_and_tokens_guard_the_routes(
         served: tuple[str, Path]) -> None:
     url, data_dir = served
