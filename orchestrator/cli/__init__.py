@@ -2,7 +2,8 @@
 
 `register(app)` adds them to the `plexus` CLI (`plexus/cli.py`): `orchestrator serve`
 (`serve`), `task submit|list|show|cancel` (`tasks`), `job show|cancel` (`jobs`), `learners`
-(`learners`), `demo` (`demo`), `plan med` (`plan`) and `simulate` (`simulate`). `common` holds
+(`learners`), `demo` (`demo`), `plan med` (`plan`), `simulate` (`simulate`) and
+`aggregator serve` (`aggregator`). `common` holds
 the shared options and the API client, `render` the tables and progress bars.
 
 Only typer and rich are imported at module level by any of these modules, so `plexus agent run`
@@ -16,7 +17,7 @@ import os
 
 import typer
 
-from orchestrator.cli import demo, jobs, learners, plan, serve, simulate, tasks
+from orchestrator.cli import aggregator, demo, jobs, learners, plan, serve, simulate, tasks
 
 
 def register(app: typer.Typer) -> None:
@@ -28,6 +29,7 @@ def register(app: typer.Typer) -> None:
     demo.register(app)
     plan.register(app)
     simulate.register(app)
+    aggregator.register(app)
 
 
 if __name__ == "__main__":  # `python -m orchestrator.cli ...` runs these commands alone

@@ -149,6 +149,9 @@ class SimulationConfig(_Strict):
     stop: StopConfig = Field(default_factory=StopConfig)
     adversary: AdversaryConfig = Field(default_factory=AdversaryConfig)
     batched_training: bool = True  # train concurrent clients together (same result, faster)
+    # Clients per vectorised batch (and per Ray task under `--ray`): the same value gives the
+    # same result on both backends.
+    chunk: int = Field(128, ge=1, le=4096)
     threads: int | None = Field(None, ge=1)  # torch CPU threads; null = leave as is
 
 

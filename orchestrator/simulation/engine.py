@@ -39,7 +39,7 @@ from orchestrator.simulation.population import (
     poisson_arrivals,
 )
 from orchestrator.simulation.population import dirichlet_partition as _partition
-from orchestrator.simulation.trainer import Job, train_jobs
+from orchestrator.simulation.trainer import Job, TrainBackend, train_jobs
 
 _ARRIVAL, _PUSH, _TICK = 0, 1, 2
 
@@ -198,11 +198,19 @@ def make_core(config: SimulationConfig, initial_state: dict[str, torch.Tensor]) 
 class Simulation:
     """One run of one aggregator over a :class:`World`, on a virtual clock."""
 
-    def __init__(self, world: World, config: SimulationConfig | None = None) -> None:
+    def __init__(
+        self,
+        world: World,
+        config: SimulationConfig | None = None,
+        trainer: TrainBackend | None = None,
+    ) -> None:
         from plexus.models import build_model
 
         self.world = world
         self.config = config or world.config
+        # Where local training runs (this process by default, or a Ray cluster); the event
+        # loop, and so the order of events, stays here either way.
+        self.trainer: TrainBackend = trainer or train_jobs
         self.core = make_core(self.config, world.initial_state)
         self.model = build_model(self.config.model, world.input_shape, world.num_classes)
         self.eval_model = build_model(self.config.model, world.input_shape, world.num_classes)
@@ -387,13 +395,14 @@ class Simulation:
         pending = [c for c in self.clients if c.job is not None and c.job.result is None]
         jobs = [c.job for c in pending if c.job is not None]
         cfg = self.config.training
-        train_jobs(
+        self.trainer(
             self.model,
             jobs,
             self.train_x,
             self.train_y,
             lr=cfg.lr,
             batch_size=cfg.batch_size,
+            chunk=self.config.chunk,
             batched=self.config.batched_training,
         )
         if self.attackers.malicious:
@@ -479,8 +488,13 @@ class Simulation:
 
 
 def simulate(
-    config: SimulationConfig, progress: Callable[[float], None] | None = None
+    config: SimulationConfig,
+    progress: Callable[[float], None] | None = None,
+    trainer: TrainBackend | None = None,
 ) -> tuple[dict[str, Any], Simulation]:
-    """Build the world for ``config``, run it once, return ``(summary, simulation)``."""
-    sim = Simulation(build_world(config))
+    """Build the world for ``config``, run it once, return ``(summary, simulation)``.
+
+    ``trainer`` is where local training runs (default: this process; see ``ray_backend``).
+    """
+    sim = Simulation(build_world(config), trainer=trainer)
     return sim.run(progress), sim

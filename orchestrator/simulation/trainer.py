@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -90,6 +91,30 @@ def train_one(
     job.samples_trained = result.samples_trained
 
 
+class TrainBackend(Protocol):
+    """Where the jobs in flight are trained: :func:`train_jobs` in this process, or
+    ``orchestrator.simulation.ray_backend.RayTrainer`` on a Ray cluster. Either fills every
+    job's ``result`` and ``samples_trained``, with the same numbers for the same jobs."""
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        jobs: Sequence[Job],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        lr: float,
+        batch_size: int,
+        chunk: int = 128,
+        batched: bool = True,
+    ) -> None: ...
+
+
+def one_at_a_time(model: torch.nn.Module, jobs: Sequence[Job], batched: bool) -> bool:
+    """Whether ``jobs`` are trained one by one (not vectorised): the rule both backends use."""
+    return not batched or not _vectorisable(model) or len(jobs) == 1
+
+
 def _vectorisable(model: torch.nn.Module) -> bool:
     # Buffers (BatchNorm statistics) would need per-client running stats; plain SGD on
     # parameters only is what vmap reproduces exactly.
@@ -108,15 +133,15 @@ def train_jobs(
     batched: bool = True,
 ) -> None:
     """Train every job in ``jobs`` (filling ``result``), vectorised in chunks of ``chunk``."""
-    if not batched or not _vectorisable(model) or len(jobs) == 1:
+    if one_at_a_time(model, jobs, batched):
         for job in jobs:
             train_one(model, job, x, y, lr=lr, batch_size=batch_size)
         return
     for lo in range(0, len(jobs), chunk):
-        _train_chunk(model, list(jobs[lo : lo + chunk]), x, y, lr=lr, batch_size=batch_size)
+        train_chunk(model, list(jobs[lo : lo + chunk]), x, y, lr=lr, batch_size=batch_size)
 
 
-def _train_chunk(
+def train_chunk(
     model: torch.nn.Module,
     jobs: list[Job],
     x: torch.Tensor,
