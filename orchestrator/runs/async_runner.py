@@ -102,6 +102,7 @@ class AsyncTaskRunner:
             self._wake.notify_all()
         if self._timer is not None:
             self._timer.join(timeout=5)
+        self.core.handler.close()
 
     def _run_timer(self) -> None:
         with self._wake:
@@ -208,6 +209,8 @@ class AsyncTaskRunner:
                 "refused": dict(self.stats.refused),
                 "finished": self.finished.is_set(),
                 "history": list(self.stats.history),
+                # Staleness handler's own record (inversion: cost per update), or None.
+                "staleness_handler": self.core.handler.summary(),
             }
 
     # -- decisions (called with the lock held) ------------------------------------------------

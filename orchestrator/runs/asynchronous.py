@@ -48,12 +48,15 @@ RESTART_REASON = ("the orchestrator restarted: an asynchronous task's update que
 
 def make_runner(a: Any, initial_state: Any, seed: int, evaluate: Any, *,
                 clock: Callable[[], float] = time.monotonic,
-                on_refused: Callable[[str], None] | None = None) -> AsyncTaskRunner:
+                on_refused: Callable[[str], None] | None = None,
+                net: Any = None, training: Any = None) -> AsyncTaskRunner:
     """The runner of an async task (spec section `a`), its core's clock started now.
 
     The core measures π from `start_time`, on the runner's clock: built without it, the core
     would count from 0 while `time.monotonic()` is far past π, and the first push of every
-    live SPIN task would be aggregated alone by timeout.
+    live SPIN task would be aggregated alone by timeout. `net` (an `aggregation.inversion.Net`)
+    and `training` (the spec's training section) feed `staleness: inversion`, which replays
+    updates through the task's model with the learners' local settings.
     """
     from orchestrator.aggregation import build_aggregator
     from orchestrator.aggregation.robust import RobustRule
@@ -62,9 +65,12 @@ def make_runner(a: Any, initial_state: Any, seed: int, evaluate: Any, *,
     # FedBuff / PORT have no timeout; a selection round that found no client holding data
     # is drawn again after π seconds (their own default, 10 s, would idle a small live
     # fleet), with the task seed for the draws. Each aggregator takes the settings it has.
+    local = ({} if training is None else
+             {"local_lr": training.lr, "batch_size": training.batch_size, "local_epochs": a.epochs})
     core = build_aggregator(a.aggregator, initial_state, staleness=a.staleness, k=a.k,
                             pi_s=a.pi_s, selection_interval_s=a.pi_s, seed=seed,
-                            start_time=clock(), rule=RobustRule.from_spec(a.aggregation))
+                            start_time=clock(), rule=RobustRule.from_spec(a.aggregation),
+                            staleness_params={**local, "seed": seed}, net=net)
     return AsyncTaskRunner(core, evaluate=evaluate, max_updates=a.max_updates, clock=clock,
                            on_refused=on_refused)
 
@@ -139,8 +145,14 @@ class AsyncDriver:
             loss, acc = evaluate(scorer, x, y)
             return float(loss), float(acc)
 
+        net = None
+        if a.staleness == "inversion":
+            from orchestrator.aggregation.inversion import Net
+
+            net = Net(initial_model(spec, shape, classes), tuple(shape), int(classes))
         runner = make_runner(a, read_state(layout.model(task.id, 0)), spec.seed, score,
-                             on_refused=lambda code: self.refused(task.id, code))
+                             on_refused=lambda code: self.refused(task.id, code),
+                             net=net, training=spec.training)
         self.store.set_state(task.id, "running", None, time.time())
         runner.start()
         self.runners[task.id] = runner
