@@ -54,19 +54,22 @@ class Net:
 class Recipe:
     """How ``LocalUpdate`` is replayed: ``steps`` full-batch gradient steps of rate ``lr``.
 
-    A client's E epochs of mini-batch SGD over n samples with batch B take E·⌈n/B⌉ steps of
-    rate η; the full-batch stand-in takes E steps of rate η·⌈n/B⌉ (same first-order move),
-    see :meth:`for_client`.
+    A client's E epochs of mini-batch SGD over n samples with batch B take S = E·⌈n/B⌉ steps
+    of rate η; the full-batch stand-in takes min(S, ``max_steps``) steps of rate η·S/steps
+    (the same first-order move, fewer unrolled steps to differentiate through), see
+    :meth:`for_client`.
     """
 
     lr: float
     steps: int
 
     @classmethod
-    def for_client(cls, lr: float, epochs: int, batch_size: int, n_samples: int) -> Recipe:
+    def for_client(cls, lr: float, epochs: int, batch_size: int, n_samples: int,
+                   max_steps: int = 8) -> Recipe:
         """The full-batch stand-in of E epochs of SGD (rate ``lr``, batch ``batch_size``)."""
-        per_epoch = max(1, math.ceil(max(1, n_samples) / max(1, batch_size)))
-        return cls(lr=lr * per_epoch, steps=max(1, epochs))
+        total = max(1, epochs) * max(1, math.ceil(max(1, n_samples) / max(1, batch_size)))
+        steps = max(1, min(total, max_steps))
+        return cls(lr=lr * total / steps, steps=steps)
 
 
 @dataclass

@@ -167,10 +167,10 @@ class InversionStaleness(StalenessHandler):
 
     def __init__(
         self,
-        threshold: int = 2,
+        threshold: int = 1,
         fraction: float = 0.5,
-        budget_s: float = 2.0,
-        iterations: int = 100,
+        budget_s: float = 1.0,
+        iterations: int = 50,
         inversion_lr: float = 0.1,
         switch_span: int = 10,
         min_checks: int = 5,

@@ -50,10 +50,10 @@ def test_recomputed_update_is_closer_to_the_fresh_one_than_the_stale_one(seed: i
     w_base = {k: v.detach().clone() for k, v in model.state_dict().items()}
     x, y = _data(seed)
     ox, oy = _data(seed + 100, n=96, shift=1.0)
-    w_stale = _trained(model, w_base, x, y, seed)
+    w_stale = _trained(model, w_base, x, y, seed, epochs=1)
     w_now = _trained(model, w_base, ox, oy, seed + 1, epochs=4)
-    w_fresh = _trained(model, w_now, x, y, seed)  # what the client would send now
-    recipe = Recipe.for_client(0.1, 2, 8, len(y))
+    w_fresh = _trained(model, w_now, x, y, seed, epochs=1)  # what the client would send now
+    recipe = Recipe.for_client(0.1, 1, 8, len(y), max_steps=2)
     # Act
     rec, cost = invert(model, w_base, w_stale, n_rec=rec_size(len(y), 0.5), recipe=recipe,
                        input_shape=SHAPE, classes=3, max_iters=40, seed=seed)
@@ -114,9 +114,10 @@ def test_a_full_queue_refuses_the_job_without_blocking() -> None:
             core.pull(0.0, c, len(y))
         core.push(0.0, "a", w0, 0, len(y))
         core._aggregate(0.0, "k")  # version 1: pushes from version 0 are now stale
+        update = _trained(model, w0, x, y, 2)
         t0 = time.perf_counter()
         for c in ("b", "c", "d"):  # one runs, one waits in the queue, one is refused
-            core.push(1.0, c, _trained(model, w0, x, y, 2), 0, len(y))
+            core.push(1.0, c, update, 0, len(y))
         assert time.perf_counter() - t0 < 0.5
         assert handler.summary()["dropped"] >= 1
     finally:
@@ -130,7 +131,7 @@ def test_inline_inversion_is_used_and_its_cost_recorded() -> None:
     x, y = _data(3)
     core = build_aggregator("spin", w0, k=1, pi_s=None, staleness="inversion",
                             staleness_params={"threshold": 2, "workers": 0, "iterations": 5,
-                                              "local_lr": 0.1, "local_epochs": 2,
+                                              "budget_s": 1e9, "local_lr": 0.1, "local_epochs": 2,
                                               "batch_size": 8},
                             net=Net(model, SHAPE, 3))
     stale = _trained(model, w0, x, y, 0)
