@@ -24,7 +24,8 @@ def test_late_updates_are_inverted_once_each_when_they_arrive() -> None:
     # Arrange: 4 clients on synthetic data, the top 2 of class 1 late by 2 rounds, 5 rounds.
     data = DatasetSpec(name="synthetic", samples=200)
     cfg = StaleRoundsConfig(clients=4, alpha=1.0, dataset=data, model="twonn", rounds=5,
-                            tau=2, affected_class=1, affected_clients=2, lr=0.1, epochs=1, eval_samples=50,
+                            tau=2, affected_class=1, affected_clients=2, lr=0.1, epochs=1,
+                            eval_samples=50,
                             staleness="inversion",
                             staleness_params={"iterations": 2, "threshold": 2})
     # Act
