@@ -20,6 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -65,7 +66,7 @@ class StalenessHandler(ABC):
         the handler needs the client)."""
         return self.adjust(update, base, current)
 
-    def summary(self) -> dict[str, object] | None:
+    def summary(self) -> dict[str, Any] | None:
         """What the handler did (shown in the task view), or None when there is nothing."""
         return None
 
@@ -297,7 +298,7 @@ class InversionStaleness(StalenessHandler):
             if e1 > e2:
                 self.switch_version = version
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> dict[str, Any]:
         done = max(1, int(self.totals["inverted"]))
         return {**self.totals,
                 "mean_seconds": float(self.totals["seconds"]) / done,
