@@ -134,7 +134,7 @@ def fig7(args: argparse.Namespace, p: dict[str, Any], alpha: float, seed: int
                              dcasgd_c=args.dcasgd_c)
     return {"alpha": alpha, "seed": seed, "errors": {str(k): v for k, v in errs.items()},
             "inversion_below_dcasgd_at_tau_ge_10": all(
-                v["inversion"] < v["dcasgd"] for k, v in errs.items() if k >= 10) or None}
+                v["inversion"] < v["dcasgd"] for k, v in errs.items() if k >= 10)}
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
