@@ -217,7 +217,7 @@ class Job:
     (seconds on the worker's clock); ``done`` is set when ``result`` holds the answer (None
     when the job was skipped because its deadline passed while it waited)."""
 
-    key: tuple[str, int]
+    key: tuple[str, int, int]
     fn: Callable[[float], object]
     deadline: float
     made_at: int = 0  # the server version the estimate is recomputed on

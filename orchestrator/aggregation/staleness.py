@@ -202,7 +202,9 @@ class InversionStaleness(StalenessHandler):
         self.worker: InlineWorker | InversionWorker = (
             InversionWorker(int(queue_size), clock) if workers else InlineWorker(clock))
         self.switch_version: int | None = None
-        self._jobs: dict[tuple[str, int], Job] = {}
+        # (client, base version, id of the update's state): a client may push twice from the
+        # same version before an aggregation; the state object is the one the buffer holds.
+        self._jobs: dict[tuple[str, int, int], Job] = {}
         self._recs: dict[str, Recovered] = {}
         self._estimates: OrderedDict[tuple[str, int], tuple[State, State]] = OrderedDict()
         self._checks: deque[tuple[float, float]] = deque(maxlen=self.min_checks)
@@ -227,7 +229,8 @@ class InversionStaleness(StalenessHandler):
         self._check_switch(client, update, base, version, base_version)
         if not self.wants(version - base_version, version):
             return
-        job = Job((client, base_version), self._task(client, update, base, current, n_samples),
+        job = Job((client, base_version, id(update)),
+                  self._task(client, update, base, current, n_samples),
                   self.clock() + self.budget_s, made_at=version)
         if self.worker.submit(job):
             self._jobs[job.key] = job
@@ -255,7 +258,7 @@ class InversionStaleness(StalenessHandler):
 
     def adjust_update(self, client: str, update: State, base: State, current: State,
                       version: int, base_version: int) -> State:
-        job = self._jobs.pop((client, base_version), None)
+        job = self._jobs.pop((client, base_version, id(update)), None)
         if job is None:
             return update
         job.done.wait(max(0.0, job.deadline - self.clock()))
