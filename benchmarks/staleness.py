@@ -184,6 +184,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-samples", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=None, help="override the preset's")
     parser.add_argument("--rounds", type=int, default=None, help="override the preset's")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="inversion iterations per update (override the preset's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_out_dir(parser)
     return parser.parse_args()
@@ -195,6 +197,7 @@ def main() -> None:
     p = dict(PRESETS[preset])
     p["seeds"] = args.seeds or p["seeds"]
     p["rounds"] = args.rounds or p["rounds"]
+    p["iterations"] = args.iterations or p["iterations"]
     wall0 = time.perf_counter()
     cells = [one_cell(args, p, alpha, tau, seed) for alpha in p["alphas"] for tau in p["taus"]
              for seed in range(p["seeds"])]
