@@ -33,7 +33,7 @@ DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
 # without importing the orchestrator; `orchestrator.aggregation.registry` refuses to import
 # unless its registries hold exactly these names.
 AggregatorName = Literal["spin", "fedbuff", "port"]
-StalenessName = Literal["none", "poly", "dcasgd"]
+StalenessName = Literal["none", "poly", "dcasgd", "inversion"]
 AGGREGATOR_NAMES: tuple[str, ...] = get_args(AggregatorName)
 STALENESS_NAMES: tuple[str, ...] = get_args(StalenessName)
 # Robust aggregation rules (sync rounds and async buffers alike); the same check holds them

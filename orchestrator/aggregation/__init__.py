@@ -37,6 +37,7 @@ from orchestrator.aggregation.spin import SpinAggregator
 from orchestrator.aggregation.staleness import (
     STALENESS_NAMES,
     DCASGDStaleness,
+    InversionStaleness,
     NoStaleness,
     PolynomialStaleness,
     StalenessHandler,
@@ -55,6 +56,7 @@ __all__ = [
     "Decision",
     "Dispatch",
     "FedBuffAggregator",
+    "InversionStaleness",
     "NoStaleness",
     "PolynomialStaleness",
     "PortAggregator",

@@ -18,7 +18,7 @@ Aggregation of a buffer ``Q`` into the current model ``w`` (versions are integer
 current version − the version client k trained from, SPIN's staleness):
 
     p_k   = ω_k / Σ_j ω_j            ω_k = |D_k| by default (FedAvg, SPIN alg. 2 line 10)
-    ŵ_k   = handler.adjust(w_k, w_base_k, w)      (identity unless DC-ASGD)
+    ŵ_k   = handler.adjust(w_k, w_base_k, w)      (identity unless DC-ASGD or inversion)
     s_k   = handler.scale(τ_k) ∈ (0, 1]           (1 unless polynomial down-weighting)
     w_new = w + Σ_k p_k s_k (ŵ_k − w)
 
@@ -140,6 +140,7 @@ class AsyncAggregator(ABC):
         self.outstanding: dict[str, int] = {}
         self.clients: list[str] = []
         self._known: set[str] = set()
+        self.pinned: set[int] = set()  # versions a driver keeps for pushes it will replay
         self.last_aggregation = float(start_time)
         self.rejected = 0
         self.aggregations: list[Aggregated] = []
@@ -181,6 +182,8 @@ class AsyncAggregator(ABC):
         if self.outstanding.get(client) == base_version:
             del self.outstanding[client]
         self.queue.append(Update(t, client, state, base_version, int(n_samples), uid))
+        self.handler.received(client, state, self._history[base_version], self.model,
+                              self.version, base_version, int(n_samples))
         return self._after_push(t)
 
     def tick(self, t: float) -> list[Decision]:
@@ -222,6 +225,9 @@ class AsyncAggregator(ABC):
         self.queue = list(queue)
         for u in self.queue:
             self.register(u.client)
+            if u.base_version in self._history:  # a handler that works ahead starts again
+                self.handler.received(u.client, u.state, self._history[u.base_version],
+                                      self.model, self.version, u.base_version, u.n_samples)
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -283,7 +289,8 @@ class AsyncAggregator(ABC):
         weights: list[float] = []
         for u, w, tau in zip(updates, raw, staleness, strict=True):
             base = self._history[u.base_version]
-            states.append(self.handler.adjust(u.state, base, self.model))
+            states.append(self.handler.adjust_update(u.client, u.state, base, self.model,
+                                                     self.version, u.base_version))
             weights.append((w / total) * self.handler.scale(tau))
         if self.rule.rule == "fedavg":
             keep_current = max(0.0, 1.0 - math.fsum(weights))
@@ -317,6 +324,7 @@ class AsyncAggregator(ABC):
         needed = {self.version}
         needed.update(v for v in self.outstanding.values() if v >= floor)
         needed.update(u.base_version for u in self.queue if u.base_version >= floor)
+        needed.update(v for v in self.pinned if v >= floor)
         for v in list(self._history):
             if v not in needed:
                 del self._history[v]

@@ -20,6 +20,7 @@ from typing import Any
 from orchestrator.aggregation.base import AGGREGATORS, AsyncAggregator, State
 from orchestrator.aggregation.errors import UnknownAggregator
 from orchestrator.aggregation.fedbuff import FedBuffAggregator
+from orchestrator.aggregation.inversion import Net
 from orchestrator.aggregation.port import PortAggregator
 from orchestrator.aggregation.robust import RULES, RobustRule
 from orchestrator.aggregation.spin import SpinAggregator
@@ -49,7 +50,7 @@ if set(RULES) != set(SPEC_RULE_NAMES):
     )
 
 # Constructor parameters that are not settings: the builder passes them itself.
-_NOT_SETTINGS = frozenset({"self", "initial_state", "staleness", "rule"})
+_NOT_SETTINGS = frozenset({"self", "initial_state", "staleness", "rule", "net", "clock"})
 
 
 def aggregator_class(name: str) -> type[AsyncAggregator]:
@@ -105,6 +106,7 @@ def build_aggregator(
     staleness: str = "none",
     staleness_params: Mapping[str, float] | None = None,
     rule: RobustRule | None = None,
+    net: Net | None = None,
     **settings: Any,
 ) -> AsyncAggregator:
     """The core for aggregator ``name`` (``spin``, ``fedbuff``, ``port``) from shared settings.
@@ -115,14 +117,19 @@ def build_aggregator(
     draws), ``staleness_bound``, ``similarity_weight``, ``staleness_weight`` (PORT), ...; each
     goes to the aggregator only if its constructor takes it, and one left out keeps that
     aggregator's default. ``staleness_params`` likewise for the handler ``staleness`` (``a``
-    for ``poly``, ``c`` for ``dcasgd``). A setting no aggregator (or handler) takes is a
+    for ``poly``, ``c`` for ``dcasgd``; ``threshold``, ``budget_s``, … for
+    ``inversion``). A setting no aggregator (or handler) takes is a
     ``TypeError``, so a misspelt key cannot pass silently. ``rule`` is the robust
-    aggregation rule the buffer is combined with (default plain FedAvg).
+    aggregation rule the buffer is combined with (default plain FedAvg). ``net`` (the task's
+    architecture, input shape and class count) goes to a handler that replays updates
+    through the model (``inversion``).
     """
     cls = aggregator_class(name)
     handler_cls = staleness_class(staleness)
+    takes_net = "net" in inspect.signature(handler_cls).parameters
+    extra: dict[str, Any] = {"net": net} if takes_net else {}
     handler = handler_cls(
-        **_taken_by(handler_cls, staleness_params or {}, HANDLERS.values(), "staleness")
+        **_taken_by(handler_cls, staleness_params or {}, HANDLERS.values(), "staleness"), **extra
     )
     params = _taken_by(cls, settings, AGGREGATORS.values(), "aggregator")
     return cls(initial_state, staleness=handler, rule=rule, **params)

@@ -140,6 +140,7 @@ class AsyncTaskRunner:
             self._wake.notify_all()
         if self._timer is not None:
             self._timer.join(timeout=5)
+        self.core.handler.close()
 
     def _run_timer(self) -> None:
         with self._wake:
@@ -344,6 +345,8 @@ class AsyncTaskRunner:
                 "finished": self.finished.is_set(),
                 "end_reason": self.end_reason,
                 "history": list(self.stats.history),
+                # Staleness handler's own record (inversion: cost per update), or None.
+                "staleness_handler": self.core.handler.summary(),
             }
 
     # -- decisions (called with the lock held) ------------------------------------------------

@@ -66,13 +66,17 @@ NO_LEARNER_GRACE_S = 3.0  # alive learners, none of which can take part, for thi
 def make_runner(a: Any, initial_state: Any, seed: int, evaluate: Any, *,
                 clock: Callable[[], float] = time.monotonic,
                 on_refused: Callable[[str], None] | None = None,
-                journal: Any = None) -> AsyncTaskRunner:
+                journal: Any = None, net: Any = None, training: Any = None
+                ) -> AsyncTaskRunner:
     """The runner of an async task (spec section `a`), its core's clock started now.
 
     The core measures π from `start_time`, on the runner's clock: built without it, the core
     would count from 0 while `time.monotonic()` is far past π, and the first push of every
     live SPIN task would be aggregated alone by timeout. A resumed runner takes its times
-    back from the saved state instead (`AsyncTaskRunner.restore`).
+    back from the saved state instead (`AsyncTaskRunner.restore`). `net` (an
+    `aggregation.inversion.Net`) and `training` (the spec's training section) feed
+    `staleness: inversion`, which replays updates through the task's model with the
+    learners' local settings.
     """
     from orchestrator.aggregation import build_aggregator
     from orchestrator.aggregation.robust import RobustRule
@@ -81,9 +85,12 @@ def make_runner(a: Any, initial_state: Any, seed: int, evaluate: Any, *,
     # FedBuff / PORT have no timeout; a selection round that found no client holding data
     # is drawn again after π seconds (their own default, 10 s, would idle a small live
     # fleet), with the task seed for the draws. Each aggregator takes the settings it has.
+    local = ({} if training is None else
+             {"local_lr": training.lr, "batch_size": training.batch_size, "local_epochs": a.epochs})
     core = build_aggregator(a.aggregator, initial_state, staleness=a.staleness, k=a.k,
                             pi_s=a.pi_s, selection_interval_s=a.pi_s, seed=seed,
-                            start_time=clock(), rule=RobustRule.from_spec(a.aggregation))
+                            start_time=clock(), rule=RobustRule.from_spec(a.aggregation),
+                            staleness_params={**local, "seed": seed}, net=net)
     return AsyncTaskRunner(core, evaluate=evaluate, max_updates=a.max_updates, clock=clock,
                            on_refused=on_refused, journal=journal)
 
@@ -242,6 +249,7 @@ class AsyncDriver:
 
         spec = load_spec(task.spec)
         assert spec.async_ is not None
+        a = spec.async_
         layout = self.store.layout
         x, y, shape, classes = load_test_split(layout, task.id)
         scorer = initial_model(spec, shape, classes)
@@ -252,10 +260,15 @@ class AsyncDriver:
             return float(loss), float(acc)
 
         version = task.model_version if resume else 0
-        runner = make_runner(spec.async_, read_state(layout.model(task.id, version)),
-                             spec.seed, score,
+        net = None
+        if a.staleness == "inversion":
+            from orchestrator.aggregation.inversion import Net
+
+            net = Net(initial_model(spec, shape, classes), tuple(shape), int(classes))
+        runner = make_runner(a, read_state(layout.model(task.id, version)), spec.seed, score,
                              on_refused=lambda code: self.refused(task.id, code),
-                             journal=StoreJournal(self.store, task.id, self.metrics))
+                             journal=StoreJournal(self.store, task.id, self.metrics),
+                             net=net, training=spec.training)
         saved = self.store.async_state(task.id) if resume else None
         if resume:
             restore_runner(self.store, task, runner)

@@ -30,6 +30,7 @@ from orchestrator.aggregation import (
     StopTraining,
     build_aggregator,
 )
+from orchestrator.aggregation.inversion import Net
 from orchestrator.aggregation.robust import RobustRule
 from orchestrator.simulation.adversary import Attackers
 from orchestrator.simulation.config import SimulationConfig
@@ -185,13 +186,23 @@ def build_world(
     )
 
 
-def make_core(config: SimulationConfig, initial_state: dict[str, torch.Tensor]) -> AsyncAggregator:
-    """The aggregator core a config names, with its parameters (each aggregator takes its own)."""
+def make_core(config: SimulationConfig, initial_state: dict[str, torch.Tensor],
+              net: Net | None = None) -> AsyncAggregator:
+    """The aggregator core a config names, with its parameters (each aggregator takes its own).
+
+    ``net`` (model, input shape, classes) is for ``staleness: inversion``, which then inverts
+    inline (``workers = 0``), with the clients' local training settings, so runs repeat.
+    """
     a = config.aggregator
     settings = a.model_dump(exclude={"name", "staleness", "poly_a", "dcasgd_c", "aggregation"})
     settings["seed"] = _seed_for(config.seed, 7)  # FedBuff / PORT draws
+    params: dict[str, float] = {"a": a.poly_a, "c": a.dcasgd_c}
+    if a.staleness == "inversion":
+        t = config.training
+        params.update(local_lr=t.lr, local_epochs=t.epochs, batch_size=t.batch_size, workers=0,
+                      seed=_seed_for(config.seed, 8))
     return build_aggregator(a.name, initial_state, staleness=a.staleness,
-                            staleness_params={"a": a.poly_a, "c": a.dcasgd_c},
+                            staleness_params=params, net=net,
                             rule=RobustRule.from_spec(a.aggregation), **settings)
 
 
@@ -211,8 +222,9 @@ class Simulation:
         # Where local training runs (this process by default, or a Ray cluster); the event
         # loop, and so the order of events, stays here either way.
         self.trainer: TrainBackend = trainer or train_jobs
-        self.core = make_core(self.config, world.initial_state)
         self.model = build_model(self.config.model, world.input_shape, world.num_classes)
+        net = Net(self.model, world.input_shape, world.num_classes)
+        self.core = make_core(self.config, world.initial_state, net)
         self.eval_model = build_model(self.config.model, world.input_shape, world.num_classes)
         self.clients = [
             SimClient(f"c{i}", i, world.devices[i], world.streams[i], world.arrivals[i])

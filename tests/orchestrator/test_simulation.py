@@ -143,3 +143,17 @@ def test_cli_writes_trace(tmp_path: Path) -> None:
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # beside it
     bad = CliRunner().invoke(app, ["simulate", str(tmp_path / "missing.yaml")])
     assert bad.exit_code == 2
+
+
+@pytest.mark.extended  # a whole simulated run with inversions: ~4 s, over the default budget
+def test_simulator_runs_the_inversion_handler_inline() -> None:
+    # staleness: inversion in the event simulator inverts stale updates inline (workers = 0).
+    _summary, sim = simulate(load_config(_config(
+        aggregator={"name": "spin", "k": 3, "pi_s": 2.0, "staleness": "inversion"})))
+    handler = sim.core.handler
+    record = handler.summary()
+    assert record is not None and record["late"] == 0 and record["dropped"] == 0
+    # Every stale update is inverted until the switch back (001 §4.3) has brought α to 0.
+    expected = sum(1 for a in sim.core.aggregations for s in a.staleness
+                   if s >= 1 and handler.alpha(a.version - 1) > 0)  # type: ignore[attr-defined]
+    assert record["inverted"] == expected > 0, (record, expected)
