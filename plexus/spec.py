@@ -22,6 +22,7 @@ from pydantic import (
 
 from plexus.errors import SpecError
 from plexus.layers import LayerSpec, bare_layers
+from plexus.split.spec import SplitSpec
 
 ModelName = Literal["twonn", "threenn", "convnet", "fashionnet", "lenet5"]
 DatasetName = Literal["mnist5k", "digits", "synthetic", "mnist", "fashion_mnist", "files"]
@@ -238,9 +239,10 @@ class TaskSpec(_Strict):
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
-    mode: Literal["sync", "async"] = "sync"
+    mode: Literal["sync", "async", "split"] = "sync"
     sync: SyncSpec | None = None
     async_: AsyncSpec | None = Field(None, alias="async")
+    split: SplitSpec | None = None  # split learning (DynSplit): docs/split-learning.md
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -248,33 +250,26 @@ class TaskSpec(_Strict):
     @classmethod
     def _default_section(cls, data: Any) -> Any:
         # A spec that names only its mode gets that mode's defaults, so `mode: async` alone is
-        # a complete spec; a section for the other mode is still a mistake (checked below).
+        # a complete spec; a section for another mode is still a mistake (checked below).
+        # (A split task has no defaults for its cut, so `mode: split` needs its section.)
         if isinstance(data, dict):
             mode = data.get("mode", "sync")
-            key = "sync" if mode == "sync" else "async"
-            other = "async" if mode == "sync" else "sync"
-            if key not in data and other not in data and "async_" not in data:
-                data = {**data, key: {}}
+            if mode in ("sync", "async") and not any(
+                    k in data for k in ("sync", "async", "async_", "split")):
+                data = {**data, mode: {}}
         return data
 
     @model_validator(mode="after")
     def _mode_matches_section(self) -> TaskSpec:
-        if self.mode == "sync":
-            if self.async_ is not None:
+        sections = {"sync": self.sync, "async": self.async_, "split": self.split}
+        for key, section in sections.items():
+            if key != self.mode and section is not None:
                 raise ValueError(
-                    "mode: 'sync' is set but an 'async' section is given: remove it "
-                    "or set mode: async"
+                    f"mode: '{self.mode}' is set but an '{key}' section is given: remove it "
+                    f"or set mode: {key}"
                 )
-            if self.sync is None:
-                raise ValueError("mode: 'sync' is set: add a 'sync' section")
-        else:
-            if self.sync is not None:
-                raise ValueError(
-                    "mode: 'async' is set but a 'sync' section is given: remove it "
-                    "or set mode: sync"
-                )
-            if self.async_ is None:
-                raise ValueError("mode: 'async' is set: add an 'async' section")
+        if sections[self.mode] is None:
+            raise ValueError(f"mode: '{self.mode}' is set: add an '{self.mode}' section")
         return self
 
     def to_dict(self) -> dict[str, Any]:
