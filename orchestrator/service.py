@@ -17,6 +17,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.runs.asynchronous import AsyncDriver
 from orchestrator.runs.gateway import LearnerGateway
 from orchestrator.runs.jobs import JobDriver
+from orchestrator.runs.split import SplitDriver
 from orchestrator.runs.sync import SyncDriver
 from orchestrator.store import Store, write_atomic
 
@@ -88,6 +89,7 @@ class Service:
         self.sync = SyncDriver(self.store, self.gateway, self.metrics)
         self.jobs = JobDriver(self.store, self.gateway, self.metrics)
         self.asynchronous = AsyncDriver(self.store, self.gateway, self.metrics)
+        self.split = SplitDriver(self.store, self.gateway, self.metrics)
 
     def _authorize_worker(self, name: str, token: str | None) -> bool:
         # A relayed agent serves under its enrolled name with its own learner token.
@@ -101,11 +103,13 @@ class Service:
         self.asynchronous.fail_leftovers()
         self.jobs.fail_leftovers()
         self.sync.resume_all()
+        self.split.resume_all()
 
     async def stop(self) -> None:
         """Stop every driver (durable state stays for the next start), then close."""
         await self.jobs.stop()
         await self.asynchronous.stop()
         await self.sync.stop()
+        await self.split.stop()
         self.gateway.close()
         self.store.close()

@@ -6,8 +6,8 @@ once and cut at `split.cut` among its top-level layers. Each pathway gets an enc
 device and a decoder on the server (paper fig. 2): for image-like activations [C, H, W] a 3×3
 convolution to `channels` and back, for flat ones [F] a linear layer; a path without channels
 sends the activations themselves. The gate (paper eq. 1–4) is a small network on the cut
-activations whose logits log α pick the path by Gumbel-softmax while training and by argmax
-afterwards.
+activations whose logits log α pick the path by Gumbel-softmax (eq. 4) while training and by
+Gumbel-max sampling (eq. 3) afterwards.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from plexus.errors import SpecError
+from plexus.spec import SplitSpec
 from plexus.split.codec import PathLayout
-from plexus.split.spec import SplitSpec
 
 GATE_HIDDEN = 16
 
@@ -62,14 +62,18 @@ class DeviceHalf(nn.Module):
 
     def route(self, a: torch.Tensor, *, tau: float | None) -> torch.Tensor:
         """Gate weights g [B, paths]: one-hot per sample; with `tau` (training) a straight-
-        through Gumbel-softmax sample (eq. 4) whose gradient reaches the gate, else argmax."""
+        through Gumbel-softmax sample (eq. 4) whose gradient reaches the gate, else a Gumbel-
+        max sample (eq. 3), so inference routes samples in the proportions training learned
+        (an argmax would send every undecided sample down the same path)."""
         n = len(self.encoders)
         if self.gate is None:
             return torch.ones(a.shape[0], 1)
         logits = self.gate(a)
         if tau is not None:
             return nn.functional.gumbel_softmax(logits, tau=tau, hard=True)
-        return nn.functional.one_hot(logits.argmax(1), n).to(a.dtype)
+        u = torch.rand_like(logits).clamp_(1e-9, 1.0 - 1e-9)
+        choice = (logits - torch.log(-torch.log(u))).argmax(1)
+        return nn.functional.one_hot(choice, n).to(a.dtype)
 
     def forward(self, x: torch.Tensor, tau: float | None = None
                 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
@@ -160,12 +164,20 @@ def build_halves(model: nn.Module, split: SplitSpec, input_shape: tuple[int, ...
     return DeviceHalf(body, encoders, gate), ServerHalf(decoders, rest, shape), layouts
 
 
-def halves_for_task(task: Any) -> tuple[DeviceHalf, ServerHalf, list[PathLayout]]:
-    """The halves of a split task (`plexus.spec.TaskSpec` with a `split` section)."""
+def split_network(model: nn.Module, split: SplitSpec, input_shape: tuple[int, ...]
+                  ) -> SplitNetwork:
+    """`model` cut and joined again through its paths: the network a split task trains (its
+    state holds `device.*` and `server.*`)."""
+    device, server, layouts = build_halves(model, split, input_shape)
+    return SplitNetwork(device, server, layouts)
+
+
+def network_for_task(task: Any) -> SplitNetwork:
+    """A fresh split network of a split task (`plexus.spec.TaskSpec` with `split`)."""
     from plexus.models import build_for_task, geometry
 
     if task.split is None:
         raise SpecError("the task has no split section")
     shape, _ = geometry(task)
     torch.manual_seed(task.seed)
-    return build_halves(build_for_task(task), task.split, shape)
+    return split_network(build_for_task(task), task.split, shape)

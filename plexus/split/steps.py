@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from plexus.spec import SplitSpec
 from plexus.split.codec import PathLayout, check_batch, quantise
 from plexus.split.model import DeviceHalf, ServerHalf
-from plexus.split.spec import SplitSpec
 
 
 def optimiser(module: torch.nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
@@ -95,6 +95,11 @@ class DeviceTrainer:
             self.stats.per_path[p] += int(c)
         self.stats.payload_bytes += message_bytes(message)
         return message
+
+    @property
+    def pending_codes(self) -> list[torch.Tensor]:
+        """The codes per path of the batch sent and not yet finished (empty if none)."""
+        return self._pending[0] if self._pending else []
 
     def finish(self, grads: list[Any]) -> None:
         """Back-propagate the server's gradient at the codes plus the ratio penalty; step."""

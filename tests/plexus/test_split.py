@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from plexus.errors import SpecError
-from plexus.spec import load_spec
+from plexus.spec import SplitSpec, load_spec
 from plexus.split.codec import BadSplitBatch, PathLayout, dequantise, quantise
 from plexus.split.model import SplitNetwork, build_halves, cut_layers
-from plexus.split.spec import SplitSpec
 from plexus.split.steps import DeviceTrainer, ServerTrainer, link_target, message_bytes, optimiser
 
 LAYERS = [{"type": "Conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1}, "ReLU",
