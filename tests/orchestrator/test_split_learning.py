@@ -114,6 +114,32 @@ def test_the_model_exports_as_one_network_and_as_two_halves(
         assert torch.allclose(halves(x), one)
 
 
+def test_a_cut_outside_the_network_is_refused_at_submission(client: Client) -> None:
+    from orchestrator.client import APIError
+
+    before = len(client.tasks())
+    with pytest.raises(APIError) as caught:
+        client.submit(split_spec("bad-cut", cut=9))
+    assert caught.value.status == 422 and caught.value.code == "invalid_spec"
+    assert "split.cut" in str(caught.value)
+    assert len(client.tasks()) == before
+
+
+def test_the_example_spec_runs(client: Client) -> None:
+    from plexus.spec import load_spec
+
+    example = load_spec(Path(__file__).resolve().parents[2] / "docs" / "examples" /
+                        "split-digits.yaml").to_dict()
+    example["split"] = {**example["split"], "rounds": 1}
+    done = finished(client, client.submit(example)["id"], timeout_s=300.0)
+    assert done["state"] == "finished", done["reason"]
+    last = client.rounds(done["id"])[-1]
+    # No factory needed: the agent without the plugin takes part too.
+    # One short round (three learners, ~15 batches each): above chance (0.10), no more.
+    assert len(last["samples"]) == 3 and last["accuracy"] > 0.15, last
+
+
+# Last: the learner it enrolls never answers calls, so a later round would wait for it.
 def test_the_step_route_refuses_what_is_not_its_own(fleet: LocalFleet, client: Client,
                                                     trained: dict[str, Any]) -> None:
     url = f"{fleet.url}/v1/tasks/{trained['id']}/split/step"
