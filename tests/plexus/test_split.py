@@ -107,9 +107,8 @@ def test_gate_ratio_tracks_the_target() -> None:
     y = (x.mean((1, 2, 3)) * 4).long().clamp(0, 3)
     for target in (0.2, 0.7):
         dt, st = _trainers(target_ratio=target)
-        for _ in range(2):
-            for i in range(0, 512, 8):
-                dt.finish(st.step(dt.send(x[i:i + 8], y[i:i + 8]))["grads"])
+        for i in range(0, 512, 8):
+            dt.finish(st.step(dt.send(x[i:i + 8], y[i:i + 8]))["grads"])
         wide, samples = dt.stats.wide, dt.stats.samples
         for i in range(0, 256, 8):
             dt.finish(st.step(dt.send(x[i:i + 8], y[i:i + 8]))["grads"])
