@@ -232,7 +232,7 @@ class SplitDriver:
         for lr in learners:
             await self.gateway.grant(lr, task.id)
         t0 = time.monotonic()
-        replies = await self.gateway.gather(
+        replies = await self._gather_alive(
             [(lr, self._call(lr, spec_dict, task.id, index, shards[lr.id], device))
              for lr in learners], spec.split.round_timeout_s)
         round_s = time.monotonic() - t0
@@ -254,6 +254,38 @@ class SplitDriver:
         if sum(samples.values()) > 0:
             return None
         return f"round {index}: no learner trained ({'; '.join(left_out.values()) or 'none'})"
+
+    async def _gather_alive(self, calls: list[Any], timeout_s: float,
+                            check_s: float = 2.0) -> list[Reply]:
+        """Like `gateway.gather`, but a learner that stops heartbeating (not alive any more)
+        is given up on at once instead of holding the round until `timeout_s`."""
+        t0 = time.monotonic()
+        futures = {lr.id: asyncio.ensure_future(self.gateway.gather([(lr, call)], timeout_s))
+                   for lr, call in calls}
+        try:
+            while True:
+                pending = [f for f in futures.values() if not f.done()]
+                if not pending or time.monotonic() - t0 > timeout_s:
+                    break
+                await asyncio.wait(pending, timeout=check_s)
+                alive = {lr.id for lr in await asyncio.to_thread(self.gateway.alive)}
+                for lid, f in futures.items():
+                    if not f.done() and lid not in alive:
+                        f.cancel()
+        except asyncio.CancelledError:
+            for f in futures.values():
+                f.cancel()
+            raise
+        out = []
+        for lr, _call in calls:
+            f = futures[lr.id]
+            if f.done() and not f.cancelled():
+                out.extend(f.result())
+            else:
+                f.cancel()
+                out.append(Reply(lr, error="stopped heartbeating (or no answer by "
+                                 "split.round_timeout_s)", elapsed_s=time.monotonic() - t0))
+        return out
 
     def _call(self, lr: LearnerRow, spec: dict[str, Any], task_id: int, index: int,
               shards: list[int], device: dict[str, Any]) -> Any:

@@ -130,13 +130,13 @@ def test_the_example_spec_runs(client: Client) -> None:
 
     example = load_spec(Path(__file__).resolve().parents[2] / "docs" / "examples" /
                         "split-digits.yaml").to_dict()
-    example["split"] = {**example["split"], "rounds": 1}
     done = finished(client, client.submit(example)["id"], timeout_s=300.0)
     assert done["state"] == "finished", done["reason"]
-    last = client.rounds(done["id"])[-1]
-    # No factory needed: the agent without the plugin takes part too.
-    # One short round (three learners, ~15 batches each): above chance (0.10), no more.
-    assert len(last["samples"]) == 3 and last["accuracy"] > 0.15, last
+    rounds = client.rounds(done["id"])
+    # No factory needed: the agent without the plugin takes part too. Three SplitFed rounds
+    # of ~15 batches per learner (one learner alone: 0.43 after its 45 batches, 0.86 after 90).
+    assert all(len(r["samples"]) == 3 for r in rounds)
+    assert rounds[-1]["accuracy"] > 0.3, rounds[-1]
 
 
 # Last: the learner it enrolls never answers calls, so a later round would wait for it.
@@ -155,3 +155,43 @@ def test_the_step_route_refuses_what_is_not_its_own(fleet: LocalFleet, client: C
                        headers=learner)
     assert other.status_code == 404
     assert client.task(trained["id"])["state"] == "finished"
+
+
+def test_a_learner_that_stops_heartbeating_does_not_hold_the_round(
+        fleet: LocalFleet, client: Client) -> None:
+    import threading
+    import time
+
+    from plexus.spec import load_spec
+
+    ghost = httpx.post(f"{fleet.url}/v1/learners/enroll", json={
+        "join_token": fleet.join_token, "name": "ghost", "facts": {}, "endpoint": None}).json()
+    beat = f"{fleet.url}/v1/learners/{ghost['learner_id']}/heartbeat"
+    headers = {"Authorization": f"Bearer {ghost['token']}"}
+    example = load_spec(Path(__file__).resolve().parents[2] / "docs" / "examples" /
+                        "split-digits.yaml").to_dict()
+    example["split"] = {**example["split"], "rounds": 1, "max_batches": 2}
+    running = threading.Event()
+
+    def heartbeat() -> None:  # alive until picked for a round, then silent (a crash)
+        while not running.is_set():
+            httpx.post(beat, json={"facts": {}}, headers=headers)
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=heartbeat)
+    thread.start()
+    try:
+        task = client.submit(example)
+        from tests.orchestrator.test_end_to_end import wait_for
+
+        # Picked for the round = granted the task: its token may then read the task's model.
+        wait_for(lambda: httpx.get(f"{fleet.url}/v1/tasks/{task['id']}/model",
+                                   headers=headers).status_code == 200, 60, "ghost picked")
+    finally:
+        running.set()
+        thread.join()
+    done = finished(client, task["id"], timeout_s=100.0)  # round_timeout_s is 600
+    assert done["state"] == "finished", done["reason"]
+    last = client.rounds(task["id"])[-1]
+    assert "stopped heartbeating" in last["left_out"][str(ghost["learner_id"])]
+    assert len(last["samples"]) == 3
