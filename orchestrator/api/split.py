@@ -24,10 +24,13 @@ from orchestrator.errors import BadInput
 router = APIRouter(tags=["split learning"])
 MAX_STEP_BYTES = 64 * 1024 * 1024
 _RPC = {"application/x-plexus-rpc": {"schema": {"type": "string", "format": "binary"}}}
+# The request is declared as bytes (agents send it as application/x-plexus-rpc; the content
+# type is not checked, the body is decoded and checked whatever it says it is).
+_BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
 
 @router.post("/v1/tasks/{task_id}/split/step", response_class=Response,
-             openapi_extra={"requestBody": {"required": True, "content": _RPC}},
+             openapi_extra={"requestBody": {"required": True, "content": _BYTES}},
              responses={200: {"description": "gradients at the codes", "content": _RPC},
                         **answers(401, 403, 404, 409, 413, 422)})
 async def split_step(task_id: Id, request: Request, me: LearnerDep, service: ServiceDep
