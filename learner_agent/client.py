@@ -27,6 +27,7 @@ class OrchestratorClient:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers.update(kwargs.pop("headers", None) or {})
         try:
             response = self._http.request(method, path, headers=headers, **kwargs)
         except httpx.TransportError as exc:
@@ -81,3 +82,8 @@ class OrchestratorClient:
     def model(self, task_id: int) -> bytes:
         """The task's current global parameters as safetensors bytes (metadata `version`)."""
         return self._request("GET", f"/v1/tasks/{task_id}/model").content
+
+    def split_step(self, task_id: int, body: bytes, content_type: str) -> bytes:
+        """One split-learning batch (an RPC-encoded body) → the server's encoded answer."""
+        return self._request("POST", f"/v1/tasks/{task_id}/split/step", content=body,
+                             headers={"Content-Type": content_type}).content

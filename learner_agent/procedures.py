@@ -390,6 +390,36 @@ class Agent:
             answer["local_eval"] = local_eval
         return answer
 
+    def split_train(self, task: dict[str, Any], task_id: int, round: int, shards: list[int],
+                    device: dict[str, Any]) -> dict[str, Any]:
+        """Split learning: train the device half on `shards` (or the device's own data),
+        one request per batch to the orchestrator (learner_agent/split.py)."""
+        from learner_agent.split import shard_data, split_round
+
+        spec = parse_task(task)
+        check_int("task_id", task_id)
+        check_int("round", round)
+        ids = _check_shards_and_deadline(shards, 1.0)
+        if spec.split is None:
+            raise BadTask("split_train needs a task with mode: split")
+        if not isinstance(device, dict):
+            raise BadTask("device must be the device half's tensors by name")
+
+        def job() -> dict[str, Any]:
+            bandwidth = None
+            if spec.dataset.device:
+                data, _held_out = self._local_train(spec)
+            else:
+                t0 = self.clock()
+                payloads = [self.client.shard(task_id, n) for n in dict.fromkeys(ids)]
+                seconds = self.clock() - t0
+                # b_k (bytes/s) from the shard downloads, as subset benchmarking measures it.
+                bandwidth = sum(map(len, payloads)) / seconds if seconds > 0 else None
+                data = shard_data(payloads)
+            return split_round(self.client, spec, task_id, round, data, device, bandwidth)
+
+        return self._run(job)
+
     def _fetch_shards(self, task_id: int, ids: list[int], deadline: float) -> list[bytes]:
         """The payloads of shards `ids` in order, as many as arrive before `deadline`."""
         # An allocation may name a shard several times (DAB duplicates shards when
@@ -455,6 +485,7 @@ def make_registry(agent: Agent) -> Any:
         protocol.JoinAsync: agent.asynchronous.join,
         protocol.LeaveAsync: agent.asynchronous.leave,
         protocol.RoundState: agent.round_state,
+        protocol.SplitTrain: agent.split_train,
     }
     assert set(served) == set(protocol.CALLS), "every declared procedure is served"
     registry = rpc.Registry()

@@ -22,6 +22,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.runs.asynchronous import AsyncDriver
 from orchestrator.runs.gateway import LearnerGateway
 from orchestrator.runs.jobs import JobDriver
+from orchestrator.runs.split import SplitDriver
 from orchestrator.runs.sync import SyncDriver
 from orchestrator.store import Store, lease, write_atomic
 
@@ -105,6 +106,7 @@ class Service:
         self.sync = SyncDriver(self.store, self.gateway, self.metrics)
         self.jobs = JobDriver(self.store, self.gateway, self.metrics)
         self.asynchronous = AsyncDriver(self.store, self.gateway, self.metrics)
+        self.split = SplitDriver(self.store, self.gateway, self.metrics)
         # Only the holder of the driver lease runs tasks (orchestrator.store.lease).
         self.owner = lease.new_owner_id()
         self.leader = False
@@ -146,6 +148,7 @@ class Service:
         self.asynchronous.resume_all()
         self.jobs.resume_all()
         self.sync.resume_all()
+        self.split.resume_all()
 
     async def _stand_down(self, why: str) -> None:
         """Stop driving (another instance holds the lease now); durable state stays."""
@@ -187,6 +190,7 @@ class Service:
         await self.jobs.stop()
         await self.asynchronous.stop()
         await self.sync.stop()
+        await self.split.stop()
 
     async def stop(self) -> None:
         """Stop every driver (durable state stays for the next start), give the lease back

@@ -101,8 +101,22 @@ class RoundState(Call):
     seed: int | None = None
 
 
+@dataclass(frozen=True)
+class SplitTrain(Call):
+    """Split learning (DynSplit, docs/split-learning.md): load the device half `device`
+    (tensors), train it on `shards` (device data: the agent's own) sending one request per
+    batch to the orchestrator's server half; answer the trained device half."""
+
+    name: ClassVar[str] = "split_train"
+    task: dict[str, Any]
+    task_id: int
+    round: int
+    shards: list[int]
+    device: dict[str, Any]
+
+
 CALLS: tuple[type[Call], ...] = (
-    Status, Plan, Benchmark, Train, JoinAsync, LeaveAsync, RoundState,
+    Status, Plan, Benchmark, Train, JoinAsync, LeaveAsync, RoundState, SplitTrain,
 )
 """Every procedure the agent serves."""
 

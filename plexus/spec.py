@@ -232,6 +232,58 @@ class AsyncSpec(_Strict):
     aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
 
 
+# -- split learning (DynSplit, paper `004_…`; docs/split-learning.md) ------------------
+# Quantisation widths a pathway may use: 1..8 bits are packed integers with a per-sample
+# minimum and step; 16 and 32 send float16 / float32 values.
+Bits = Literal[1, 2, 4, 8, 16, 32]
+BITS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+MAX_PATHS = 4
+
+
+class PathSpec(BaseModel):
+    """One pathway: `channels` of the autoencoder bottleneck (null: no autoencoder, the
+    activations themselves) and the quantisation `bits` of what it sends."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    channels: int | None = Field(None, ge=1, le=4096)
+    bits: Bits = 8
+
+
+def _scenario_1() -> tuple[PathSpec, ...]:
+    # Paper scenario 1: an uncompressed pathway and a 1-channel bottleneck, both quantised.
+    return (PathSpec(channels=None, bits=8), PathSpec(channels=1, bits=8))
+
+
+class SplitSpec(BaseModel):
+    """Split learning (DynSplit): `cut` is the index of the first layer the server runs (the
+    device runs layers 0..cut-1); `paths` are the pathways, path 0 the widest; `target_ratio`
+    is the share of samples that should take path 0 (paper: ratio = |data on pathway 1| /
+    |data|), held by a penalty `ratio_weight`·(target − batch ratio)² (paper eq. 5); `tau` is
+    the Gumbel-softmax temperature (eq. 4). `rounds`: passes over each learner's data, after
+    each of which the device halves are averaged (SplitFed). `link_budget_s`: seconds one
+    batch's upload may take at the learner's measured bandwidth b_k; the learner lowers its
+    target ratio until the expected batch fits (null: the target ratio as given)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cut: int = Field(ge=1, le=10_000)
+    paths: tuple[PathSpec, ...] = Field(default_factory=_scenario_1, min_length=1,
+                                        max_length=MAX_PATHS)
+    target_ratio: float = Field(0.2, ge=0.0, le=1.0)
+    ratio_weight: float = Field(10.0, ge=0.0, le=1e6)
+    tau: float = Field(1.0, gt=0.0, le=100.0)
+    rounds: int = Field(2, ge=1, le=10_000)
+    link_budget_s: float | None = Field(None, gt=0.0)
+    max_batches: int | None = Field(None, ge=1)  # per learner and round (null: all its data)
+    round_timeout_s: float = Field(600.0, gt=0.0)  # a learner not done by then is left out
+
+    @model_validator(mode="after")
+    def _one_path_means_no_gate(self) -> SplitSpec:
+        if len(self.paths) == 1 and self.link_budget_s is not None:
+            raise ValueError("split.link_budget_s needs at least two paths (with one path "
+                             "there is no ratio to lower)")
+        return self
+
+
 class TaskSpec(_Strict):
     """A whole training task; `mode` selects which of `sync` / `async` must be present."""
 
@@ -241,9 +293,10 @@ class TaskSpec(_Strict):
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
-    mode: Literal["sync", "async"] = "sync"
+    mode: Literal["sync", "async", "split"] = "sync"
     sync: SyncSpec | None = None
     async_: AsyncSpec | None = Field(None, alias="async")
+    split: SplitSpec | None = None  # split learning (DynSplit): docs/split-learning.md
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -251,33 +304,26 @@ class TaskSpec(_Strict):
     @classmethod
     def _default_section(cls, data: Any) -> Any:
         # A spec that names only its mode gets that mode's defaults, so `mode: async` alone is
-        # a complete spec; a section for the other mode is still a mistake (checked below).
+        # a complete spec; a section for another mode is still a mistake (checked below).
+        # (A split task has no defaults for its cut, so `mode: split` needs its section.)
         if isinstance(data, dict):
             mode = data.get("mode", "sync")
-            key = "sync" if mode == "sync" else "async"
-            other = "async" if mode == "sync" else "sync"
-            if key not in data and other not in data and "async_" not in data:
-                data = {**data, key: {}}
+            if mode in ("sync", "async") and not any(
+                    k in data for k in ("sync", "async", "async_", "split")):
+                data = {**data, mode: {}}
         return data
 
     @model_validator(mode="after")
     def _mode_matches_section(self) -> TaskSpec:
-        if self.mode == "sync":
-            if self.async_ is not None:
+        sections = {"sync": self.sync, "async": self.async_, "split": self.split}
+        for key, section in sections.items():
+            if key != self.mode and section is not None:
                 raise ValueError(
-                    "mode: 'sync' is set but an 'async' section is given: remove it "
-                    "or set mode: async"
+                    f"mode: '{self.mode}' is set but an '{key}' section is given: remove it "
+                    f"or set mode: {key}"
                 )
-            if self.sync is None:
-                raise ValueError("mode: 'sync' is set: add a 'sync' section")
-        else:
-            if self.sync is not None:
-                raise ValueError(
-                    "mode: 'async' is set but a 'sync' section is given: remove it "
-                    "or set mode: sync"
-                )
-            if self.async_ is None:
-                raise ValueError("mode: 'async' is set: add an 'async' section")
+        if sections[self.mode] is None:
+            raise ValueError(f"mode: '{self.mode}' is set: add an '{self.mode}' section")
         return self
 
     def to_dict(self) -> dict[str, Any]:

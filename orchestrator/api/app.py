@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
-from orchestrator.api import errors, health, jobs, learners, tasks, ui
+from orchestrator.api import errors, health, jobs, learners, split, tasks, ui
 from orchestrator.api.asynchronous import make_async_router
 from orchestrator.api.deps import learner
 from orchestrator.api.finite import FiniteJSON
@@ -66,7 +66,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(FiniteJSON)
     app.add_middleware(RefuseWhileStopping, service=service)
     errors.install(app)
-    for router in (health.router, learners.router, tasks.router, jobs.router, ui.router):
+    for router in (health.router, learners.router, tasks.router, jobs.router, split.router,
+                   ui.router):
         app.include_router(router)
     # Asynchronous mode: pull / updates / status of running async tasks.
     app.include_router(make_async_router(service.asynchronous.runners, learner,

@@ -40,7 +40,7 @@ def task_view(t: TaskRow) -> dict[str, Any]:
             "created_at": t.created_at, "started_at": t.started_at,
             "finished_at": t.finished_at, "rounds_done": t.rounds_done,
             # Async tasks have no fixed number of rounds (one row per aggregation).
-            "rounds": sync.get("rounds"),
+            "rounds": sync.get("rounds") or ((t.spec or {}).get("split") or {}).get("rounds"),
             "allocator": sync.get("allocator") or asynchronous.get("aggregator"),
             "model_version": t.model_version, "num_shards": t.num_shards, "spec": t.spec}
 
@@ -95,6 +95,10 @@ async def submit(spec: Annotated[dict[str, Any], Body()], service: ServiceDep
     settings = service.settings
     parsed, data = await asyncio.to_thread(resolve_spec, parsed, settings.datasets_dir,
                                            settings.max_data_bytes)
+    if parsed.split is not None:
+        from orchestrator.runs.split import check_split
+
+        await asyncio.to_thread(check_split, parsed)
     layout = service.store.layout
     row = await asyncio.to_thread(
         service.store.create_task, parsed.to_dict(),
@@ -102,6 +106,8 @@ async def submit(spec: Annotated[dict[str, Any], Body()], service: ServiceDep
     if parsed.async_ is not None:
         service.asynchronous.launch(row)
         row = service.store.task(row.id)
+    elif parsed.split is not None:
+        service.split.launch(row.id)
     else:
         service.sync.launch(row.id)
     return task_view(row)
@@ -151,6 +157,7 @@ async def cancel_task(task_id: Id, service: ServiceDep) -> dict[str, Any]:
     note(service.store, task_id, "state", "cancelled by the user")
     await service.sync.cancel(task_id)
     await service.asynchronous.cancel(task_id)
+    await service.split.cancel(task_id)
     return task_view(row)
 
 

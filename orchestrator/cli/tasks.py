@@ -273,6 +273,12 @@ def _write_model(task: dict[str, Any], payload: bytes, output: Path, fmt: str) -
     if fmt == "safetensors":
         save(output, state, file_header(spec, task_id=task["id"], version=version))
         return version
+    if spec.split is not None:
+        from plexus.errors import SpecError
+
+        raise SpecError("a split task's model is written as safetensors (load it, or cut it "
+                        "into its two halves, with plexus.split.export: "
+                        "docs/split-learning.md), not ONNX")
     net = build_for_task(spec)
     net.load_state_dict(state)
     export_onnx(net, geometry(spec)[0], output)

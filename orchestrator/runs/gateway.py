@@ -163,6 +163,13 @@ class LearnerGateway:
         await self.grant(lr, task_id)
         return await self._call(lr, protocol.JoinAsync(task=spec, task_id=task_id, client=client))
 
+    async def split_train(self, lr: LearnerRow, spec: dict[str, Any], task_id: int, index: int,
+                          shards: list[int], device: dict[str, Any]) -> Any:
+        """Split learning: train the device half `device` on `shards` against our server
+        half (the learner must have been granted the task first)."""
+        return await self._call(lr, protocol.SplitTrain(task=spec, task_id=task_id, round=index,
+                                                        shards=shards, device=device))
+
     async def leave_async(self, lr: LearnerRow, task_id: int) -> Any:
         """Leave asynchronous task `task_id`."""
         return await self._call(lr, protocol.LeaveAsync(task_id=task_id))

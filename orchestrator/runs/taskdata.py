@@ -67,13 +67,19 @@ def load_task_data(spec: TaskSpec, data_root: Path | None, max_bytes: int | None
 
 def initial_model(spec: TaskSpec, input_shape: tuple[int, ...], num_classes: int
                   ) -> torch.nn.Module:
-    """The task's model with seeded initial parameters (model version 0)."""
+    """The task's model with seeded initial parameters (model version 0); for a split task
+    the whole split network (device half, paths, server half: `plexus.split`)."""
     import torch
 
     from plexus.models import build
 
     torch.manual_seed(spec.seed)
-    return build(spec.model, input_shape, num_classes)
+    model = build(spec.model, input_shape, num_classes)
+    if spec.split is not None:
+        from plexus.split.model import split_network
+
+        return split_network(model, spec.split, input_shape)
+    return model
 
 
 def resolve_spec(spec: TaskSpec, data_root: Path | None = None, max_bytes: int | None = None,

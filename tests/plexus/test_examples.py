@@ -21,3 +21,4 @@ def test_example_spec_is_valid(path: Path) -> None:
     assert spec.name == path.stem
     assert (spec.sync is not None) == (spec.mode == "sync")
     assert (spec.async_ is not None) == (spec.mode == "async")
+    assert (spec.split is not None) == (spec.mode == "split")

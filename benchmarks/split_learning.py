@@ -1,0 +1,228 @@
+"""Split learning (DynSplit): Org, single autoencoders and two-path gated schemes side by side.
+
+Run:  .venv/bin/python benchmarks/split_learning.py [--quick] [--train N] [--test N]
+                                                   [--epochs E] [--ratios 0.0 0.2 0.5 0.9]
+
+Fashion-MNIST (Debian's dataset-fashion-mnist; the paper used CIFAR-10, which is not
+installed here) with a small ResNet (a stride-2 stem, two residual blocks of 16 channels on
+the device, the cut after the second block, then a 32-channel residual stage and the head on
+the server). Schemes (paper sec. V): "Org" sends the cut activations as float32; "AE-12",
+"AE-4", "AE-2" one autoencoder bottleneck of that many channels; "S1" scenario 1 (an
+uncompressed path + a 1-channel path) and "S2" scenario 2 (12-channel + 2-channel paths) at
+each target ratio; every bottleneck and S1's uncompressed path are quantised to 8 bits.
+Per scheme: test accuracy (the whole network: gate argmax, quantised as on the wire), bytes
+per sample of the RPC bodies the device sends while training (measured: the encoded request
+bodies) and at inference, and the realised path-0 ratio (last training epoch, and test) vs the
+target. Then the per-batch protocol overhead: the same batches through the RPC layer's wire
+format over loopback HTTP (keep-alive) against an in-process call of the same server step.
+Writes split_learning.json and .png; prints a one-line summary last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from outdir import add_out_dir, results_dir
+
+import rpc
+from plexus.datasets import load_dataset
+from plexus.layers import build_layers
+from plexus.spec import DatasetSpec, ModelSpec, SplitSpec
+from plexus.split.codec import dequantise, quantise
+from plexus.split.model import SplitNetwork, build_halves
+from plexus.split.steps import DeviceTrainer, ServerTrainer, optimiser
+
+SHAPE = (1, 28, 28)
+
+
+def _block(c: int) -> dict[str, Any]:
+    return {"type": "Residual", "layers": [
+        {"type": "Conv2d", "out_channels": c, "kernel_size": 3, "padding": 1}, "BatchNorm2d",
+        "ReLU", {"type": "Conv2d", "out_channels": c, "kernel_size": 3, "padding": 1},
+        "BatchNorm2d"]}
+
+
+LAYERS: list[Any] = [
+    {"type": "Conv2d", "out_channels": 16, "kernel_size": 3, "stride": 2, "padding": 1},
+    "BatchNorm2d", "ReLU", _block(16), "ReLU", _block(16), "ReLU",      # device: 0..6
+    {"type": "Conv2d", "out_channels": 32, "kernel_size": 3, "stride": 2, "padding": 1},
+    "BatchNorm2d", "ReLU", _block(32), "ReLU",
+    {"type": "AdaptiveAvgPool2d", "output_size": 1}, "Flatten", {"type": "Linear"}]
+CUT = 7  # after the second residual block (and its ReLU)
+
+
+def schemes(ratios: list[float]) -> list[tuple[str, float | None, list[dict[str, Any]]]]:
+    """(name, target ratio or None, paths) of every scheme compared."""
+    out: list[tuple[str, float | None, list[dict[str, Any]]]] = [
+        ("Org", None, [{"channels": None, "bits": 32}])]
+    out += [(f"AE-{c}", None, [{"channels": c, "bits": 8}]) for c in (12, 4, 2)]
+    out += [("S1", r, [{"channels": None, "bits": 8}, {"channels": 1, "bits": 8}])
+            for r in ratios]
+    out += [("S2", r, [{"channels": 12, "bits": 8}, {"channels": 2, "bits": 8}])
+            for r in ratios]
+    return out
+
+
+def make(paths: list[dict[str, Any]], ratio: float | None, lr: float, seed: int
+         ) -> tuple[DeviceTrainer, ServerTrainer, SplitNetwork]:
+    """Fresh halves of the benchmark ResNet with these paths, and their trainers."""
+    torch.manual_seed(seed)
+    layers = ModelSpec.model_validate({"layers": LAYERS}).layers or ()
+    net = build_layers(layers, SHAPE, 10)
+    split = SplitSpec.model_validate({"cut": CUT, "paths": paths,
+                                      "target_ratio": 1.0 if ratio is None else ratio})
+    dev, srv, lays = build_halves(net, split, SHAPE)
+    dt = DeviceTrainer(dev, lays, split, optimiser(dev, "adam", lr), split.target_ratio)
+    st = ServerTrainer(srv, lays, 10, 1 << 16, optimiser(srv, "adam", lr))
+    return dt, st, SplitNetwork(dev, srv, lays)
+
+
+def train_scheme(data: Any, paths: list[dict[str, Any]], ratio: float | None,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """Train one scheme in process; accuracy, wire bytes and ratios."""
+    dt, st, whole = make(paths, ratio, args.lr, args.seed)
+    x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
+    body_bytes, samples, last_ratio = 0, 0, 0.0
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(args.seed)
+    for _epoch in range(args.epochs):
+        wide0, n0 = dt.stats.wide, dt.stats.samples
+        order = torch.randperm(len(x), generator=gen)
+        for idx in (order[i:i + args.batch] for i in range(0, len(x), args.batch)):
+            message = dt.send(x[idx], y[idx])
+            body_bytes += len(rpc.encode({"args": [message]}).join())
+            samples += len(idx)
+            dt.finish(st.step(message)["grads"])
+        last_ratio = (dt.stats.wide - wide0) / max(1, dt.stats.samples - n0)
+    train_s = time.perf_counter() - t0
+    acc, test_ratio, infer_bytes = evaluate(whole, data)
+    return {"accuracy": acc, "train_bytes_per_sample": body_bytes / samples,
+            "payload_bytes_per_sample": dt.stats.payload_bytes / samples,
+            "inference_bytes_per_sample": infer_bytes, "ratio_train_last_epoch": last_ratio,
+            "ratio_test": test_ratio, "train_s": train_s}
+
+
+def evaluate(whole: SplitNetwork, data: Any) -> tuple[float, float, float]:
+    """(accuracy, share of test samples on path 0, code bytes per test sample)."""
+    whole.eval()
+    x, y = torch.from_numpy(data.test_x), torch.from_numpy(data.test_y)
+    correct, wide, sent = 0, 0, 0
+    with torch.no_grad():
+        for i in range(0, len(x), 500):
+            xb = x[i:i + 500]
+            path, codes, _ = whole.device(xb)
+            blocks = [quantise(z, lay) for z, lay in zip(codes, whole.layouts, strict=True)]
+            sent += sum(len(b["codes"]) + b["lo"].nbytes + b["step"].nbytes for b in blocks)
+            back = [dequantise(b, z.shape[0], lay, "t") if z.shape[0] else None
+                    for b, z, lay in zip(blocks, codes, whole.layouts, strict=True)]
+            logits = whole.server(path, back)
+            correct += int((logits.argmax(1) == y[i:i + 500]).sum())
+            wide += int((path == 0).sum())
+    return correct / len(y), wide / len(y), sent / len(y)
+
+
+def overhead(data: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds per batch of S1 (ratio 0.2): server step called in process vs through the RPC
+    layer (wire format, simplex, loopback HTTP, one keep-alive connection)."""
+    paths: list[dict[str, Any]] = [{"channels": None, "bits": 8}, {"channels": 1, "bits": 8}]
+    x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
+    batches = [torch.arange(i, min(i + args.batch, len(x)))
+               for i in range(0, min(len(x), args.overhead_batches * args.batch), args.batch)]
+    out: dict[str, Any] = {"batches": len(batches), "batch_size": args.batch}
+    for mode in ("in_process", "rpc_loopback"):
+        dt, st, _ = make(paths, 0.2, args.lr, args.seed)
+        registry = rpc.Registry()
+        registry.add(st.step, name="split_step")
+        with rpc.Worker(registry).start() as server, rpc.connect(server.url) as remote:
+            call = st.step if mode == "in_process" else remote.split_step
+            t0 = time.perf_counter()
+            for idx in batches:
+                dt.finish(call(dt.send(x[idx], y[idx]))["grads"])
+            out[f"{mode}_s_per_batch"] = (time.perf_counter() - t0) / len(batches)
+    out["ratio"] = out["rpc_loopback_s_per_batch"] / out["in_process_s_per_batch"]
+    return out
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy vs training bytes per sample, and realised vs target ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, marker in (("Org", "s"), ("AE", "^"), ("S1", "o"), ("S2", "D")):
+        rows = [r for r in results if r["scheme"].startswith(name)]
+        a1.plot([r["train_bytes_per_sample"] for r in rows], [r["accuracy"] for r in rows],
+                marker=marker, linestyle="-" if name in ("S1", "S2") else "", label=name)
+        for r in rows:
+            if r["target"] is None:
+                a1.annotate(r["scheme"], (r["train_bytes_per_sample"], r["accuracy"]))
+        ratio_rows = [r for r in rows if r["target"] is not None]
+        if ratio_rows:
+            a2.plot([r["target"] for r in ratio_rows],
+                    [r["ratio_train_last_epoch"] for r in ratio_rows], marker=marker, label=name)
+    a1.set_xscale("log")
+    a1.set_xlabel("bytes per training sample sent by the device (RPC body)")
+    a1.set_ylabel("test accuracy")
+    a1.legend()
+    a2.plot([0, 1], [0, 1], color="grey", linestyle=":", label="realised = target")
+    a2.set_xlabel("target ratio (share on path 0)")
+    a2.set_ylabel("realised ratio, last training epoch")
+    a2.legend()
+    fig.suptitle("Split learning on Fashion-MNIST (small ResNet, cut after block 2)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    """Run every scheme, the overhead check, write JSON + PNG, print a summary line."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="1,000 training / 500 test samples, 1 epoch, ratios 0.0 and 0.5")
+    parser.add_argument("--train", type=int, default=60_000, help="training samples used")
+    parser.add_argument("--test", type=int, default=10_000, help="test samples used")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--ratios", type=float, nargs="+",
+                        default=[0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.003)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overhead-batches", type=int, default=40)
+    add_out_dir(parser)
+    args = parser.parse_args()
+    if args.quick:
+        args.train, args.test, args.epochs, args.ratios = 1000, 500, 1, [0.0, 0.5]
+        args.overhead_batches = 10
+    torch.set_num_threads(1)
+    full = load_dataset(DatasetSpec(name="fashion_mnist"))
+    data = replace(full, train_x=full.train_x[:args.train], train_y=full.train_y[:args.train],
+                   test_x=full.test_x[:args.test], test_y=full.test_y[:args.test])
+    results = []
+    for name, ratio, paths in schemes(args.ratios):
+        row = {"scheme": name if ratio is None else f"{name}@{ratio}", "target": ratio,
+               "paths": paths, **train_scheme(data, paths, ratio, args)}
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    over = overhead(data, args)
+    out = results_dir(args)
+    config = {k: v for k, v in vars(args).items() if k != "out_dir"}
+    (out / "split_learning.json").write_text(json.dumps(
+        {"config": config, "schemes": results, "overhead": over}, indent=1))
+    plot(results, out / "split_learning.png")
+    org = results[0]
+    best = max((r for r in results if r["target"] is not None), key=lambda r: r["accuracy"])
+    print(f"split_learning: Org acc {org['accuracy']:.3f} at "
+          f"{org['train_bytes_per_sample']:.0f} B/sample; best gated {best['scheme']} acc "
+          f"{best['accuracy']:.3f} at {best['train_bytes_per_sample']:.0f} B/sample; RPC "
+          f"loopback / in-process per batch = {over['ratio']:.2f}×")
+
+
+if __name__ == "__main__":
+    main()
