@@ -31,7 +31,7 @@ Flask / gevent stack). The generator's own lag (how late timers fire) is reporte
 saturated generator is visible rather than mistaken for a slow server.
 
 `--quick` runs 40 and 120 learners with short windows (a smoke test, < 1 min); the full run
-is `python -m benchmarks.capacity` (< 8 min). JSON + PNG go to `benchmarks/results/`
+is `python benchmarks/capacity.py` (< 8 min). JSON + PNG go to `benchmarks/results/`
 (`--out-dir`); a quick run writes `benchmarks/results/quick/`.
 """
 
@@ -54,8 +54,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-
-from benchmarks.outdir import add_out_dir, results_dir
+from outdir import add_out_dir, results_dir
 
 ROUTES = ("enroll", "heartbeat", "pull", "updates", "learners")
 LENET_TASK: dict[str, Any] = {

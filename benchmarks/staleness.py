@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.outdir import add_out_dir, results_dir
+from outdir import add_out_dir, results_dir
+
 from orchestrator.simulation.stale_rounds import (
     StaleRoundsConfig,
     StaleRun,

@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import capacity
 import numpy as np
 import pytest
-
-from benchmarks import capacity
 
 
 def _step(n: int, p99_ms: float, hb_per_s: float, pushes: float = 50.0) -> dict[str, Any]:
