@@ -26,8 +26,7 @@ test: $(STAMP)
 # The heavier tier (multi-node Ray cluster, chaos cells, PostgreSQL end to end): CI runs it after
 # `make test`; a newcomer can, too. Kept out of `make test` so that stays under 5 minutes on 2 cores.
 test-extended: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadscope --durations=15 -m extended; \
-	    rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+	$(PY) -m pytest -q -n 2 --dist loadscope --durations=15 -m extended
 
 # Schemathesis against a real orchestrator, every phase, 60 cases per operation and phase
 # (over 1,000 in all): no 5xx, no answer the OpenAPI document does not describe.

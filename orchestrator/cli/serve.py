@@ -16,16 +16,17 @@ import typer
 from orchestrator.cli.common import DATA_DIR, DEFAULT_DATA, console, fail
 
 LEASE_TTL = Annotated[float, typer.Option(
-    envvar="PLEXUS_LEASE_TTL_S", min=1.0, help="Driver lease, seconds: one instance per "
-    "database drives tasks and renews it every third of this; a standby instance on the same "
-    "database takes over this long after the driver stops (docs/orchestrator.md).")]
+    envvar="PLEXUS_LEASE_TTL_S", min=1.0, metavar="<float>",
+    help="Driver lease, seconds: one instance per database drives tasks and renews it every "
+    "third of this; a standby instance on the same database takes over this long after the "
+    "driver stops (docs/orchestrator.md).")]
 LOG_LEVEL = Annotated[str, typer.Option(
     help="Log level: debug, info (task events), warning, error.")]
 LOG_FORMAT = Annotated[str, typer.Option(
     envvar="PLEXUS_LOG_FORMAT", help="text, or json: one JSON object per line on stderr.")]
 ACCESS_LOG = Annotated[bool, typer.Option(
-    help="Also log every HTTP request (uvicorn's access log; off: only task events, "
-         "warnings and errors).")]
+    "--access-log", help="Also log every HTTP request (uvicorn's access log; off: only task "
+    "events, warnings and errors).")]
 
 
 def register(app: typer.Typer) -> None:

@@ -363,8 +363,8 @@ class EdgeAggregator:
                 "facts": self.facts(), "async": {},
                 "children": [c.name for c in self.children.alive(3 * self.heartbeat_s)]}
 
-    async def round_state(self, distribution: dict[str, float],
-                          reveal: bool = False) -> dict[str, Any]:
+    async def round_state(self, distribution: dict[str, float], reveal: bool = False,
+                          seed: int | None = None) -> dict[str, Any]:
         """Children draw their own stressor states when they train; nothing to reveal here."""
         return {"state": None}
 

@@ -131,7 +131,9 @@ def test_spin_task_runs_to_the_end_over_rest(shared_orchestrator: LocalFleet,
             t.join(timeout=20)
     assert state["state"] == "finished", state["reason"]
     rounds = admin.get(f"/v1/tasks/{task['id']}/rounds").json()["rounds"]
-    assert len(rounds) >= 3
+    # max_updates (6) merged, k = 3 at a time or fewer when π (0.5 s) runs out first.
+    assert sum(sum(r["allocation"].values()) for r in rounds) >= 6
+    assert 2 <= len(rounds) <= 6
     assert [r["model_version"] for r in rounds] == sorted({r["model_version"] for r in rounds})
     assert all(r["accuracy"] is not None for r in rounds)
     assert all(c.report.pushes >= 1 for c in clients)

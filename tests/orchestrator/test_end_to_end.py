@@ -109,14 +109,19 @@ def test_agent_killed_mid_round_is_left_out_by_deadline_plus_grace(fleet: LocalF
     with fleet.client() as client:
         task = client.submit(spec(3, "e2e-agent-killed"))
         wait_for(lambda: client.task(task["id"])["rounds_done"] >= 1, 120, "round 0")
-        # Round 1 is dispatched as soon as round 0 is recorded (a_k is known by then).
+        # Round 1 is usually mid-training now; on a loaded host medium may have finished its
+        # share of it before the kill lands, so only rounds started after the kill must
+        # leave it out (round 2 at least).
+        killed_at = time.time()
         fleet.kill_agent("medium", signal.SIGKILL)
         final = finished(client, task["id"])
         assert final["state"] == "finished", final["reason"]
         rounds = client.rounds(task["id"])
         medium = str(next(lr["id"] for lr in client.learners() if lr["name"] == "medium"))
     later = rounds[1:]
-    assert all(medium in r["left_out"] for r in later)
+    after_kill = [r for r in later if r["started_at"] > killed_at]
+    assert after_kill and all(medium in r["left_out"] for r in after_kill)
+    assert all(medium in r["left_out"] or r["samples"].get(medium, 0) > 0 for r in later)
     # The round never waits for the dead agent beyond D + grace (plus bookkeeping slack).
     assert all(r["round_time_s"] <= D + GRACE + 1.5 for r in later)
     assert all(sum(r["samples"].values()) > 0 for r in later)
