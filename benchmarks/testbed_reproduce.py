@@ -30,13 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from outdir import add_out_dir, results_dir
+
 from deploy.errors import TestbedError
 from deploy.testbed.bench import BlobServer
 from deploy.testbed.fleet import load_fleet
 from deploy.testbed.testbed import Testbed
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 FLEETS = ROOT / "deploy" / "testbed" / "fleets"
 # Run inside each learner, by path: the learner's python imports learner_agent and plexus.
 SB_PROBE = Path(__file__).resolve().with_name("testbed_sb_probe.py")
@@ -326,12 +327,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="dab-vs-csa: rounds per task")
     parser.add_argument("--sizes", default="2,4,6,8")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the JSON file to write (its PNG beside it); wins over --out-dir")
+    add_out_dir(parser)
     args = parser.parse_args(argv)
     if args.what == "dab-vs-csa":
         factors = [float(f) for f in args.factors.split(",")]
         dab_vs_csa(
-            args.fleet, factors, args.rounds, args.out or RESULTS / "testbed_dab_vs_csa.json"
+            args.fleet, factors, args.rounds,
+            args.out or results_dir(args) / "testbed_dab_vs_csa.json",
         )
         return
     fleet_path = args.fleet or FLEETS / "thesis-ch3.yaml"
@@ -339,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
         fleet_path,
         [int(s) for s in args.sizes.split(",")],
         args.repeats,
-        args.out or RESULTS / "testbed_subset_benchmarking.json",
+        args.out or results_dir(args) / "testbed_subset_benchmarking.json",
         command=f"sudo .venv/bin/python benchmarks/testbed_reproduce.py --fleet {fleet_path} "
         f"--sizes {args.sizes} --repeats {args.repeats}",
     )
