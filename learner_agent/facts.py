@@ -36,10 +36,44 @@ def model_factories() -> list[dict[str, str]]:
         return []
 
 
+# Raspberry Pi firmware's throttle bits (`vcgencmd get_throttled`): what holds now.
+PI_THROTTLE_NOW = {0x1: "under-voltage", 0x2: "frequency capped", 0x4: "throttled",
+                   0x8: "soft temperature limit"}
+PI_THROTTLE_FILE = "devices/platform/soc/soc:firmware/get_throttled"
+
+
+def thermal_facts(sys_root: Path = Path("/sys")) -> dict[str, Any]:
+    """`temperature_c` (the hottest thermal zone, °C) where Linux exposes thermal zones
+    (Raspberry Pi, Jetson, most laptops), and on a Raspberry Pi `throttled` (whether the
+    firmware limits the CPU now) with `throttle_reasons`; nothing the device does not expose.
+    Never raises: an unreadable or odd file is skipped."""
+    out: dict[str, Any] = {}
+    temps = []
+    for zone in sorted((sys_root / "class" / "thermal").glob("thermal_zone*/temp"))[:32]:
+        try:
+            milli = int(zone.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if -40_000 <= milli <= 150_000:  # a sensor that reads nonsense is not a temperature
+            temps.append(milli / 1000)
+    if temps:
+        out["temperature_c"] = round(max(temps), 1)
+    try:
+        bits = int((sys_root / PI_THROTTLE_FILE).read_text().strip(), 16)
+    except (OSError, ValueError):
+        return out
+    reasons = [why for bit, why in PI_THROTTLE_NOW.items() if bits & bit]
+    out["throttled"] = bool(reasons)
+    out["throttle_reasons"] = reasons
+    return out
+
+
 def device_facts() -> dict[str, Any]:
     """`{cores, memory_bytes, load_1m, platform, machine, cuda, model_factories}`: cores and
     total memory in bytes, 1-minute load average, OS name, CPU architecture, whether a CUDA
-    device exists, and the model factories installed (`model_factories`)."""
+    device exists, and the model factories installed (`model_factories`); plus
+    `temperature_c`, `throttled` and `throttle_reasons` where the device exposes them
+    (`thermal_facts`)."""
     import psutil
 
     try:
@@ -54,4 +88,5 @@ def device_facts() -> dict[str, Any]:
         "machine": platform.machine(),
         "cuda": _has_cuda(),
         "model_factories": model_factories(),
+        **thermal_facts(),
     }

@@ -112,6 +112,9 @@ def sign_in(page: Any, ctx: Any, fleet: LocalFleet, shots: Path) -> None:
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
     page.wait_for_selector("tr[data-learner=alpha] .online-state:has-text('online')")
     page.wait_for_selector("tr[data-learner=beta] .online-state:has-text('online')")
+    # Each learner's model factories (what its agent reports; none but the built-ins here
+    # unless the test plugin of test_user_models is installed in this venv).
+    assert page.locator("tr[data-learner=alpha] td.models").inner_text().strip()
     assert get_json(f"{base}/ui/api/fleet", f"{cookie['name']}={cookie['value']}")[0] == 200
 
 

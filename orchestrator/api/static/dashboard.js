@@ -135,7 +135,12 @@
     rows("fleet", d.learners.map((l) => {
       const f = l.facts || {};
       const temp = f.temperature_c != null ? num(f.temperature_c, 1) + " °C" : "–";
-      const thr = f.throttled != null ? esc(f.throttled) : "–";
+      const thr = f.throttled == null ? "–" : f.throttled
+        ? `<span class="state bad">yes</span> ${esc((f.throttle_reasons || []).join(", "))}`
+        : "no";
+      const models = (f.model_factories || []).map((m) =>
+        `${esc(m.name)} <span class="muted">${esc(m.distribution)} ${esc(m.version)}</span>`)
+        .join("<br>") || "built-in only";
       const cur = l.current_task ? `<a href="/ui/tasks/${l.current_task.id}">${
         esc(l.current_task.name)}</a>` : "–";
       return `<tr data-learner="${esc(l.name)}"><td>${esc(l.name)}</td>
@@ -143,7 +148,8 @@
           : '<span class="state bad">offline</span>'}</td>
         <td>${ago(d.now, l.last_seen)}</td><td>${esc(l.via)}</td><td>${esc(f.cores)}</td>
         <td>${bytes(f.memory_bytes)}</td><td>${num(f.load_1m, 2)}</td><td>${temp}</td>
-        <td>${thr}</td><td>${esc(f.platform)} ${esc(f.machine)}</td><td>${cur}</td>
+        <td>${thr}</td><td>${esc(f.platform)} ${esc(f.machine)}</td>
+        <td class="models">${models}</td><td>${cur}</td>
         <td class="bench">${(l.benchmarks || []).slice(-3).reverse().map((b) =>
           `task ${b.task}: ${num(b.b_k / 1e6, 1)} MB/s · ${num(b.c_k, 0)} samples/s`)
           .join("<br>") || "–"}</td></tr>`;
