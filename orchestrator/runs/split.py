@@ -22,6 +22,7 @@ from typing import Any
 from orchestrator.errors import Conflict, Forbidden, NotFound
 from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import LearnerGateway, Reply
+from orchestrator.runs.journal import note, round_notes
 from orchestrator.runs.rounds import write_model
 from orchestrator.runs.taskdata import load_test_split, read_state
 from orchestrator.store import LearnerRow, Store, TaskRow
@@ -159,6 +160,8 @@ class SplitDriver:
             failure = await self._rounds(task, spec)
             await asyncio.to_thread(self.store.set_state, task_id,
                                     "failed" if failure else "finished", failure, time.time())
+            await asyncio.to_thread(note, self.store, task_id, "state",
+                                    f"failed: {failure}" if failure else "finished")
         except asyncio.CancelledError:
             raise
         except Conflict as exc:
@@ -251,6 +254,10 @@ class SplitDriver:
             "samples": samples, "left_out": left_out, "plan_s": 0.0, "round_time_s": round_s,
             "truancy": 0.0, "loss": loss, "accuracy": accuracy, "model_version": version,
             "times": stats}, path, time.time())
+        await asyncio.to_thread(
+            round_notes, self.store, task.id, index, {str(lr.id): lr.name for lr in alive},
+            left_out=left_out, samples=samples, version=version, round_time_s=round_s,
+            truancy=0.0, accuracy=accuracy, loss=loss)
         if sum(samples.values()) > 0:
             return None
         return f"round {index}: no learner trained ({'; '.join(left_out.values()) or 'none'})"
