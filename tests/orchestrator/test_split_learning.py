@@ -137,6 +137,13 @@ def test_the_example_spec_runs(client: Client) -> None:
     # of ~15 batches per learner (one learner alone: 0.43 after its 45 batches, 0.86 after 90).
     assert all(len(r["samples"]) == 3 for r in rounds)
     assert rounds[-1]["accuracy"] > 0.3, rounds[-1]
+    # `plexus task logs` shows a split task's rounds and its end like any other task's.
+    # (The final state is noted just after the task row changes: wait for it.)
+    from tests.orchestrator.test_end_to_end import wait_for
+
+    kinds = wait_for(lambda: (k := [e["kind"] for e in client.events(done["id"])["events"]])
+                     and k[-1] == "state" and k, 30, "the final state event")
+    assert kinds.count("round_closed") == len(rounds), kinds
 
 
 # Last: the learner it enrolls never answers calls, so a later round would wait for it.
