@@ -160,3 +160,32 @@ def test_a_data_dir_from_before_the_admission_tables_still_opens(tmp_path: Path)
         assert store.takes_part(1, lr.id) and store.refusals(1) == {"samples_capped": 1}
     finally:
         store.close()
+
+
+def test_async_updates_aggregations_and_events_on_both_databases(store: Store) -> None:
+    """The tables of the durable async path and of the task journal, on SQLite and PostgreSQL:
+    an acknowledged update is a row and a file; an aggregation consumes exactly the updates it
+    names, once; the saved runner state and the events read back."""
+    from orchestrator.store import add_event, read_events
+
+    task = _create(store)
+    store.set_state(task.id, "running", None, time.time())
+    ids = [store.add_async_update(task.id, f"pi-{i}", 0, 10 + i, b"update %d" % i, time.time())
+           for i in range(3)]
+    assert [u.id for u in store.async_updates(task.id, pending=True)] == ids
+    assert Path(store.async_updates(task.id)[0].path).read_bytes() == b"update 0"
+    write_atomic(store.layout.model(task.id, 1), b"model v1")
+    store.commit_async_aggregation(task.id, _round(0), store.layout.model(task.id, 1), ids[:2],
+                                   {"core": {"version": 1}}, time.time())
+    assert [u.id for u in store.async_updates(task.id, pending=True)] == ids[2:]
+    with pytest.raises(Conflict):  # an update already merged is never merged again
+        store.commit_async_aggregation(task.id, _round(1), store.layout.model(task.id, 2),
+                                       ids[1:], {}, time.time())
+    t = store.task(task.id)
+    assert (t.rounds_done, t.model_version) == (1, 1)
+    saved = store.async_state(task.id)
+    assert saved is not None and saved.state == {"core": {"version": 1}}
+    first = add_event(store, task.id, "aggregated", "v1", time.time(), {"version": 1})
+    add_event(store, task.id, "state", "finished", time.time())
+    assert [e.kind for e in read_events(store, task.id)] == ["aggregated", "state"]
+    assert [e.message for e in read_events(store, task.id, after=first)] == ["finished"]
