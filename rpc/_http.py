@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import os
 import re
@@ -258,11 +259,20 @@ class CallStore:
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
         self._calls: dict[str, StoredCall] = {}
+        # (expires_at, call id) in the order calls finished, which is expiry order (one TTL):
+        # purging pops expired entries off the front instead of scanning every call, which
+        # made each call cost O(stored results).
+        self._expiry: collections.deque[tuple[float, str]] = collections.deque()
 
     def _purge(self) -> None:
         now = time.monotonic()
-        for key in [k for k, c in self._calls.items() if c.expires_at and c.expires_at < now]:
-            del self._calls[key]
+        expiry = self._expiry
+        while expiry and expiry[0][0] < now:
+            at, key = expiry.popleft()
+            call = self._calls.get(key)
+            # The id may have been dropped (and even reused) since: only its own expiry counts.
+            if call is not None and call.expires_at == at:
+                del self._calls[key]
 
     def begin(self, call_id: str) -> StoredCall:
         """Register a new running call; a reused id is a malformed request."""
@@ -280,12 +290,16 @@ class CallStore:
             return
         call.outcome = outcome
         call.expires_at = time.monotonic() + self.ttl_s
+        self._expiry.append((call.expires_at, call_id))
         call.done.set()
 
     def get(self, call_id: str) -> StoredCall | None:
         """The call, or None when unknown or expired."""
         self._purge()
-        return self._calls.get(call_id)
+        call = self._calls.get(call_id)
+        if call is not None and call.expires_at is not None and call.expires_at < time.monotonic():
+            return None  # expired, behind one that expires later (ttl_s was changed)
+        return call
 
     def running(self, prefix: str = "") -> list[str]:
         """Ids (starting with `prefix`) of the calls that have no outcome yet."""
