@@ -243,6 +243,7 @@ class Clients:
         import rpc
 
         self.rpc = rpc
+        self.server_pids = {kind: server.proc.pid for kind, server in servers.items()}
         self.simplex = rpc.connect(servers["plexus"].url)
         self.duplex = rpc.connect(servers["plexus"].url, duplex=True)
         # timeout=None: with a finite timeout httpcore sends a large bytes body in partial
@@ -381,6 +382,9 @@ def latency(c: Clients, n: int, rounds: int) -> dict[str, dict[str, float]]:
         "floor httpx async, TLS": lambda k: timed_async(floor_async_tls, k),
     }
     samples: dict[str, list[float]] = {name: [] for name in systems}
+    # CPU seconds spent by the client process (with its callback receiver) and by the server
+    # process: unlike wall time, barely moved by other jobs on a shared machine.
+    cpu = {name: [0.0, 0.0] for name in systems}
     for fn in systems.values():
         fn(max(5, n // 20))  # warm up connections and code paths
     names = list(systems)
@@ -389,7 +393,11 @@ def latency(c: Clients, n: int, rounds: int) -> dict[str, dict[str, float]]:
         # would otherwise always pay for its leftovers (freed memory, busy server process).
         for name in names[r % len(names) :] + names[: r % len(names)]:
             fn = systems[name]
+            pid = c.server_pids[_server_of(name)]
+            c0, s0 = time.process_time(), proc_cpu_s(pid)
             samples[name] += fn(n // rounds)
+            cpu[name][0] += time.process_time() - c0
+            cpu[name][1] += proc_cpu_s(pid) - s0
             async_http.clear()  # an AsyncClient belongs to the loop that made it
     out = {}
     for name, s in samples.items():
@@ -398,8 +406,23 @@ def latency(c: Clients, n: int, rounds: int) -> dict[str, dict[str, float]]:
             "p50_s": statistics.median(s),
             "p99_s": s[min(len(s) - 1, int(0.99 * len(s)))],
             "n": len(s),
+            "client_cpu_s_per_call": cpu[name][0] / len(s),
+            "server_cpu_s_per_call": cpu[name][1] / len(s),
         }
     return out
+
+
+def _server_of(name: str) -> str:
+    """The server kind a latency row talks to."""
+    kind = name.split()[0]
+    return kind + ("-tls" if name.endswith(", TLS") else "")
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def throughput(c: Clients, sizes_mb: list[int], reps: dict[int, int]) -> dict[str, Any]:
@@ -672,9 +695,19 @@ def _compare(lat: dict[str, Any], ratios: dict[str, float], baseline: Path) -> d
         br, tr = base_ratios.get(name), ratios.get(name)
         rows[name] = {"baseline_p50_s": b / 1e3, "p50_s": t / 1e3,
                       "baseline_ratio": br, "ratio": tr}
+        for key in ("client_cpu_s_per_call", "server_cpu_s_per_call"):
+            if key in base["latency"][name]:
+                rows[name]["baseline_" + key] = base["latency"][name][key]
+                rows[name][key] = lat[name][key]
         bs = f"{b:6.2f}" + (f" {br:5.2f}x" if br is not None else "")
         ts = f"{t:6.2f}" + (f" {tr:5.2f}x" if tr is not None else "")
-        print(f"{name:44s} {bs:>16s} {ts:>16s}")
+        row = rows[name]
+        cpus = ""
+        if "baseline_client_cpu_s_per_call" in row:
+            before = row["baseline_client_cpu_s_per_call"] + row["baseline_server_cpu_s_per_call"]
+            after = row["client_cpu_s_per_call"] + row["server_cpu_s_per_call"]
+            cpus = f"   CPU/call {before * 1e6:5.0f} -> {after * 1e6:5.0f} us"
+        print(f"{name:44s} {bs:>16s} {ts:>16s}{cpus}")
     return {
         "file": str(baseline),
         "command": base.get("command"),
@@ -704,7 +737,9 @@ def _print_latency(lat: dict[str, Any], ratios: dict[str, float]) -> None:
     for name, v in lat.items():
         r = ratios.get(name)
         print(f"  {name:40s} p50 {v['p50_s'] * 1e3:6.2f} ms  p99 {v['p99_s'] * 1e3:6.2f} ms"
-              + (f"  {r:5.2f}x floor" if r is not None else ""))
+              + (f"  {r:5.2f}x floor" if r is not None else "     -      ")
+              + f"  CPU/call client {v['client_cpu_s_per_call'] * 1e6:5.0f} us"
+              + f" server {v['server_cpu_s_per_call'] * 1e6:5.0f} us")
 
 
 def _rpc_location() -> str:
