@@ -341,11 +341,11 @@ def timed_async(make: Callable[[], Any], n: int) -> list[float]:
     return asyncio.run(run())
 
 
-def latency(c: Clients, n: int, rounds: int) -> dict[str, dict[str, float]]:
-    """No-op latency per system (seconds), interleaved in rounds to share the noise."""
+def _latency_systems(
+    c: Clients, async_http: dict[str, Any]
+) -> dict[str, Callable[[int], list[float]]]:
+    """Each latency row: a function that makes k no-op calls and returns their times."""
     import httpx
-
-    async_http: dict[str, httpx.AsyncClient] = {}
 
     async def floor_async() -> None:
         client = async_http.get("c")
@@ -381,6 +381,13 @@ def latency(c: Clients, n: int, rounds: int) -> dict[str, dict[str, float]]:
         "floor httpx sync, TLS": lambda k: timed(lambda: c.floor_post_tls(c.noop_body), k),
         "floor httpx async, TLS": lambda k: timed_async(floor_async_tls, k),
     }
+    return systems
+
+
+def latency(c: Clients, n: int, rounds: int) -> dict[str, dict[str, float]]:
+    """No-op latency per system (seconds), interleaved in rounds to share the noise."""
+    async_http: dict[str, Any] = {}
+    systems = _latency_systems(c, async_http)
     samples: dict[str, list[float]] = {name: [] for name in systems}
     # CPU seconds spent by the client process (with its callback receiver) and by the server
     # process: unlike wall time, barely moved by other jobs on a shared machine.
@@ -786,6 +793,17 @@ def main() -> None:
         _latency_only(args, out_dir, lat)
         return
 
+    _full(args, out_dir, lat, thr, mem)
+
+
+def _full(
+    args: argparse.Namespace,
+    out_dir: Path,
+    lat: dict[str, Any],
+    thr: dict[str, Any],
+    mem: dict[str, Any],
+) -> None:
+    """Write and print the result of a full run."""
     ratios, thr_vs_floor, thr_vs_grpc, best_vs_floor, best_vs_grpc = _ratios(lat, thr)
     big = thr["100"]
     pm = mem["plexus"]
