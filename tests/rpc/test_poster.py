@@ -229,3 +229,17 @@ def test_a_proxy_in_the_environment_hands_delivery_to_httpx(
     assert Poster.applies("https://10.1.2.3:8000/result/x")
     monkeypatch.setenv("NO_PROXY", "10.1.2.3")
     assert Poster.applies("http://10.1.2.3:8000/result/x")
+
+
+def test_a_large_result_is_streamed_whole(receiver: rpc.CallbackReceiver) -> None:
+    # Arrange: 3 MB, more than one send and more than one 256 KiB slice.
+    import numpy as np
+
+    arr = np.random.default_rng(0).random(750_000, dtype=np.float32)
+    waiter = receiver.expect(CALL)
+    assert receiver.public_url is not None
+    # Act
+    ok = _deliver(ClientPool(), receiver.public_url, receiver.secret, CALL, arr)
+    # Assert
+    assert ok and waiter.outcome is not None
+    assert np.array_equal(rpc.decode(waiter.outcome.body)["value"], arr)
