@@ -38,6 +38,10 @@ from rpc.errors import (
 # (and no callback arrived): the worker is gone, not just briefly unreachable.
 _MAX_POLL_FAILURES = 5
 _FIRST_POLL_S = 0.25
+# Procedure names whose parsed call URL a Remote keeps.
+_MAX_CACHED_URLS = 1024
+# A body up to this size is handed to httpx as one bytes object (one piece, no generator).
+_SMALL_BODY = 1 << 16
 
 
 def _map_transport(exc: httpx.HTTPError, what: str) -> TransportError:
@@ -124,6 +128,19 @@ async def _read_async(resp: httpx.Response) -> Buffer:
     async for chunk in resp.aiter_bytes():
         out += chunk
     return out
+
+
+def _content(body: Encoded) -> Any:
+    """What httpx sends: a small body as one bytes object, a large one as slices."""
+    if body.nbytes <= _SMALL_BODY:
+        return body.join()
+    return body.chunks()
+
+
+def _acontent(body: Encoded) -> Any:
+    if body.nbytes <= _SMALL_BODY:
+        return body.join()
+    return body.achunks()
 
 
 def _raw(resp: httpx.Response, body: Buffer) -> RawOutcome:
@@ -241,6 +258,9 @@ class Remote:
         self._sync: httpx.Client | None = None
         self._sync_lock = threading.Lock()
         self._aclients = ClientPool(self._verify)
+        # Parsed call URLs by procedure name: httpx parses a string URL on every request,
+        # which is a visible share of a no-op call.
+        self._call_urls: dict[str, httpx.URL] = {}
 
     # ------------------------------------------------------------------------ public surface
 
@@ -282,6 +302,14 @@ class Remote:
         return f"<rpc.Remote {self.url} {mode}>"
 
     # ---------------------------------------------------------------------- call machinery
+
+    def _call_url(self, name: str) -> httpx.URL:
+        url = self._call_urls.get(name)
+        if url is None:
+            url = httpx.URL(f"{self.url}/call/{name}")
+            if len(self._call_urls) < _MAX_CACHED_URLS:
+                self._call_urls[name] = url
+        return url
 
     def _headers(self, call_id: str) -> dict[str, str]:
         headers = {"content-type": CONTENT_TYPE, CALL_ID_HEADER: call_id}
@@ -326,8 +354,8 @@ class Remote:
             try:
                 with self._client.stream(
                     "POST",
-                    f"{self.url}/call/{name}",
-                    content=body.chunks(),
+                    self._call_url(name),
+                    content=_content(body),
                     headers=headers,
                     timeout=deadline.httpx(),
                 ) as resp:
@@ -418,8 +446,8 @@ class Remote:
             try:
                 request = client.build_request(
                     "POST",
-                    f"{self.url}/call/{name}",
-                    content=body.achunks(),
+                    self._call_url(name),
+                    content=_acontent(body),
                     headers=headers,
                     timeout=deadline.httpx(),
                 )

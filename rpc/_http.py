@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import os
 import re
@@ -21,6 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
+from rpc._poster import Poster, PostError
 from rpc._wire import CHUNK_BYTES, CONTENT_TYPE, Buffer, Encoded, alloc, encode_result
 from rpc.errors import (
     AuthError,
@@ -257,11 +259,20 @@ class CallStore:
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
         self._calls: dict[str, StoredCall] = {}
+        # (expires_at, call id) in the order calls finished, which is expiry order (one TTL):
+        # purging pops expired entries off the front instead of scanning every call, which
+        # made each call cost O(stored results).
+        self._expiry: collections.deque[tuple[float, str]] = collections.deque()
 
     def _purge(self) -> None:
         now = time.monotonic()
-        for key in [k for k, c in self._calls.items() if c.expires_at and c.expires_at < now]:
-            del self._calls[key]
+        expiry = self._expiry
+        while expiry and expiry[0][0] < now:
+            at, key = expiry.popleft()
+            call = self._calls.get(key)
+            # The id may have been dropped (and even reused) since: only its own expiry counts.
+            if call is not None and call.expires_at == at:
+                del self._calls[key]
 
     def begin(self, call_id: str) -> StoredCall:
         """Register a new running call; a reused id is a malformed request."""
@@ -279,12 +290,16 @@ class CallStore:
             return
         call.outcome = outcome
         call.expires_at = time.monotonic() + self.ttl_s
+        self._expiry.append((call.expires_at, call_id))
         call.done.set()
 
     def get(self, call_id: str) -> StoredCall | None:
         """The call, or None when unknown or expired."""
         self._purge()
-        return self._calls.get(call_id)
+        call = self._calls.get(call_id)
+        if call is not None and call.expires_at is not None and call.expires_at < time.monotonic():
+            return None  # expired, behind one that expires later (ttl_s was changed)
+        return call
 
     def running(self, prefix: str = "") -> list[str]:
         """Ids (starting with `prefix`) of the calls that have no outcome yet."""
@@ -304,6 +319,7 @@ class ClientPool:
     def __init__(self, verify: Any = True) -> None:
         self._verify = tls_verify(verify)
         self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._posters: dict[asyncio.AbstractEventLoop, Poster] = {}
         # Loops in several threads may ask at once (e.g. acall from two asyncio.run threads).
         self._lock = threading.Lock()
 
@@ -321,25 +337,47 @@ class ClientPool:
                 self._clients[loop] = client
             return client
 
+    def poster(self) -> Poster:
+        """The result poster of the running loop (made on first use)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            for old in [lp for lp in self._posters if lp.is_closed()]:
+                del self._posters[old]
+            poster = self._posters.get(loop)
+            if poster is None:
+                poster = self._posters[loop] = Poster(self._verify)
+            return poster
+
 
 async def deliver(
     pool: ClientPool, url: str, secret: str | None, call_id: str, outcome: Outcome
 ) -> bool:
     """POST an outcome to a caller's callback receiver; True when it was accepted.
 
-    Two attempts; failure is not an error, the caller then fetches the result by id.
+    Two attempts; failure is not an error, the caller then fetches the result by id. The POST
+    goes out through the pool's small kept-alive client (`rpc._poster`), or through httpx when
+    the environment routes the receiver through a proxy.
     """
     headers = {**outcome.headers(), CALL_ID_HEADER: call_id}
     if secret:
         headers["authorization"] = f"Bearer {secret}"
     target = f"{url.rstrip('/')}/result/{call_id}"
+    direct = Poster.applies(target)
     for attempt in range(2):
         try:
-            resp = await pool.get().post(target, content=outcome.body.achunks(), headers=headers)
-        except httpx.HTTPError:
+            if direct:
+                status = await pool.poster().post(
+                    target, headers, outcome.body.chunks(), outcome.body.nbytes
+                )
+            else:
+                resp = await pool.get().post(
+                    target, content=outcome.body.achunks(), headers=headers
+                )
+                status = resp.status_code
+        except (httpx.HTTPError, PostError):
             if attempt == 0:
                 await asyncio.sleep(0.2)
             continue
         # 404: the caller gave up on this call, so there is nobody to retry for.
-        return resp.status_code == 200
+        return status == 200
     return False

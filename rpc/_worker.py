@@ -6,7 +6,6 @@ import asyncio
 import functools
 import uuid
 from collections.abc import Collection
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.requests import Request
@@ -31,6 +30,7 @@ from rpc._http import (
     json_app,
     read_body,
 )
+from rpc._procpool import ProcPool
 from rpc._registry import Procedure, Registry, default_registry
 from rpc._relay import Relay, RelayConnection
 from rpc._server import ServerThread
@@ -64,7 +64,7 @@ class Worker:
         self.tokens = frozenset(tokens) if tokens is not None else None
         self.max_body_bytes = max_body_bytes
         self.calls = CallStore(result_ttl_s)
-        self._executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="rpc-proc")
+        self._pool = ProcPool(max_threads, "rpc-proc")
         self._clients = ClientPool(callback_verify)
         self._tasks: set[asyncio.Task[None]] = set()
         routes: list[BaseRoute] = [
@@ -105,10 +105,7 @@ class Worker:
             if proc.is_async:
                 value = await proc.fn(*args, **kwargs)
             else:
-                loop = asyncio.get_running_loop()
-                value = await loop.run_in_executor(
-                    self._executor, functools.partial(proc.fn, *args, **kwargs)
-                )
+                value = await self._pool.run(functools.partial(proc.fn, *args, **kwargs))
         except Exception as exc:  # the remote exception travels back as RemoteError
             return Outcome.raised(exc)
         return Outcome.result(value)
@@ -218,7 +215,7 @@ class Worker:
 
     def close(self) -> None:
         """Stop the thread pool of sync procedures (queued calls are cancelled)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
 
     # ------------------------------------------------------------------------ ways to run it
 

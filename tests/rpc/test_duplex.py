@@ -182,3 +182,27 @@ def test_a_long_duplex_call_keeps_no_request_open() -> None:
     assert took >= 1.5
     assert any(path.startswith("/calls/") for path, _ in durations)
     assert max(d for _, d in durations) < 0.75, durations
+
+
+def test_call_store_purges_expired_results_but_not_a_reused_id() -> None:
+    # Arrange: "a" finishes and is fetched (dropped), then its id is reused by a running call;
+    # "b" finishes and is left to expire.
+    from rpc._http import CallStore, Outcome
+
+    store = CallStore(ttl_s=0.05)
+    a, b = "a" * 16, "b" * 16
+    store.begin(a)
+    store.finish(a, Outcome.result(1))
+    store.drop(a)
+    store.begin(a)
+    store.begin(b)
+    store.finish(b, Outcome.result(2))
+    # Act: wait (polling) until b's result has expired.
+    end = time.monotonic() + 10
+    while store.get(b) is not None:
+        assert time.monotonic() < end, "the finished result never expired"
+        time.sleep(0.01)
+    # Assert: the expiry of a's first use did not take its running second use with it.
+    running = store.get(a)
+    assert running is not None and running.outcome is None
+    assert len(store) == 1
