@@ -320,7 +320,9 @@ class AsyncTaskRunner:
             decisions = self.core.push(self.clock(), learner, state, base_version, n_samples,
                                        uid=uid)
             self.stats.accepted += 1
-            if sent[2] is not None and sent[1] >= sent[2]:
+            # Exhausted by what the update trained on (an edge aggregator's pull declares its
+            # whole partition; its partial may hold less): a learner's push equals its pull.
+            if sent[2] is not None and n_samples >= sent[2]:
                 self.exhausted.add(learner)
             self._handle(decisions)
             answer: dict[str, Any] = {
