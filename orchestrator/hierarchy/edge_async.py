@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import httpx
 from starlette.requests import Request
@@ -26,10 +27,8 @@ from orchestrator.hierarchy.asynctier import (
     TierTask,
     slice_rows,
 )
+from orchestrator.hierarchy.children import Child, Children
 from plexus import protocol
-
-if TYPE_CHECKING:
-    from orchestrator.hierarchy.edge import EdgeAggregator
 
 log = logging.getLogger("orchestrator.hierarchy")
 
@@ -57,10 +56,29 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class Edge(Protocol):
+    """What this module uses of `edge.EdgeAggregator` (no import: no cycle)."""
+
+    data_dir: Path
+    name: str
+    heartbeat_s: float
+    children: Children
+    _http: httpx.AsyncClient | None
+
+    async def _gather(self, calls: dict[str, protocol.Call], timeout_s: float
+                      ) -> dict[str, Any]: ...
+
+    def _child(self, request: Request) -> Child | None: ...
+
+    async def _fetch(self, path: str) -> bytes: ...
+
+    def _upstream_auth(self) -> dict[str, str]: ...
+
+
 class EdgeAsync:
     """Async tasks through one edge aggregator (``edge``)."""
 
-    def __init__(self, edge: EdgeAggregator, flush_s: float) -> None:
+    def __init__(self, edge: Edge, flush_s: float) -> None:
         self.edge = edge
         self.flush_s = flush_s
         self.max_open_s = max(60.0, 10 * flush_s)  # an empty cohort no child answers: close
@@ -189,8 +207,13 @@ class EdgeAsync:
                 raise Refused(422, "bad_request", 'the body must be {"n_samples": N}')
             async with self._lock(task_id):
                 t = self.tiers.slot(task_id, name)
-                await self._partition(t)  # the slice sizes bound the pull
                 self.tiers.check_pull(t, name, body["n_samples"])
+                if name not in t.sizes:  # the slice sizes bound the pull: learn them first
+                    try:
+                        await self._partition(t)
+                    except Refused:
+                        return Response(status_code=204)  # upstream away: pull again later
+                    self.tiers.check_pull(t, name, body["n_samples"])
                 return await self._serve_pull(t, name, int(body["n_samples"]))
         except Refused as r:
             return _error(r.status, r.code, r.detail)
