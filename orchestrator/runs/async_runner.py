@@ -359,6 +359,7 @@ class AsyncTaskRunner:
 
     def _handle(self, decisions: list[Decision], *, save: bool = True) -> None:
         merged: list[tuple[Aggregated, dict[str, Any]]] = []
+        reached = False  # max_updates: the task ends once this aggregation is recorded
         for d in decisions:
             if isinstance(d, Dispatch):
                 self._mailbox[d.client] = d
@@ -380,7 +381,7 @@ class AsyncTaskRunner:
                 self.stats.history.append(entry)
                 merged.append((d, entry))
                 if self.max_updates is not None and self._updates_aggregated >= self.max_updates:
-                    self.finished.set()
+                    reached = True
         try:
             if self.journal is not None and merged:  # in practice one aggregation per event
                 snap = self.snapshot()
@@ -388,6 +389,10 @@ class AsyncTaskRunner:
                     self.journal.aggregated(entry, self.core.model, list(d.update_ids), snap)
             elif save:
                 self._save()
+            # Only now: the driver's watcher marks the task finished as soon as this is set,
+            # and a task no longer running refuses to record the aggregation that ended it.
+            if reached:
+                self.finished.set()
         except Exception as exc:
             self.failure = f"recording the task's progress failed: {type(exc).__name__}: {exc}"
             self.finished.set()
