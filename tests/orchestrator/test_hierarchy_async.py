@@ -338,7 +338,9 @@ def test_spin_through_an_edge_learns(edge: Edge) -> None:
         edge.start_child(name)
     wait_for(lambda: edge.ready(2), 180, "the edge enrolled with two children")
     client = edge.fleet.client()
-    body = {**SPEC, "async": {**SPEC["async"], "k": 2, "max_updates": 8}}
+    # 225 samples per child arriving at 20/s: data for about 11 s, 16 updates (K = 2).
+    body = {**SPEC, "async": {**SPEC["async"], "k": 2, "arrival_rate": 20.0,
+                              "max_updates": 16}}
     start = _initial_accuracy(body)
 
     # Act
@@ -352,9 +354,11 @@ def test_spin_through_an_edge_learns(edge: Edge) -> None:
     rounds = client.rounds(task_id)
     edge_id = {lr["name"]: str(lr["id"]) for lr in client.learners()}["edge-1"]
     assert {k for r in rounds for k in r["allocation"]} == {edge_id}
-    assert sum(sum(r["allocation"].values()) for r in rounds) >= 8
-    log = (edge.root / "edge.log").read_text()
-    assert "sent up" in log and "'child-a', 'child-b'" in log, log[-3000:]
+    assert sum(sum(r["allocation"].values()) for r in rounds) >= 16
+    sent = [line for line in (edge.root / "edge.log").read_text().splitlines()
+            if "sent up" in line]
+    for child in ("child-a", "child-b"):
+        assert any(f"'{child}'" in line for line in sent), sent
     assert rounds[-1]["accuracy"] > start + 0.3, (start, [r["accuracy"] for r in rounds])
 
 
