@@ -12,7 +12,9 @@ higher aggregator), heartbeats, and serves the agent's procedures over the same 
   slowest link (an approximation: docs/hierarchy.md);
 - `train` deals the shards, calls every child's `train` at once, keeps each accepted update on
   disk, and answers ONE update: the subtree's FedAvg weighted by samples with the total samples
-  as its weight (`combine`), so the orchestrator's FedAvg over aggregators equals flat FedAvg.
+  as its weight (`combine`), so the orchestrator's FedAvg over aggregators equals flat FedAvg;
+- `join_async` / `leave_async` (SPIN, FedBuff, PORT) are `edge_async`'s: the edge is one async
+  client upstream and sends one partial aggregate per cohort of its children's updates.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ restart, and the orchestrator's new model is the flat sample-weighted mean of bo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -35,7 +36,7 @@ from plexus.shards import encode_shard
 from plexus.tensors import decode_state, encode_state
 
 JOIN = "children-join-token"
-SPEC = {"name": "edge-async", "model": "twonn", "seed": 3, "dataset": {"name": "digits"},
+SPEC: dict[str, Any] = {"name": "edge-async", "model": "twonn", "seed": 3, "dataset": {"name": "digits"},
         "partition": {"kind": "dirichlet", "alpha": 1.0, "shard_size": 450},
         "training": {"lr": 0.3, "batch_size": 16}, "mode": "async",
         "async": {"aggregator": "spin", "k": 1, "pi_s": 0.5, "pull_threshold": 80,
@@ -217,7 +218,7 @@ def test_a_child_reads_only_its_own_stride_of_the_edges_partition() -> None:
 
     rows = [slice_rows(10, j, 3) for j in range(3)]
     assert rows == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
-    assert sorted(sum(rows, [])) == list(range(10))
+    assert sorted(r for row in rows for r in row) == list(range(10))
     # The edge re-encodes a stride as a shard of its own (the agent decodes it as it would
     # the orchestrator's partition).
     import numpy as np
@@ -390,11 +391,11 @@ class _Child:
                                  headers={"Authorization": f"Bearer {token}"})
         self.name = name
 
-    def heartbeat(self) -> None:
-        try:  # as an agent does: a heartbeat the edge (restarting) misses is sent again
+    def heartbeat(self) -> bool:
+        # As an agent does: a heartbeat the edge (restarting) misses is sent again later.
+        with contextlib.suppress(httpx.TransportError):
             self.http.post(f"/v1/learners/{self.id}/heartbeat", json={"facts": {}})
-        except httpx.TransportError:
-            pass
+        return True
 
     def close(self) -> None:
         self.http.close()
@@ -413,12 +414,12 @@ def test_an_edge_killed_with_a_buffered_update_forwards_it_after_its_restart(
     try:
         for k in kids:
             k.heartbeat()
-        wait_for(lambda: [k.heartbeat() for k in kids] and edge.ready(2), 60,
+        wait_for(lambda: all([k.heartbeat() for k in kids]) and edge.ready(2), 60,
                  "the edge enrolled with two children")
         client = edge.fleet.client()
         task_id = int(client.submit({**SPEC, "async": {**SPEC["async"], "max_updates": 1}})
                       ["id"])
-        wait_for(lambda: [k.heartbeat() for k in kids] and all(k.joined for k in kids), 60,
+        wait_for(lambda: all([k.heartbeat() for k in kids]) and all(k.joined for k in kids), 60,
                  "both children joined")
         # Each child reads its own stride of the edge's partition.
         sizes = []
@@ -440,7 +441,7 @@ def test_an_edge_killed_with_a_buffered_update_forwards_it_after_its_restart(
         # Act: SIGKILL the edge with a's update buffered, start it again; b pushes.
         _stop(edge.procs["edge"], signal.SIGKILL)
         edge.start()
-        wait_for(lambda: [k.heartbeat() for k in kids] and edge.ready(2), 120,
+        wait_for(lambda: all([k.heartbeat() for k in kids]) and edge.ready(2), 120,
                  "the edge back with its children")
         b = encode_state(trained[1], {"base_version": 0, "n_samples": sizes[1]})
         r = kids[1].http.post(f"/v1/tasks/{task_id}/updates", content=b)
