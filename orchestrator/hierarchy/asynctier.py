@@ -76,6 +76,7 @@ class TierTask:
     slots: dict[str, int]
     cohort: Cohort | None = None
     sizes: dict[str, int] = field(default_factory=dict)  # child → samples of its slice
+    trained: dict[str, int] = field(default_factory=dict)  # child → samples of its last update
     delivered: int = 0  # partials the upstream accepted
     dropped: int = 0  # cohorts the upstream refused (e.g. their version too stale)
 
@@ -224,6 +225,7 @@ class AsyncTier:
             # On disk (fsync'd file, then the state that names it) before it is answered.
             write_atomic(self._dir(task_id) / "buffer" / f"{name}.safetensors", body)
             c.buffered[name] = n_samples
+            t.trained[name] = n_samples
             c.first_push = c.first_push or time.time()
             self.save(t)
             return {"accepted": True, "version": c.version, "aggregated": False}
@@ -240,13 +242,23 @@ class AsyncTier:
         return (c.sealed or set(c.members) <= set(c.buffered)
                 or (c.first_push is not None and now - c.first_push >= flush_s))
 
-    def seal(self, t: TierTask) -> tuple[bytes, int, int]:
+    def seal(self, t: TierTask, alive: set[str] | None = None) -> tuple[bytes, int, int]:
         """The partial aggregate of the buffer as an update body (written to disk first):
-        ``(body, base_version, n_samples)``. Idempotent once sealed."""
+        ``(body, base_version, n_samples)``. Idempotent once sealed. Its metadata says
+        ``exhausted`` when every child that is alive (``alive``) or has trained has trained on
+        its whole stride (the subtree has used its whole partition, as a flat client whose
+        update trained on all of it)."""
         with self.lock:
-            return self._seal(t)
+            return self._seal(t, alive or set())
 
-    def _seal(self, t: TierTask) -> tuple[bytes, int, int]:
+    @staticmethod
+    def exhausted(t: TierTask, alive: set[str]) -> bool:
+        """Whether every child alive or having trained has trained on its whole stride."""
+        counted = [n for n in t.slots if n in alive or n in t.trained]
+        return bool(counted) and all(
+            n in t.sizes and t.trained.get(n, 0) >= t.sizes[n] for n in counted)
+
+    def _seal(self, t: TierTask, alive: set[str]) -> tuple[bytes, int, int]:
         from orchestrator.hierarchy.combine import combine
         from plexus.tensors import decode_state, encode_state
 
@@ -262,7 +274,10 @@ class AsyncTier:
                    for n, k in sorted(c.buffered.items())}
         part = combine(updates)
         assert part.state is not None  # every buffered update claims ≥ 1 sample
-        body = encode_state(part.state, {"base_version": c.version, "n_samples": part.weight})
+        up: dict[str, object] = {"base_version": c.version, "n_samples": part.weight}
+        if self.exhausted(t, alive):
+            up["exhausted"] = "true"
+        body = encode_state(part.state, up)
         write_atomic(path, body)
         c.sealed = True
         self.save(t)

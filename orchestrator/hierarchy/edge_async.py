@@ -85,6 +85,7 @@ class EdgeAsync:
         self.tiers = AsyncTier(edge.data_dir / "async")
         self._locks: dict[int, asyncio.Lock] = {}
         self._partitions: dict[int, tuple[Any, Any]] = {}  # task → (x, y) of our partition
+        self._kicked: set[asyncio.Task[None]] = set()
         self.routes = [
             Route("/v1/tasks/{task_id:int}/pull", self._pull, methods=["POST"]),
             Route("/v1/tasks/{task_id:int}/updates", self._updates, methods=["POST"]),
@@ -284,7 +285,9 @@ class EdgeAsync:
     def kick(self, task_id: int) -> None:
         """Flush ``task_id``'s cohort in the background now."""
         with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().create_task(self.flush(task_id))
+            job = asyncio.get_running_loop().create_task(self.flush(task_id))
+            self._kicked.add(job)  # held until done: the loop keeps only weak references
+            job.add_done_callback(self._kicked.discard)
 
     async def loop(self) -> None:
         """Flush every due cohort (time threshold, or a partial a crash left to send), and
@@ -313,7 +316,8 @@ class EdgeAsync:
                 return
             if not self.tiers.due(t, self.flush_s):
                 return
-            body, version, n = await asyncio.to_thread(self.tiers.seal, t)
+            alive = {ch.name for ch in self.edge.children.alive(3 * self.edge.heartbeat_s)}
+            body, version, n = await asyncio.to_thread(self.tiers.seal, t, alive)
             assert self.edge._http is not None
             try:
                 r = await self.edge._http.post(

@@ -321,8 +321,11 @@ class AsyncTaskRunner:
                                        uid=uid)
             self.stats.accepted += 1
             # Exhausted by what the update trained on (an edge aggregator's pull declares its
-            # whole partition; its partial may hold less): a learner's push equals its pull.
-            if sent[2] is not None and n_samples >= sent[2]:
+            # whole partition; its partial may hold less: it says `exhausted` = "true" once
+            # every child has trained on its whole stride, docs/hierarchy.md). A learner that
+            # says so falsely only lets the task end sooner once every other one has too.
+            if sent[2] is not None and (n_samples >= sent[2]
+                                        or meta.get("exhausted") == "true"):
                 self.exhausted.add(learner)
             self._handle(decisions)
             answer: dict[str, Any] = {
