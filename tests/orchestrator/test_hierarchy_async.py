@@ -228,6 +228,24 @@ def test_the_subtree_is_exhausted_once_every_live_or_trained_child_used_its_stri
     assert not AsyncTier.exhausted(t, set())  # nobody: not "used up"
 
 
+@pytest.mark.parametrize(("n", "meta", "exhausted"), [
+    (100, {}, True),  # a learner's update trained on its whole partition
+    (60, {}, False),  # an edge's partial of part of it
+    (60, {"exhausted": "true"}, True),  # the edge says every child used its whole stride
+    (60, {"exhausted": "yes"}, False),
+])
+def test_the_runner_takes_an_edges_word_that_its_partition_is_used_up(
+        n: int, meta: dict[str, str], exhausted: bool) -> None:
+    from orchestrator.runs.async_runner import AsyncTaskRunner
+
+    runner = AsyncTaskRunner(build_aggregator("spin", _state(0), k=10, pi_s=None))
+    pulled = runner.pull("edge-1", 100, limit=100)
+    assert pulled is not None and pulled[0] == 0
+    runner.push("edge-1", encode_state(_state(1), {"base_version": 0, "n_samples": n, **meta}))
+    assert ("edge-1" in runner.exhausted) is exhausted
+    assert runner.stalled() is exhausted  # nothing in flight: a task would end now
+
+
 def test_a_child_reads_only_its_own_stride_of_the_edges_partition() -> None:
     from orchestrator.hierarchy.asynctier import slice_rows
 
