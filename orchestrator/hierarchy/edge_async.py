@@ -86,6 +86,9 @@ class EdgeAsync:
         self._locks: dict[int, asyncio.Lock] = {}
         self._partitions: dict[int, tuple[Any, Any]] = {}  # task → (x, y) of our partition
         self._kicked: set[asyncio.Task[None]] = set()
+        # Task → (failures in a row, monotonic time of the next try) of a partial that could
+        # not go up: retried with a doubling delay (0.5 s up to 30 s), not every poll.
+        self._backoff: dict[int, tuple[int, float]] = {}
         self.routes = [
             Route("/v1/tasks/{task_id:int}/pull", self._pull, methods=["POST"]),
             Route("/v1/tasks/{task_id:int}/updates", self._updates, methods=["POST"]),
@@ -316,22 +319,28 @@ class EdgeAsync:
                 return
             if not self.tiers.due(t, self.flush_s):
                 return
+            failures, next_try = self._backoff.get(task_id, (0, 0.0))
+            if time.monotonic() < next_try:
+                return
             alive = {ch.name for ch in self.edge.children.alive(3 * self.edge.heartbeat_s)}
             body, version, n = await asyncio.to_thread(self.tiers.seal, t, alive)
             assert self.edge._http is not None
+            r: httpx.Response | None = None
             try:
                 r = await self.edge._http.post(
                     f"/v1/tasks/{task_id}/updates", content=body,
                     headers={**self.edge._upstream_auth(),
                              "content-type": "application/octet-stream"})
+                why = f"answered {r.status_code}"
             except httpx.TransportError as exc:
-                log.warning("task %s: pushing the partial of version %s failed: %s; kept, "
-                            "retrying", task_id, version, exc)
+                why = f"{type(exc).__name__}: {exc}"
+            if r is None or r.status_code >= 500 or r.status_code == 401:
+                delay = min(30.0, 0.5 * 2 ** failures)
+                self._backoff[task_id] = (failures + 1, time.monotonic() + delay)
+                log.warning("task %s: the partial of version %s did not go up (%s); kept, "
+                            "retrying in %.1f s", task_id, version, why, delay)
                 return
-            if r.status_code >= 500 or r.status_code == 401:
-                log.warning("task %s: upstream answered %s to the partial; kept, retrying",
-                            task_id, r.status_code)
-                return
+            self._backoff.pop(task_id, None)
             ok = r.status_code == 200
             if not ok:
                 log.warning("task %s: upstream refused the partial of version %s (%d samples "
