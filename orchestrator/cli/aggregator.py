@@ -60,6 +60,9 @@ def serve(
         help="Heartbeat interval asked of learners, seconds.")] = 5.0,
     grace_s: Annotated[float, typer.Option(
         help="Seconds past a round's deadline that learners' answers are waited for.")] = 5.0,
+    async_flush_s: Annotated[float, typer.Option(
+        help="Async tasks: seconds after a cohort's first update that its partial goes up "
+        "even if not every child has answered.")] = 5.0,
 ) -> None:
     """Serve an edge aggregator: learners enrol here; one update per round goes upstream."""
     import logging
@@ -67,15 +70,16 @@ def serve(
     from orchestrator.hierarchy.edge import EdgeAggregator
     from orchestrator.hierarchy.edge import serve as run
 
-    if heartbeat_s <= 0 or grace_s < 0:
-        fail(ValueError("--heartbeat-s must be positive and --grace-s not negative"))
+    if heartbeat_s <= 0 or grace_s < 0 or async_flush_s <= 0:
+        fail(ValueError("--heartbeat-s and --async-flush-s must be positive and --grace-s "
+                        "not negative"))
     advertised = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     token = _join_token(data_dir, join_token)
     edge = EdgeAggregator(
         upstream=upstream, upstream_join_token=upstream_join_token, join_token=token,
         data_dir=data_dir, name=name or f"aggregator-{port}",
         public_url=public_url or f"http://{advertised}:{port}", heartbeat_s=heartbeat_s,
-        grace_s=grace_s)
+        grace_s=grace_s, async_flush_s=async_flush_s)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     console.print(f"aggregator at [bold]{edge.public_url}[/bold] -> {upstream}; "

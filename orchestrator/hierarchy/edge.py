@@ -12,7 +12,9 @@ higher aggregator), heartbeats, and serves the agent's procedures over the same 
   slowest link (an approximation: docs/hierarchy.md);
 - `train` deals the shards, calls every child's `train` at once, keeps each accepted update on
   disk, and answers ONE update: the subtree's FedAvg weighted by samples with the total samples
-  as its weight (`combine`), so the orchestrator's FedAvg over aggregators equals flat FedAvg.
+  as its weight (`combine`), so the orchestrator's FedAvg over aggregators equals flat FedAvg;
+- `join_async` / `leave_async` (SPIN, FedBuff, PORT) are `edge_async`'s: the edge is one async
+  client upstream and sends one partial aggregate per cohort of its children's updates.
 """
 
 from __future__ import annotations
@@ -83,8 +85,9 @@ class EdgeAggregator:
 
     def __init__(self, *, upstream: str, upstream_join_token: str, join_token: str,
                  data_dir: Path, name: str, public_url: str, heartbeat_s: float = 5.0,
-                 grace_s: float = 5.0) -> None:
+                 grace_s: float = 5.0, async_flush_s: float = 5.0) -> None:
         import rpc
+        from orchestrator.hierarchy.edge_async import EdgeAsync
 
         self.upstream = upstream.rstrip("/")
         self.upstream_join_token = upstream_join_token
@@ -95,6 +98,7 @@ class EdgeAggregator:
         self.heartbeat_s = heartbeat_s
         self.grace_s = grace_s
         self.children = Children(data_dir / "aggregator.json")
+        self.asyncs = EdgeAsync(self, async_flush_s)  # async tasks (SPIN / FedBuff / PORT)
         self.receiver = rpc.CallbackReceiver(public_url=f"{self.public_url}/rpc-callbacks")
         self.worker = rpc.Worker(self._registry(), tokens=frozenset())
         # Children behind NAT long-poll this relay; only a child's own token serves its name,
@@ -112,6 +116,7 @@ class EdgeAggregator:
         self._busy = 0
         self.enrolled = asyncio.Event()
         self.app = Starlette(routes=[
+            *self.asyncs.routes,
             Route("/healthz", self._health),
             Route("/v1/learners/enroll", self._enrol, methods=["POST"]),
             Route("/v1/learners/{learner_id:int}/heartbeat", self._heartbeat, methods=["POST"]),
@@ -128,7 +133,9 @@ class EdgeAggregator:
         served: dict[type[protocol.Call], Callable[..., Any]] = {
             protocol.Status: self.status, protocol.Plan: self.plan,
             protocol.Benchmark: self.benchmark, protocol.Train: self.train,
-            protocol.RoundState: self.round_state}
+            protocol.RoundState: self.round_state,
+            protocol.JoinAsync: self.asyncs.join_async,
+            protocol.LeaveAsync: self.asyncs.leave_async}
         registry = rpc.Registry()
         for call, fn in served.items():
             protocol.check_signature(call, fn)
@@ -140,13 +147,16 @@ class EdgeAggregator:
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self._http = httpx.AsyncClient(base_url=self.upstream, timeout=60.0)
-        link = asyncio.get_running_loop().create_task(self._upstream_loop())
+        loop = asyncio.get_running_loop()
+        link = loop.create_task(self._upstream_loop())
+        flusher = loop.create_task(self.asyncs.loop())
         try:
             yield
         finally:
-            link.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await link
+            for job in (link, flusher):
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
             for stub in self._stubs.values():
                 with contextlib.suppress(Exception):
                     stub.close()
@@ -360,7 +370,7 @@ class EdgeAggregator:
     def status(self) -> dict[str, Any]:
         """`{name, busy, state, facts, async, children}` (the agent's status, for a subtree)."""
         return {"name": self.name, "busy": self._busy > 0, "state": None,
-                "facts": self.facts(), "async": {},
+                "facts": self.facts(), "async": self.asyncs.status(),
                 "children": [c.name for c in self.children.alive(3 * self.heartbeat_s)]}
 
     async def round_state(self, distribution: dict[str, float], reveal: bool = False,

@@ -320,7 +320,12 @@ class AsyncTaskRunner:
             decisions = self.core.push(self.clock(), learner, state, base_version, n_samples,
                                        uid=uid)
             self.stats.accepted += 1
-            if sent[2] is not None and sent[1] >= sent[2]:
+            # Exhausted by what the update trained on (an edge aggregator's pull declares its
+            # whole partition; its partial may hold less: it says `exhausted` = "true" once
+            # every child has trained on its whole stride, docs/hierarchy.md). A learner that
+            # says so falsely only lets the task end sooner once every other one has too.
+            if sent[2] is not None and (n_samples >= sent[2]
+                                        or meta.get("exhausted") == "true"):
                 self.exhausted.add(learner)
             self._handle(decisions)
             answer: dict[str, Any] = {
@@ -357,6 +362,7 @@ class AsyncTaskRunner:
 
     def _handle(self, decisions: list[Decision], *, save: bool = True) -> None:
         merged: list[tuple[Aggregated, dict[str, Any]]] = []
+        reached = False  # max_updates: the task ends once this aggregation is recorded
         for d in decisions:
             if isinstance(d, Dispatch):
                 self._mailbox[d.client] = d
@@ -378,7 +384,7 @@ class AsyncTaskRunner:
                 self.stats.history.append(entry)
                 merged.append((d, entry))
                 if self.max_updates is not None and self._updates_aggregated >= self.max_updates:
-                    self.finished.set()
+                    reached = True
         try:
             if self.journal is not None and merged:  # in practice one aggregation per event
                 snap = self.snapshot()
@@ -386,6 +392,10 @@ class AsyncTaskRunner:
                     self.journal.aggregated(entry, self.core.model, list(d.update_ids), snap)
             elif save:
                 self._save()
+            # Only now: the driver's watcher marks the task finished as soon as this is set,
+            # and a task no longer running refuses to record the aggregation that ended it.
+            if reached:
+                self.finished.set()
         except Exception as exc:
             self.failure = f"recording the task's progress failed: {type(exc).__name__}: {exc}"
             self.finished.set()
