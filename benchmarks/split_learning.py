@@ -210,6 +210,7 @@ def main() -> None:
     if args.testbed:  # time per epoch on the emulated testbed (split_testbed.py), root
         quick = (500, 200) if args.quick else (2000, 500)
         args.train, args.test = args.train or quick[0], args.test or quick[1]
+        args.rounds = 1 if args.quick else args.rounds
         run_testbed(args, results_dir(args))
         return
     args.train, args.test = args.train or 60_000, args.test or 10_000

@@ -5,9 +5,10 @@ Run:  .venv/bin/python benchmarks/split_learning.py --testbed deploy/testbed/fle
 
 The real orchestrator and one real agent (the fleet's first learner, in its own network
 namespace under its CPU quota) train the benchmark's small ResNet (split_learning.py's LAYERS,
-cut after the second residual block) on a Fashion-MNIST subset, one round = one pass over the
-data, at each link cap in turn (the learner's htb caps, both directions, are changed in place
-between runs). Per cap, four tasks:
+cut after the second residual block) on a Fashion-MNIST subset (2,000 training samples, 500
+test), `--rounds` rounds per task (3), each round one pass over the data, at each link cap in
+turn (the learner's htb caps, both directions, are changed in place between runs).
+Per cap, four tasks:
 
 - `fl`: plain federated training (mode sync, equal allocation, every shard to the device,
   one local epoch): the device downloads the model and its shards, trains the whole network,
@@ -18,8 +19,9 @@ between runs). Per cap, four tasks:
 - `split-s1-aware`: the same with `split.link_budget_s` set: the agent lowers its target ratio
   from its measured bandwidth b_k (`plexus.split.steps.link_target`).
 
-Time per epoch is the round's time at the orchestrator (dispatch to the device's answer:
-shard downloads, training, model or device-half transfer). Writes split_learning_testbed.json
+Time per epoch is the mean round time at the orchestrator (dispatch to the device's answer:
+shard downloads, training, model or device-half transfer); the ratios are the last round's.
+`--quick`: 500 / 200 samples, one round. Writes split_learning_testbed.json
 and .png; prints a one-line summary last.
 """
 
@@ -30,12 +32,12 @@ import gzip
 import json
 import os
 import struct
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+SUBSET = "fashion-mnist-subset"  # under the orchestrator's data root
 CONFIGS = ("fl", "split-org", "split-s1", "split-s1-aware")
 S1: list[dict[str, Any]] = [{"channels": None, "bits": 8}, {"channels": 1, "bits": 8}]
 ORG: list[dict[str, Any]] = [{"channels": None, "bits": 32}]
@@ -50,6 +52,8 @@ def add_testbed_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=float, default=0.9,
                         help="target ratio of split-s1 and split-s1-aware (share on path 0)")
     parser.add_argument("--shard-size", type=int, default=250)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds (epochs) per task; the gate learns its ratio over them")
     parser.add_argument("--task-timeout", type=float, default=600.0,
                         help="seconds a task may take before the run gives up")
 
@@ -65,21 +69,23 @@ def write_subset(directory: Path, train: int, test: int, source: Path = FASHION)
             (directory / f"{prefix}-{kind}").write_bytes(bytes(head) + raw[header:header + n * per])
 
 
-def task_spec(config: str, data_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """The task of `config` (one of CONFIGS): one round over `args.train` samples."""
+def task_spec(config: str, data_dir: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The task of `config` (one of CONFIGS): `args.rounds` rounds, each one pass over the
+    `args.train` samples of dataset directory `data_dir` (under the orchestrator's data root)."""
     from split_learning import CUT, LAYERS
 
     spec: dict[str, Any] = {
         "name": f"testbed-{config}", "seed": args.seed, "model": {"layers": LAYERS},
-        "dataset": {"name": "fashion_mnist", "path": str(data_dir)},
+        "dataset": {"name": "fashion_mnist", "path": data_dir},
         "partition": {"shard_size": args.shard_size},
         "training": {"optimizer": "adam", "lr": args.lr, "batch_size": args.batch}}
     if config == "fl":
         shards = -(-args.train // args.shard_size)
         return {**spec, "mode": "sync", "sync": {
-            "allocator": "equal", "rounds": 1, "total_shards": shards,
+            "allocator": "equal", "rounds": args.rounds, "total_shards": shards,
             "deadline_s": args.task_timeout, "grace_s": 30.0}}
-    split: dict[str, Any] = {"cut": CUT, "rounds": 1, "round_timeout_s": args.task_timeout,
+    split: dict[str, Any] = {"cut": CUT, "rounds": args.rounds,
+                             "round_timeout_s": args.task_timeout,
                              "paths": ORG if config == "split-org" else S1,
                              "target_ratio": 1.0 if config == "split-org" else args.target}
     if config == "split-s1-aware":
@@ -87,8 +93,8 @@ def task_spec(config: str, data_dir: Path, args: argparse.Namespace) -> dict[str
     return {**spec, "mode": "split", "split": split}
 
 
-def run_task(client: Any, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """Submit, wait until it ends; the task and its (only) round."""
+def run_task(client: Any, spec: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
+    """Submit, wait until it ends; its rounds as the orchestrator recorded them."""
     task = client.submit(spec)
     deadline = time.monotonic() + timeout_s
     while client.task(task["id"])["state"] not in ("finished", "failed", "cancelled"):
@@ -97,27 +103,41 @@ def run_task(client: Any, spec: dict[str, Any], timeout_s: float) -> dict[str, A
             raise TimeoutError(f"task {spec['name']} did not end within {timeout_s:.0f} s")
         time.sleep(0.5)
     done = client.task(task["id"])
-    rounds = client.rounds(task["id"])
+    rounds: list[dict[str, Any]] = client.rounds(task["id"])
     if done["state"] != "finished" or not rounds:
         raise RuntimeError(f"task {spec['name']} {done['state']}: {done.get('reason')}")
-    return {"task": done, "round": rounds[-1]}
+    return rounds
 
 
-def record(config: str, cap: str, cap_bytes: float, run: dict[str, Any]) -> dict[str, Any]:
-    """One row of the result from a finished task's round (orchestrator's round record)."""
-    rnd = run["round"]
-    (key, samples), = rnd["samples"].items()
-    learner = rnd["times"][key]
+SPLIT_FIELDS = ("seconds", "bandwidth", "target_ratio", "ratio", "received_bytes", "batches",
+                "payload_bytes")
+
+
+def record(config: str, cap: str, cap_bytes: float, rounds: list[dict[str, Any]]
+           ) -> dict[str, Any]:
+    """One row of the result from a finished task's rounds (the orchestrator's records of a
+    one-learner task): epoch time as the mean round time; ratios from the last round."""
+    per_round = []
+    for rnd in rounds:
+        (key, samples), = rnd["samples"].items()
+        learner = rnd["times"][key]
+        entry: dict[str, Any] = {"epoch_s": rnd["round_time_s"], "samples": samples,
+                                 "accuracy": rnd["accuracy"]}
+        if config == "fl":
+            entry["device_s"] = learner.get("actual_s")
+        else:
+            entry.update({f: learner.get(f) for f in SPLIT_FIELDS})
+            entry["device_s"] = learner.get("seconds")
+        per_round.append(entry)
+    last = per_round[-1]
     row: dict[str, Any] = {
-        "config": config, "cap": cap, "cap_bytes_s": cap_bytes, "samples": samples,
-        "epoch_s": rnd["round_time_s"], "accuracy": rnd["accuracy"]}
-    if config == "fl":
-        row["device_s"] = learner.get("actual_s")
-    else:
-        row.update({f: learner.get(f) for f in (
-            "seconds", "bandwidth", "target_ratio", "ratio", "received_bytes", "batches",
-            "payload_bytes")})
-        row["device_s"] = learner.get("seconds")
+        "config": config, "cap": cap, "cap_bytes_s": cap_bytes, "samples": last["samples"],
+        "epoch_s": sum(r["epoch_s"] for r in per_round) / len(per_round),
+        "accuracy": last["accuracy"], "rounds": per_round}
+    if config != "fl":
+        row.update({f: last.get(f) for f in ("bandwidth", "target_ratio", "ratio")})
+        row["received_bytes_per_epoch"] = sum(r["received_bytes"] for r in per_round) / len(
+            per_round)
     return row
 
 
@@ -194,27 +214,26 @@ def run_testbed(args: argparse.Namespace, out: Path) -> None:
     started = time.monotonic()
     load0 = os.getloadavg()
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="split-testbed-") as tmp:
-        data_dir = Path(tmp) / "fashion"
-        write_subset(data_dir, args.train, args.test)
-        os.chmod(tmp, 0o755)
-        with TestbedFleet(args.testbed) as fleet:
-            fleet.start(timeout_s=600.0)
-            assert fleet.bed is not None
-            name = fleet.bed.learners[0].name
-            print(f"testbed up, {name} enrolled after {time.monotonic() - started:.0f} s",
-                  flush=True)
-            with fleet.client() as client:
-                for cap in args.caps:
-                    rate = parse_rate(cap)
-                    fleet.bed.set_rate(name, down=rate, up=rate)
-                    for config in CONFIGS:
-                        run = run_task(client, task_spec(config, data_dir, args),
-                                       args.task_timeout)
-                        row = record(config, cap, rate, run)
-                        row["expected_target"] = expected_target(row, args)
-                        print(json.dumps(row), flush=True)
-                        rows.append(row)
+    with TestbedFleet(args.testbed) as fleet:
+        fleet.start(timeout_s=600.0)
+        assert fleet.bed is not None
+        name = fleet.bed.learners[0].name
+        print(f"testbed up, {name} enrolled after {time.monotonic() - started:.0f} s",
+              flush=True)
+        # The orchestrator reads datasets only under its data root (`--data-root`).
+        write_subset(fleet.bed.state_dir / "orchestrator" / "datasets" / SUBSET,
+                     args.train, args.test)
+        with fleet.client() as client:
+            for cap in args.caps:
+                rate = parse_rate(cap)
+                fleet.bed.set_rate(name, down=rate, up=rate)
+                for config in CONFIGS:
+                    rounds = run_task(client, task_spec(config, SUBSET, args),
+                                      args.task_timeout)
+                    row = record(config, cap, rate, rounds)
+                    row["expected_target"] = expected_target(row, args)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
     summary = summarise(rows)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                 if k != "out_dir"}
