@@ -113,6 +113,15 @@ SPLIT_FIELDS = ("seconds", "bandwidth", "target_ratio", "ratio", "received_bytes
                 "payload_bytes")
 
 
+def link_bytes(host_if: str) -> dict[str, int]:
+    """Bytes the device's link carried so far (its veth's host end: what it sends is the
+    device's download, what it receives the device's upload; Ethernet frames, headers
+    included)."""
+    stats = Path("/sys/class/net") / host_if / "statistics"
+    return {"down": int((stats / "tx_bytes").read_text()),
+            "up": int((stats / "rx_bytes").read_text())}
+
+
 def record(config: str, cap: str, cap_bytes: float, rounds: list[dict[str, Any]]
            ) -> dict[str, Any]:
     """One row of the result from a finished task's rounds (the orchestrator's records of a
@@ -173,7 +182,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Epoch time per configuration and cap (bars), and the aware device's target ratio."""
+    """Epoch time per configuration and cap (bars), the target and realised ratios of S1, and
+    the bytes per epoch on the device's link in each direction at the last cap."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,7 +191,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     caps = list(dict.fromkeys(r["cap"] for r in rows))
     configs = [c for c in CONFIGS if any(r["config"] == c for r in rows)]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4.2))
     width = 0.8 / max(1, len(configs))
     for j, config in enumerate(configs):
         by_cap = {r["cap"]: r["epoch_s"] for r in rows if r["config"] == config}
@@ -197,6 +207,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                 linestyle=":", label=f"{config}: target")
         a2.plot([r["cap"] for r in got], [r["ratio"] for r in got], marker=marker,
                 label=f"{config}: realised")
+    low = [r for r in rows if r["cap"] == caps[-1] and "up_bytes_per_epoch" in r]
+    ticks = range(len(low))
+    a3.bar([i - 0.2 for i in ticks], [r["up_bytes_per_epoch"] / 1e6 for r in low], 0.4,
+           label="upload")
+    a3.bar([i + 0.2 for i in ticks], [r["down_bytes_per_epoch"] / 1e6 for r in low], 0.4,
+           label="download")
+    a3.set_xticks(list(ticks), [r["config"] for r in low], rotation=20)
+    a3.set_ylabel(f"MB per epoch on the link ({caps[-1]})")
+    a3.legend()
     a2.set_ylim(-0.05, 1.05)
     a2.set_xlabel("link cap")
     a2.set_ylabel("share of samples on the wide path")
@@ -228,9 +247,13 @@ def run_testbed(args: argparse.Namespace, out: Path) -> None:
                 rate = parse_rate(cap)
                 fleet.bed.set_rate(name, down=rate, up=rate)
                 for config in CONFIGS:
+                    before = link_bytes(fleet.bed.learner(name).host_if)
                     rounds = run_task(client, task_spec(config, SUBSET, args),
                                       args.task_timeout)
+                    after = link_bytes(fleet.bed.learner(name).host_if)
                     row = record(config, cap, rate, rounds)
+                    for way in ("down", "up"):  # Ethernet frames on the device's link
+                        row[f"{way}_bytes_per_epoch"] = (after[way] - before[way]) / len(rounds)
                     row["expected_target"] = expected_target(row, args)
                     print(json.dumps(row), flush=True)
                     rows.append(row)
