@@ -201,12 +201,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     a1.set_xlabel("link cap (up and down)")
     a1.set_ylabel("seconds per epoch (one round)")
     a1.legend()
-    for config, marker in (("split-s1", "s"), ("split-s1-aware", "o")):
+    for config, marker, colour in (("split-s1", "s", "tab:green"),
+                                   ("split-s1-aware", "o", "tab:red")):  # as the bars
         got = [r for r in rows if r["config"] == config]
         a2.plot([r["cap"] for r in got], [r["target_ratio"] for r in got], marker=marker,
-                linestyle=":", label=f"{config}: target")
+                linestyle=":", color=colour, label=f"{config}: target")
         a2.plot([r["cap"] for r in got], [r["ratio"] for r in got], marker=marker,
-                label=f"{config}: realised")
+                color=colour, label=f"{config}: realised (last round)")
     low = [r for r in rows if r["cap"] == caps[-1] and "up_bytes_per_epoch" in r]
     ticks = range(len(low))
     a3.bar([i - 0.2 for i in ticks], [r["up_bytes_per_epoch"] / 1e6 for r in low], 0.4,
