@@ -51,6 +51,8 @@ def add_testbed_args(parser: argparse.ArgumentParser) -> None:
                         help="split.link_budget_s of split-s1-aware (seconds per batch upload)")
     parser.add_argument("--target", type=float, default=0.9,
                         help="target ratio of split-s1 and split-s1-aware (share on path 0)")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS),
+                        help="which of the four to run (fl is needed for the ratios)")
     parser.add_argument("--shard-size", type=int, default=250)
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds (epochs) per task; the gate learns its ratio over them")
@@ -244,10 +246,15 @@ def run_testbed(args: argparse.Namespace, out: Path) -> None:
         write_subset(fleet.bed.state_dir / "orchestrator" / "datasets" / SUBSET,
                      args.train, args.test)
         with fleet.client() as client:
+            # `down` keeps the orchestrator's data directory: a split task an interrupted
+            # earlier run left running would resume now and share the link with ours.
+            for task in client.tasks():
+                if task["state"] in ("pending", "running"):
+                    client.cancel(task["id"])
             for cap in args.caps:
                 rate = parse_rate(cap)
                 fleet.bed.set_rate(name, down=rate, up=rate)
-                for config in CONFIGS:
+                for config in args.configs:
                     before = link_bytes(fleet.bed.learner(name).host_if)
                     rounds = run_task(client, task_spec(config, SUBSET, args),
                                       args.task_timeout)

@@ -41,8 +41,16 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, plugin_path: Path  # noqa: F
     f = LocalFleet(Path(tmp_path_factory.mktemp("split")) / "data",
                    speeds={"a": 1.0, "b": 1.0})
     try:
-        _with_path(plugin_path, f.start)
-        _with_path(None, lambda: f.start_agent("bare", 1.0))  # no factory installed there
+        def with_factory() -> None:  # the orchestrator builds the server half: it needs it too
+            f.start_orchestrator()
+            f.spawn_agent("a")
+            f.spawn_agent("b")
+
+        _with_path(plugin_path, with_factory)
+        _with_path(None, lambda: f.spawn_agent("bare"))  # no factory installed there
+        # All three import torch at once (spawned, then waited for together).
+        with f.client() as c:
+            c.wait_learners(3, timeout_s=180.0)
         yield f
     finally:
         f.stop()
