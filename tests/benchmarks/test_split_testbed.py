@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _args(**over: Any) -> argparse.Namespace:
     base = {"caps": ["20mbit", "3mbit"], "link_budget": 0.1, "target": 0.9, "shard_size": 250,
-            "rounds": 2, "task_timeout": 600.0, "configs": list(st.CONFIGS), "train": 2000, "test": 500, "batch": 64,
-            "lr": 0.003, "seed": 0}
+            "rounds": 2, "task_timeout": 600.0, "configs": list(st.CONFIGS), "train": 2000,
+            "test": 500, "batch": 64, "lr": 0.003, "seed": 0}
     return argparse.Namespace(**{**base, **over})
 
 
