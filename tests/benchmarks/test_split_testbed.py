@@ -9,6 +9,7 @@ import argparse
 import gzip
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -137,9 +138,14 @@ def test_the_testbed_run_moves_the_gate_with_the_link_cap(tmp_path: Path) -> Non
         "port: 8715", f"port: {20000 + pid % 10000}")
     (tmp_path / "fleet.yaml").write_text(fleet)
     out = tmp_path / "out"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "split_learning.py"), "--quick",
-                    "--testbed", str(tmp_path / "fleet.yaml"), "--out-dir", str(out)],
-                   check=True, timeout=600, cwd=REPO)
+    try:
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "split_learning.py"),
+                        "--quick", "--testbed", str(tmp_path / "fleet.yaml"), "--out-dir",
+                        str(out)], check=True, timeout=600, cwd=REPO)
+    finally:  # down (again, in case the run was killed), then its state and orchestrator data
+        subprocess.run([sys.executable, "-m", "plexus.cli", "testbed", "down", "--prefix",
+                        prefix], check=True, timeout=120, cwd=REPO)
+        shutil.rmtree(Path("/run/plexus-testbed") / prefix, ignore_errors=True)
     result = json.loads((out / "split_learning_testbed.json").read_text())
     rows = {(r["cap"], r["config"]): r for r in result["rows"]}
     assert len(rows) == 8
