@@ -16,6 +16,10 @@ bodies) and at inference, and the realised path-0 ratio (last training epoch, an
 target. Then the per-batch protocol overhead: the same batches through the RPC layer's wire
 format over loopback HTTP (keep-alive) against an in-process call of the same server step.
 Writes split_learning.json and .png; prints a one-line summary last.
+
+With `--testbed FLEET.yaml` (root; deploy/testbed/fleets/split.yaml) it measures instead the
+time per epoch of split learning against plain federated training of the same model on one
+emulated device at two link caps, and bandwidth awareness there (split_testbed.py).
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from typing import Any
 
 import torch
 from outdir import add_out_dir, results_dir
+from split_testbed import add_testbed_args, run_testbed
 
 import rpc
+from deploy.testbed.bench import add_testbed_option
 from plexus.datasets import load_dataset
 from plexus.layers import build_layers
 from plexus.spec import DatasetSpec, ModelSpec, SplitSpec
@@ -186,8 +192,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="1,000 training / 500 test samples, 1 epoch, ratios 0.0 and 0.5")
-    parser.add_argument("--train", type=int, default=60_000, help="training samples used")
-    parser.add_argument("--test", type=int, default=10_000, help="test samples used")
+    parser.add_argument("--train", type=int, default=None,
+                        help="training samples used (default 60,000; --testbed: 2,000)")
+    parser.add_argument("--test", type=int, default=None,
+                        help="test samples used (default 10,000; --testbed: 500)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--ratios", type=float, nargs="+",
                         default=[0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9])
@@ -196,7 +204,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overhead-batches", type=int, default=40)
     add_out_dir(parser)
+    add_testbed_option(parser)
+    add_testbed_args(parser)
     args = parser.parse_args()
+    if args.testbed:  # time per epoch on the emulated testbed (split_testbed.py), root
+        quick = (500, 200) if args.quick else (2000, 500)
+        args.train, args.test = args.train or quick[0], args.test or quick[1]
+        args.rounds = 1 if args.quick else args.rounds
+        run_testbed(args, results_dir(args))
+        return
+    args.train, args.test = args.train or 60_000, args.test or 10_000
     if args.quick:
         args.train, args.test, args.epochs, args.ratios = 1000, 500, 1, [0.0, 0.5]
         args.overhead_batches = 10

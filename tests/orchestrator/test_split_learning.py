@@ -41,8 +41,16 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, plugin_path: Path  # noqa: F
     f = LocalFleet(Path(tmp_path_factory.mktemp("split")) / "data",
                    speeds={"a": 1.0, "b": 1.0})
     try:
-        _with_path(plugin_path, f.start)
-        _with_path(None, lambda: f.start_agent("bare", 1.0))  # no factory installed there
+        def with_factory() -> None:  # the orchestrator builds the server half: it needs it too
+            f.start_orchestrator()
+            f.spawn_agent("a")
+            f.spawn_agent("b")
+
+        _with_path(plugin_path, with_factory)
+        _with_path(None, lambda: f.spawn_agent("bare"))  # no factory installed there
+        # All three import torch at once (spawned, then waited for together).
+        with f.client() as c:
+            c.wait_learners(3, timeout_s=180.0)
         yield f
     finally:
         f.stop()
@@ -166,13 +174,21 @@ def test_the_step_route_refuses_what_is_not_its_own(fleet: LocalFleet, client: C
 
 def test_a_learner_that_stops_heartbeating_does_not_hold_the_round(
         fleet: LocalFleet, client: Client) -> None:
+    import socket
     import threading
     import time
 
     from plexus.spec import load_spec
 
+    # The ghost's endpoint accepts connections (the kernel completes them) and never answers:
+    # the round's call reaches it and hangs, as on a device that crashed after taking it. (With
+    # no endpoint it would be a relayed learner that never polls, refused at once by the relay.)
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)
     ghost = httpx.post(f"{fleet.url}/v1/learners/enroll", json={
-        "join_token": fleet.join_token, "name": "ghost", "facts": {}, "endpoint": None}).json()
+        "join_token": fleet.join_token, "name": "ghost", "facts": {},
+        "endpoint": f"http://127.0.0.1:{hole.getsockname()[1]}"}).json()
     beat = f"{fleet.url}/v1/learners/{ghost['learner_id']}/heartbeat"
     headers = {"Authorization": f"Bearer {ghost['token']}"}
     example = load_spec(Path(__file__).resolve().parents[2] / "docs" / "examples" /
@@ -197,7 +213,10 @@ def test_a_learner_that_stops_heartbeating_does_not_hold_the_round(
     finally:
         running.set()
         thread.join()
-    done = finished(client, task["id"], timeout_s=100.0)  # round_timeout_s is 600
+    try:
+        done = finished(client, task["id"], timeout_s=100.0)  # round_timeout_s is 600
+    finally:
+        hole.close()
     assert done["state"] == "finished", done["reason"]
     last = client.rounds(task["id"])[-1]
     # Left out as gone: by the heartbeat sweep, or at once by the relay (rpc.WorkerGone) when
