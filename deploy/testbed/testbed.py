@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -591,7 +592,10 @@ def down(prefix: str = DEFAULT_PREFIX, *, state_root: Path | None = None) -> dic
     unique = sorted(set(dirs), key=lambda p: len(p.parts), reverse=True)
     cgroups.remove(unique)
     removed["cgroups"] = [str(d) for d in unique if str(d) in found["cgroups"]]
-    # 4. The state file last: if anything above failed, the next `down` still knows the plan.
+    # 4. The orchestrator's data (its database and model files): the next `up` of this prefix
+    # starts a fresh orchestrator, so no task of an earlier run resumes beside a new one.
+    shutil.rmtree(state_dir / "orchestrator", ignore_errors=True)
+    # 5. The state file last: if anything above failed, the next `down` still knows the plan.
     for leftover in (path, state_dir / "join-token"):
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
