@@ -117,7 +117,7 @@ class StoreJournal:
         write_atomic(path, encode_state(state, {"version": version, "task_id": self.task_id}))
         # Async rows: `allocation` counts the updates each learner (by id, as in sync rows)
         # contributed to this aggregation.
-        ids = {lr.name: str(lr.id) for lr in self.store.learners()}
+        ids = {lr.name: str(lr.id) for lr in self.store.learner_view()}
         contributed: dict[str, int] = {}
         for name in entry.get("clients", []):
             key = ids.get(name, name)
