@@ -35,6 +35,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Table,
     Text,
     bindparam,
     create_engine,
@@ -480,7 +481,7 @@ class Store:
             beats, self._beats = self._beats, {}
         if not beats:
             return 0
-        table = LearnerRow.__table__
+        table = _learners_table()
         seen = [{"b_id": i, "b_seen": t} for i, (t, _f) in beats.items()]
         with_facts = [{"b_id": i, "b_facts": f} for i, (_t, f) in beats.items() if f]
         try:
@@ -546,7 +547,7 @@ class Store:
         """Bring the view in line with the database (view lock held): new and re-enrolled
         learners read in full, removed ones dropped, newer `last_seen` taken."""
         assert self._view is not None
-        table = LearnerRow.__table__
+        table = _learners_table()
         with self.session() as s:
             found = s.execute(select(table.c.id, table.c.token, table.c.last_seen)).all()
         view, changed = self._view, []
@@ -915,6 +916,13 @@ def _disk_full(exc: SQLAlchemyError) -> bool:
     text = str(orig or exc).lower()
     # PostgreSQL: SQLSTATE 53100 disk_full; SQLite's message when the code is not exposed.
     return getattr(orig, "sqlstate", None) == "53100" or "database or disk is full" in text
+
+
+def _learners_table() -> Table:
+    """The `learners` table, for Core statements (bulk updates, narrow selects)."""
+    table = LearnerRow.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 def _same(a: str, b: str) -> bool:
