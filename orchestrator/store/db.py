@@ -417,6 +417,17 @@ class Store:
             if found is None:
                 s.add(ParticipantRow(task_id=task_id, learner_id=learner_id))
 
+    def add_participants(self, task_id: int, learner_ids: list[int]) -> None:
+        """`add_participant` for many learners in one transaction (idempotent)."""
+        if not learner_ids:
+            return
+        with self.session() as s:
+            have = set(s.scalars(select(ParticipantRow.learner_id).where(
+                ParticipantRow.task_id == task_id)))
+            for lid in dict.fromkeys(learner_ids):
+                if lid not in have:
+                    s.add(ParticipantRow(task_id=task_id, learner_id=lid))
+
     def takes_part(self, task_id: int, learner_id: int) -> bool:
         """Whether the learner was ever given work of the task."""
         with self.session() as s:
