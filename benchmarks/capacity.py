@@ -821,22 +821,10 @@ async def tier_windows(opts: TierOptions, k: int, orch: Any, edges: list[tuple[A
     sampler = asyncio.ensure_future(sampling())
     background: list[asyncio.Future[Any]] = []
     try:
-        rec.open()
-        for m in meters.values():
-            m.start()
-        t0 = time.monotonic()
-        share = [opts.learners // len(fleets) + (i < opts.learners % len(fleets))
-                 for i in range(len(fleets))]
-        await asyncio.gather(top.grow(opts.probes, opts.budget_s),
-                             *[f.grow(n, opts.budget_s) for f, n in zip(fleets, share,
-                                                                          strict=True)])
-        seconds = time.monotonic() - t0
-        rec.end = time.monotonic()
-        enrolled = sum(len(f.learners) for f in fleets)
-        out["enrolment"] = {"seconds": seconds, "enrolled": enrolled,
-                            "per_s": enrolled / seconds, "routes": rec.summary(seconds),
-                            "usage": usage()}
-        print(f"tiers k={k}: {enrolled} enrolled in {seconds:.0f} s", flush=True)
+        out["enrolment"] = await tier_enrol(opts, top, fleets, meters)
+        enrolled = out["enrolment"]["enrolled"]
+        print(f"tiers k={k}: {enrolled} enrolled in {out['enrolment']['seconds']:.0f} s",
+              flush=True)
         background = [asyncio.ensure_future(f.heartbeats()) for f in [top, *fleets]]
         background.append(asyncio.ensure_future(
             dashboard(top, orch.admin_token, 5.0)))
@@ -861,6 +849,27 @@ async def tier_windows(opts: TierOptions, k: int, orch: Any, edges: list[tuple[A
         for f in [top, *fleets]:
             await f.close()
     return out
+
+
+async def tier_enrol(opts: TierOptions, top: Fleet, fleets: list[Fleet],
+                     meters: dict[str, CpuMeter]) -> dict[str, Any]:
+    """Enrol the probes with the orchestrator and the fleet (split evenly over `fleets`);
+    the enrolment window's figures."""
+    rec = top.rec
+    rec.open()
+    for m in meters.values():
+        m.start()
+    t0 = time.monotonic()
+    share = [opts.learners // len(fleets) + (i < opts.learners % len(fleets))
+             for i in range(len(fleets))]
+    await asyncio.gather(top.grow(opts.probes, opts.budget_s),
+                         *[f.grow(n, opts.budget_s) for f, n in zip(fleets, share, strict=True)])
+    seconds = time.monotonic() - t0
+    rec.end = time.monotonic()
+    enrolled = sum(len(f.learners) for f in fleets)
+    return {"seconds": seconds, "enrolled": enrolled, "per_s": enrolled / seconds,
+            "routes": rec.summary(seconds),
+            "usage": {name: m.result() for name, m in meters.items()}}
 
 
 def edge_round(work: Path, children: int, trainer: FakeTrainer) -> dict[str, float]:
