@@ -317,6 +317,15 @@ class Fleet:
         await asyncio.gather(*jobs, return_exceptions=True)
         return (len(new) - len(late)) / max(time.monotonic() - t0, 1e-9)
 
+    def rephase(self) -> None:
+        """Every learner's next heartbeat at a random phase of one interval from now."""
+        import heapq
+
+        now = time.monotonic()
+        self._due = [(now + self.rng.random() * self.heartbeat_s, i)
+                     for i in range(len(self.learners))]
+        heapq.heapify(self._due)
+
     async def heartbeat(self, lr: Learner, scheduled: float) -> None:
         body = {"facts": device_facts(self.rng)}
         headers = {"Authorization": f"Bearer {lr.token}"}
@@ -768,7 +777,7 @@ def start_edge(orch: Any, i: int, work: Path, heartbeat_s: float
                ) -> tuple[subprocess.Popen[bytes], str, str]:
     """`plexus aggregator serve --upstream <orchestrator>`, enrolled upstream; (proc, url,
     its learners' join token)."""
-    from orchestrator.local.fleet import free_port
+    from orchestrator.local.fleet import _die_with_parent, free_port
 
     port, token = free_port(), secrets.token_urlsafe(16)
     data = work / f"edge-{i}"
@@ -779,6 +788,7 @@ def start_edge(orch: Any, i: int, work: Path, heartbeat_s: float
          "--port", str(port), "--data-dir", str(data), "--join-token", token,
          "--name", f"edge-{i}", "--heartbeat-s", str(heartbeat_s)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_die_with_parent,  # no edge outlives a killed benchmark
         env={**os.environ, "PLEXUS_UPSTREAM_JOIN_TOKEN": orch.join_token,
              "OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}"
@@ -825,6 +835,8 @@ async def tier_windows(opts: TierOptions, k: int, orch: Any, edges: list[tuple[A
         enrolled = out["enrolment"]["enrolled"]
         print(f"tiers k={k}: {enrolled} enrolled in {out['enrolment']['seconds']:.0f} s",
               flush=True)
+        for f in [top, *fleets]:  # heartbeats start now, each learner at a random phase:
+            f.rephase()  # not a backlog of every beat due since its enrolment
         background = [asyncio.ensure_future(f.heartbeats()) for f in [top, *fleets]]
         background.append(asyncio.ensure_future(
             dashboard(top, orch.admin_token, 5.0)))
