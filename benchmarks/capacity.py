@@ -20,6 +20,13 @@ Two measurements in one run:
   `runs.rounds.close_round` = check + FedAvg + evaluate + write model + keep every update,
   `Store.record_round`), with L fake LeNet-5 answers for L = 100 .. 1,000 learners.
 
+* **2 tiers vs flat** (`--tiers 0 2 4`, instead of the two above): for each k a fresh
+  orchestrator and k `plexus aggregator serve --upstream` processes; `--tier-learners` learners
+  enrol with the edges (k = 0: with the orchestrator) and heartbeat, 10 probe learners heartbeat
+  at the orchestrator every second; enrol / heartbeat latency at the orchestrator and at the
+  edges, CPU and RSS of every process, and a sync round's overhead in-process: the orchestrator
+  with L learners flat vs k, plus one edge's own work for its L/k children.
+
 Why an asyncio + httpx generator and not locust: the load is **open-loop** (every request has a
 scheduled send time, and its latency counts from then, so a slow server cannot slow the
 generator down and hide its own queueing, the coordinated omission of closed-loop users);
