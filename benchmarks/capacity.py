@@ -20,6 +20,13 @@ Two measurements in one run:
   `runs.rounds.close_round` = check + FedAvg + evaluate + write model + keep every update,
   `Store.record_round`), with L fake LeNet-5 answers for L = 100 .. 1,000 learners.
 
+* **2 tiers vs flat** (`--tiers 0 2 4`, instead of the two above): for each k a fresh
+  orchestrator and k `plexus aggregator serve --upstream` processes; `--tier-learners` learners
+  enrol with the edges (k = 0: with the orchestrator) and heartbeat, 10 probe learners heartbeat
+  at the orchestrator every second; enrol / heartbeat latency at the orchestrator and at the
+  edges, CPU and RSS of every process, and a sync round's overhead in-process: the orchestrator
+  with L learners flat vs k, plus one edge's own work for its L/k children.
+
 Why an asyncio + httpx generator and not locust: the load is **open-loop** (every request has a
 scheduled send time, and its latency counts from then, so a slow server cannot slow the
 generator down and hide its own queueing, the coordinated omission of closed-loop users);
@@ -186,7 +193,7 @@ class Recorder:
     def summary(self, seconds: float) -> dict[str, dict[str, Any]]:
         """Per route: requests/s, p50 / p99 / max latency (ms), errors by cause."""
         out: dict[str, dict[str, Any]] = {}
-        for route in ROUTES:
+        for route in [*ROUTES, *sorted(set(self.latency_ms) - set(ROUTES))]:
             lat = self.latency_ms.get(route, [])
             if not lat:
                 continue
@@ -258,8 +265,11 @@ class Fleet:
     """N emulated learners against one orchestrator: enrol, heartbeat, pull and push."""
 
     def __init__(self, url: str, join_token: str, agents_url: str, heartbeat_s: float,
-                 rec: Recorder) -> None:
+                 rec: Recorder, prefix: str = "cap", where: str = "") -> None:
         self.url, self.join_token, self.agents_url = url, join_token, agents_url
+        # Learner names `<prefix>-<i>`; routes recorded as `enroll<where>`, `heartbeat<where>`
+        # (e.g. "@edge" for learners enrolled with an edge aggregator).
+        self.prefix, self.where = prefix, where
         self.heartbeat_s = heartbeat_s
         self.rec = rec
         self.learners: list[Learner] = []
@@ -280,8 +290,9 @@ class Fleet:
                 "facts": device_facts(self.rng), "endpoint": f"{self.agents_url}/l/{lr.name}"}
         t = time.monotonic()
         for _attempt in range(3):  # an enrolment refused under load is tried again
-            resp = await timed(self.rec, "enroll", t,
-                               lambda: self.http.post("/v1/learners/enroll", json=body), (201,))
+            resp = await timed(self.rec, f"enroll{self.where}", t,
+                               lambda: self.http.post("/v1/learners/enroll", json=body),
+                               (200, 201))  # an edge aggregator answers 200
             if resp is not None:
                 break
             self.enroll_failures += 1
@@ -295,7 +306,7 @@ class Fleet:
         heartbeating at a random phase. Returns the enrolment rate (learners/s)."""
         import heapq
 
-        new = [Learner(f"cap-{i:06d}") for i in range(len(self.learners), n)]
+        new = [Learner(f"{self.prefix}-{i:06d}") for i in range(len(self.learners), n)]
         gate = asyncio.Semaphore(concurrency)
         t0 = time.monotonic()
 
@@ -313,10 +324,19 @@ class Fleet:
         await asyncio.gather(*jobs, return_exceptions=True)
         return (len(new) - len(late)) / max(time.monotonic() - t0, 1e-9)
 
+    def rephase(self) -> None:
+        """Every learner's next heartbeat at a random phase of one interval from now."""
+        import heapq
+
+        now = time.monotonic()
+        self._due = [(now + self.rng.random() * self.heartbeat_s, i)
+                     for i in range(len(self.learners))]
+        heapq.heapify(self._due)
+
     async def heartbeat(self, lr: Learner, scheduled: float) -> None:
         body = {"facts": device_facts(self.rng)}
         headers = {"Authorization": f"Bearer {lr.token}"}
-        await timed(self.rec, "heartbeat", scheduled, lambda: self.http.post(
+        await timed(self.rec, f"heartbeat{self.where}", scheduled, lambda: self.http.post(
             f"/v1/learners/{lr.id}/heartbeat", json=body, headers=headers))
 
     async def heartbeats(self) -> None:
@@ -745,6 +765,247 @@ def stub_cost(count: int = 200) -> dict[str, Any]:
             "cpu_ratio": before["cpu_ms"] / max(after["cpu_ms"], 1e-6)}
 
 
+# -- 2 tiers vs flat: learners enrolled with k edge aggregators --------------------------------
+
+@dataclass
+class TierOptions:
+    """Knobs of the tier comparison (learners, seconds)."""
+
+    learners: int
+    edges: list[int]  # 0 = flat: every learner enrolled with the orchestrator
+    heartbeat_s: float
+    window_s: float
+    budget_s: float
+    sync_learners: int
+    probes: int = 10  # learners enrolled with the orchestrator itself, heartbeating every 1 s
+
+
+def start_edge(orch: Any, i: int, work: Path, heartbeat_s: float
+               ) -> tuple[subprocess.Popen[bytes], str, str]:
+    """`plexus aggregator serve --upstream <orchestrator>`, enrolled upstream; (proc, url,
+    its learners' join token)."""
+    from orchestrator.local.fleet import _die_with_parent, free_port
+
+    port, token = free_port(), secrets.token_urlsafe(16)
+    data = work / f"edge-{i}"
+    data.mkdir(parents=True, exist_ok=True)
+    log = open(data / "edge.log", "ab")  # noqa: SIM115 - kept open for the process's life
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plexus.cli", "aggregator", "serve", "--upstream", orch.url,
+         "--port", str(port), "--data-dir", str(data), "--join-token", token,
+         "--name", f"edge-{i}", "--heartbeat-s", str(heartbeat_s)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_die_with_parent,  # no edge outlives a killed benchmark
+        env={**os.environ, "PLEXUS_UPSTREAM_JOIN_TOKEN": orch.join_token,
+             "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    end = time.monotonic() + 90.0
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"edge aggregator {i} exited: see {data / 'edge.log'}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2.0).json().get("enrolled"):
+                return proc, url, token
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"edge aggregator {i} did not enrol upstream within 90 s")
+
+
+async def tier_windows(opts: TierOptions, k: int, orch: Any, edges: list[tuple[Any, str, str]],
+                       agents_url: str) -> dict[str, Any]:
+    """Enrol the fleet (through the edges, or flat), then a window of heartbeats; latency per
+    route at the orchestrator and at the edges, CPU and RSS of each process."""
+    rec = Recorder()
+    top = Fleet(orch.url, orch.join_token, agents_url, 1.0, rec, prefix="probe")
+    fleets = ([Fleet(url, token, agents_url, opts.heartbeat_s, rec, prefix=f"e{i}",
+                     where="@edge") for i, (_p, url, token) in enumerate(edges)] if k else
+              [Fleet(orch.url, orch.join_token, agents_url, opts.heartbeat_s, rec)])
+    meters = {"orchestrator": CpuMeter(orch.orchestrator.popen.pid),
+              **{f"edge-{i}": CpuMeter(p.pid) for i, (p, _u, _t) in enumerate(edges)}}
+
+    def usage() -> dict[str, dict[str, float]]:
+        return {name: m.result() for name, m in meters.items()}
+
+    async def sampling() -> None:
+        while True:
+            for m in meters.values():
+                m.sample()
+            await asyncio.sleep(0.5)
+
+    out: dict[str, Any] = {"edges": k, "learners": opts.learners}
+    sampler = asyncio.ensure_future(sampling())
+    background: list[asyncio.Future[Any]] = []
+    try:
+        out["enrolment"] = await tier_enrol(opts, top, fleets, meters)
+        enrolled = out["enrolment"]["enrolled"]
+        print(f"tiers k={k}: {enrolled} enrolled in {out['enrolment']['seconds']:.0f} s",
+              flush=True)
+        for f in [top, *fleets]:  # heartbeats start now, each learner at a random phase:
+            f.rephase()  # not a backlog of every beat due since its enrolment
+        background = [asyncio.ensure_future(f.heartbeats()) for f in [top, *fleets]]
+        background.append(asyncio.ensure_future(
+            dashboard(top, orch.admin_token, 5.0)))
+        await asyncio.sleep(min(opts.heartbeat_s, 10.0))  # every phase under way
+        rec.open()
+        for m in meters.values():
+            m.start()
+        await asyncio.sleep(opts.window_s)
+        rec.end = time.monotonic()
+        window = rec.end - rec.start
+        await asyncio.sleep(3.0)
+        out["window"] = {"seconds": window, "routes": rec.summary(window), "usage": usage(),
+                         "offered_heartbeats_per_s": enrolled / opts.heartbeat_s}
+        line = "; ".join(f"{r} p50 {v['p50_ms']:.0f} p99 {v['p99_ms']:.0f} ms"
+                         for r, v in out["window"]["routes"].items())
+        print(f"tiers k={k}: {line}; orchestrator cpu "
+              f"{out['window']['usage']['orchestrator']['cpu_percent']:.0f}%", flush=True)
+    finally:
+        for b in [*background, sampler]:
+            b.cancel()
+        await asyncio.gather(*background, sampler, return_exceptions=True)
+        for f in [top, *fleets]:
+            await f.close()
+    return out
+
+
+async def tier_enrol(opts: TierOptions, top: Fleet, fleets: list[Fleet],
+                     meters: dict[str, CpuMeter]) -> dict[str, Any]:
+    """Enrol the probes with the orchestrator and the fleet (split evenly over `fleets`);
+    the enrolment window's figures."""
+    rec = top.rec
+    rec.open()
+    for m in meters.values():
+        m.start()
+    t0 = time.monotonic()
+    share = [opts.learners // len(fleets) + (i < opts.learners % len(fleets))
+             for i in range(len(fleets))]
+    await asyncio.gather(top.grow(opts.probes, opts.budget_s),
+                         *[f.grow(n, opts.budget_s) for f, n in zip(fleets, share, strict=True)])
+    seconds = time.monotonic() - t0
+    rec.end = time.monotonic()
+    enrolled = sum(len(f.learners) for f in fleets)
+    return {"seconds": seconds, "enrolled": enrolled, "per_s": enrolled / seconds,
+            "routes": rec.summary(seconds),
+            "usage": {name: m.result() for name, m in meters.items()}}
+
+
+def edge_round(work: Path, children: int, trainer: FakeTrainer) -> dict[str, float]:
+    """Seconds of an edge aggregator's own work in one sync round with `children` answers,
+    on its real code paths: check each update (`validate_state`), keep it on disk
+    (`write_atomic`, fsync), FedAvg of the subtree (`hierarchy.combine.combine`)."""
+    import torch
+
+    from orchestrator.hierarchy.combine import combine
+    from orchestrator.store import write_atomic
+    from plexus.tensors import encode_state, validate_state
+
+    rng = np.random.default_rng(0)
+    reference = {k: torch.from_numpy(v) for k, v in trainer.params.items()}
+    answers = [{k: torch.from_numpy(v) for k, v in trainer.update(rng).items()}
+               for _ in range(children)]
+    where = work / f"edge-round-{children}-{secrets.token_hex(3)}"
+    t0 = time.perf_counter()
+    updates: dict[str, tuple[Any, int]] = {}
+    for i, params in enumerate(answers):
+        validate_state(params, reference)
+        write_atomic(where / f"c{i}.safetensors", encode_state(params, {"samples": "50"}))
+        updates[f"c{i}"] = (params, 50)
+    part = combine(updates)
+    t1 = time.perf_counter()
+    assert part.state is not None
+    return {"children": children, "seconds": t1 - t0}
+
+
+def tier_sync(work: Path, opts: TierOptions) -> list[dict[str, Any]]:
+    """A sync round's orchestrator-side overhead with L learners flat vs k edges (the
+    orchestrator then sees k learners), plus one edge's own work for its L/k children."""
+    out = []
+    for k in opts.edges:
+        trainer = FakeTrainer()
+        top = sync_round(work, k if k else opts.sync_learners, trainer)
+        row: dict[str, Any] = {"edges": k, "learners": opts.sync_learners,
+                               "orchestrator_s": top["total_s"], "orchestrator": top}
+        if k:
+            row["edge"] = edge_round(work, -(-opts.sync_learners // k), trainer)
+        out.append(row)
+        print(f"tiers k={k}: sync round of {opts.sync_learners} learners: orchestrator "
+              f"{top['total_s']:.2f} s" + (f", each edge {row['edge']['seconds']:.2f} s"
+                                          if k else ""), flush=True)
+    return out
+
+
+def run_tiers(opts: TierOptions, work: Path) -> dict[str, Any]:
+    """Flat and k = 2, 4 edge aggregators side by side, each on a fresh orchestrator."""
+    from orchestrator.local.fleet import LocalFleet
+
+    trainer = FakeTrainer()
+    server, agents_url = start_fake_agents(trainer)
+    cases = []
+    try:
+        for k in opts.edges:
+            orch = LocalFleet(work / f"tiers-{k}" / "orchestrator", heartbeat_s=opts.heartbeat_s)
+            edges: list[tuple[Any, str, str]] = []
+            try:
+                orch.start_orchestrator()
+                edges = [start_edge(orch, i, work / f"tiers-{k}", opts.heartbeat_s)
+                         for i in range(k)]
+                cases.append(asyncio.run(tier_windows(opts, k, orch, edges, agents_url)))
+            finally:
+                for proc, _u, _t in edges:
+                    proc.terminate()
+                    try:
+                        proc.wait(15)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                orch.stop()
+    finally:
+        server.stop()
+    return {"cases": cases, "sync": tier_sync(work, opts)}
+
+
+def plot_tiers(tiers: dict[str, Any], path: Path) -> None:
+    """p99 per route at the orchestrator and the edges, and CPU, per k (0 = flat)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.5))
+    cases = tiers["cases"]
+    labels = ["flat" if c["edges"] == 0 else f"k={c['edges']}" for c in cases]
+    routes = sorted({r for c in cases for part in ("enrolment", "window")
+                     for r in c.get(part, {}).get("routes", {})})
+    width = 0.8 / max(len(routes), 1)
+    for j, route in enumerate(routes):
+        part = "enrolment" if route.startswith("enroll") else "window"
+        ys = [c[part]["routes"].get(route, {}).get("p99_ms", np.nan) for c in cases]
+        ax[0].bar(np.arange(len(cases)) + j * width, ys, width, label=route)
+    ax[0].set_xticks(np.arange(len(cases)) + 0.4 - width / 2, labels)
+    ax[0].set_yscale("log")
+    ax[0].set_title(f"p99 (ms), {tiers['cases'][0]['learners']} learners")
+    ax[0].legend(fontsize=7)
+    for c, lab in zip(cases, labels, strict=True):
+        usage = c["window"]["usage"]
+        ax[1].bar(lab, usage["orchestrator"]["cpu_percent"], color="C0")
+        edges = [v["cpu_percent"] for n, v in usage.items() if n != "orchestrator"]
+        if edges:
+            ax[1].bar(lab, sum(edges), bottom=usage["orchestrator"]["cpu_percent"], color="C1")
+    ax[1].set_title("CPU % in the heartbeat window (blue: orchestrator, orange: edges)")
+    sync = tiers["sync"]
+    ax[2].bar([("flat" if r["edges"] == 0 else f"k={r['edges']}") for r in sync],
+              [r["orchestrator_s"] for r in sync], label="orchestrator")
+    ax[2].bar([("flat" if r["edges"] == 0 else f"k={r['edges']}") for r in sync],
+              [r.get("edge", {}).get("seconds", 0.0) for r in sync],
+              bottom=[r["orchestrator_s"] for r in sync], label="one edge (in parallel)")
+    ax[2].set_title(f"sync round overhead (s), {sync[0]['learners'] if sync else 0} learners")
+    ax[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # -- analysis, plot, command line --------------------------------------------------------------
 
 def knee(steps: list[dict[str, Any]], p99_goal_ms: float) -> dict[str, Any]:
@@ -843,6 +1104,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="an earlier capacity JSON to plot beside this run and compare with")
     p.add_argument("--name", default="capacity", help="file name stem of the JSON and PNG")
     p.add_argument("--no-sync", action="store_true", help="skip the sync overhead")
+    p.add_argument("--tiers", type=int, nargs="+", default=None, metavar="K",
+                   help="instead of the curve: 2 tiers vs flat, learners enrolled with K edge "
+                        "aggregators (0 = flat), e.g. --tiers 0 2 4")
+    p.add_argument("--tier-learners", type=int, default=None,
+                   help="learners of the tier comparison (default 10000; quick 120)")
     p.add_argument("--profile", action="store_true",
                    help="py-spy the orchestrator in every window (collapsed stacks beside "
                         "the JSON)")
@@ -880,8 +1146,33 @@ def compare(result: dict[str, Any], baseline: dict[str, Any]) -> list[dict[str, 
     return out
 
 
+def main_tiers(args: argparse.Namespace) -> int:
+    """`--tiers`: the 2-tier vs flat comparison, JSON + PNG under `<name>.json`."""
+    quick = bool(args.quick)
+    opts = TierOptions(
+        learners=args.tier_learners or (120 if quick else 10000), edges=args.tiers,
+        heartbeat_s=args.heartbeat_s or (5.0 if quick else 30.0),
+        window_s=args.window_s or (6.0 if quick else 30.0),
+        budget_s=args.budget_s or (120.0 if quick else 330.0),
+        sync_learners=(args.sync_sizes or [60 if quick else 1000])[-1])
+    out = results_dir(args)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="plexus-tiers-") as tmp:
+        tiers = run_tiers(opts, Path(tmp))
+    result = {"benchmark": "capacity-tiers", "quick": quick, "argv": sys.argv[1:],
+              "options": opts.__dict__, "tiers": tiers,
+              "machine": {"cpus": os.cpu_count(), "load_1m_at_end": os.getloadavg()[0]},
+              "seconds": time.monotonic() - t0}
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    plot_tiers(tiers, out / f"{args.name}.png")
+    print(f"tiers: {out / args.name}.json", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.tiers:
+        return main_tiers(args)
     opts = options(args)
     out = results_dir(args)
     t0 = time.monotonic()

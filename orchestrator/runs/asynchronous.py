@@ -117,7 +117,7 @@ class StoreJournal:
         write_atomic(path, encode_state(state, {"version": version, "task_id": self.task_id}))
         # Async rows: `allocation` counts the updates each learner (by id, as in sync rows)
         # contributed to this aggregation.
-        ids = {lr.name: str(lr.id) for lr in self.store.learners()}
+        ids = {lr.name: str(lr.id) for lr in self.store.learner_view()}
         contributed: dict[str, int] = {}
         for name in entry.get("clients", []):
             key = ids.get(name, name)
@@ -199,13 +199,20 @@ class AsyncDriver:
 
     def _client_index(self, task_id: int, learner_id: int) -> int:
         """The learner's client index in the task, given (and saved) on first use."""
+        return self._client_indices(task_id, [learner_id])[0]
+
+    def _client_indices(self, task_id: int, learner_ids: list[int]) -> list[int]:
+        """The learners' client indices in the task, the new ones given and saved in one
+        transaction."""
         with self._index_lock:
             clients = self.clients.setdefault(task_id, {})
-            if learner_id not in clients:
-                clients[learner_id] = len(clients)
+            new = [i for i in dict.fromkeys(learner_ids) if i not in clients]
+            for i in new:
+                clients[i] = len(clients)
+            if new:
                 self.store.save_async_state(task_id, time.time(),
                                             clients={str(k): v for k, v in clients.items()})
-            return clients[learner_id]
+            return [clients[i] for i in learner_ids]
 
     def admit_pull(self, task_id: int, lr: LearnerRow) -> int:
         """A learner asks an async task for work: the samples it may hold (its partition).
@@ -337,13 +344,22 @@ class AsyncDriver:
         joined = self._joined.setdefault(task_id, {})
         joining = self._joining.setdefault(task_id, set())
         failed = self._failed.setdefault(task_id, {})
+        due = []
         for lr in eligible:
             done = joined.get(lr.id)
             if (done is not None and done.token == lr.token) or lr.id in joining:
                 continue
             if now - failed.get(lr.id, -JOIN_RETRY_S) < JOIN_RETRY_S:
                 continue
-            client = await asyncio.to_thread(self._client_index, task_id, lr.id)
+            due.append(lr)
+        if not due:
+            return None
+        # Every new learner's client index and participation in two transactions, not two
+        # per learner (the sweep after 1,000 enrolments would otherwise be 2,000 commits).
+        clients = await asyncio.to_thread(self._client_indices, task_id,
+                                          [lr.id for lr in due])
+        await asyncio.to_thread(self.store.add_participants, task_id, [lr.id for lr in due])
+        for lr, client in zip(due, clients, strict=True):
             joining.add(lr.id)
             self._spawn(self._join(task_id, spec, lr, client), f"join-{task_id}-{lr.name}")
         return None

@@ -48,10 +48,11 @@ class LearnerGateway:
     # -- learners -------------------------------------------------------------------------
 
     def alive(self, now: float | None = None) -> list[LearnerRow]:
-        """Learners whose last heartbeat is younger than `alive_after_s`."""
+        """Learners whose last heartbeat is younger than `alive_after_s` (from the store's
+        in-memory view: no database read of every learner on each call)."""
         now = time.time() if now is None else now
         horizon = now - self.alive_after_s
-        return [lr for lr in self.store.learners() if lr.last_seen >= horizon]
+        return [lr for lr in self.store.learner_view() if lr.last_seen >= horizon]
 
     async def wait_for_alive(self, count: int = 1) -> list[LearnerRow]:
         """The alive learners, once there are at least `count` of them."""

@@ -5,15 +5,26 @@ PostgreSQL); the code path is the same. Model versions, shards, test splits and 
 updates are safetensors files under `<data_dir>/tasks/<id>/`, each written atomically (temp
 file, fsync, rename), and a round row is committed only after its model file is on disk, so a
 `kill -9` at any instant leaves the last committed round resumable.
+
+Learners' liveness (docs/scale.md): a heartbeat is not acknowledged data, so `heartbeat` keeps
+`last_seen` and the facts in memory and a flusher thread writes every pending heartbeat in one
+transaction every `HEARTBEAT_FLUSH_S` (and `close` writes what is left); `learners` and
+`learner_by_token` show the pending values at once. An enrolment is acknowledged (the learner
+gets a token), so `enroll` commits before it returns; enrolments arriving together share one
+transaction (group commit: one fsync for many).
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +35,14 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Table,
     Text,
+    bindparam,
     create_engine,
     delete,
     event,
     select,
+    update,
 )
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -36,7 +50,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from orchestrator.errors import Conflict, NotFound, StorageFull, StoreError
 from orchestrator.store.files import Layout, sweep_temp_files, write_atomic
 
+log = logging.getLogger(__name__)
+
 TASK_STATES = ("pending", "running", "finished", "failed", "cancelled")
+# Seconds between two writes of the pending heartbeats (one transaction each time).
+HEARTBEAT_FLUSH_S = 1.0
+# `learner_view`: seconds between two cheap syncs with the database (ids, tokens, last_seen:
+# what other processes of the same database changed) and between two full reloads (facts).
+VIEW_SYNC_S = 5.0
+VIEW_RELOAD_S = 60.0
 ACTIVE_STATES = ("pending", "running")
 
 
@@ -196,6 +218,20 @@ class AsyncStateRow(Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
 
+@dataclass
+class _Enrolment:
+    """One `enroll` call waiting for the group commit that carries it."""
+
+    name: str
+    facts: dict[str, Any]
+    endpoint: str | None
+    now: float
+    secret: str | None
+    done: bool = False
+    row: LearnerRow | None = None
+    error: BaseException | None = None
+
+
 class Store:
     """The orchestrator's database plus its data directory; safe to use from many threads."""
 
@@ -222,6 +258,21 @@ class Store:
         sweep_temp_files(self.layout.root)
         self.discard_unready_jobs()
         self.discard_unready()
+        # Heartbeats not yet written: learner id -> (last_seen, facts or None).
+        self._beats: dict[int, tuple[float, dict[str, Any] | None]] = {}
+        self._beats_lock = threading.Lock()
+        self._known: set[int] = set()  # learner ids seen to exist (a heartbeat needs no read)
+        # The in-memory view of every learner (`learner_view`), and when it was last synced
+        # with and fully reloaded from the database (monotonic seconds; -inf: never).
+        self._view: dict[int, LearnerRow] | None = None
+        self._view_lock = threading.Lock()
+        self._view_synced = self._view_loaded = float("-inf")
+        # Group commit of enrolments: the queue, and whether a caller is committing a batch.
+        self._enrol_cv = threading.Condition()
+        self._enrol_queue: list[_Enrolment] = []
+        self._enrol_leading = False
+        self._closed = threading.Event()
+        self._flusher: threading.Thread | None = None  # started by the first heartbeat
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -243,6 +294,13 @@ class Store:
                 raise
 
     def close(self) -> None:
+        """Write the pending heartbeats, then release the database."""
+        if not self._closed.is_set():
+            self._closed.set()
+            flusher = self._flusher
+            if flusher is not None and flusher is not threading.current_thread():
+                flusher.join(timeout=30)
+            self.flush_heartbeats()
         self.engine.dispose()
 
     # -- learners -------------------------------------------------------------------------
@@ -253,27 +311,86 @@ class Store:
 
         Re-enrolling an existing name needs that learner's own secret (its current token);
         without it (another device, or a second agent under the same name) it is a Conflict
-        `name_taken`, and nothing changes.
+        `name_taken`, and nothing changes. Committed before it returns; calls arriving while
+        another batch commits wait and are committed together in the next transaction.
         """
+        me = _Enrolment(name, facts, endpoint, now, secret)
+        with self._enrol_cv:
+            self._enrol_queue.append(me)
+            while not me.done and self._enrol_leading:
+                self._enrol_cv.wait()
+            if not me.done:  # lead: commit everything queued so far, this call included
+                self._enrol_leading = True
+                batch, self._enrol_queue = self._enrol_queue, []
+        if not me.done:
+            try:
+                self._enroll_batch(batch)
+            finally:
+                with self._enrol_cv:
+                    for e in batch:
+                        if not e.done and e.row is None and e.error is None:
+                            e.error = StoreError("the enrolment's transaction did not finish")
+                        e.done = True
+                    self._enrol_leading = False
+                    self._enrol_cv.notify_all()
+        if me.error is not None:
+            raise me.error
+        assert me.row is not None
+        return me.row
+
+    def _enroll_batch(self, batch: list[_Enrolment]) -> None:
+        """Commit `batch` in one transaction; if that fails, each one in its own, so one bad
+        enrolment (a race on a name with another process) fails alone."""
+        try:
+            with self.session() as s:
+                for e in batch:
+                    try:
+                        e.row = self._enroll_in(s, e)
+                    except Conflict as exc:
+                        e.error = exc
+                s.flush()
+        except Exception:
+            if len(batch) == 1:
+                batch[0].row = None
+                raise
+            for e in batch:
+                e.row, e.error = None, None
+                try:
+                    with self.session() as s:
+                        e.row = self._enroll_in(s, e)
+                except Exception as exc:
+                    e.error = exc
+        for e in batch:
+            if e.row is not None:
+                self._known.add(e.row.id)
+                self._view_put(e.row)
+                with self._beats_lock:  # an older pending heartbeat must not undo its facts
+                    beat = self._beats.get(e.row.id)
+                    if beat is not None and beat[0] <= e.now:
+                        del self._beats[e.row.id]
+
+    @staticmethod
+    def _enroll_in(s: Session, e: _Enrolment) -> LearnerRow:
+        """One enrolment inside transaction `s` (raises Conflict having changed nothing)."""
         token = secrets.token_urlsafe(24)
-        with self.session() as s:
-            row = s.scalar(select(LearnerRow).where(LearnerRow.name == name))
-            if row is None:
-                row = LearnerRow(name=name, token=token, endpoint=endpoint, facts=facts,
-                                 enrolled_at=now, last_seen=now)
-                s.add(row)
-            elif secret is None or not _same(secret, row.token):
-                raise Conflict(
-                    f"a learner named {name!r} is already enrolled and this request does not "
-                    "carry its secret (its current learner token): if this is another device "
-                    "or a second agent on the same host, start it with --name <another name>; "
-                    "if it is that learner restarted, keep its --data-dir, which holds the "
-                    "secret; an admin can remove the old learner with `plexus learners remove "
-                    f"{row.id}`", code="name_taken")
-            else:
-                row.token, row.endpoint, row.facts, row.last_seen = token, endpoint, facts, now
+        row = s.scalar(select(LearnerRow).where(LearnerRow.name == e.name))
+        if row is None:
+            row = LearnerRow(name=e.name, token=token, endpoint=e.endpoint, facts=e.facts,
+                             enrolled_at=e.now, last_seen=e.now)
+            s.add(row)
             s.flush()
-            return row
+        elif e.secret is None or not _same(e.secret, row.token):
+            raise Conflict(
+                f"a learner named {e.name!r} is already enrolled and this request does not "
+                "carry its secret (its current learner token): if this is another device "
+                "or a second agent on the same host, start it with --name <another name>; "
+                "if it is that learner restarted, keep its --data-dir, which holds the "
+                "secret; an admin can remove the old learner with `plexus learners remove "
+                f"{row.id}`", code="name_taken")
+        else:
+            row.token, row.endpoint, row.facts, row.last_seen = (token, e.endpoint, e.facts,
+                                                                 e.now)
+        return row
 
     def remove_learner(self, learner_id: int) -> LearnerRow:
         """Remove a learner: its token stops working at once (NotFound if unknown)."""
@@ -284,7 +401,13 @@ class Store:
                                "GET /v1/learners", code="learner_not_found")
             s.execute(delete(ParticipantRow).where(ParticipantRow.learner_id == learner_id))
             s.delete(row)
-            return row
+        self._known.discard(learner_id)
+        with self._beats_lock:
+            self._beats.pop(learner_id, None)
+        with self._view_lock:
+            if self._view is not None:
+                self._view.pop(learner_id, None)
+        return row
 
     def add_participant(self, task_id: int, learner_id: int) -> None:
         """Record that a learner was given work of a task (idempotent)."""
@@ -293,6 +416,17 @@ class Store:
                 ParticipantRow.task_id == task_id, ParticipantRow.learner_id == learner_id))
             if found is None:
                 s.add(ParticipantRow(task_id=task_id, learner_id=learner_id))
+
+    def add_participants(self, task_id: int, learner_ids: list[int]) -> None:
+        """`add_participant` for many learners in one transaction (idempotent)."""
+        if not learner_ids:
+            return
+        with self.session() as s:
+            have = set(s.scalars(select(ParticipantRow.learner_id).where(
+                ParticipantRow.task_id == task_id)))
+            for lid in dict.fromkeys(learner_ids):
+                if lid not in have:
+                    s.add(ParticipantRow(task_id=task_id, learner_id=lid))
 
     def takes_part(self, task_id: int, learner_id: int) -> bool:
         """Whether the learner was ever given work of the task."""
@@ -321,23 +455,134 @@ class Store:
         with self.session() as s:
             row = s.scalar(select(LearnerRow).where(LearnerRow.token == token))
             # A constant-time comparison on top of the indexed lookup.
-            if row is not None and _same(row.token, token):
-                return row
-            return None
+            if row is None or not _same(row.token, token):
+                return None
+        return self._with_beats([row])[0]
 
     def heartbeat(self, learner_id: int, facts: dict[str, Any] | None, now: float) -> None:
-        with self.session() as s:
-            row = s.get(LearnerRow, learner_id)
-            if row is None:
-                raise NotFound(f"learner {learner_id} is not enrolled; enroll again",
-                               code="learner_not_found")
-            row.last_seen = now
-            if facts:
-                row.facts = facts
+        """The learner is alive at `now` (with new facts, if given): kept in memory and
+        written with the others within `HEARTBEAT_FLUSH_S` (a heartbeat is not acknowledged
+        data); `learners` shows it at once. NotFound if the learner is not enrolled."""
+        if learner_id not in self._known:
+            with self.session() as s:
+                if s.get(LearnerRow, learner_id) is None:
+                    raise NotFound(f"learner {learner_id} is not enrolled; enroll again",
+                                   code="learner_not_found")
+            self._known.add(learner_id)
+        with self._beats_lock:
+            if self._flusher is None and not self._closed.is_set():
+                self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                                 name="heartbeat-flush")
+                self._flusher.start()
+            prev = self._beats.get(learner_id)
+            if prev is not None:
+                now = max(now, prev[0])
+                facts = facts or prev[1]
+            self._beats[learner_id] = (now, facts or None)
+            seen = self._view.get(learner_id) if self._view is not None else None
+            if seen is not None:
+                seen.last_seen = max(seen.last_seen, now)
+                if facts:
+                    seen.facts = facts
+
+    def flush_heartbeats(self) -> int:
+        """Write every pending heartbeat in one transaction; how many were written. On a
+        failure they stay pending (unless newer ones came) for the next flush."""
+        with self._beats_lock:
+            beats, self._beats = self._beats, {}
+        if not beats:
+            return 0
+        table = _learners_table()
+        seen = [{"b_id": i, "b_seen": t} for i, (t, _f) in beats.items()]
+        with_facts = [{"b_id": i, "b_facts": f} for i, (_t, f) in beats.items() if f]
+        try:
+            with self.session() as s:
+                s.execute(update(table).where(table.c.id == bindparam("b_id"))
+                          .values(last_seen=bindparam("b_seen")), seen)
+                if with_facts:
+                    s.execute(update(table).where(table.c.id == bindparam("b_id"))
+                              .values(facts=bindparam("b_facts")), with_facts)
+        except Exception:
+            with self._beats_lock:
+                for i, beat in beats.items():
+                    newer = self._beats.get(i)
+                    if newer is None:
+                        self._beats[i] = beat
+                    elif not newer[1]:
+                        self._beats[i] = (newer[0], beat[1])
+            raise
+        return len(beats)
+
+    def _flush_loop(self) -> None:
+        while not self._closed.wait(HEARTBEAT_FLUSH_S):
+            try:
+                self.flush_heartbeats()
+            except Exception as exc:  # kept pending; the next flush tries again
+                log.warning("writing heartbeats failed (kept for the next try): %s", exc)
+
+    def _with_beats(self, rows: list[LearnerRow]) -> list[LearnerRow]:
+        """`rows` with their pending heartbeats applied (detached rows, changed in place)."""
+        with self._beats_lock:
+            for row in rows:
+                self._known.add(row.id)
+                beat = self._beats.get(row.id)
+                if beat is not None:
+                    row.last_seen = max(row.last_seen, beat[0])
+                    if beat[1]:
+                        row.facts = beat[1]
+        return rows
 
     def learners(self) -> list[LearnerRow]:
+        """Every enrolled learner, pending heartbeats included."""
         with self.session() as s:
-            return list(s.scalars(select(LearnerRow).order_by(LearnerRow.id)))
+            rows = list(s.scalars(select(LearnerRow).order_by(LearnerRow.id)))
+        return self._with_beats(rows)
+
+    def learner_view(self) -> list[LearnerRow]:
+        """Every enrolled learner from memory, for what reads them every second (liveness):
+        this process's enrolments, removals and heartbeats at once; other processes' (one
+        database, several orchestrators) within `VIEW_SYNC_S`, their facts within
+        `VIEW_RELOAD_S`. Rows in id order; treat them as read-only."""
+        now = time.monotonic()
+        with self._view_lock:
+            if self._view is None or now - self._view_loaded >= VIEW_RELOAD_S:
+                rows = self.learners()
+                self._view = {r.id: r for r in rows}
+                self._view_loaded = self._view_synced = now
+            elif now - self._view_synced >= VIEW_SYNC_S:
+                self._view_sync()
+                self._view_synced = now
+            return sorted(self._view.values(), key=lambda r: r.id)
+
+    def _view_sync(self) -> None:
+        """Bring the view in line with the database (view lock held): new and re-enrolled
+        learners read in full, removed ones dropped, newer `last_seen` taken."""
+        assert self._view is not None
+        table = _learners_table()
+        with self.session() as s:
+            found = s.execute(select(table.c.id, table.c.token, table.c.last_seen)).all()
+        view, changed = self._view, []
+        for lid, token, last_seen in found:
+            row = view.get(lid)
+            if row is None or row.token != token:
+                changed.append(lid)
+            elif last_seen > row.last_seen:
+                row.last_seen = last_seen
+        for gone in view.keys() - {lid for lid, _t, _s in found}:
+            del view[gone]
+        if changed:
+            with self.session() as s:
+                for row in s.scalars(select(LearnerRow).where(LearnerRow.id.in_(changed))):
+                    view[row.id] = row
+            self._with_beats([view[i] for i in changed if i in view])
+
+    def _view_put(self, row: LearnerRow) -> None:
+        """An enrolment of this process, into the view (if there is one yet)."""
+        with self._view_lock:
+            if self._view is not None:
+                self._view[row.id] = LearnerRow(
+                    id=row.id, name=row.name, token=row.token, endpoint=row.endpoint,
+                    facts=row.facts, enrolled_at=row.enrolled_at, last_seen=row.last_seen)
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -682,6 +927,13 @@ def _disk_full(exc: SQLAlchemyError) -> bool:
     text = str(orig or exc).lower()
     # PostgreSQL: SQLSTATE 53100 disk_full; SQLite's message when the code is not exposed.
     return getattr(orig, "sqlstate", None) == "53100" or "database or disk is full" in text
+
+
+def _learners_table() -> Table:
+    """The `learners` table, for Core statements (bulk updates, narrow selects)."""
+    table = LearnerRow.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 def _same(a: str, b: str) -> bool:

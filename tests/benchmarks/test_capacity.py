@@ -73,3 +73,26 @@ def test_quick_run_measures_every_route(tmp_path: Path) -> None:
     assert result["sync"][0]["learners"] == 10 and result["sync"][0]["total_s"] > 0
     assert "learners" in result["knee"]
     assert (tmp_path / "capacity.png").stat().st_size > 0
+
+
+@pytest.mark.extended
+def test_quick_tiers_run_measures_flat_and_edges(tmp_path: Path) -> None:
+    code = capacity.main(["--quick", "--tiers", "0", "2", "--tier-learners", "30",
+                          "--window-s", "4", "--sync-sizes", "10", "--name", "tiers",
+                          "--out-dir", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "tiers.json").read_text())
+    flat, tiered = result["tiers"]["cases"]
+    assert (flat["edges"], tiered["edges"]) == (0, 2)
+    for case in (flat, tiered):
+        assert case["enrolment"]["enrolled"] == 30
+        assert case["window"]["routes"]["heartbeat"]["count"] > 0  # at the orchestrator
+    # Through the tier the learners enrol and heartbeat at the edges, not the orchestrator.
+    assert tiered["enrolment"]["routes"]["enroll@edge"]["count"] == 30
+    assert tiered["window"]["routes"]["heartbeat@edge"]["count"] > 0
+    assert "heartbeat@edge" not in flat["window"]["routes"]
+    assert set(tiered["window"]["usage"]) == {"orchestrator", "edge-0", "edge-1"}
+    flat_sync, tier_sync = result["tiers"]["sync"]
+    assert flat_sync["orchestrator"]["learners"] == 10
+    assert tier_sync["orchestrator"]["learners"] == 2 and tier_sync["edge"]["children"] == 5
+    assert (tmp_path / "tiers.png").stat().st_size > 0
