@@ -258,6 +258,8 @@ class SpinClient:
         if adversary is not None:
             trained, n = adversary.update(trained, state), adversary.samples(held)
         body = encode_state(trained, {"base_version": version, "n_samples": n})
+        log.info("uploading task %s update from version %s", self.task_id, version,
+                 extra={"task_id": self.task_id, "base_version": version})
         answer = self.http.post(
             f"/v1/tasks/{self.task_id}/updates",
             content=body,
@@ -275,7 +277,13 @@ class SpinClient:
                  len(body) / 1024,
                  extra={"task_id": self.task_id, "base_version": version, "samples_trained": n,
                         "upload_bytes": len(body)})
-        self.report.answers.append(answer.json())
+        acked = answer.json()
+        self.report.answers.append(acked)
+        if "update_id" in acked:
+            # One line per acknowledged update: what the chaos matrix (benchmarks/chaos.py)
+            # checks against the store's async_updates rows.
+            log.info("acknowledged task %s update_id %s", self.task_id, acked["update_id"],
+                     extra={"task_id": self.task_id, "update_id": acked["update_id"]})
         return True
 
 
