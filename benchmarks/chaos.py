@@ -56,9 +56,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from outdir import resolve_out_dir
+from outdir import add_out_dir, results_dir
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 FLEET_FILE = ROOT / "deploy" / "testbed" / "fleets" / "chaos.yaml"
 MODES = ["dab", "med", "spin", "fedbuff", "fedbuff_relay"]
@@ -71,7 +70,7 @@ RELAYED = "a3"
 QUICK = {"dab": "orch_kill_round", "med": "agent_kill_round", "spin": "orch_kill_agg",
          "fedbuff": "agent_kill_upload", "fedbuff_relay": "sigstop"}
 DISK_LIMIT_BYTES = 256 * 1024
-ACC_NOISE = 0.05  # |accuracy − fault-free accuracy| within this counts as "within noise"
+ACC_NOISE = 0.05  # accuracy no more than this below the fault-free run: "within noise"
 
 ACK = re.compile(r"acknowledged task\s+(\d+)\s+update_id\s+(\d+)")
 TRAINED = re.compile(r"trained task\s+(\d+)\s+round\s+(\d+)")
@@ -394,7 +393,7 @@ class Cell:
 
     def goal_met(self) -> bool:
         a = self.accounting
-        noise = self.accuracy_delta is None or abs(self.accuracy_delta) <= ACC_NOISE
+        noise = self.accuracy_delta is None or self.accuracy_delta >= -ACC_NOISE
         return (self.finished and a.get("acked_lost", 0) == 0
                 and a.get("acked_unmerged", 0) == 0 and a.get("rounds_repeated", 0) == 0
                 and a.get("rounds_lost", 0) == 0 and a.get("versions_bad", 0) == 0
@@ -680,7 +679,7 @@ def plot(cells: list[Cell], path: Path) -> None:
             elif k == "recover_s":
                 bad[i, j] = min(1.0, v / 30.0)
             elif k == "accuracy_delta":
-                bad[i, j] = min(1.0, abs(v) / (2 * ACC_NOISE))
+                bad[i, j] = min(1.0, max(0.0, -v) / (2 * ACC_NOISE))
             else:
                 bad[i, j] = 1.0 if v else 0.0
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(cells) + 1.5))
@@ -710,9 +709,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="one cell per mode")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="do not add the fault-free cell of each mode")
-    p.add_argument("--out-dir", type=Path, default=None)
+    add_out_dir(p)
     args = p.parse_args(argv)
-    out = resolve_out_dir(args.out_dir, args.quick, RESULTS)
     if args.rig == "testbed" and os.geteuid() != 0:
         print("--rig testbed needs root", file=sys.stderr)
         return 2
@@ -725,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
               "wall_s": round(time.monotonic() - t0, 1), "acc_noise": ACC_NOISE,
               "cells": [{**asdict(c), "goal_met": None if c.skipped else c.goal_met()}
                         for c in cells]}
-    out.mkdir(parents=True, exist_ok=True)
+    out = results_dir(args)
     stem = f"chaos-{args.rig}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(cells, out / f"{stem}.png")
