@@ -356,10 +356,10 @@ def med_job(name: str, seed: int) -> dict[str, Any]:
 def async_task(aggregator: str) -> Callable[[str, int], dict[str, Any]]:
     def body(name: str, seed: int) -> dict[str, Any]:
         agg: dict[str, Any] = {"aggregator": aggregator, "k": 2, "pi_s": 0.5,
-                               "pull_threshold": 60, "epochs": 1, "arrival_rate": 30.0,
+                               "pull_threshold": 50, "epochs": 1, "arrival_rate": 40.0,
                                "max_updates": 1000}
         return {"name": name, "model": "twonn", "seed": seed, "dataset": {"name": "digits"},
-                "partition": {"kind": "dirichlet", "alpha": 1.0, "shard_size": 300},
+                "partition": {"kind": "dirichlet", "alpha": 1.0, "shard_size": 240},
                 "training": {"lr": 0.3, "batch_size": 16}, "mode": "async", "async": agg}
     return body
 
@@ -390,10 +390,11 @@ class Cell:
     accounting: dict[str, int] = field(default_factory=dict)
     note: str = ""
     skipped: bool = False
+    noise: float = ACC_NOISE  # the mode's accuracy noise band (see fill_deltas)
 
     def goal_met(self) -> bool:
         a = self.accounting
-        noise = self.accuracy_delta is None or self.accuracy_delta >= -ACC_NOISE
+        noise = self.accuracy_delta is None or self.accuracy_delta >= -self.noise
         return (self.finished and a.get("acked_lost", 0) == 0
                 and a.get("acked_unmerged", 0) == 0 and a.get("rounds_repeated", 0) == 0
                 and a.get("rounds_lost", 0) == 0 and a.get("versions_bad", 0) == 0
@@ -445,70 +446,97 @@ def _count(rig: Rig, name: str, pattern: re.Pattern[str], task_ids: set[int]) ->
     return sum(1 for m in pattern.finditer(rig.agent_log(name)) if int(m[1]) in task_ids)
 
 
+def _kill_agent_now(rig: Rig, run: Run, ids: set[int]) -> None:
+    who = victim(run.mode)
+    rig.kill_agent(who)
+    time.sleep(2 * D)
+    rig.restart_agent(who)
+
+
+def _kill_agent_uploading(rig: Rig, run: Run, ids: set[int]) -> None:
+    who = victim(run.mode)
+    pattern = UPLOADING if run.mode.is_async else TRAINED
+    n0 = _count(rig, who, pattern, ids)
+    wait(lambda: _count(rig, who, pattern, ids) > n0, 120.0, "the victim's upload",
+         poll_s=0.01)
+    _kill_agent_now(rig, run, ids)
+
+
+def _kill_orchestrator_mid_round(rig: Rig, run: Run, ids: set[int]) -> None:
+    p0 = run.progress()
+    wait(lambda: run.progress() > p0, 120.0, "a round to start")
+    time.sleep(D / 2)
+    rig.kill_orchestrator()
+    rig.start_orchestrator()
+
+
+def _kill_orchestrator_mid_aggregation(rig: Rig, run: Run, ids: set[int]) -> None:
+    if run.mode.is_async:
+        n0 = sum(_count(rig, a, ACK, ids) for a in AGENTS)
+        wait(lambda: sum(_count(rig, a, ACK, ids) for a in AGENTS) > n0, 120.0,
+             "an acknowledged update", poll_s=0.01)
+    else:
+        p0 = run.progress()
+
+        def all_in() -> bool:
+            rounds = [int(m[2]) for a in AGENTS
+                      for m in TRAINED.finditer(rig.agent_log(a)) if int(m[1]) in ids]
+            return sum(1 for r in rounds if r == p0) >= len(AGENTS) - 1
+
+        with contextlib.suppress(TimeoutError):  # MED may not use every learner
+            wait(all_in, D + 6.0, "a round's results", poll_s=0.01)
+    rig.kill_orchestrator()
+    rig.start_orchestrator()
+
+
+def _link_down(rig: Rig, run: Run, ids: set[int]) -> None:
+    rig.link(victim(run.mode), up=False)
+    time.sleep(2 * D)
+    rig.link(victim(run.mode), up=True)
+
+
+def _bandwidth_cut(rig: Rig, run: Run, ids: set[int]) -> None:
+    rig.cut_rate(victim(run.mode), 0.1)
+
+
+def _sigstop(rig: Rig, run: Run, ids: set[int]) -> None:
+    rig.pause(victim(run.mode))
+    time.sleep(2 * D)
+    rig.resume(victim(run.mode))
+
+
+def _disk_full(rig: Rig, run: Run, ids: set[int]) -> None:
+    pid = rig.orchestrator_pid()
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (DISK_LIMIT_BYTES, resource.RLIM_INFINITY))
+    try:
+        time.sleep(max(3.0, 2 * D))
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_FSIZE,
+                         (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+ACTIONS: dict[str, Callable[[Rig, Run, set[int]], None]] = {
+    "agent_kill_round": _kill_agent_now,
+    "agent_kill_upload": _kill_agent_uploading,
+    "orch_kill_round": _kill_orchestrator_mid_round,
+    "orch_kill_agg": _kill_orchestrator_mid_aggregation,
+    "link_down": _link_down,
+    "bandwidth_cut": _bandwidth_cut,
+    "sigstop": _sigstop,
+    "disk_full": _disk_full,
+}
+
+
 def inject(rig: Rig, run: Run, fault: str) -> float | None:
-    """Wait for the trigger, inject `fault`, end it; the monotonic time the fault ended
-    (None: no fault)."""
-    mode, who = run.mode, victim(run.mode)
+    """Wait for the trigger (the first committed round or version), inject `fault`, end it;
+    the monotonic time the fault ended (None: no fault)."""
     if fault == "none":
         return None
     if fault in LINK_FAULTS and isinstance(rig, LocalRig):
         raise Unsupported("link faults need the testbed (--rig testbed)")
+    action = ACTIONS[fault]
     wait(lambda: run.progress() >= 1, 180.0, "the first committed round or version")
-    ids = set(run.task_ids())
-    if fault == "agent_kill_round":
-        rig.kill_agent(who)
-        time.sleep(2 * D)
-        rig.restart_agent(who)
-    elif fault == "agent_kill_upload":
-        pattern = UPLOADING if mode.is_async else TRAINED
-        n0 = _count(rig, who, pattern, ids)
-        wait(lambda: _count(rig, who, pattern, ids) > n0, 120.0, "the victim's upload",
-             poll_s=0.01)
-        rig.kill_agent(who)
-        time.sleep(2 * D)
-        rig.restart_agent(who)
-    elif fault == "orch_kill_round":
-        p0 = run.progress()
-        wait(lambda: run.progress() > p0, 120.0, "a round to start")
-        time.sleep(D / 2)
-        rig.kill_orchestrator()
-        rig.start_orchestrator()
-    elif fault == "orch_kill_agg":
-        if mode.is_async:
-            n0 = sum(_count(rig, a, ACK, ids) for a in AGENTS)
-            wait(lambda: sum(_count(rig, a, ACK, ids) for a in AGENTS) > n0, 120.0,
-                 "an acknowledged update", poll_s=0.01)
-        else:
-            p0 = run.progress()
-
-            def all_in() -> bool:
-                rounds = [int(m[2]) for a in AGENTS
-                          for m in TRAINED.finditer(rig.agent_log(a)) if int(m[1]) in ids]
-                return sum(1 for r in rounds if r == p0) >= len(AGENTS) - 1
-            with contextlib.suppress(TimeoutError):  # MED may not use every learner
-                wait(all_in, D + 6.0, "a round's results", poll_s=0.01)
-        rig.kill_orchestrator()
-        rig.start_orchestrator()
-    elif fault == "link_down":
-        rig.link(who, up=False)
-        time.sleep(2 * D)
-        rig.link(who, up=True)
-    elif fault == "bandwidth_cut":
-        rig.cut_rate(who, 0.1)
-    elif fault == "sigstop":
-        rig.pause(who)
-        time.sleep(2 * D)
-        rig.resume(who)
-    elif fault == "disk_full":
-        pid = rig.orchestrator_pid()
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (DISK_LIMIT_BYTES, resource.RLIM_INFINITY))
-        try:
-            time.sleep(max(3.0, 2 * D))
-        finally:
-            resource.prlimit(pid, resource.RLIMIT_FSIZE,
-                             (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    else:
-        raise ValueError(f"unknown fault {fault!r}")
+    action(rig, run, set(run.task_ids()))
     return time.monotonic()
 
 
@@ -588,25 +616,34 @@ def run_cell(rig: Rig, mode_name: str, fault: str, seed: int, timeout_s: float =
     return cell
 
 
-def _ensure_agents(rig: Rig) -> None:
-    """Every agent alive and enrolled again before the next cell."""
+def _alive(rig: Rig) -> set[str]:
     with rig.client() as c:
-        alive = {lr["name"] for lr in c.learners() if lr["alive"]}
+        return {str(lr["name"]) for lr in c.learners() if lr["alive"]}
+
+
+def _ensure_agents(rig: Rig) -> None:
+    """Every agent alive and enrolled again before the next cell (a restarted one may take a
+    few seconds to show; one still missing after 20 s is restarted)."""
     for a in AGENTS:
-        if a not in alive:
-            with contextlib.suppress(Exception):
-                wait(lambda a=a: a in {lr["name"] for lr in rig.client().learners()
-                                       if lr["alive"]}, 20.0, f"agent {a} back")
-                continue
+        try:
+            wait(lambda a=a: a in _alive(rig), 20.0, f"agent {a} back")  # type: ignore[misc]
+        except TimeoutError:
             rig.restart_agent(a)
 
 
 def fill_deltas(cells: list[Cell]) -> None:
-    base = {c.mode: c.accuracy for c in cells if c.fault == "none"}
+    """Accuracy against the mean of the mode's fault-free runs; the noise band is the larger
+    of ACC_NOISE and the spread (max − min) of those runs."""
+    base: dict[str, list[float]] = {}
+    for c in cells:
+        if c.fault == "none" and c.accuracy is not None:
+            base.setdefault(c.mode, []).append(c.accuracy)
     for c in cells:
         ref = base.get(c.mode)
-        if c.accuracy is not None and ref is not None:
-            c.accuracy_delta = round(c.accuracy - ref, 4)
+        if ref:
+            c.noise = round(max(ACC_NOISE, max(ref) - min(ref)), 4)
+        if c.accuracy is not None and ref:
+            c.accuracy_delta = round(c.accuracy - sum(ref) / len(ref), 4)
 
 
 # ---------------------------------------------------------------------------- the matrix
@@ -631,8 +668,8 @@ def matrix(args: argparse.Namespace) -> list[Cell]:
     work = Path(tempfile.mkdtemp(prefix="chaos-"))
     for mode in args.modes:
         faults = [QUICK[mode]] if args.quick else args.faults
-        if args.baseline and "none" not in faults:
-            faults = ["none", *faults]
+        faults = [f for f in faults if f != "none"]
+        faults = ["none"] * args.baselines + faults
         with make_rig(args.rig, mode, work, args.fleet) as rig:
             for fault in faults:
                 cell = run_cell(rig, mode, fault, args.seed)
@@ -706,9 +743,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
     p.add_argument("--faults", nargs="+", choices=FAULTS, default=FAULTS)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="one cell per mode")
-    p.add_argument("--no-baseline", dest="baseline", action="store_false",
-                   help="do not add the fault-free cell of each mode")
+    p.add_argument("--quick", action="store_true",
+                   help="one fault cell per mode (plus the fault-free runs)")
+    p.add_argument("--baselines", type=int, default=2,
+                   help="fault-free runs per mode (their mean is the accuracy reference, "
+                        "their spread the noise band)")
     add_out_dir(p)
     args = p.parse_args(argv)
     if args.rig == "testbed" and os.geteuid() != 0:
