@@ -736,6 +736,30 @@ def plot(cells: list[Cell], path: Path) -> None:
     plt.close(fig)
 
 
+def markdown(cells: list[dict[str, Any]]) -> str:
+    """The table docs/results.md shows, one row per cell of a result JSON."""
+    lines = ["| mode | fault | finished | acked (lost) | rounds lost / repeated | recover s "
+             "| accuracy (Δ vs fault-free) | goal |", "|" + "---|" * 8]
+    for c in cells:
+        if c["skipped"]:
+            lines.append(f"| {c['mode']} | {c['fault']} | n/a: {c['note']} | | | | | |")
+            continue
+        a = c["accounting"]
+        lost = a["acked_lost"] + a["acked_unmerged"]
+        acked = f"{a['acked']} ({lost})" if c["mode"] not in ("dab", "med") else "—"
+        rl = a["rounds_lost"] + a["versions_bad"]
+        rr = a["rounds_repeated"] + a["updates_merged_twice"]
+        acc = "—" if c["accuracy"] is None else f"{c['accuracy']:.3f}"
+        if c["accuracy_delta"] is not None and c["fault"] != "none":
+            acc += f" ({c['accuracy_delta']:+.3f}, band {c.get('noise', ACC_NOISE):.3f})"
+        rec = "—" if c["recover_s"] is None else f"{c['recover_s']:.1f}"
+        goal = "met" if c["goal_met"] else "**missed**"
+        fin = "yes" if c["finished"] else f"**no** ({c['state']}: {c['note'] or c['reason']})"
+        lines.append(f"| {c['mode']} | {c['fault']} | {fin} | {acked} | {rl} / {rr} | {rec} "
+                     f"| {acc} | {goal} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rig", choices=["local", "testbed"], default="testbed")
@@ -743,6 +767,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
     p.add_argument("--faults", nargs="+", choices=FAULTS, default=FAULTS)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--table", type=Path, default=None,
+                   help="print the markdown table of this result JSON and exit")
     p.add_argument("--quick", action="store_true",
                    help="one fault cell per mode (plus the fault-free runs)")
     p.add_argument("--baselines", type=int, default=2,
@@ -750,6 +776,9 @@ def main(argv: list[str] | None = None) -> int:
                         "their spread the noise band)")
     add_out_dir(p)
     args = p.parse_args(argv)
+    if args.table is not None:
+        print(markdown(json.loads(args.table.read_text())["cells"]))
+        return 0
     if args.rig == "testbed" and os.geteuid() != 0:
         print("--rig testbed needs root", file=sys.stderr)
         return 2
