@@ -143,6 +143,10 @@ class Unsupported(Exception):
     """The rig cannot inject this fault (link faults on loopback)."""
 
 
+class NotInjected(Exception):
+    """The run ended before the fault's trigger came: the cell tested nothing."""
+
+
 class Rig(Protocol):
     data_dir: Path
 
@@ -348,9 +352,9 @@ def sync_task(name: str, seed: int, allocator: str = "dab", rounds: int = ROUNDS
 def med_job(name: str, seed: int) -> dict[str, Any]:
     return {"allocator": "med", "seed": seed,
             "tasks": [{**sync_task(f"{name}-a", seed), "sync": {
-                           **sync_task(name, seed)["sync"], "rounds": 3}},
+                           **sync_task(name, seed)["sync"], "rounds": 4}},
                       {**sync_task(f"{name}-b", seed + 1), "sync": {
-                           **sync_task(name, seed)["sync"], "rounds": 3}}]}
+                           **sync_task(name, seed)["sync"], "rounds": 4}}]}
 
 
 def async_task(aggregator: str) -> Callable[[str, int], dict[str, Any]]:
@@ -366,7 +370,7 @@ def async_task(aggregator: str) -> Callable[[str, int], dict[str, Any]]:
 
 MODE_TABLE = {
     "dab": Mode("dab", lambda n, s: sync_task(n, s), rounds=ROUNDS),
-    "med": Mode("med", med_job, is_job=True, rounds=3),
+    "med": Mode("med", med_job, is_job=True, rounds=4),
     "spin": Mode("spin", async_task("spin"), is_async=True),
     "fedbuff": Mode("fedbuff", async_task("fedbuff"), is_async=True),
     "fedbuff_relay": Mode("fedbuff_relay", async_task("fedbuff"), is_async=True),
@@ -391,6 +395,7 @@ class Cell:
     note: str = ""
     skipped: bool = False
     noise: float = ACC_NOISE  # the mode's accuracy noise band (see fill_deltas)
+    injected: bool = True  # False: the run ended before the fault's trigger
 
     def goal_met(self) -> bool:
         a = self.accounting
@@ -422,6 +427,13 @@ class Run:
             return -1
         return int(x["model_version"] if self.mode.is_async else x["rounds_done"])
 
+    def running(self) -> bool:
+        """Pending or running (or the orchestrator unreachable, so not known to have ended)."""
+        try:
+            return self.get()["state"] in ("pending", "running")
+        except Exception:
+            return True
+
     def task_ids(self) -> list[int]:
         if not self.mode.is_job:
             return [self.id]
@@ -436,6 +448,21 @@ def wait(predicate: Callable[[], Any], timeout_s: float, what: str, poll_s: floa
             raise TimeoutError(f"{what}: not within {timeout_s:.0f} s")
         time.sleep(poll_s)
     return value
+
+
+def trigger(run: Run, predicate: Callable[[], Any], timeout_s: float, what: str,
+            poll_s: float = 0.1) -> None:
+    """Wait for a fault's trigger; NotInjected if the run ends first (checked every second)."""
+    end, check = time.monotonic() + timeout_s, 0.0
+    while not predicate():
+        now = time.monotonic()
+        if now > check:
+            if not run.running():
+                raise NotInjected(f"not injected: the run ended before {what}")
+            check = now + 1.0
+        if now > end:
+            raise TimeoutError(f"{what}: not within {timeout_s:.0f} s")
+        time.sleep(poll_s)
 
 
 def victim(mode: Mode) -> str:
@@ -457,14 +484,14 @@ def _kill_agent_uploading(rig: Rig, run: Run, ids: set[int]) -> None:
     who = victim(run.mode)
     pattern = UPLOADING if run.mode.is_async else TRAINED
     n0 = _count(rig, who, pattern, ids)
-    wait(lambda: _count(rig, who, pattern, ids) > n0, 120.0, "the victim's upload",
-         poll_s=0.01)
+    trigger(run, lambda: _count(rig, who, pattern, ids) > n0, 120.0, "the victim's upload",
+            poll_s=0.01)
     _kill_agent_now(rig, run, ids)
 
 
 def _kill_orchestrator_mid_round(rig: Rig, run: Run, ids: set[int]) -> None:
     p0 = run.progress()
-    wait(lambda: run.progress() > p0, 120.0, "a round to start")
+    trigger(run, lambda: run.progress() > p0, 120.0, "a round to start")
     time.sleep(D / 2)
     rig.kill_orchestrator()
     rig.start_orchestrator()
@@ -473,8 +500,8 @@ def _kill_orchestrator_mid_round(rig: Rig, run: Run, ids: set[int]) -> None:
 def _kill_orchestrator_mid_aggregation(rig: Rig, run: Run, ids: set[int]) -> None:
     if run.mode.is_async:
         n0 = sum(_count(rig, a, ACK, ids) for a in AGENTS)
-        wait(lambda: sum(_count(rig, a, ACK, ids) for a in AGENTS) > n0, 120.0,
-             "an acknowledged update", poll_s=0.01)
+        trigger(run, lambda: sum(_count(rig, a, ACK, ids) for a in AGENTS) > n0, 120.0,
+                "an acknowledged update", poll_s=0.01)
     else:
         p0 = run.progress()
 
@@ -535,7 +562,7 @@ def inject(rig: Rig, run: Run, fault: str) -> float | None:
     if fault in LINK_FAULTS and isinstance(rig, LocalRig):
         raise Unsupported("link faults need the testbed (--rig testbed)")
     action = ACTIONS[fault]
-    wait(lambda: run.progress() >= 1, 180.0, "the first committed round or version")
+    trigger(run, lambda: run.progress() >= 1, 180.0, "the first committed round or version")
     action(rig, run, set(run.task_ids()))
     return time.monotonic()
 
@@ -598,6 +625,11 @@ def run_cell(rig: Rig, mode_name: str, fault: str, seed: int, timeout_s: float =
                 cell.recover_s = round(time.monotonic() - ended_at, 2)
         final = wait(lambda: (x := run.get())["state"] not in ("pending", "running") and x,
                      timeout_s, "the end", poll_s=0.3)
+        cell.state, cell.reason = str(final["state"]), final.get("reason")
+        cell.finished = cell.state == "finished"
+    except NotInjected as exc:
+        cell.injected, cell.note = False, str(exc)
+        final = run.get()
         cell.state, cell.reason = str(final["state"]), final.get("reason")
         cell.finished = cell.state == "finished"
     except (TimeoutError, Unsupported) as exc:
@@ -742,7 +774,7 @@ def markdown(cells: list[dict[str, Any]]) -> str:
              "| accuracy (Δ vs fault-free) | goal |", "|" + "---|" * 8]
     for c in cells:
         if c["skipped"]:
-            lines.append(f"| {c['mode']} | {c['fault']} | n/a: {c['note']} | | | | | |")
+            lines.append(f"| {c['mode']} | {c['fault']} | n/a: {c['note']} | | | | | n/a |")
             continue
         a = c["accounting"]
         lost = a["acked_lost"] + a["acked_unmerged"]
@@ -753,7 +785,8 @@ def markdown(cells: list[dict[str, Any]]) -> str:
         if c["accuracy_delta"] is not None and c["fault"] != "none":
             acc += f" ({c['accuracy_delta']:+.3f}, band {c.get('noise', ACC_NOISE):.3f})"
         rec = "—" if c["recover_s"] is None else f"{c['recover_s']:.1f}"
-        goal = "met" if c["goal_met"] else "**missed**"
+        goal = ("not tested" if c["goal_met"] is None
+                else "met" if c["goal_met"] else "**missed**")
         fin = "yes" if c["finished"] else f"**no** ({c['state']}: {c['note'] or c['reason']})"
         lines.append(f"| {c['mode']} | {c['fault']} | {fin} | {acked} | {rl} / {rr} | {rec} "
                      f"| {acc} | {goal} |")
@@ -789,14 +822,15 @@ def main(argv: list[str] | None = None) -> int:
                                                     *(argv or sys.argv[1:])]),
               "load_average": [round(x, 2) for x in load],
               "wall_s": round(time.monotonic() - t0, 1), "acc_noise": ACC_NOISE,
-              "cells": [{**asdict(c), "goal_met": None if c.skipped else c.goal_met()}
+              "cells": [{**asdict(c), "goal_met": None if c.skipped or not c.injected
+                         else c.goal_met()}
                         for c in cells]}
     out = results_dir(args)
     stem = f"chaos-{args.rig}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(cells, out / f"{stem}.png")
-    met = sum(1 for c in cells if not c.skipped and c.goal_met())
-    ran = sum(1 for c in cells if not c.skipped)
+    met = sum(1 for c in cells if not c.skipped and c.injected and c.goal_met())
+    ran = sum(1 for c in cells if not c.skipped and c.injected)
     print(f"goal met in {met}/{ran} cells; wrote {out / stem}.json and .png")
     return 0
 
