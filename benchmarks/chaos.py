@@ -232,8 +232,15 @@ class TestbedRig:
         self.rates: dict[str, tuple[float, float]] = {}
 
     def start(self) -> None:
-        from deploy.testbed.testbed import Testbed
+        import shutil
 
+        from deploy.testbed.testbed import Testbed, state_dir_for
+
+        # `down` keeps the logs and the orchestrator's data directory; a fresh start must not
+        # resume the previous run's tasks or read its agent logs (task ids start at 1 again).
+        old = state_dir_for(self.spec.prefix)
+        if old.is_dir() and not (old / "state.json").exists():
+            shutil.rmtree(old)
         self.bed = Testbed.up(self.spec)
         self.data_dir = self.bed.state_dir / "orchestrator"
         if self.relayed:
