@@ -12,8 +12,10 @@ Between epochs the client asks `GET /v1/tasks/{id}/stop` whether the server (POR
 stop and push what it has. A `404` (the task ended or was cancelled) or a `409` other than
 `unknown_version` ends the run normally (`report.ended` says why); an update answered `409
 unknown_version` (its base version is no longer held) is dropped and the client pulls again.
-Any other error answer raises `OrchestratorRefused`. A connection failure is retried after
-`retry_s`, doubling up to 10 s (the round's training is lost, the samples are not).
+A `503` (the orchestrator is shutting down) or `507` (`storage_full`: its data directory
+cannot take the update, which was not stored) is temporary: like a connection failure it is
+retried after `retry_s`, doubling up to 10 s (the round's training is lost, the samples are
+not). Any other error answer raises `OrchestratorRefused`.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ class Arrivals(Protocol):
 
 class _Ended(Exception):
     """The task is over (404, or a 409 other than unknown_version): stop the run normally."""
+
+
+# Answers that say "not now" rather than "no": shutting down (503), storage full (507).
+TEMPORARY = (503, 507)
+
+
+class _Unavailable(Exception):
+    """A temporary refusal (TEMPORARY): back off and try the round again."""
 
 
 @dataclass
@@ -152,7 +162,7 @@ class SpinClient:
                 if held >= self.pull_threshold and held > trained_upto:
                     try:
                         done = self._round(held, stop)
-                    except httpx.TransportError:
+                    except (httpx.TransportError, _Unavailable):
                         self.report.unreachable += 1
                         failures += 1
                         stop.wait(min(10.0, self.retry_s * 2 ** min(failures, 8)))
@@ -196,9 +206,14 @@ class SpinClient:
         return dict(extra or {})
 
     def _check(self, r: Any, what: str) -> None:
-        """Raise `_Ended` for a task that is over, `OrchestratorRefused` for other errors."""
+        """Raise `_Ended` for a task that is over, `_Unavailable` for a temporary refusal
+        (503, 507), `OrchestratorRefused` for other errors."""
         if r.status_code < 400:
             return
+        if r.status_code in TEMPORARY:
+            log.warning("%s for task %s answered %s %s; retrying", what, self.task_id,
+                        r.status_code, _code(r) or "error")
+            raise _Unavailable(r.status_code)
         code, detail = "http_error", r.text[:300]
         try:
             body = r.json()
