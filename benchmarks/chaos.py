@@ -67,7 +67,7 @@ LINK_FAULTS = {"link_down", "bandwidth_cut"}
 AGENTS = ("a1", "a2", "a3")
 RELAYED = "a3"
 # --quick: one cell per mode (the ones the default-tier tests run too).
-QUICK = {"dab": "orch_kill_round", "med": "agent_kill_round", "spin": "orch_kill_agg",
+QUICK = {"dab": "orch_kill_round", "med": "agent_kill_round", "spin": "disk_full",
          "fedbuff": "agent_kill_upload", "fedbuff_relay": "sigstop"}
 DISK_LIMIT_BYTES = 256 * 1024
 ACC_NOISE = 0.05  # accuracy no more than this below the fault-free run: "within noise"

@@ -3,9 +3,10 @@ per mode on loopback (real orchestrator and agent processes on 127.0.0.1, LocalF
 the benchmark's own cell code.
 
 One fleet serves every live cell (three agents, `a3` behind the relay): the `fedbuff_relay`
-cell's victim is the relayed agent; the others hit `a1`. Default tier: the DAB, MED and
-FedBuff-through-the-relay cells (about 45 s together with the fleet's start and stop on a
-loaded 2-core host); the SPIN and FedBuff cells (about 20 s each) are extended.
+cell's victim is the relayed agent; the others hit `a1`. Default tier: DAB (orchestrator
+killed mid-round), MED (agent killed), SPIN (disk full) and FedBuff through the relay
+(SIGSTOP); the SPIN orchestrator-kill and FedBuff upload-kill cells (about 20 s each) are
+extended.
 """
 
 from __future__ import annotations
@@ -115,6 +116,14 @@ def test_fedbuff_through_the_relay_survives_sigstop(rig: chaos.LocalRig) -> None
 @pytest.mark.timeout(240)
 def test_a_med_job_survives_an_agent_kill(rig: chaos.LocalRig) -> None:
     check(chaos.run_cell(rig, "med", "agent_kill_round", seed=1, timeout_s=180))
+
+
+@pytest.mark.timeout(180)
+def test_spin_rides_over_a_full_disk(rig: chaos.LocalRig) -> None:
+    # The orchestrator answers 507 storage_full meanwhile; the agents must retry, not give up.
+    cell = chaos.run_cell(rig, "spin", "disk_full", seed=1, timeout_s=120)
+    check(cell)
+    assert cell.accounting["acked"] > 0
 
 
 @pytest.mark.extended
