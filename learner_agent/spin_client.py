@@ -284,22 +284,26 @@ class SpinClient:
             self.report.dropped += 1
             return True  # these samples were trained on; the next arrival pulls again
         self._check(answer, "update")
+        self._pushed(answer.json(), version, n, time.monotonic() - t0,
+                     self.report.stopped_early > early, len(body))
+        return True
+
+    def _pushed(self, acked: dict[str, Any], version: int, n: int, seconds: float,
+                stopped_early: bool, size: int) -> None:
+        """Count an accepted push and log it, with the id the orchestrator stored it under."""
         self.report.pushes += 1
         self.report.versions.append(version)
         log.info("pushed task %s update from version %s: %d samples in %.2f s (%s), upload "
-                 "%.1f KiB", self.task_id, version, n, time.monotonic() - t0,
-                 "stopped early" if self.report.stopped_early > early else "not halted",
-                 len(body) / 1024,
+                 "%.1f KiB", self.task_id, version, n, seconds,
+                 "stopped early" if stopped_early else "not halted", size / 1024,
                  extra={"task_id": self.task_id, "base_version": version, "samples_trained": n,
-                        "upload_bytes": len(body)})
-        acked = answer.json()
+                        "upload_bytes": size})
         self.report.answers.append(acked)
         if "update_id" in acked:
             # One line per acknowledged update: what the chaos matrix (benchmarks/chaos.py)
             # checks against the store's async_updates rows.
             log.info("acknowledged task %s update_id %s", self.task_id, acked["update_id"],
                      extra={"task_id": self.task_id, "update_id": acked["update_id"]})
-        return True
 
 
 def _code(r: Any) -> str:
