@@ -3,10 +3,11 @@ per mode on loopback (real orchestrator and agent processes on 127.0.0.1, LocalF
 the benchmark's own cell code.
 
 One fleet serves every live cell (three agents, `a3` behind the relay): the `fedbuff_relay`
-cell's victim is the relayed agent; the others hit `a1`. Default tier: DAB (orchestrator
-killed mid-round), MED (agent killed), SPIN (disk full) and FedBuff through the relay
-(SIGSTOP); the SPIN orchestrator-kill and FedBuff upload-kill cells (about 20 s each) are
-extended.
+cell's victim is the relayed agent; the others hit `a1`. Default tier: the accounting tests,
+DAB (orchestrator killed mid-round) and MED (agent killed): about 35 s with the fleet's start
+and stop at load 4.6 on the 2-core host, against a budget of 40 s. The async cells (SPIN on a
+full disk, FedBuff through the relay under SIGSTOP, SPIN's orchestrator killed mid-aggregation,
+FedBuff's agent killed mid-upload; 10–25 s each) are extended.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def test_dab_survives_an_orchestrator_kill_mid_round(rig: chaos.LocalRig) -> Non
     check(chaos.run_cell(rig, "dab", "orch_kill_round", seed=1, timeout_s=120))
 
 
+@pytest.mark.extended
 @pytest.mark.timeout(180)
 def test_fedbuff_through_the_relay_survives_sigstop(rig: chaos.LocalRig) -> None:
     cell = chaos.run_cell(rig, "fedbuff_relay", "sigstop", seed=1, timeout_s=120)
@@ -118,6 +120,7 @@ def test_a_med_job_survives_an_agent_kill(rig: chaos.LocalRig) -> None:
     check(chaos.run_cell(rig, "med", "agent_kill_round", seed=1, timeout_s=180))
 
 
+@pytest.mark.extended
 @pytest.mark.timeout(180)
 def test_spin_rides_over_a_full_disk(rig: chaos.LocalRig) -> None:
     # The orchestrator answers 507 storage_full meanwhile; the agents must retry, not give up.
