@@ -794,7 +794,7 @@ def markdown(cells: list[dict[str, Any]]) -> str:
         rec = "—" if c["recover_s"] is None else f"{c['recover_s']:.1f}"
         goal = ("not tested" if c["goal_met"] is None
                 else "met" if c["goal_met"] else "**missed**")
-        fin = "yes" if c["finished"] else f"**no** ({c['state']}: {c['note'] or c['reason']})"
+        fin = "yes" if c["finished"] else f"**no** ({c['note'] or c['state']})"
         lines.append(f"| {c['mode']} | {c['fault']} | {fin} | {acked} | {rl} / {rr} | {rec} "
                      f"| {acc} | {goal} |")
     return "\n".join(lines)
