@@ -4,8 +4,8 @@ the benchmark's own cell code.
 
 One fleet serves every live cell (three agents, `a3` behind the relay): the `fedbuff_relay`
 cell's victim is the relayed agent; the others hit `a1`. Default tier: the accounting tests,
-DAB (orchestrator killed mid-round) and MED (agent killed): about 35 s with the fleet's start
-and stop at load 4.6 on the 2-core host, against a budget of 40 s. The async cells (SPIN on a
+DAB (orchestrator killed mid-round) and MED (agent killed): 35–45 s with the fleet's start
+and stop at load 4–6 on the 2-core host (the budget is 40 s). The async cells (SPIN on a
 full disk, FedBuff through the relay under SIGSTOP, SPIN's orchestrator killed mid-aggregation,
 FedBuff's agent killed mid-upload; 10–25 s each) are extended.
 """
