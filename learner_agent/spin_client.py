@@ -12,8 +12,10 @@ Between epochs the client asks `GET /v1/tasks/{id}/stop` whether the server (POR
 stop and push what it has. A `404` (the task ended or was cancelled) or a `409` other than
 `unknown_version` ends the run normally (`report.ended` says why); an update answered `409
 unknown_version` (its base version is no longer held) is dropped and the client pulls again.
-Any other error answer raises `OrchestratorRefused`. A connection failure is retried after
-`retry_s`, doubling up to 10 s (the round's training is lost, the samples are not).
+A `503` (the orchestrator is shutting down) or `507` (`storage_full`: its data directory
+cannot take the update, which was not stored) is temporary: like a connection failure it is
+retried after `retry_s`, doubling up to 10 s (the round's training is lost, the samples are
+not). Any other error answer raises `OrchestratorRefused`.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ class Arrivals(Protocol):
 
 class _Ended(Exception):
     """The task is over (404, or a 409 other than unknown_version): stop the run normally."""
+
+
+# Answers that say "not now" rather than "no": shutting down (503), storage full (507).
+TEMPORARY = (503, 507)
+
+
+class _Unavailable(Exception):
+    """A temporary refusal (TEMPORARY): back off and try the round again."""
 
 
 @dataclass
@@ -152,7 +162,7 @@ class SpinClient:
                 if held >= self.pull_threshold and held > trained_upto:
                     try:
                         done = self._round(held, stop)
-                    except httpx.TransportError:
+                    except (httpx.TransportError, _Unavailable):
                         self.report.unreachable += 1
                         failures += 1
                         stop.wait(min(10.0, self.retry_s * 2 ** min(failures, 8)))
@@ -196,9 +206,14 @@ class SpinClient:
         return dict(extra or {})
 
     def _check(self, r: Any, what: str) -> None:
-        """Raise `_Ended` for a task that is over, `OrchestratorRefused` for other errors."""
+        """Raise `_Ended` for a task that is over, `_Unavailable` for a temporary refusal
+        (503, 507), `OrchestratorRefused` for other errors."""
         if r.status_code < 400:
             return
+        if r.status_code in TEMPORARY:
+            log.warning("%s for task %s answered %s %s; retrying", what, self.task_id,
+                        r.status_code, _code(r) or "error")
+            raise _Unavailable(r.status_code)
         code, detail = "http_error", r.text[:300]
         try:
             body = r.json()
@@ -258,6 +273,8 @@ class SpinClient:
         if adversary is not None:
             trained, n = adversary.update(trained, state), adversary.samples(held)
         body = encode_state(trained, {"base_version": version, "n_samples": n})
+        log.info("uploading task %s update from version %s", self.task_id, version,
+                 extra={"task_id": self.task_id, "base_version": version})
         answer = self.http.post(
             f"/v1/tasks/{self.task_id}/updates",
             content=body,
@@ -267,16 +284,26 @@ class SpinClient:
             self.report.dropped += 1
             return True  # these samples were trained on; the next arrival pulls again
         self._check(answer, "update")
+        self._pushed(answer.json(), version, n, time.monotonic() - t0,
+                     self.report.stopped_early > early, len(body))
+        return True
+
+    def _pushed(self, acked: dict[str, Any], version: int, n: int, seconds: float,
+                stopped_early: bool, size: int) -> None:
+        """Count an accepted push and log it, with the id the orchestrator stored it under."""
         self.report.pushes += 1
         self.report.versions.append(version)
         log.info("pushed task %s update from version %s: %d samples in %.2f s (%s), upload "
-                 "%.1f KiB", self.task_id, version, n, time.monotonic() - t0,
-                 "stopped early" if self.report.stopped_early > early else "not halted",
-                 len(body) / 1024,
+                 "%.1f KiB", self.task_id, version, n, seconds,
+                 "stopped early" if stopped_early else "not halted", size / 1024,
                  extra={"task_id": self.task_id, "base_version": version, "samples_trained": n,
-                        "upload_bytes": len(body)})
-        self.report.answers.append(answer.json())
-        return True
+                        "upload_bytes": size})
+        self.report.answers.append(acked)
+        if "update_id" in acked:
+            # One line per acknowledged update: what the chaos matrix (benchmarks/chaos.py)
+            # checks against the store's async_updates rows.
+            log.info("acknowledged task %s update_id %s", self.task_id, acked["update_id"],
+                     extra={"task_id": self.task_id, "update_id": acked["update_id"]})
 
 
 def _code(r: Any) -> str:

@@ -35,7 +35,7 @@ from orchestrator.aggregation import (
     StopTraining,
     Update,
 )
-from orchestrator.errors import BadInput, Conflict, Forbidden, ServiceError
+from orchestrator.errors import BadInput, Conflict, Forbidden, ServiceError, StorageFull
 from plexus.errors import BadTensors
 from plexus.tensors import decode_state, encode_state
 
@@ -105,6 +105,9 @@ class AsyncTaskRunner:
         # Set when the journal failed to record an event: memory and disk may disagree, so
         # the task ends (failed, with this reason) and a restart resumes from the disk.
         self.failure: str | None = None
+        # The failure was a full disk (StorageFull): the watcher resumes the task from the store
+        # once space returns instead of failing it.
+        self.storage_full = False
         self.evaluate = evaluate
         self.max_updates = max_updates
         self.clock = clock
@@ -398,6 +401,7 @@ class AsyncTaskRunner:
                 self.finished.set()
         except Exception as exc:
             self.failure = f"recording the task's progress failed: {type(exc).__name__}: {exc}"
+            self.storage_full = isinstance(exc, StorageFull)
             self.finished.set()
             raise
         finally:

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import Conflict
+from orchestrator.errors import Conflict, StorageFull
 from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import LearnerGateway
 from orchestrator.runs.journal import note
@@ -442,6 +442,7 @@ class AsyncDriver:
                      parsed: TaskSpec) -> None:
         store = self.store
         enlisted = -ENLIST_EVERY_S
+        held = False
         try:
             failure = None
             while not runner.finished.is_set():
@@ -451,6 +452,12 @@ class AsyncDriver:
                     if failure is not None:
                         break
                 await asyncio.sleep(0.25)
+            if failure is None and runner.storage_full:
+                held = True  # resumed from the store once space returns (finally below)
+                log.warning("async task %s: %s; it resumes from its last committed version "
+                            "once the data directory can take writes again", task_id,
+                            runner.failure)
+                return
             failure = failure or runner.failure
             state = "failed" if failure else "finished"
             await asyncio.to_thread(store.set_state, task_id, state,
@@ -473,3 +480,35 @@ class AsyncDriver:
             self._release(task_id)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(runner.close)
+            if held:
+                self._spawn(self._resume_when_space(task_id, runner.failure or ""),
+                            f"resume-{task_id}")
+
+    async def _resume_when_space(self, task_id: int, why: str) -> None:
+        """A task whose aggregation could not be recorded (a full disk) stays `running` with
+        reason `storage_full: …` and is resumed from its last committed version, pending
+        updates and state (as after a restart) once a write succeeds: after 1 s, doubling to
+        30 s. Its agents were told to leave; the next sweep joins them again."""
+        wait_s = 1.0
+        while task_id not in self.runners:
+            await asyncio.sleep(wait_s)
+            try:
+                # A write that goes through is the sign that space is back.
+                await asyncio.to_thread(self.store.set_state, task_id, "running",
+                                        f"storage_full: waits for space: {why}", time.time())
+            except StorageFull:
+                wait_s = min(30.0, wait_s * 2)
+                continue
+            except Conflict:
+                return  # cancelled meanwhile
+            try:
+                task = await asyncio.to_thread(self.store.task, task_id)
+                self._start(task, resume=True)
+                await asyncio.to_thread(self.store.set_state, task_id, "running", None,
+                                        time.time())
+                log.info("async task %s resumed after the data directory filled up", task_id)
+            except StorageFull:
+                wait_s = min(30.0, wait_s * 2)
+            except Exception:
+                log.exception("async task %s could not resume after a full disk", task_id)
+                return

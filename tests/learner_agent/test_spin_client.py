@@ -140,3 +140,53 @@ def test_join_async_checks_its_arguments() -> None:
     with pytest.raises(BadTask):
         runs.join({"mode": "async", "async": {"k": 0}}, 1, 0)
     assert runs.progress() == [] and runs.leave(1) == {"left": False}
+
+
+def test_a_storage_full_answer_is_retried_and_the_client_goes_on() -> None:
+    # The orchestrator answers 507 storage_full to an update it could not store (its data
+    # directory is full); the chaos matrix's disk_full cell showed clients that took it as
+    # fatal, which left the async task running forever. Here a real server answers the first
+    # two pushes 507; the client backs off, trains again and its third push is accepted.
+    from fastapi import Request
+    from fastapi.responses import JSONResponse, Response
+
+    ds = load_dataset(DatasetSpec(name="synthetic", samples=200, test_fraction=0.5), seed=0)
+    model = build_model("twonn", ds.input_shape, ds.num_classes)
+    initial = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    runner = AsyncTaskRunner(create_aggregator("spin", initial, k=1, pi_s=None))
+    runner.start()
+    app = FastAPI()
+    full = {"left": 2}
+
+    @app.middleware("http")
+    async def disk_full(request: Request, call_next: Any) -> Response:
+        if request.url.path.endswith("/updates") and full["left"] > 0:
+            full["left"] -= 1
+            return JSONResponse({"error": "storage_full", "detail": "no space"},
+                                status_code=507)
+        response: Response = await call_next(request)
+        return response
+
+    app.include_router(make_async_router({TASK: runner}, _learner))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 20, "server start")
+        http = httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=30.0,
+                            headers={"Authorization": "Bearer tok-slow"})
+        client = SpinClient(http, TASK, build_model("twonn", ds.input_shape, ds.num_classes),
+                            ds.train_x[:10], ds.train_y[:10], rate=1e4, pull_threshold=10,
+                            retry_s=0.01)
+        report = client.run(threading.Event(), max_rounds=1)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        runner.close()
+        sock.close()
+    assert full["left"] == 0
+    assert report.unreachable == 2, report
+    assert report.pushes == 1 and report.ended == "pushed 1 updates"
+    assert runner.status()["accepted"] == 1
