@@ -96,6 +96,7 @@ def test_aarch64_torch_choice_pulls_no_cuda(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # a whole venv install (~13 s): make test-extended
 def test_prefix_install_without_systemd(tmp_path: Path) -> None:
     prefix = tmp_path / "agent"
     token = tmp_path / "token"

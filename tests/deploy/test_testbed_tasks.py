@@ -11,7 +11,8 @@ import pytest
 
 from deploy.testbed.bench import TestbedFleet
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+# Extended tier: a whole emulated fleet trains a task (~25 s); `make test` stays < 5 min.
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.extended]
 
 SPEC: dict[str, Any] = {
     "name": "testbed-dab",

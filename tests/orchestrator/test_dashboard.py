@@ -23,7 +23,8 @@ import pytest
 
 from orchestrator.local.fleet import LocalFleet
 
-pytestmark = pytest.mark.slow
+# Extended tier (CI runs it; ~40 s with its fleet): `make test` stays under 5 minutes.
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

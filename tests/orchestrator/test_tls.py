@@ -46,6 +46,7 @@ def tls_fleet(tmp_path: Path) -> Iterator[LocalFleet]:
         fleet.stop()
 
 
+@pytest.mark.extended  # an agent and orchestrator over https (~26 s with teardown)
 def test_agent_enrolls_over_https_and_the_orchestrator_calls_it(tls_fleet: LocalFleet) -> None:
     tls_fleet.start_orchestrator()
     assert tls_fleet.url.startswith("https://")
