@@ -11,9 +11,7 @@ and the 8.3 MB model file, as in test_orchestrator_restarts.py.
 from __future__ import annotations
 
 import resource
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +19,7 @@ import pytest
 from orchestrator.local.fleet import LocalFleet
 from orchestrator.store import Store
 from plexus.tensors import decode_state, encode_state
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
@@ -30,12 +29,6 @@ LIMIT_BYTES = 6 * 1024 * 1024
 UNLIMITED = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
 
 
-def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
-    end = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return value
 
 
 @pytest.mark.timeout(300)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pytest
 from orchestrator.local.fleet import LocalFleet
 from orchestrator.store import Store
 from plexus.tensors import decode_state, encode_state
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.extended
 
@@ -78,12 +78,6 @@ class Pusher:
         return 1
 
 
-def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
-    end = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return value
 
 
 @pytest.mark.timeout(300)  # two orchestrator starts; about 65 s on a loaded 2-core host

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.client import Client
 from orchestrator.local.fleet import LocalFleet
+from tests.waiting import finished, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -44,19 +44,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
         f.stop()
 
 
-def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} did not happen within {timeout_s} s")
 
 
-def finished(client: Client, task_id: int, timeout_s: float = 150.0) -> dict[str, Any]:
-    return wait_for(lambda: (t := client.task(task_id))["state"] not in ("pending", "running")
-                    and t, timeout_s, f"task {task_id} ending")
 
 
 def test_dab_trains_three_rounds_and_the_slow_agent_takes_fewer_shards(fleet: LocalFleet

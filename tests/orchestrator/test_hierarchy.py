@@ -12,11 +12,9 @@ bound a_k; the subtree is allocated their sum), goes through the tier the same w
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from orchestrator.aggregation.fedavg import weighted_average
 from orchestrator.local.fleet import LocalFleet, free_port
 from orchestrator.store.files import Layout
 from plexus.tensors import decode_state
+from tests.waiting import spawn, stop, wait_for
 
 pytestmark = [pytest.mark.extended, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -37,34 +36,10 @@ RELAYED = {"child-b"}  # binds no port: served through the aggregator's relay, a
 ROUNDS = 2
 
 
-def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None
-           ) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, *(args if args[0] == "-c" else ["-m", "plexus.cli", *args])],
-            stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})},
-            start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
-def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)  # polling a condition with a deadline
-    raise TimeoutError(f"{what} did not happen within {timeout_s} s")
 
 
 class Tier:
@@ -84,7 +59,7 @@ class Tier:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start_aggregator(self) -> None:
-        self.procs["aggregator"] = _spawn(
+        self.procs["aggregator"] = spawn(
             ["aggregator", "serve", "--upstream", self.upstream_url, "--port", str(self.port),
              "--data-dir", str(self.data), "--join-token", CHILD_TOKEN, "--name", self.name,
              "--heartbeat-s", "1", "--grace-s", "4"],
@@ -93,7 +68,7 @@ class Tier:
     def start_child(self, name: str) -> None:
         # torch is imported before the agent enrols (as LocalFleet does): a one-off cost of a
         # fresh process that must not eat the first round's deadline on a loaded host.
-        self.procs[name] = _spawn(
+        self.procs[name] = spawn(
             ["-c", "import sys, torch; from plexus.cli import main; sys.argv[0] = 'plexus'; "
              "main()", "agent", "run", "--orchestrator", self.url, "--name", name,
              "--host", "127.0.0.1", "--data-dir", str(self.root / "agents" / name),
@@ -108,7 +83,7 @@ class Tier:
 
     def stop(self) -> None:
         for p in self.procs.values():
-            _stop(p)
+            stop(p)
 
 
 @pytest.fixture
@@ -203,7 +178,7 @@ def test_two_tiers_equal_flat_fedavg_and_the_aggregator_survives_a_restart(tier:
     # The aggregator dies hard and comes back on the same data directory: its children keep
     # their ids and tokens (no re-enrolment), it is the same learner upstream, and the next
     # task goes through the tier again.
-    _stop(tier.procs["aggregator"], signal.SIGKILL)
+    stop(tier.procs["aggregator"], signal.SIGKILL)
     tier.start_aggregator()
     wait_for(lambda: _ready(tier), 120, "the aggregator back with its two children")
     assert json.loads((tier.data / "aggregator.json").read_text())["children"] == children_before

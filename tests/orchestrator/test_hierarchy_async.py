@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from orchestrator.hierarchy.edge import EdgeAggregator
 from orchestrator.local.fleet import LocalFleet, free_port
 from plexus.shards import encode_shard
 from plexus.tensors import decode_state, encode_state
+from tests.waiting import spawn, stop, wait_for
 
 JOIN = "children-join-token"
 SPEC: dict[str, Any] = {
@@ -265,34 +265,10 @@ def test_a_child_reads_only_its_own_stride_of_the_edges_partition() -> None:
 
 # -- extended tier: real processes ------------------------------------------------------------
 
-def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None
-           ) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, *(args if args[0] == "-c" else ["-m", "plexus.cli", *args])],
-            stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})},
-            start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
-def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)  # polling a condition with a deadline
-    raise TimeoutError(f"{what} did not happen within {timeout_s} s")
 
 
 class Edge:
@@ -306,14 +282,14 @@ class Edge:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self) -> None:
-        self.procs["edge"] = _spawn(
+        self.procs["edge"] = spawn(
             ["aggregator", "serve", "--upstream", self.fleet.url, "--port", str(self.port),
              "--data-dir", str(self.data), "--join-token", JOIN, "--name", "edge-1",
              "--heartbeat-s", "1", "--async-flush-s", str(self.flush_s)],
             self.root / "edge.log", {"PLEXUS_UPSTREAM_JOIN_TOKEN": self.fleet.join_token})
 
     def start_child(self, name: str) -> None:
-        self.procs[name] = _spawn(
+        self.procs[name] = spawn(
             ["-c", "import sys, torch; from plexus.cli import main; sys.argv[0] = 'plexus'; "
              "main()", "agent", "run", "--orchestrator", self.url, "--name", name,
              "--host", "127.0.0.1", "--data-dir", str(self.root / "agents" / name)],
@@ -331,7 +307,7 @@ class Edge:
 
     def stop(self) -> None:
         for p in self.procs.values():
-            _stop(p)
+            stop(p)
 
 
 @pytest.fixture
@@ -476,7 +452,7 @@ def test_an_edge_killed_with_a_buffered_update_forwards_it_after_its_restart(
         assert (edge.data / "async" / str(task_id) / "buffer" / "kid-a.safetensors").exists()
 
         # Act: SIGKILL the edge with a's update buffered, start it again; b pushes.
-        _stop(edge.procs["edge"], signal.SIGKILL)
+        stop(edge.procs["edge"], signal.SIGKILL)
         edge.start()
         wait_for(lambda: all([k.heartbeat() for k in kids]) and edge.ready(2), 120,
                  "the edge back with its children")

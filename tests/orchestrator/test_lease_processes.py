@@ -17,7 +17,7 @@ import pytest
 from orchestrator.client import APIError
 from orchestrator.local.fleet import LocalFleet
 from tests.orchestrator.postgres import fresh_database, postgres_url
-from tests.orchestrator.test_end_to_end import finished, wait_for
+from tests.waiting import finished, wait_for
 
 # Two orchestrators, two agents and a takeover: 1.5 min alone, up to 4 on a loaded host.
 pytestmark = [pytest.mark.slow, pytest.mark.extended, pytest.mark.timeout(480)]

@@ -24,6 +24,7 @@ from learner_agent.stressors import sample_state
 from orchestrator.client import Client
 from orchestrator.local.fleet import LocalFleet
 from orchestrator.runs.jobs import draw_seed
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
@@ -60,14 +61,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
         f.stop()
 
 
-def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} did not happen within {timeout_s} s")
 
 
 def ended(get: Any, timeout_s: float = 180.0) -> dict[str, Any]:

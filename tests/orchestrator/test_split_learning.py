@@ -16,8 +16,8 @@ import torch
 
 from orchestrator.client import Client
 from orchestrator.local.fleet import LocalFleet
-from tests.orchestrator.test_end_to_end import finished
 from tests.orchestrator.test_user_models import _with_path, plugin_path  # noqa: F401
+from tests.waiting import finished, wait_for
 
 pytestmark = pytest.mark.extended
 
@@ -147,8 +147,6 @@ def test_the_example_spec_runs(client: Client) -> None:
     assert rounds[-1]["accuracy"] > 0.3, rounds[-1]
     # `plexus task logs` shows a split task's rounds and its end like any other task's.
     # (The final state is noted just after the task row changes: wait for it.)
-    from tests.orchestrator.test_end_to_end import wait_for
-
     kinds = wait_for(lambda: (k := [e["kind"] for e in client.events(done["id"])["events"]])
                      and k[-1] == "state" and k, 30, "the final state event")
     assert kinds.count("round_closed") == len(rounds), kinds
@@ -205,9 +203,7 @@ def test_a_learner_that_stops_heartbeating_does_not_hold_the_round(
     thread.start()
     try:
         task = client.submit(example)
-        from tests.orchestrator.test_end_to_end import wait_for
-
-        # Picked for the round = granted the task: its token may then read the task's model.
+            # Picked for the round = granted the task: its token may then read the task's model.
         wait_for(lambda: httpx.get(f"{fleet.url}/v1/tasks/{task['id']}/model",
                                    headers=headers).status_code == 200, 60, "ghost picked")
     finally:

@@ -21,7 +21,7 @@ import pytest
 
 from orchestrator.client import APIError
 from orchestrator.local.fleet import LocalFleet
-from tests.orchestrator.test_end_to_end import finished, wait_for
+from tests.waiting import finished, wait_for
 
 pytestmark = pytest.mark.slow
 

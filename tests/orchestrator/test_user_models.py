@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from orchestrator.client import APIError, Client
 from orchestrator.local.fleet import LocalFleet
 from plexus.cli import app
-from tests.orchestrator.test_end_to_end import finished
+from tests.waiting import finished
 
 pytestmark = pytest.mark.slow
 
