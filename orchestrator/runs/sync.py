@@ -42,6 +42,11 @@ log = logging.getLogger("orchestrator.runs.sync")
 # Asking a learner (subset benchmarking: download n shards, train on them, perhaps import torch
 # for the first time) gets this much longer than a round before the learner is left out.
 PROBE_EXTRA_S = 60.0
+# A learner that already answered an earlier round's probe of the task answers from what it
+# measured (its SB result, its observed rates: learner_agent/calibration.py), so asking it
+# again each round (sync.replan: each_round) gets only D + grace plus this: a learner whose
+# link went down must not hold every round for a minute.
+REPROBE_EXTRA_S = 5.0
 # A round that could not be written (disk full) runs again after this long, doubling up to
 # the maximum, seconds.
 STORAGE_RETRY_S = 1.0
@@ -99,6 +104,7 @@ class SyncDriver:
         # Per task: what each learner reported, kept across rounds unless the allocator asks
         # again every round. In memory only: after a restart learners are asked once more.
         self._reports: dict[int, dict[str, LearnerReport]] = {}
+        self._answered: dict[int, set[str]] = {}  # learners that answered a probe, per task
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -120,6 +126,7 @@ class SyncDriver:
         """Stop the task's asyncio task; its state was already set by the caller."""
         aio = self._tasks.pop(task_id, None)
         self._reports.pop(task_id, None)
+        self._answered.pop(task_id, None)
         if aio is not None:
             aio.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -163,6 +170,7 @@ class SyncDriver:
             await asyncio.to_thread(note, self.store, task_id, "state",
                                     f"failed: {failure}" if failure else "finished")
             self._reports.pop(task_id, None)
+            self._answered.pop(task_id, None)
         except asyncio.CancelledError:
             raise
         except Conflict as exc:  # cancelled by a user while a round was finishing
@@ -250,7 +258,7 @@ class SyncDriver:
         # Steps 1–3 of thesis 3.1: learn what the allocator needs to know.
         t0 = time.monotonic()
         reports = await self._probe(allocator, learners, task.id, spec_dict,
-                                    sync.deadline_s + sync.grace_s + PROBE_EXTRA_S, left_out)
+                                    sync.deadline_s + sync.grace_s, left_out)
         plan_s = time.monotonic() - t0
         counts = allocator.allocate(reports, ctx) if reports else {}
         shard_ids = assign_shard_ids(counts, task.num_shards, seed=spec.seed, round_index=index)
@@ -337,17 +345,26 @@ class SyncDriver:
         if allocator.reprobe_each_round or spec_dict["sync"].get("replan") != "once":
             known.clear()
         ask = [lr for lr in learners if str(lr.id) not in known]
+        answered = self._answered.setdefault(task_id, set())
 
         def call(lr: LearnerRow) -> Call:
             if proc == "plan":
                 return lr, lambda: self.gateway.plan(lr, spec_dict, task_id)
             return lr, lambda: self.gateway.benchmark(lr, spec_dict, task_id, None)
 
-        for ans in await self.gateway.gather([call(lr) for lr in ask], timeout_s):
+        # `timeout_s` is D + grace: a first ask may benchmark (PROBE_EXTRA_S more), a repeat
+        # answers from what the learner measured (REPROBE_EXTRA_S more).
+        first = [call(lr) for lr in ask if str(lr.id) not in answered]
+        again = [call(lr) for lr in ask if str(lr.id) in answered]
+        groups = await asyncio.gather(
+            self.gateway.gather(first, timeout_s + PROBE_EXTRA_S),
+            self.gateway.gather(again, timeout_s + REPROBE_EXTRA_S))
+        for ans in [a for group in groups for a in group]:
             key = str(ans.learner.id)
             if ans.error is not None:
                 left_out[key] = f"{proc}: {ans.error}"
                 continue
+            answered.add(key)
             try:
                 if proc == "plan":
                     known[key] = LearnerReport(key, a_k=int(ans.value["a_k"]))
