@@ -23,16 +23,7 @@ from sqlalchemy import event
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.local.fleet import LocalFleet
 from orchestrator.store import Store
-
-
-def wait_until(predicate: Any, timeout_s: float, what: str) -> Any:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise TimeoutError(f"{what} did not happen within {timeout_s} s")
+from tests.waiting import wait_for
 
 
 def test_a_heartbeat_is_seen_at_once_and_written_at_close(tmp_path: Path) -> None:
@@ -62,7 +53,7 @@ def test_pending_heartbeats_are_written_within_a_second_or_so(tmp_path: Path) ->
         store.heartbeat(i, {"n": i}, 5.0)
     other = Store(tmp_path)  # another process's view of the database: only what is written
     try:
-        wait_until(lambda: all(r.last_seen == 5.0 for r in other.learners()), 10.0,
+        wait_for(lambda: all(r.last_seen == 5.0 for r in other.learners()), 10.0,
                    "the flush of 50 heartbeats")
         assert [r.facts for r in other.learners()] == [{"n": i} for i in ids]
     finally:
@@ -79,14 +70,14 @@ def test_enrolments_arriving_together_share_one_transaction(tmp_path: Path) -> N
     def on_commit(_conn: Any) -> None:
         # Hold the first enrolment's commit until the others are queued behind it.
         if not commits:
-            wait_until(lambda: len(store._enrol_queue) >= len(names), 20.0,
+            wait_for(lambda: len(store._enrol_queue) >= len(names), 20.0,
                        "ten queued enrolments")
         commits.append(1)
 
     event.listen(store.engine, "commit", on_commit)
     with ThreadPoolExecutor(len(names) + 1) as pool:
         first = pool.submit(store.enroll, "first", {}, None, 2.0)
-        wait_until(lambda: store._enrol_leading, 10.0, "the first enrolment leading")
+        wait_for(lambda: store._enrol_leading, 10.0, "the first enrolment leading")
         rest = [pool.submit(store.enroll, n, {}, None, 2.0) for n in names]
         assert first.result(30).name == "first"
         rows = [f.result(30) for f in rest[:-1]]
