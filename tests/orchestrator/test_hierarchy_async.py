@@ -349,9 +349,11 @@ def test_an_async_task_through_an_edge_learns(edge: Edge, aggregator: str) -> No
         edge.start_child(name)
     wait_for(lambda: edge.ready(2), 180, "the edge enrolled with two children")
     client = edge.fleet.client()
-    # 225 samples per child arriving at 20/s: data for about 11 s, 16 updates (K = 2).
+    # 225 samples per child arriving at 20/s: data for about 11 s (K = 2). max_updates is out
+    # of reach, so the task ends when the edge says both strides are used up: with a bound
+    # the faster child alone reached it before the other had 80 samples (CI: 17 pushes in 2 s).
     body = {**SPEC, "async": {**SPEC["async"], "aggregator": aggregator, "k": 2,
-                              "arrival_rate": 20.0, "max_updates": 16}}
+                              "arrival_rate": 20.0, "max_updates": 10_000}}
     start = _initial_accuracy(body)
 
     # Act
@@ -359,12 +361,11 @@ def test_an_async_task_through_an_edge_learns(edge: Edge, aggregator: str) -> No
     final = wait_for(lambda: (t := client.task(task_id))["state"] != "running" and t, 300,
                      "the task ending")
 
-    # Assert: it finished (by max_updates, or, once both children had trained on their whole
-    # strides, by the edge saying its partition is used up: FedBuff, whose K-buffer the one
-    # edge fills slowly, ends that way), every merged update came from the edge, each child's
+    # Assert: it finished once both children had trained on their whole strides (the edge
+    # said its partition is used up), every merged update came from the edge, each child's
     # updates went up in some partial, and the model learned.
     assert final["state"] == "finished", final
-    assert final["reason"] is None or "no further progress" in final["reason"], final
+    assert final["reason"] is not None and "no further progress" in final["reason"], final
     rounds = client.rounds(task_id)
     edge_id = {lr["name"]: str(lr["id"]) for lr in client.learners()}["edge-1"]
     assert {k for r in rounds for k in r["allocation"]} == {edge_id}
