@@ -9,8 +9,8 @@ import orchestrator.allocation.med as med
 
 PACKAGE = "orchestrator.allocation.med"
 # Lower first: a module may import only modules listed before it (`__init__` re-exports).
-ORDER = ["model", "instances", "milp", "solvers", "greedy", "search", "dp", "lagrange", "solve",
-         "__init__"]
+ORDER = ["model", "instances", "milp", "solvers", "greedy", "search", "dp", "colgen", "lagrange",
+         "solve", "__init__"]
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:
