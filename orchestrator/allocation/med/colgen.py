@@ -185,9 +185,9 @@ class _TaskGrid:
         for _ in range(rounds + 1):
             cost, z = lp_cover(self.Q, w, D)
             val = self.start + cost
-            real = self.exact & ~self.integer  # rows whose z is a column of this relaxation
-            if self.integer:
-                real = self._integer_rows(w, D, val, z)
+            # The rows whose z is a column of this relaxation (with 0/1 covers: those solved
+            # in 0/1).
+            real = self._integer_rows(w, D, val, z) if self.integer else self.exact.copy()
             best_real = float(val[real].min(initial=np.inf))
             loose = np.nonzero(~self.exact & (val < best_real - tol * abs(best_real)))[0]
             if loose.size == 0:
@@ -236,7 +236,6 @@ class _Master:
         self.hs = highspy
         self.h = highspy.Highs()  # type: ignore[no-untyped-call]
         self.h.setOptionValue("output_flag", False)
-        self.h.setOptionValue("threads", 1)
         self.m = m
         lo = np.concatenate([np.ones(m),
                              np.ones(n) if equality else np.full(n, -highspy.kHighsInf)])
@@ -262,13 +261,15 @@ class _Master:
                 dual[self.m:], np.asarray(sol.col_value))
 
 
-def _price(grids: list[_TaskGrid], co: Coefficients, u: np.ndarray, per_task: int
-           ) -> tuple[float, list[tuple[int, float, np.ndarray]]]:
+def _price(grids: list[_TaskGrid], co: Coefficients, u: np.ndarray, per_task: int,
+           stop_at: float) -> tuple[float, list[tuple[int, float, np.ndarray]]]:
     """L(u) (a proven bound, seconds) and up to `per_task` cheapest distinct exact columns
-    per task."""
+    per task; L = −∞ (no bound) when the clock passes `stop_at` (perf_counter) midway."""
     value = float(u.sum())
     cols: list[tuple[int, float, np.ndarray]] = []
     for i, g in enumerate(grids):
+        if time.perf_counter() > stop_at:
+            return -np.inf, cols
         low, val, z = g.price(-u)
         value += low
         order = np.argsort(val)
@@ -311,6 +312,7 @@ def colgen_bound(
     `target` (seconds). `integer_cover` None: 0/1 covering where cheap (INT_COVER_WORK).
     """
     started = time.perf_counter()
+    stop_at = started + deadline_s
     m, n = co.fixed.shape
     elig, lo, hi = time_ranges(co, need)
     if integer_cover is None:
@@ -324,11 +326,11 @@ def colgen_bound(
     centre = -u_start if u_start is not None else np.zeros(n)
     best = -np.inf
     if u_start is not None:
-        best, cols = _price(grids, co, centre, per_task)
+        best, cols = _price(grids, co, centre, per_task, stop_at)
         for i, t, z in cols:
             master.add(i, t, z)
     it, converged, x_last = 0, False, None
-    while it < max_iter and time.perf_counter() - started <= deadline_s:
+    while it < max_iter and time.perf_counter() < stop_at:
         it += 1
         solved = master.solve()
         if solved is None:
@@ -337,9 +339,11 @@ def colgen_bound(
         if not equality:
             um = np.minimum(um, 0.0)
         added, val, us = _round(master, grids, co, pi, um, centre,
-                                alpha if np.isfinite(best) else 0.0, per_task)
+                                alpha if np.isfinite(best) else 0.0, per_task, stop_at)
         if val > best:
             best, centre = val, us
+        if not np.isfinite(val):
+            break  # out of time midway through pricing
         converged = added == 0 or obj - best <= 1e-6 * abs(obj)
         if converged or (target is not None and best >= target):
             break
@@ -348,21 +352,21 @@ def colgen_bound(
 
 
 def _round(master: _Master, grids: list[_TaskGrid], co: Coefficients, pi: np.ndarray,
-           um: np.ndarray, centre: np.ndarray, alpha: float, per_task: int
+           um: np.ndarray, centre: np.ndarray, alpha: float, per_task: int, stop_at: float
            ) -> tuple[int, float, np.ndarray]:
     """One pricing round at the smoothed duals α·centre + (1 − α)·um (again at um itself if
     nothing prices out there): (columns added, L at the point priced last, that point)."""
     a = alpha
     while True:
         us = a * centre + (1 - a) * um
-        val, cols = _price(grids, co, us, per_task)
+        val, cols = _price(grids, co, us, per_task, stop_at)
         added = 0
         for i, t, z in cols:
             # Reduced cost with respect to the master's own duals.
             if t - float(um @ z) - pi[i] < -1e-9 * max(1.0, abs(t)):
                 master.add(i, t, z)
                 added += 1
-        if added or a == 0.0:
+        if added or a == 0.0 or not np.isfinite(val):
             return added, val, us
         a = 0.0
 
