@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from orchestrator.allocation.med.greedy import task_fill
 from orchestrator.allocation.med.milp import task_time_lower_bounds
 from orchestrator.allocation.med.model import Coefficients
 from orchestrator.allocation.stdout_guard import quiet_solver
@@ -88,6 +89,7 @@ class ColgenBound:
     integer_cover: bool
     converged: bool
     prefer: np.ndarray | None = None  # (n,) task the master LP uses learner j most for
+    columns: list[tuple[int, np.ndarray]] | None = None  # (task, 0/1 learner set) generated
 
 
 def int_cover(Q: np.ndarray, w: np.ndarray, D: int) -> tuple[np.ndarray, np.ndarray]:
@@ -347,8 +349,69 @@ def colgen_bound(
         converged = added == 0 or obj - best <= 1e-6 * abs(obj)
         if converged or (target is not None and best >= target):
             break
+    whole = [(i, z) for i, z in master.cols if np.all((z == 0) | (z == 1))]
     return ColgenBound(float(best), it, time.perf_counter() - started, integer_cover,
-                       converged, _prefer(master, x_last, m, n))
+                       converged, _prefer(master, x_last, m, n), whole)
+
+
+@quiet_solver
+def restricted_master_mip(co: Coefficients, columns: list[tuple[int, np.ndarray]], *,
+                          need: int, equality: bool, time_limit_s: float
+                          ) -> np.ndarray | None:
+    """The best learner → task map that picks one generated learner set per task (each
+    learner in at most one set; learners left over keep −1), by a small set-partitioning
+    MILP (HiGHS) over the columns the dual generated, each costed at its exact task time
+    (`task_fill`). None if HiGHS finds nothing within `time_limit_s` seconds."""
+    from scipy import sparse
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    m, n = co.fixed.shape
+    sets: dict[tuple[int, bytes], tuple[float, np.ndarray]] = {}
+    for i, z in columns:
+        members = np.nonzero(z > 0.5)[0]
+        key = (i, members.tobytes())
+        if key not in sets:
+            filled = task_fill(co, i, members, need)
+            if filled is not None:
+                sets[key] = (filled[1], members)
+    if not sets:
+        return None
+    keys = list(sets)
+    cost = np.array([sets[k][0] for k in keys])
+    r = np.concatenate([np.concatenate([[k[0]], m + sets[k][1]]) for k in keys])
+    c = np.concatenate([np.full(1 + sets[k][1].size, col) for col, k in enumerate(keys)])
+    A = sparse.csr_matrix((np.ones(r.size), (r, c)), shape=(m + n, len(keys)))
+    lo = np.concatenate([np.ones(m), np.zeros(n)])
+    res = milp(cost, constraints=LinearConstraint(A, lo, np.ones(m + n)),
+               integrality=np.ones(len(keys)), bounds=Bounds(0, 1),
+               options={"time_limit": max(0.01, time_limit_s), "disp": False})
+    if res.x is None:
+        return None
+    owner = np.full(n, -1)
+    for col in np.nonzero(res.x > 0.5)[0]:
+        owner[sets[keys[col]][1]] = keys[col][0]
+    if equality and (owner < 0).any():
+        return _place_leftovers(co, owner, need)
+    return owner
+
+
+def _place_leftovers(co: Coefficients, owner: np.ndarray, need: int) -> np.ndarray:
+    """Every learner the chosen sets left out joins the task whose time it raises least
+    (D_l ≥ 1: every learner must serve a task)."""
+    owner = owner.copy()
+    m = co.fixed.shape[0]
+    for j in np.nonzero(owner < 0)[0]:
+        best, where = np.inf, int(np.argmax(co.cap[:, j] >= need))
+        for i in range(m):
+            if co.cap[i, j] < need:
+                continue
+            members = np.nonzero(owner == i)[0]
+            with_j = task_fill(co, i, np.append(members, j), need)
+            without = task_fill(co, i, members, need)
+            if with_j is not None and without is not None and with_j[1] - without[1] < best:
+                best, where = with_j[1] - without[1], i
+        owner[j] = where
+    return owner
 
 
 def _round(master: _Master, grids: list[_TaskGrid], co: Coefficients, pi: np.ndarray,

@@ -33,7 +33,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchestrator.allocation.med.colgen import colgen_bound, lp_cover, time_ranges
+from orchestrator.allocation.med.colgen import (
+    colgen_bound,
+    lp_cover,
+    restricted_master_mip,
+    time_ranges,
+)
 from orchestrator.allocation.med.greedy import greedy_allocation, task_fill
 from orchestrator.allocation.med.model import (
     Coefficients,
@@ -48,6 +53,7 @@ from orchestrator.allocation.med.model import (
 from orchestrator.allocation.med.search import local_search
 
 FULL_EVERY = 5  # iterations per whole-grid (proven) evaluation of L(u)
+RMIP_MAX_COLUMNS = 300  # generated columns up to which the restricted master MILP runs
 
 
 @dataclass
@@ -377,6 +383,18 @@ def solve_lagrange(
         if cg.bound > lb.bound:
             lb.bound = cg.bound
             prefer = cg.prefer if cg.prefer is not None else prefer
+        left = 0.95 * time_limit_s - (time.perf_counter() - started)
+        if (cg.integer_cover and cg.iterations > 0 and cg.columns
+                and len(cg.columns) <= RMIP_MAX_COLUMNS and left > 0
+                and (best_obj - lb.bound) > mip_gap * best_obj):
+            # The primal from the dual's own columns: one generated set per task (HiGHS
+            # struggles with these set-partitioning MILPs beyond a few hundred columns).
+            picked = restricted_master_mip(co, cg.columns, need=need, equality=dl > 0,
+                                           time_limit_s=0.3 * left)
+            if picked is not None:
+                polish(picked, 0.3 * max(0.0, 0.95 * time_limit_s
+                                         - (time.perf_counter() - started)),
+                       "local search from the restricted master MILP")
     left = 0.95 * time_limit_s - (time.perf_counter() - started)
     if prefer is not None and left > 0 and (best_obj - lb.bound) > mip_gap * best_obj:
         polish(lagrangian_repair(co, prefer, owner, need, dl), left,
