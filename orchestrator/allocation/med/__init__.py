@@ -9,7 +9,9 @@
     ├── greedy      greedy start
     ├── search      exact local search
     ├── dp          exact subset DP for small fleets
-    └── lagrange    Lagrangian bound and backend (greedy + search + milp's time bounds)
+    ├── colgen      column generation on the Lagrangian relaxation (a better dual method,
+    │               0/1 covers where cheap) and the restricted master MILP over its columns
+    └── lagrange    Lagrangian bound and backend (greedy + search + subgradient + colgen)
     solve      solve_med (backend choice "auto"), diagnose_infeasible: uses all of the above
 
 Units: model and shard sizes in bytes, bandwidth b in bytes/s, compute c in samples/s (as in

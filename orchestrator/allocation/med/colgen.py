@@ -38,7 +38,7 @@ from orchestrator.allocation.stdout_guard import quiet_solver
 
 WINDOW = (0.98, 1.02)  # exact breakpoints within these factors of the incumbent's task time
 MAX_ROWS = 800  # grid rows per task at most
-INT_COVER_WORK = 300_000  # rows x items x shards per task up to which the 0/1 cover is used
+INT_COVER_WORK = 300_000  # eligible learners x D_i x 16 up to which the 0/1 cover is used
 
 
 def lp_cover(Q: np.ndarray, u: np.ndarray, D: int) -> tuple[np.ndarray, np.ndarray]:
