@@ -29,6 +29,7 @@ search of `search`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -248,7 +249,6 @@ def lagrangian_bound(
     started = time.perf_counter()
     m, _ = co.fixed.shape
     elig, lo, hi = time_ranges(co, need)
-    D = co.shards.astype(np.int64)
     u, centre = _initial_prices(co, owner, task_times, equality)
     best = -np.inf
     prefer: np.ndarray | None = None
@@ -265,7 +265,7 @@ def lagrangian_bound(
         t_it = time.perf_counter()
         full = it % FULL_EVERY == 1 or (t_it - started) + full_cost > deadline_s
         evaluated = _evaluate_dual(co, u, grids, centre, lo, hi, full=full, need=need,
-                                   elig=elig, D=D)
+                                   elig=elig, D=co.shards)
         if evaluated is None:
             return LagrangeBound(np.inf, it, time.perf_counter() - started)
         value, est, used, zz = evaluated
@@ -338,68 +338,89 @@ def solve_lagrange(
     greedy = greedy_allocation(inst, enforce_deadlines=enforce_deadlines)
     if greedy is None:
         return None
-    co = coefficients(inst, enforce_deadlines=enforce_deadlines)
-    dl = inst.min_shards
-    need = max(1, dl)
-    best_alloc, best_obj = greedy, med_objective(inst, greedy)
-    fill_need = need if dl > 0 else 1
+    inc = _Incumbent(inst, greedy, enforce_deadlines, notes)
+    co, need, dl = inc.co, inc.need, inst.min_shards
 
-    def polish(owner: np.ndarray, seconds: float, label: str) -> np.ndarray:
-        """Local search from `owner`; keeps the result if it beats the incumbent."""
-        nonlocal best_alloc, best_obj
-        cand = local_search(co, owner, need, deadline_s=seconds)
-        alloc = _fill(co, cand, fill_need)
-        if alloc is not None and not check_allocation(
-                inst, alloc, enforce_deadlines=enforce_deadlines):
-            obj = med_objective(inst, alloc)
-            if obj < best_obj - 1e-12:
-                best_alloc, best_obj = alloc, obj
-                notes.append(f"incumbent improved by {label}")
-        return cand
-
-    def owner_of(alloc: np.ndarray) -> np.ndarray:
-        return np.where((alloc > 0).any(axis=0), np.argmax(alloc > 0, axis=0), -1)
+    def left() -> float:  # seconds left, 5 % kept back (each search checks its clock per move)
+        return 0.95 * time_limit_s - (time.perf_counter() - started)
 
     # Time split: 25 % local search from the greedy, 70 % of the rest for the subgradient
     # bound (it often converges sooner), then column generation on the same relaxation
-    # (colgen.py, a better dual method) with 60 % of what is left, then a second search
-    # from the dual solution's assignment (each search checks its clock once per move,
-    # hence the 5 % kept back).
-    polish(owner_of(greedy), 0.25 * time_limit_s, "local search from the greedy start")
-    owner = owner_of(best_alloc)
-    times = expected_delays(inst, best_alloc).max(axis=1)
-    left = max(0.05, time_limit_s - (time.perf_counter() - started))
-    lb = lagrangian_bound(co, need=need, equality=dl > 0, incumbent=best_obj, owner=owner,
-                          task_times=times, deadline_s=0.7 * left, target_gap=mip_gap)
+    # (colgen.py, a better dual method) with 60 % of what is left and a restricted master
+    # MILP over its columns, then a search from the dual solution's assignment.
+    inc.polish(_owner_of(greedy), 0.25 * time_limit_s, "local search from the greedy start")
+    owner = _owner_of(inc.alloc)
+    times = expected_delays(inst, inc.alloc).max(axis=1)
+    rest = max(0.05, time_limit_s - (time.perf_counter() - started))
+    lb = lagrangian_bound(co, need=need, equality=dl > 0, incumbent=inc.obj, owner=owner,
+                          task_times=times, deadline_s=0.7 * rest, target_gap=mip_gap)
     prefer = lb.prefer
-    left = 0.95 * time_limit_s - (time.perf_counter() - started)
-    if left > 0.1 * time_limit_s and (best_obj - lb.bound) > mip_gap * best_obj:
-        cg = colgen_bound(co, need=need, equality=dl > 0, owner=owner, task_times=times,
-                          u_start=lb.u, deadline_s=0.6 * left,
-                          target=best_obj * (1 - mip_gap))
-        notes.append(f"column generation: {cg.iterations} rounds, {cg.seconds:.3g}s, "
+    if left() > 0.1 * time_limit_s and inc.gap(lb.bound) > mip_gap:
+        better = _colgen_stage(inc, lb, owner, times, left, mip_gap)
+        prefer = better if better is not None else prefer
+    if prefer is not None and left() > 0 and inc.gap(lb.bound) > mip_gap:
+        inc.polish(lagrangian_repair(co, prefer, owner, need, dl), left(),
+                   "local search from the Lagrangian dual's assignment")
+    return _lagrange_result(inst, method, inc.alloc, inc.obj, lb, mip_gap, notes, started)
+
+
+def _owner_of(alloc: np.ndarray) -> np.ndarray:
+    """Learner → task map of an allocation (−1: idle)."""
+    out: np.ndarray = np.where((alloc > 0).any(axis=0), np.argmax(alloc > 0, axis=0), -1)
+    return out
+
+
+class _Incumbent:
+    """The best allocation so far (objective in seconds) and the local search that feeds it."""
+
+    def __init__(self, inst: MedInstance, alloc: np.ndarray, enforce_deadlines: bool,
+                 notes: list[str]) -> None:
+        self.inst, self.enforce, self.notes = inst, enforce_deadlines, notes
+        self.co = coefficients(inst, enforce_deadlines=enforce_deadlines)
+        self.need = max(1, inst.min_shards)
+        self.fill_need = self.need if inst.min_shards > 0 else 1
+        self.alloc, self.obj = alloc, med_objective(inst, alloc)
+
+    def gap(self, bound: float) -> float:
+        return (self.obj - bound) / self.obj if self.obj > 0 else 0.0
+
+    def polish(self, owner: np.ndarray, seconds: float, label: str) -> None:
+        """Local search from `owner`; keeps the result if it beats the incumbent."""
+        cand = local_search(self.co, owner, self.need, deadline_s=seconds)
+        alloc = _fill(self.co, cand, self.fill_need)
+        if alloc is not None and not check_allocation(
+                self.inst, alloc, enforce_deadlines=self.enforce):
+            obj = med_objective(self.inst, alloc)
+            if obj < self.obj - 1e-12:
+                self.alloc, self.obj = alloc, obj
+                self.notes.append(f"incumbent improved by {label}")
+
+
+def _colgen_stage(inc: _Incumbent, lb: LagrangeBound, owner: np.ndarray, times: np.ndarray,
+                  left: Callable[[], float], mip_gap: float) -> np.ndarray | None:
+    """Column generation from the subgradient's multipliers (raises `lb.bound` when it does
+    better; returns the master LP's preferred assignment then), and the restricted master
+    MILP over its whole-learner columns, polished by local search."""
+    co, need, equality = inc.co, inc.need, inc.inst.min_shards > 0
+    cg = colgen_bound(co, need=need, equality=equality, owner=owner, task_times=times,
+                      u_start=lb.u, deadline_s=0.6 * left(), target=inc.obj * (1 - mip_gap))
+    inc.notes.append(f"column generation: {cg.iterations} rounds, {cg.seconds:.3g}s, "
                      f"{'0/1' if cg.integer_cover else 'LP'} covers, bound {cg.bound:.6g} "
                      f"(subgradient {lb.bound:.6g})")
-        if cg.bound > lb.bound:
-            lb.bound = cg.bound
-            prefer = cg.prefer if cg.prefer is not None else prefer
-        left = 0.95 * time_limit_s - (time.perf_counter() - started)
-        if (cg.integer_cover and cg.iterations > 0 and cg.columns
-                and len(cg.columns) <= RMIP_MAX_COLUMNS and left > 0
-                and (best_obj - lb.bound) > mip_gap * best_obj):
-            # The primal from the dual's own columns: one generated set per task (HiGHS
-            # struggles with these set-partitioning MILPs beyond a few hundred columns).
-            picked = restricted_master_mip(co, cg.columns, need=need, equality=dl > 0,
-                                           time_limit_s=0.3 * left)
-            if picked is not None:
-                polish(picked, 0.3 * max(0.0, 0.95 * time_limit_s
-                                         - (time.perf_counter() - started)),
+    prefer = None
+    if cg.bound > lb.bound:
+        lb.bound, prefer = cg.bound, cg.prefer
+    if (cg.integer_cover and cg.iterations > 0 and cg.columns
+            and len(cg.columns) <= RMIP_MAX_COLUMNS and left() > 0
+            and inc.gap(lb.bound) > mip_gap):
+        # The primal from the dual's own columns: one generated set per task (HiGHS
+        # struggles with these set-partitioning MILPs beyond a few hundred columns).
+        picked = restricted_master_mip(co, cg.columns, need=need, equality=equality,
+                                       time_limit_s=0.3 * left())
+        if picked is not None:
+            inc.polish(picked, 0.3 * max(0.0, left()),
                        "local search from the restricted master MILP")
-    left = 0.95 * time_limit_s - (time.perf_counter() - started)
-    if prefer is not None and left > 0 and (best_obj - lb.bound) > mip_gap * best_obj:
-        polish(lagrangian_repair(co, prefer, owner, need, dl), left,
-               "local search from the Lagrangian dual's assignment")
-    return _lagrange_result(inst, method, best_alloc, best_obj, lb, mip_gap, notes, started)
+    return prefer
 
 
 def _lagrange_result(inst: MedInstance, method: str, best_alloc: np.ndarray, best_obj: float,
