@@ -32,8 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from orchestrator.allocation.med.greedy import task_fill
-from orchestrator.allocation.med.milp import task_time_lower_bounds
+from orchestrator.allocation.med.milp import Milp, task_time_lower_bounds
 from orchestrator.allocation.med.model import Coefficients
+from orchestrator.allocation.med.solvers import solve_highs
 from orchestrator.allocation.stdout_guard import quiet_solver
 
 WINDOW = (0.98, 1.02)  # exact breakpoints within these factors of the incumbent's task time
@@ -363,7 +364,6 @@ def restricted_master_mip(co: Coefficients, columns: list[tuple[int, np.ndarray]
     MILP (HiGHS) over the columns the dual generated, each costed at its exact task time
     (`task_fill`). None if HiGHS finds nothing within `time_limit_s` seconds."""
     from scipy import sparse
-    from scipy.optimize import Bounds, LinearConstraint, milp
 
     m, n = co.fixed.shape
     sets: dict[tuple[int, bytes], tuple[float, np.ndarray]] = {}
@@ -377,18 +377,18 @@ def restricted_master_mip(co: Coefficients, columns: list[tuple[int, np.ndarray]
     if not sets:
         return None
     keys = list(sets)
-    cost = np.array([sets[k][0] for k in keys])
-    r = np.concatenate([np.concatenate([[k[0]], m + sets[k][1]]) for k in keys])
-    c = np.concatenate([np.full(1 + sets[k][1].size, col) for col, k in enumerate(keys)])
-    A = sparse.csr_matrix((np.ones(r.size), (r, c)), shape=(m + n, len(keys)))
-    lo = np.concatenate([np.ones(m), np.zeros(n)])
-    res = milp(cost, constraints=LinearConstraint(A, lo, np.ones(m + n)),
-               integrality=np.ones(len(keys)), bounds=Bounds(0, 1),
-               options={"time_limit": max(0.01, time_limit_s), "disp": False})
-    if res.x is None:
+    k = len(keys)
+    r = np.concatenate([np.concatenate([[key[0]], m + sets[key][1]]) for key in keys])
+    c = np.concatenate([np.full(1 + sets[key][1].size, col) for col, key in enumerate(keys)])
+    model = Milp(np.array([sets[key][0] for key in keys]),
+                 sparse.csr_matrix((np.ones(r.size), (r, c)), shape=(m + n, k)),
+                 np.concatenate([np.ones(m), np.zeros(n)]), np.ones(m + n), np.zeros(k),
+                 np.ones(k), np.ones(k, dtype=bool), np.zeros((0, 2), dtype=np.int64), m, n)
+    raw = solve_highs(model, time_limit_s=max(0.01, time_limit_s), mip_gap=1e-6)
+    if raw.values is None:
         return None
     owner = np.full(n, -1)
-    for col in np.nonzero(res.x > 0.5)[0]:
+    for col in np.nonzero(raw.values > 0.5)[0]:
         owner[sets[keys[col]][1]] = keys[col][0]
     if equality and (owner < 0).any():
         return _place_leftovers(co, owner, need)
