@@ -216,6 +216,21 @@ class AsyncTaskRunner:
             self.end_reason = reason
             self.finished.set()
 
+    def release_gone(self, alive: Iterable[str]) -> list[str]:
+        """Free what learners not in ``alive`` hold in the aggregator (a FedBuff / PORT
+        training slot, a model waiting for pickup), so the task goes on without them; returns
+        those released. A released learner's pull stays known here, so the update it pushes
+        once it is back is still admitted; its next pull asks for work again."""
+        seen = set(alive)
+        with self._wake:
+            if self.finished.is_set():
+                return []
+            gone = [c for c in list(self.core.outstanding) if c not in seen]
+            for learner in gone:
+                self._mailbox.pop(learner, None)
+                self._handle(self.core.release(self.clock(), learner))
+            return gone
+
     def stalled(self, also: Iterable[str] = ()) -> bool:
         """Whether every learner that has asked for work (and each of ``also``, learners the
         driver knows will) has trained on its whole partition, and nothing is in flight: no

@@ -70,6 +70,37 @@ def test_the_goal_needs_finished_nothing_lost_and_accuracy_within_noise() -> Non
     assert cells[1].accuracy_delta == pytest.approx(-0.1)
 
 
+def test_a_long_outage_needs_the_learner_gone_back_and_used_again() -> None:
+    ok = chaos.asdict(chaos.Accounting())
+    cell = chaos.Cell("dab", "link_down_long", finished=True, accounting=ok,
+                      declared_gone=True, back_s=3.0, used_again=True)
+    assert cell.goal_met()
+    for missing in ({"declared_gone": False}, {"back_s": None}, {"used_again": False}):
+        bad = chaos.Cell("dab", "link_down_long", finished=True, accounting=ok,
+                         **{"declared_gone": True, "back_s": 3.0, "used_again": True,
+                            **missing})
+        assert not bad.goal_met(), missing
+    # The long setting runs more rounds than the fault-free runs: its accuracy is not compared.
+    cells = [chaos.Cell("dab", "none", accuracy=0.9), chaos.Cell("dab", "none", accuracy=0.7),
+             chaos.Cell("dab", "link_down_long", accuracy=0.1),
+             chaos.Cell("dab", "sigstop", accuracy=0.65)]
+    chaos.fill_deltas(cells)
+    assert cells[2].accuracy_delta is None
+    assert cells[3].noise == pytest.approx(0.2)  # the spread of the fault-free runs
+    assert cells[3].accuracy_delta == pytest.approx(-0.15) and cells[3].goal_met() is False
+
+
+def test_the_settings_fix_the_merges_and_the_long_one_outlasts_the_outage() -> None:
+    body = chaos.MODE_TABLE["fedbuff"].body("t", 1, False)
+    assert body["async"]["max_updates"] == chaos.ASYNC_MERGES
+    # Data must keep arriving well past the point where the fault-free run has its merges.
+    assert 240 / body["async"]["arrival_rate"] >= 20
+    assert chaos.MODE_TABLE["spin"].body("t", 1, True)["async"]["max_updates"] > 100
+    assert chaos.MODE_TABLE["dab"].body("t", 1, True)["sync"]["rounds"] == chaos.LONG_ROUNDS
+    assert chaos.MODE_TABLE["dab"].body("t", 1, False)["sync"]["rounds"] == chaos.ROUNDS
+    assert chaos.LONG_DOWN_S > chaos.ALIVE_AFTER_S
+
+
 def test_plot_and_metrics_cover_skipped_cells(tmp_path: Path) -> None:
     cells = [chaos.Cell("dab", "none", finished=True, accounting=chaos.asdict(
                  chaos.Accounting()), accuracy=0.9, accuracy_delta=0.0),
