@@ -90,7 +90,9 @@ QUICK = {"dab": "orch_kill_round", "med": "agent_kill_round", "spin": "disk_full
 DISK_LIMIT_BYTES = 256 * 1024
 ACC_NOISE = 0.05  # the least noise band: accuracy no more than this below the fault-free mean
 ASYNC_MERGES = 20  # async tasks end once this many updates are merged (max_updates)
-ARRIVAL_RATE = 8.0  # λ, samples/s: a 240-sample partition arrives over ~30 s
+ARRIVAL_RATE = 8.0  # λ, samples/s: a 400-sample partition arrives over 50 s
+ASYNC_SHARD = 400  # samples per async client (3 × 400 of digits' 1438 training samples)
+ASYNC_EPOCHS = 5  # E: each update trains 5 epochs over what its client holds
 
 ACK = re.compile(r"acknowledged task\s+(\d+)\s+update_id\s+(\d+)")
 TRAINED = re.compile(r"trained task\s+(\d+)\s+round\s+(\d+)")
@@ -391,11 +393,11 @@ def async_task(aggregator: str) -> Callable[[str, int, bool], dict[str, Any]]:
         # long: no max_updates in reach, the task ends when every client has used its data
         # (the victim's too, once it is back), so it outlasts the outage.
         agg: dict[str, Any] = {"aggregator": aggregator, "k": 2, "pi_s": 0.5,
-                               "pull_threshold": 50, "epochs": 1,
+                               "pull_threshold": 50, "epochs": ASYNC_EPOCHS,
                                "arrival_rate": ARRIVAL_RATE,
                                "max_updates": 1000 if long else ASYNC_MERGES}
         return {"name": name, "model": "twonn", "seed": seed, "dataset": {"name": "digits"},
-                "partition": {"kind": "dirichlet", "alpha": 1.0, "shard_size": 240},
+                "partition": {"kind": "dirichlet", "alpha": 1.0, "shard_size": ASYNC_SHARD},
                 "training": {"lr": 0.3, "batch_size": 16}, "mode": "async", "async": agg}
     return body
 

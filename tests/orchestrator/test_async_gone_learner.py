@@ -6,7 +6,8 @@ until it pushes. Found by the chaos matrix (`link_down_long`, a link down for lo
 "covered" by its outstanding training plus one buffered update, so no selection was ever drawn
 again and the other learners idled (their new data unused) until it came back; had it never come
 back the task would have hung. The orchestrator now releases a learner it declares gone
-(`AsyncTaskRunner.release_gone`, called by the driver's sweep): its slot is drawn again at once,
+(`AsyncTaskRunner.release_gone`, called by the driver's sweep, for a learner not alive that has
+not pulled or pushed for `alive_after_s` either): its slot is drawn again at once,
 and the update it pushes once it is back, from the model it was sent, is still taken.
 """
 
@@ -73,10 +74,14 @@ def test_a_gone_learner_frees_its_fedbuff_slot_and_its_late_update_is_taken() ->
     answer = _push(runner, "c", 0)
     assert answer["accepted"] is True
     assert len(runner.core.queue) == 1
-    # An alive learner's slot is never released.
+    # An alive learner's slot is never released; nor that of one not (yet) seen alive again
+    # that pulled within quiet_s (back from an outage before its next heartbeat).
     assert runner.pull("a", 8) is None
     clock.t += 0.6
     runner.tick()
     assert "a" in runner.core.outstanding
     assert runner.release_gone(["a", "b", "c"]) == []
+    assert runner.release_gone(["b", "c"], quiet_s=5.0) == []
     assert "a" in runner.core.outstanding
+    clock.t += 6.0
+    assert runner.release_gone(["b", "c"], quiet_s=5.0) == ["a"]
