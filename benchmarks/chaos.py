@@ -21,7 +21,7 @@ Faults (the victim is one learner: the relayed one where there is one):
   orchestrator's ``alive_after_s``: the learner is declared gone (seen not alive in
   ``GET /v1/learners``) and must come back by itself (alive again without a restart) and be
   used again by the same task (sync: a round trained after the link came up; async: an
-  update acknowledged after it). The cell runs the longer setting (``long=True``: 12 rounds,
+  update acknowledged after it). The cell runs the longer setting (``long=True``: 36 rounds,
   10 GUCs per task, async up to "no further progress"), so its accuracy is not compared
   (testbed only);
 * ``bandwidth_cut`` — the victim's link caps cut to 10 % for the rest of the run (testbed
@@ -366,7 +366,7 @@ class Mode:
 
 
 ROUNDS = 4
-LONG_ROUNDS = 12  # link_down_long: the task must outlast the outage and use the learner again
+LONG_ROUNDS = 36  # link_down_long: the task must outlast the outage and use the learner again
 D = 1.0
 
 

@@ -45,6 +45,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import Call, LearnerGateway, Reply
 from orchestrator.runs.journal import note, round_notes
 from orchestrator.runs.rounds import ClosedRound, TestSplit, close_round
+from orchestrator.runs.space import when_space
 from orchestrator.runs.sync import cap_samples
 from orchestrator.store import JobRoundRow, JobRow, LearnerRow, Store, TaskRow
 
@@ -307,8 +308,8 @@ class JobDriver:
         await self._cycles(job_id, job.rounds_done, options, setup, tasks, specs, tests,
                            models, progress)
         failed = progress.failed_summary(tasks)
-        await asyncio.to_thread(store.set_job_state, job_id, "failed" if failed else
-                                "finished", failed, time.time())
+        await when_space(f"job {job_id}: its end", store.set_job_state, job_id,
+                         "failed" if failed else "finished", failed, time.time())
 
     async def _cycles(self, job_id: int, first: int, options: JobOptions,
                       setup: dict[str, Any], tasks: list[TaskRow], specs: list[TaskSpec],
@@ -372,14 +373,14 @@ class JobDriver:
             if why is None and spec_sync.rounds == index + 1:
                 why = progress.final(slot)
                 if why is None:
-                    await asyncio.to_thread(self.store.set_state, tasks[slot].id, "finished",
-                                            None, now)
+                    await when_space(f"job task {tasks[slot].id}: its end", self.store.set_state,
+                                     tasks[slot].id, "finished", None, now)
                     continue
             if why is not None:
                 progress.dead[slot] = why
                 log.warning("job task %s failed: %s", tasks[slot].id, why)
-                await asyncio.to_thread(self.store.set_state, tasks[slot].id, "failed", why,
-                                        now)
+                await when_space(f"job task {tasks[slot].id}: its end", self.store.set_state,
+                                 tasks[slot].id, "failed", why, now)
 
     async def _wait_back(self, setup: dict[str, Any], timeout_s: float, need: int | None = None
                          ) -> list[LearnerRow]:
