@@ -78,6 +78,10 @@ STORAGE_RETRY_MAX_S = 30.0
 STOP_COMMIT_S = 20.0
 
 
+class NoAllocation(RuntimeError):
+    """The GUC's instance has no allocation (e.g. fewer learners than tasks)."""
+
+
 class JobOptions(BaseModel):
     """Job-level settings; every task keeps its own D (deadline_s), rounds, data and model."""
 
@@ -329,9 +333,22 @@ class JobDriver:
             if not here:
                 raise RuntimeError("no benchmarked learner is alive any more (waited "
                                    f"{JOINED_WAIT_S:.0f} s)")
-            entries = await self._round_when_space(
-                job_id, index, options, setup, here, [tasks[i] for i in active],
-                [specs[i] for i in active], [tests[i] for i in active], models, active)
+            try:
+                entries = await self._round_when_space(
+                    job_id, index, options, setup, here, [tasks[i] for i in active],
+                    [specs[i] for i in active], [tests[i] for i in active], models, active)
+            except NoAllocation as exc:
+                # Too few learners for the tasks (one task per learner, eq. 4.4f). Learners
+                # drop out of `alive` for moments (after an orchestrator restart their
+                # heartbeats back off and may come after alive_after_s; the chaos matrix
+                # failed a MED job so): wait for one more and run the GUC again (nothing of
+                # it was committed; the draws are seeded by GUC and learner).
+                log.warning("job %s: %s; waiting (at most %.0f s) for more learners",
+                            job_id, exc, JOINED_WAIT_S)
+                more = await self._wait_back(setup, JOINED_WAIT_S, need=len(here) + 1)
+                if len(more) <= len(here):
+                    raise
+                continue
             await self._settle(index, tasks, specs, active, entries, progress)
             index += 1
 
@@ -585,7 +602,7 @@ class JobDriver:
                                       soft_deadlines_if_infeasible=True, seed=options.seed)
         if res.allocation is None:
             families = ", ".join(res.infeasible_families) or "unknown"
-            raise RuntimeError(f"round {index}: {method} found no allocation ({res.status}; "
+            raise NoAllocation(f"round {index}: {method} found no allocation ({res.status}; "
                                f"constraint families: {families}); raise the budget or the "
                                "deadlines, or lower min_shards")
         alloc = np.asarray(res.allocation, dtype=int)
