@@ -79,7 +79,12 @@ STOP_COMMIT_S = 20.0
 
 
 class NoAllocation(RuntimeError):
-    """The GUC's instance has no allocation (e.g. fewer learners than tasks)."""
+    """The GUC's instance has no allocation (e.g. fewer learners than tasks); `learners`:
+    how many took part in it (alive and drew a state)."""
+
+    def __init__(self, message: str, learners: int) -> None:
+        super().__init__(message)
+        self.learners = learners
 
 
 class JobOptions(BaseModel):
@@ -322,6 +327,7 @@ class JobDriver:
         """GUCs `first`, `first + 1`, … until every task ran its rounds or failed."""
         joined = {int(k) for k in setup["benchmarks"]}
         index = first
+        short_since: float | None = None  # when this GUC first found too few learners
         while True:
             active = progress.active(specs, index)
             if not active:
@@ -338,17 +344,22 @@ class JobDriver:
                     job_id, index, options, setup, here, [tasks[i] for i in active],
                     [specs[i] for i in active], [tests[i] for i in active], models, active)
             except NoAllocation as exc:
-                # Too few learners for the tasks (one task per learner, eq. 4.4f). Learners
-                # drop out of `alive` for moments (after an orchestrator restart their
-                # heartbeats back off and may come after alive_after_s; the chaos matrix
-                # failed a MED job so): wait for one more and run the GUC again (nothing of
-                # it was committed; the draws are seeded by GUC and learner).
-                log.warning("job %s: %s; waiting (at most %.0f s) for more learners",
-                            job_id, exc, JOINED_WAIT_S)
-                more = await self._wait_back(setup, JOINED_WAIT_S, need=len(here) + 1)
-                if len(more) <= len(here):
+                # Too few learners for the tasks (one task per learner, eq. 4.4f) while some
+                # of the job's learners are missing: they drop out for moments (after an
+                # orchestrator restart their heartbeats back off and may come after
+                # alive_after_s; the chaos matrix failed a MED job so). Wait for one more and
+                # run the GUC again (nothing of it was committed; the draws are seeded by GUC
+                # and learner), for at most JOINED_WAIT_S in all.
+                now = time.monotonic()
+                short_since = now if short_since is None else short_since
+                left = JOINED_WAIT_S - (now - short_since)
+                if exc.learners >= len(joined) or left <= 0:
                     raise
+                log.warning("job %s: %s; waiting (at most %.0f s) for more learners",
+                            job_id, exc, left)
+                await self._wait_back(setup, left, need=exc.learners + 1)
                 continue
+            short_since = None
             await self._settle(index, tasks, specs, active, entries, progress)
             index += 1
 
@@ -604,7 +615,7 @@ class JobDriver:
             families = ", ".join(res.infeasible_families) or "unknown"
             raise NoAllocation(f"round {index}: {method} found no allocation ({res.status}; "
                                f"constraint families: {families}); raise the budget or the "
-                               "deadlines, or lower min_shards")
+                               "deadlines, or lower min_shards", learners=len(learners))
         alloc = np.asarray(res.allocation, dtype=int)
         # Eq. 4.4f: a learner serves at most one task per round; never dispatch otherwise.
         one_task = [v for v in check_allocation(inst, alloc, enforce_deadlines=False)

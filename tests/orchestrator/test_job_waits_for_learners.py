@@ -10,7 +10,7 @@ JOINED_WAIT_S) for another learner and runs the GUC again.
 Here: two agents (heartbeat 1 s, so alive_after_s is 10 s), a MED job of two tasks; one agent
 is SIGSTOPped after the first GUC until the job says it is waiting for learners, then
 resumed; the job must finish with every round of both tasks once. Real processes on
-127.0.0.1; about 40 s, extended tier.
+127.0.0.1; 29 s plus 12 s of fleet start at load ~9 (`--durations`), extended tier.
 """
 
 from __future__ import annotations
