@@ -65,7 +65,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -831,8 +831,9 @@ def plot(cells: list[Cell], path: Path) -> None:
                 bad[i, j] = 0.0 if v else 1.0
             elif k == "recover_s":
                 bad[i, j] = min(1.0, v / 30.0)
-            elif k == "accuracy_delta":
-                bad[i, j] = min(1.0, max(0.0, -v) / (2 * ACC_NOISE))
+            elif k == "accuracy_delta":  # red only beyond the mode's band (the goal)
+                drop = max(0.0, -v)
+                bad[i, j] = 1.0 if drop > c.noise else 0.5 * drop / c.noise
             else:
                 bad[i, j] = 1.0 if v else 0.0
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(cells) + 1.5))
@@ -899,6 +900,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--table", type=Path, default=None,
                    help="print the markdown table of this result JSON and exit")
+    p.add_argument("--replot", type=Path, default=None,
+                   help="draw the PNG of this result JSON again (beside it) and exit")
     p.add_argument("--quick", action="store_true",
                    help="one fault cell per mode (plus the fault-free runs)")
     p.add_argument("--baselines", type=int, default=3,
@@ -908,6 +911,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.table is not None:
         print(markdown(json.loads(args.table.read_text())["cells"]))
+        return 0
+    if args.replot is not None:
+        names = {f.name for f in fields(Cell)}
+        cells = [Cell(**{k: v for k, v in c.items() if k in names})
+                 for c in json.loads(args.replot.read_text())["cells"]]
+        plot(cells, args.replot.with_suffix(".png"))
         return 0
     if args.rig == "testbed" and os.geteuid() != 0:
         print("--rig testbed needs root", file=sys.stderr)
