@@ -8,11 +8,11 @@ DAB (orchestrator killed mid-round) and MED (agent killed): 35–45 s with the f
 and stop at load 4–6 on the 2-core host (the budget is 40 s); at load 9–10 (`--durations`,
 2026-12-03 06:07 UTC) the DAB cell took 39.7 s, MED 8.8 s, the fleet's start 22.0 s and
 stop 5.8 s; at 06:43 (load 7–9, MED's tasks now train 10 passes) the default tier of this
-file took 44 s: DAB 19.8 s, MED 8.4 s, start 10.6 s, stop 4.1 s. The async cells (SPIN on a full disk, FedBuff through the relay under SIGSTOP,
-SPIN's orchestrator killed mid-aggregation, FedBuff's agent killed mid-upload) took 14.3,
-15.0, 25.9 and 13.7 s in that run (each runs to 20 merged updates; its first pull waits for
-50 samples at 8 samples/s): far over the 5 s a default-tier async cell may cost, so they
-stay extended.
+file took 44 s: DAB 19.8 s, MED 8.4 s, start 10.6 s, stop 4.1 s. The async cells (SPIN on
+a full disk, FedBuff through the relay under SIGSTOP, SPIN's orchestrator killed
+mid-aggregation, FedBuff's agent killed mid-upload) took 14.3, 15.0, 25.9 and 13.7 s in the
+06:07 run (each runs to 20 merged updates; its first pull waits for 50 samples at 8
+samples/s): far over the 5 s a default-tier async cell may cost, so they stay extended.
 """
 
 from __future__ import annotations
