@@ -17,6 +17,13 @@ Faults (the victim is one learner: the relayed one where there is one):
   (sync: every agent logged "trained" for the current round; async: right after an
   acknowledged update, which may fill the buffer) — approximately mid-aggregation;
 * ``link_down`` — the victim's veth down for 2 × D, then up (testbed only);
+* ``link_down_long`` — the victim's veth down for ALIVE_AFTER_S + 5 s, longer than the
+  orchestrator's ``alive_after_s``: the learner is declared gone (seen not alive in
+  ``GET /v1/learners``) and must come back by itself (alive again without a restart) and be
+  used again by the same task (sync: a round trained after the link came up; async: an
+  update acknowledged after it). The cell runs the longer setting (``long=True``: 36 rounds,
+  or GUCs per job task; async up to "no further progress"), so its accuracy is not compared
+  (testbed only);
 * ``bandwidth_cut`` — the victim's link caps cut to 10 % for the rest of the run (testbed
   only);
 * ``sigstop`` — SIGSTOP the victim's agent for 2 × D, then SIGCONT;
@@ -28,7 +35,13 @@ acknowledged — ``acknowledged task T update_id N`` — must be a row of ``asyn
 merged into a committed version); rounds lost or repeated (sync and job: round rows 0..R−1
 once each and model versions 1..R; async: model versions contiguous from 1, each update merged
 into one version); time to recover (from the end of the fault to the next committed round or
-version); final accuracy against the mode's fault-free run.
+version); final accuracy against the mode's fault-free runs, on a fixed number of merges: a
+sync task (or each task of a job) runs ROUNDS rounds, an async task ends once ``max_updates`` =
+ASYNC_MERGES updates are merged (its partitions arrive slowly enough, λ = ARRIVAL_RATE, that
+data does not run out first even when every client stalls for several seconds; a cell that
+still ended short says so in ``merges``). "Within noise" is one-sided: no more than
+max(ACC_NOISE, spread of the mode's fault-free runs) below their mean; ``--baselines``
+(default 3) fault-free runs per mode.
 
 Two rigs run the same cells: ``--rig local`` (loopback, no root: orchestrator.local.fleet's
 LocalFleet; no link faults) and ``--rig testbed`` (root: network namespaces, veth, htb rate caps
@@ -52,7 +65,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,15 +75,24 @@ ROOT = Path(__file__).resolve().parents[1]
 FLEET_FILE = ROOT / "deploy" / "testbed" / "fleets" / "chaos.yaml"
 MODES = ["dab", "med", "spin", "fedbuff", "fedbuff_relay"]
 FAULTS = ["none", "agent_kill_round", "agent_kill_upload", "orch_kill_round", "orch_kill_agg",
-          "link_down", "bandwidth_cut", "sigstop", "disk_full"]
-LINK_FAULTS = {"link_down", "bandwidth_cut"}
+          "link_down", "link_down_long", "bandwidth_cut", "sigstop", "disk_full"]
+LINK_FAULTS = {"link_down", "link_down_long", "bandwidth_cut"}
+LONG_FAULTS = {"link_down_long"}  # cells that run the longer setting (accuracy not compared)
+# The testbed's orchestrator runs `plexus orchestrator serve` with the default heartbeat of
+# 5 s, so alive_after_s = max(4 × 5 s, 10 s) = 20 s (orchestrator/cli/serve.py).
+ALIVE_AFTER_S = 20.0
+LONG_DOWN_S = ALIVE_AFTER_S + 5.0
 AGENTS = ("a1", "a2", "a3")
 RELAYED = "a3"
 # --quick: one cell per mode (the ones the default-tier tests run too).
 QUICK = {"dab": "orch_kill_round", "med": "agent_kill_round", "spin": "disk_full",
          "fedbuff": "agent_kill_upload", "fedbuff_relay": "sigstop"}
 DISK_LIMIT_BYTES = 256 * 1024
-ACC_NOISE = 0.05  # accuracy no more than this below the fault-free run: "within noise"
+ACC_NOISE = 0.05  # the least noise band: accuracy no more than this below the fault-free mean
+ASYNC_MERGES = 20  # async tasks end once this many updates are merged (max_updates)
+ARRIVAL_RATE = 8.0  # λ, samples/s: a 400-sample partition arrives over 50 s
+ASYNC_SHARD = 400  # samples per async client (3 × 400 of digits' 1438 training samples)
+ASYNC_EPOCHS = 5  # E: each update trains 5 epochs over what its client holds
 
 ACK = re.compile(r"acknowledged task\s+(\d+)\s+update_id\s+(\d+)")
 TRAINED = re.compile(r"trained task\s+(\d+)\s+round\s+(\d+)")
@@ -336,7 +358,7 @@ def _read(path: Path) -> str:
 @dataclass
 class Mode:
     name: str
-    body: Callable[[str, int], dict[str, Any]]  # (task name, seed) -> task or job body
+    body: Callable[[str, int, bool], dict[str, Any]]  # (task name, seed, long) -> body
     is_job: bool = False
     is_async: bool = False
     rounds: int = 0
@@ -344,11 +366,12 @@ class Mode:
 
 
 ROUNDS = 4
+LONG_ROUNDS = 36  # link_down_long: the task must outlast the outage and use the learner again
 D = 1.0
 
 
-def sync_task(name: str, seed: int, allocator: str = "dab", rounds: int = ROUNDS
-              ) -> dict[str, Any]:
+def sync_task(name: str, seed: int, long: bool = False, allocator: str = "dab") -> dict[str, Any]:
+    rounds = LONG_ROUNDS if long else ROUNDS
     return {"name": name, "model": "twonn", "seed": seed, "dataset": {"name": "digits"},
             "partition": {"shard_size": 50}, "training": {"lr": 0.1, "iterations": 1},
             "sync": {"deadline_s": D, "grace_s": 2.0, "rounds": rounds,
@@ -356,27 +379,38 @@ def sync_task(name: str, seed: int, allocator: str = "dab", rounds: int = ROUNDS
                      "max_empty_rounds": rounds}}
 
 
-def med_job(name: str, seed: int) -> dict[str, Any]:
+# MED gives each learner a few shards per GUC (3 × 50 samples here), not "train until the
+# deadline" as DAB: one pass at lr 0.1 left both tasks near chance (0.18–0.23 after 4 GUCs),
+# so the job's tasks take 10 passes at lr 0.3.
+MED_TRAINING = {"lr": 0.3, "iterations": 10}
+
+
+def med_job(name: str, seed: int, long: bool = False) -> dict[str, Any]:
+    gucs = LONG_ROUNDS if long else 4
+    sync = {**sync_task(name, seed)["sync"], "rounds": gucs}
     return {"allocator": "med", "seed": seed,
-            "tasks": [{**sync_task(f"{name}-a", seed), "sync": {
-                           **sync_task(name, seed)["sync"], "rounds": 4}},
-                      {**sync_task(f"{name}-b", seed + 1), "sync": {
-                           **sync_task(name, seed)["sync"], "rounds": 4}}]}
+            "tasks": [{**sync_task(f"{name}-a", seed), "sync": sync,
+                       "training": MED_TRAINING},
+                      {**sync_task(f"{name}-b", seed + 1), "sync": sync,
+                       "training": MED_TRAINING}]}
 
 
-def async_task(aggregator: str) -> Callable[[str, int], dict[str, Any]]:
-    def body(name: str, seed: int) -> dict[str, Any]:
+def async_task(aggregator: str) -> Callable[[str, int, bool], dict[str, Any]]:
+    def body(name: str, seed: int, long: bool = False) -> dict[str, Any]:
+        # long: no max_updates in reach, the task ends when every client has used its data
+        # (the victim's too, once it is back), so it outlasts the outage.
         agg: dict[str, Any] = {"aggregator": aggregator, "k": 2, "pi_s": 0.5,
-                               "pull_threshold": 50, "epochs": 1, "arrival_rate": 40.0,
-                               "max_updates": 1000}
+                               "pull_threshold": 50, "epochs": ASYNC_EPOCHS,
+                               "arrival_rate": ARRIVAL_RATE,
+                               "max_updates": 1000 if long else ASYNC_MERGES}
         return {"name": name, "model": "twonn", "seed": seed, "dataset": {"name": "digits"},
-                "partition": {"kind": "dirichlet", "alpha": 1.0, "shard_size": 240},
+                "partition": {"kind": "dirichlet", "alpha": 1.0, "shard_size": ASYNC_SHARD},
                 "training": {"lr": 0.3, "batch_size": 16}, "mode": "async", "async": agg}
     return body
 
 
 MODE_TABLE = {
-    "dab": Mode("dab", lambda n, s: sync_task(n, s), rounds=ROUNDS),
+    "dab": Mode("dab", lambda n, s, long: sync_task(n, s, long), rounds=ROUNDS),
     "med": Mode("med", med_job, is_job=True, rounds=4),
     "spin": Mode("spin", async_task("spin"), is_async=True),
     "fedbuff": Mode("fedbuff", async_task("fedbuff"), is_async=True),
@@ -403,11 +437,20 @@ class Cell:
     skipped: bool = False
     noise: float = ACC_NOISE  # the mode's accuracy noise band (see fill_deltas)
     injected: bool = True  # False: the run ended before the fault's trigger
+    merges: int | None = None  # rounds (sync; a job: summed over its tasks) / updates merged
+    merges_target: int | None = None  # what the setting asks for (None: long setting)
+    # link_down_long: seen not alive during the outage; alive again by itself after it
+    # (seconds from the link's return); used again by the task after it.
+    declared_gone: bool | None = None
+    back_s: float | None = None
+    used_again: bool | None = None
 
     def goal_met(self) -> bool:
         a = self.accounting
         noise = self.accuracy_delta is None or self.accuracy_delta >= -self.noise
-        return (self.finished and a.get("acked_lost", 0) == 0
+        came_back = self.fault not in LONG_FAULTS or bool(
+            self.declared_gone and self.back_s is not None and self.used_again)
+        return (self.finished and came_back and a.get("acked_lost", 0) == 0
                 and a.get("acked_unmerged", 0) == 0 and a.get("rounds_repeated", 0) == 0
                 and a.get("rounds_lost", 0) == 0 and a.get("versions_bad", 0) == 0
                 and a.get("updates_merged_twice", 0) == 0 and noise)
@@ -416,10 +459,11 @@ class Cell:
 class Run:
     """One submitted task or job and how to read its progress."""
 
-    def __init__(self, rig: Rig, mode: Mode, seed: int) -> None:
+    def __init__(self, rig: Rig, mode: Mode, seed: int, long: bool = False) -> None:
         self.rig, self.mode = rig, mode
+        self.facts: dict[str, Any] = {}  # what a fault's action observed (link_down_long)
         with rig.client() as c:
-            body = mode.body(f"chaos-{mode.name}-{time.time_ns() % 10**9}", seed)
+            body = mode.body(f"chaos-{mode.name}-{time.time_ns() % 10**9}", seed, long)
             self.id = int(c.submit_job(body)["id"] if mode.is_job else c.submit(body)["id"])
 
     def get(self) -> dict[str, Any]:
@@ -529,6 +573,25 @@ def _link_down(rig: Rig, run: Run, ids: set[int]) -> None:
     rig.link(victim(run.mode), up=True)
 
 
+def _link_down_long(rig: Rig, run: Run, ids: set[int]) -> None:
+    """Down for longer than alive_after_s: watch the victim be declared gone, bring the link
+    back, wait (up to 90 s, no restart) for it to be alive again by itself."""
+    who = victim(run.mode)
+    rig.link(who, up=False)
+    gone, end = False, time.monotonic() + LONG_DOWN_S
+    while time.monotonic() < end:
+        with contextlib.suppress(Exception):  # the orchestrator answers; be safe anyway
+            gone = gone or who not in _alive(rig)
+        time.sleep(0.5)
+    rig.link(who, up=True)
+    up_at = time.monotonic()
+    pattern = ACK if run.mode.is_async else TRAINED
+    run.facts.update(declared_gone=gone, mark=_count(rig, who, pattern, ids), pattern=pattern)
+    with contextlib.suppress(TimeoutError):
+        wait(lambda: who in _alive(rig), 90.0, f"{who} alive again", poll_s=0.2)
+        run.facts["back_s"] = round(time.monotonic() - up_at, 2)
+
+
 def _bandwidth_cut(rig: Rig, run: Run, ids: set[int]) -> None:
     rig.cut_rate(victim(run.mode), 0.1)
 
@@ -555,6 +618,7 @@ ACTIONS: dict[str, Callable[[Rig, Run, set[int]], None]] = {
     "orch_kill_round": _kill_orchestrator_mid_round,
     "orch_kill_agg": _kill_orchestrator_mid_aggregation,
     "link_down": _link_down,
+    "link_down_long": _link_down_long,
     "bandwidth_cut": _bandwidth_cut,
     "sigstop": _sigstop,
     "disk_full": _disk_full,
@@ -586,16 +650,19 @@ def restore(rig: Rig, mode: Mode, fault: str) -> None:
             rig.cut_rate(who, None)
 
 
-def account(rig: Rig, run: Run) -> tuple[Accounting, float | None]:
-    """The cell's accounting and its final accuracy (mean over a job's tasks)."""
+def account(rig: Rig, run: Run) -> tuple[Accounting, float | None, int]:
+    """The cell's accounting, its final accuracy (mean over a job's tasks) and its merges
+    (sync: rounds committed; async: updates merged into committed versions)."""
     from orchestrator.store import Store
 
     logs = [rig.agent_log(a) for a in AGENTS]
     store = Store(rig.data_dir)
     try:
-        parts, accs = [], []
+        parts, accs, merges = [], [], 0
         for tid in run.task_ids():
             rounds = store.rounds(tid)
+            merges += (sum(sum(r.allocation.values()) for r in rounds) if run.mode.is_async
+                       else len(rounds))
             if rounds and rounds[-1].accuracy is not None:
                 accs.append(float(rounds[-1].accuracy))
             if run.mode.is_async:
@@ -607,7 +674,7 @@ def account(rig: Rig, run: Run) -> tuple[Accounting, float | None]:
                 expected = int(store.task(tid).spec["sync"]["rounds"])
                 parts.append(account_sync([r.index for r in rounds],
                                           [r.model_version for r in rounds], expected))
-        return merge(parts), (sum(accs) / len(accs) if accs else None)
+        return merge(parts), (sum(accs) / len(accs) if accs else None), merges
     finally:
         store.close()
 
@@ -621,7 +688,11 @@ def run_cell(rig: Rig, mode_name: str, fault: str, seed: int, timeout_s: float =
         cell.skipped, cell.note = True, "link faults need the testbed"
         return cell
     t0 = time.monotonic()
-    run = Run(rig, mode, seed)
+    long = fault in LONG_FAULTS
+    run = Run(rig, mode, seed, long=long)
+    if not long:
+        cell.merges_target = (ASYNC_MERGES if mode.is_async
+                              else mode.rounds * (2 if mode.is_job else 1))
     try:
         ended_at = inject(rig, run, fault)
         if ended_at is not None:
@@ -649,8 +720,13 @@ def run_cell(rig: Rig, mode_name: str, fault: str, seed: int, timeout_s: float =
     finally:
         restore(rig, mode, fault)
     cell.seconds = round(time.monotonic() - t0, 1)
-    acc, cell.accuracy = account(rig, run)
+    acc, cell.accuracy, cell.merges = account(rig, run)
     cell.accounting = asdict(acc)
+    if long and "mark" in run.facts:
+        cell.declared_gone = bool(run.facts["declared_gone"])
+        cell.back_s = run.facts.get("back_s")
+        cell.used_again = _count(rig, victim(mode), run.facts["pattern"],
+                                 set(run.task_ids())) > int(run.facts["mark"])
     _ensure_agents(rig)
     return cell
 
@@ -672,7 +748,8 @@ def _ensure_agents(rig: Rig) -> None:
 
 def fill_deltas(cells: list[Cell]) -> None:
     """Accuracy against the mean of the mode's fault-free runs; the noise band is the larger
-    of ACC_NOISE and the spread (max − min) of those runs."""
+    of ACC_NOISE and the spread (max − min) of those runs. Cells of the long setting
+    (LONG_FAULTS) ran more rounds / merges than the fault-free runs: not compared."""
     base: dict[str, list[float]] = {}
     for c in cells:
         if c.fault == "none" and c.accuracy is not None:
@@ -681,7 +758,7 @@ def fill_deltas(cells: list[Cell]) -> None:
         ref = base.get(c.mode)
         if ref:
             c.noise = round(max(ACC_NOISE, max(ref) - min(ref)), 4)
-        if c.accuracy is not None and ref:
+        if c.accuracy is not None and ref and c.fault not in LONG_FAULTS:
             c.accuracy_delta = round(c.accuracy - sum(ref) / len(ref), 4)
 
 
@@ -754,8 +831,9 @@ def plot(cells: list[Cell], path: Path) -> None:
                 bad[i, j] = 0.0 if v else 1.0
             elif k == "recover_s":
                 bad[i, j] = min(1.0, v / 30.0)
-            elif k == "accuracy_delta":
-                bad[i, j] = min(1.0, max(0.0, -v) / (2 * ACC_NOISE))
+            elif k == "accuracy_delta":  # red only beyond the mode's band (the goal)
+                drop = max(0.0, -v)
+                bad[i, j] = 1.0 if drop > c.noise else 0.5 * drop / c.noise
             else:
                 bad[i, j] = 1.0 if v else 0.0
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(cells) + 1.5))
@@ -778,10 +856,10 @@ def plot(cells: list[Cell], path: Path) -> None:
 def markdown(cells: list[dict[str, Any]]) -> str:
     """The table docs/results.md shows, one row per cell of a result JSON."""
     lines = ["| mode | fault | finished | acked (lost) | rounds lost / repeated | recover s "
-             "| accuracy (Δ vs fault-free) | goal |", "|" + "---|" * 8]
+             "| merges | accuracy (Δ vs fault-free) | goal |", "|" + "---|" * 9]
     for c in cells:
         if c["skipped"]:
-            lines.append(f"| {c['mode']} | {c['fault']} | n/a: {c['note']} | | | | | n/a |")
+            lines.append(f"| {c['mode']} | {c['fault']} | n/a: {c['note']} | | | | | | n/a |")
             continue
         a = c["accounting"]
         lost = a["acked_lost"] + a["acked_unmerged"]
@@ -792,12 +870,25 @@ def markdown(cells: list[dict[str, Any]]) -> str:
         if c["accuracy_delta"] is not None and c["fault"] != "none":
             acc += f" ({c['accuracy_delta']:+.3f}, band {c.get('noise', ACC_NOISE):.3f})"
         rec = "—" if c["recover_s"] is None else f"{c['recover_s']:.1f}"
+        merges = "—" if c.get("merges") is None else str(c["merges"])
+        if c.get("merges_target") is not None and c["merges"] is not None \
+                and c["merges"] < c["merges_target"]:
+            merges += f" (**short of {c['merges_target']}**)"
+        if c["fault"] in LONG_FAULTS:
+            acc += " (long setting, not compared)"
+            back = "—" if c.get("back_s") is None else f"{c['back_s']:.1f} s"
+            rec += (f"; gone: {_yes(c.get('declared_gone'))}, back: {back}, used again: "
+                    f"{_yes(c.get('used_again'))}")
         goal = ("not tested" if c["goal_met"] is None
                 else "met" if c["goal_met"] else "**missed**")
         fin = "yes" if c["finished"] else f"**no** ({c['note'] or c['state']})"
         lines.append(f"| {c['mode']} | {c['fault']} | {fin} | {acked} | {rl} / {rr} | {rec} "
-                     f"| {acc} | {goal} |")
+                     f"| {merges} | {acc} | {goal} |")
     return "\n".join(lines)
+
+
+def _yes(v: bool | None) -> str:
+    return "—" if v is None else "yes" if v else "**no**"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -809,15 +900,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--table", type=Path, default=None,
                    help="print the markdown table of this result JSON and exit")
+    p.add_argument("--replot", type=Path, default=None,
+                   help="draw the PNG of this result JSON again (beside it) and exit")
     p.add_argument("--quick", action="store_true",
                    help="one fault cell per mode (plus the fault-free runs)")
-    p.add_argument("--baselines", type=int, default=2,
+    p.add_argument("--baselines", type=int, default=3,
                    help="fault-free runs per mode (their mean is the accuracy reference, "
                         "their spread the noise band)")
     add_out_dir(p)
     args = p.parse_args(argv)
     if args.table is not None:
         print(markdown(json.loads(args.table.read_text())["cells"]))
+        return 0
+    if args.replot is not None:
+        names = {f.name for f in fields(Cell)}
+        cells = [Cell(**{k: v for k, v in c.items() if k in names})
+                 for c in json.loads(args.replot.read_text())["cells"]]
+        plot(cells, args.replot.with_suffix(".png"))
         return 0
     if args.rig == "testbed" and os.geteuid() != 0:
         print("--rig testbed needs root", file=sys.stderr)

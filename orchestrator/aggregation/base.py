@@ -138,6 +138,9 @@ class AsyncAggregator(ABC):
         self._history: dict[int, State] = {0: self.model}
         self.queue: list[Update] = []
         self.outstanding: dict[str, int] = {}
+        # Gone clients' slots that were freed (release) → the version each was sent: kept, so
+        # the update such a client pushes once it is back can still be taken.
+        self.released: dict[str, int] = {}
         self.clients: list[str] = []
         self._known: set[str] = set()
         self.pinned: set[int] = set()  # versions a driver keeps for pushes it will replay
@@ -181,6 +184,8 @@ class AsyncAggregator(ABC):
         self.register(client)
         if self.outstanding.get(client) == base_version:
             del self.outstanding[client]
+        if self.released.get(client) == base_version:
+            del self.released[client]
         self.queue.append(Update(t, client, state, base_version, int(n_samples), uid))
         self.handler.received(client, state, self._history[base_version], self.model,
                               self.version, base_version, int(n_samples))
@@ -188,6 +193,15 @@ class AsyncAggregator(ABC):
 
     def tick(self, t: float) -> list[Decision]:
         """Time ``t`` (seconds) has come; act on any timer that has expired."""
+        return []
+
+    def release(self, t: float, client: str) -> list[Decision]:
+        """``client`` is gone (the orchestrator no longer sees it alive) at time ``t``: free the
+        training slot it holds, so rounds go on without it. An update it pushes later from the
+        model it was sent is still taken (as long as that version is held)."""
+        version = self.outstanding.pop(client, None)
+        if version is not None:
+            self.released[client] = version
         return []
 
     def next_deadline(self) -> float | None:
@@ -206,7 +220,7 @@ class AsyncAggregator(ABC):
         driver's clock) are under ``times``, so a driver can carry them across clocks."""
         return {"version": self.version, "times": {"last_aggregation": self.last_aggregation},
                 "outstanding": dict(self.outstanding), "clients": list(self.clients),
-                "rejected": self.rejected}
+                "released": dict(self.released), "rejected": self.rejected}
 
     def restore(self, snap: dict[str, Any], models: Mapping[int, State],
                 queue: list[Update]) -> None:
@@ -218,6 +232,7 @@ class AsyncAggregator(ABC):
                          for v, m in models.items()}
         self.last_aggregation = float(snap["times"]["last_aggregation"])
         self.outstanding = {str(c): int(v) for c, v in snap.get("outstanding", {}).items()}
+        self.released = {str(c): int(v) for c, v in snap.get("released", {}).items()}
         self.clients, self._known = [], set()
         for c in snap.get("clients", []):
             self.register(str(c))
@@ -325,6 +340,7 @@ class AsyncAggregator(ABC):
         needed.update(v for v in self.outstanding.values() if v >= floor)
         needed.update(u.base_version for u in self.queue if u.base_version >= floor)
         needed.update(v for v in self.pinned if v >= floor)
+        needed.update(v for v in self.released.values() if v >= floor)
         for v in list(self._history):
             if v not in needed:
                 del self._history[v]

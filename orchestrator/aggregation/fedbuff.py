@@ -108,6 +108,17 @@ class FedBuffAggregator(AsyncAggregator):
             return out
         return []
 
+    def release(self, t: float, client: str) -> list[Decision]:
+        """A selected client that is gone would hold its slot for ever (a round waits for K
+        updates, no timeout): free the slot, forget that it holds data (it says so again by
+        pulling once it is back) and draw for the free slot now."""
+        held = client in self.outstanding
+        super().release(t, client)
+        self.holding.pop(client, None)
+        if held and len(self.outstanding) + len(self.queue) < self.k:
+            return self.select(t)
+        return []
+
     def tick(self, t: float) -> list[Decision]:
         deadline = self.next_deadline()
         if deadline is not None and t >= deadline:

@@ -116,6 +116,7 @@ class AsyncTaskRunner:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._mailbox: dict[str, Dispatch] = {}
+        self._seen: dict[str, float] = {}  # learner → when it last pulled or pushed (clock)
         self._stops: set[str] = set()
         self._updates_aggregated = 0
         self._timer: threading.Thread | None = None
@@ -216,6 +217,24 @@ class AsyncTaskRunner:
             self.end_reason = reason
             self.finished.set()
 
+    def release_gone(self, alive: Iterable[str], quiet_s: float = 0.0) -> list[str]:
+        """Free what learners not in ``alive`` that have not pulled or pushed for ``quiet_s``
+        seconds hold in the aggregator (a FedBuff / PORT training slot, a model waiting for
+        pickup), so the task goes on without them; returns those released. A released
+        learner's pull stays known here, so the update it pushes once it is back is still
+        admitted; its next pull asks for work again."""
+        up = set(alive)
+        with self._wake:
+            if self.finished.is_set():
+                return []
+            now = self.clock()
+            gone = [c for c in list(self.core.outstanding) if c not in up
+                    and now - self._seen.get(c, float("-inf")) > quiet_s]
+            for learner in gone:
+                self._mailbox.pop(learner, None)
+                self._handle(self.core.release(self.clock(), learner))
+            return gone
+
     def stalled(self, also: Iterable[str] = ()) -> bool:
         """Whether every learner that has asked for work (and each of ``also``, learners the
         driver knows will) has trained on its whole partition, and nothing is in flight: no
@@ -252,6 +271,7 @@ class AsyncTaskRunner:
                     f"pull from {learner} declares {n_samples} samples but its partition of "
                     f"this task holds {limit}", code="n_samples_over_partition"))
             self.stats.pulls += 1
+            self._seen[learner] = self.clock()
             self.exhausted.discard(learner)  # a pull says it holds data it has not used
             if learner not in self._mailbox:
                 self._handle(self.core.pull(self.clock(), learner, n_samples), save=False)
@@ -303,6 +323,7 @@ class AsyncTaskRunner:
         """
         with self._wake:
             self._check_open("update")
+            self._seen[learner] = self.clock()
             try:
                 state, meta = decode_state(body, reference=self.core.model)
                 base_version = _int_meta(meta, "base_version")

@@ -431,6 +431,13 @@ class AsyncDriver:
             if failure is not None:
                 return failure
             joined = list(self._joined.get(task_id, {}).values())
+            alive = await asyncio.to_thread(self.gateway.alive)
+            # A learner back from an outage pulls before its next heartbeat: not gone.
+            gone = await asyncio.to_thread(runner.release_gone, [lr.name for lr in alive],
+                                           self.gateway.alive_after_s)
+            if gone:
+                log.info("async task %s: %s gone (no heartbeat for alive_after_s); their "
+                         "training slots are given to others", task_id, ", ".join(gone))
             done = await asyncio.to_thread(self._no_progress, runner, parsed, joined)
             if done is not None:
                 await asyncio.to_thread(runner.finish, done)

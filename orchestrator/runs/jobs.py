@@ -45,6 +45,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import Call, LearnerGateway, Reply
 from orchestrator.runs.journal import note, round_notes
 from orchestrator.runs.rounds import ClosedRound, TestSplit, close_round
+from orchestrator.runs.space import when_space
 from orchestrator.runs.sync import cap_samples
 from orchestrator.store import JobRoundRow, JobRow, LearnerRow, Store, TaskRow
 
@@ -75,6 +76,15 @@ STORAGE_RETRY_S = 1.0
 STORAGE_RETRY_MAX_S = 30.0
 # A shutdown waits this long for a GUC being committed.
 STOP_COMMIT_S = 20.0
+
+
+class NoAllocation(RuntimeError):
+    """The GUC's instance has no allocation (e.g. fewer learners than tasks); `learners`:
+    how many took part in it (alive and drew a state)."""
+
+    def __init__(self, message: str, learners: int) -> None:
+        super().__init__(message)
+        self.learners = learners
 
 
 class JobOptions(BaseModel):
@@ -307,8 +317,8 @@ class JobDriver:
         await self._cycles(job_id, job.rounds_done, options, setup, tasks, specs, tests,
                            models, progress)
         failed = progress.failed_summary(tasks)
-        await asyncio.to_thread(store.set_job_state, job_id, "failed" if failed else
-                                "finished", failed, time.time())
+        await when_space(f"job {job_id}: its end", store.set_job_state, job_id,
+                         "failed" if failed else "finished", failed, time.time())
 
     async def _cycles(self, job_id: int, first: int, options: JobOptions,
                       setup: dict[str, Any], tasks: list[TaskRow], specs: list[TaskSpec],
@@ -317,6 +327,7 @@ class JobDriver:
         """GUCs `first`, `first + 1`, … until every task ran its rounds or failed."""
         joined = {int(k) for k in setup["benchmarks"]}
         index = first
+        short_since: float | None = None  # when this GUC first found too few learners
         while True:
             active = progress.active(specs, index)
             if not active:
@@ -328,9 +339,27 @@ class JobDriver:
             if not here:
                 raise RuntimeError("no benchmarked learner is alive any more (waited "
                                    f"{JOINED_WAIT_S:.0f} s)")
-            entries = await self._round_when_space(
-                job_id, index, options, setup, here, [tasks[i] for i in active],
-                [specs[i] for i in active], [tests[i] for i in active], models, active)
+            try:
+                entries = await self._round_when_space(
+                    job_id, index, options, setup, here, [tasks[i] for i in active],
+                    [specs[i] for i in active], [tests[i] for i in active], models, active)
+            except NoAllocation as exc:
+                # Too few learners for the tasks (one task per learner, eq. 4.4f) while some
+                # of the job's learners are missing: they drop out for moments (after an
+                # orchestrator restart their heartbeats back off and may come after
+                # alive_after_s; the chaos matrix failed a MED job so). Wait for one more and
+                # run the GUC again (nothing of it was committed; the draws are seeded by GUC
+                # and learner), for at most JOINED_WAIT_S in all.
+                now = time.monotonic()
+                short_since = now if short_since is None else short_since
+                left = JOINED_WAIT_S - (now - short_since)
+                if exc.learners >= len(joined) or left <= 0:
+                    raise
+                log.warning("job %s: %s; waiting (at most %.0f s) for more learners",
+                            job_id, exc, left)
+                await self._wait_back(setup, left, need=exc.learners + 1)
+                continue
+            short_since = None
             await self._settle(index, tasks, specs, active, entries, progress)
             index += 1
 
@@ -372,14 +401,14 @@ class JobDriver:
             if why is None and spec_sync.rounds == index + 1:
                 why = progress.final(slot)
                 if why is None:
-                    await asyncio.to_thread(self.store.set_state, tasks[slot].id, "finished",
-                                            None, now)
+                    await when_space(f"job task {tasks[slot].id}: its end", self.store.set_state,
+                                     tasks[slot].id, "finished", None, now)
                     continue
             if why is not None:
                 progress.dead[slot] = why
                 log.warning("job task %s failed: %s", tasks[slot].id, why)
-                await asyncio.to_thread(self.store.set_state, tasks[slot].id, "failed", why,
-                                        now)
+                await when_space(f"job task {tasks[slot].id}: its end", self.store.set_state,
+                                 tasks[slot].id, "failed", why, now)
 
     async def _wait_back(self, setup: dict[str, Any], timeout_s: float, need: int | None = None
                          ) -> list[LearnerRow]:
@@ -584,9 +613,9 @@ class JobDriver:
                                       soft_deadlines_if_infeasible=True, seed=options.seed)
         if res.allocation is None:
             families = ", ".join(res.infeasible_families) or "unknown"
-            raise RuntimeError(f"round {index}: {method} found no allocation ({res.status}; "
+            raise NoAllocation(f"round {index}: {method} found no allocation ({res.status}; "
                                f"constraint families: {families}); raise the budget or the "
-                               "deadlines, or lower min_shards")
+                               "deadlines, or lower min_shards", learners=len(learners))
         alloc = np.asarray(res.allocation, dtype=int)
         # Eq. 4.4f: a learner serves at most one task per round; never dispatch otherwise.
         one_task = [v for v in check_allocation(inst, alloc, enforce_deadlines=False)

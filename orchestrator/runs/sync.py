@@ -31,6 +31,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import Call, LearnerGateway, Reply
 from orchestrator.runs.journal import note, round_notes
 from orchestrator.runs.rounds import ClosedRound, TestSplit, close_round
+from orchestrator.runs.space import when_space
 from orchestrator.runs.taskdata import load_test_split, read_state, record_device_eval
 from orchestrator.store import LearnerRow, Store, TaskRow
 
@@ -155,8 +156,8 @@ class SyncDriver:
             assert spec.sync is not None
             allocator = get_allocator(spec.sync.allocator)
             if task.state == "pending":
-                task = await asyncio.to_thread(self.store.set_state, task_id, "running", None,
-                                               time.time())
+                task = await when_space(f"task {task_id}: state running", self.store.set_state,
+                                        task_id, "running", None, time.time())
                 await asyncio.to_thread(note, self.store, task_id, "state", "running")
             layout = self.store.layout
             x_test, y_test, input_shape, classes = await asyncio.to_thread(
@@ -165,8 +166,8 @@ class SyncDriver:
             done = await asyncio.to_thread(self.store.rounds, task_id)
             failure = await self._rounds(task, spec, allocator, state,
                                          (x_test, y_test, input_shape, classes), done)
-            await asyncio.to_thread(self.store.set_state, task_id,
-                                    "failed" if failure else "finished", failure, time.time())
+            await when_space(f"task {task_id}: its end", self.store.set_state, task_id,
+                             "failed" if failure else "finished", failure, time.time())
             await asyncio.to_thread(note, self.store, task_id, "state",
                                     f"failed: {failure}" if failure else "finished")
             self._reports.pop(task_id, None)
