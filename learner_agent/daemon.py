@@ -89,7 +89,7 @@ class AgentDaemon:
     """A running learner agent. `start()` returns once enrolled; `stop()` shuts it down.
 
     `backoff_s` is the first retry delay after the orchestrator is unreachable (seconds); it
-    doubles up to `max_backoff_s`. `verify` checks an https orchestrator's certificate: True
+    doubles up to `max_backoff_s` and to the heartbeat interval the orchestrator gave. `verify` checks an https orchestrator's certificate: True
     (system CAs), a CA file path, or False (testing only); it covers the REST calls, the duplex
     results posted to its callback endpoint and the relay connection alike.
     """
@@ -248,6 +248,13 @@ class AgentDaemon:
         log.info("enrolled as %s (learner %s)", self.name, self.client.learner_id)
         self.enrolled.set()
 
+    def _longer(self, delay: float) -> float:
+        """The next retry delay: doubled, but never past one heartbeat interval (retrying
+        at the rate the agent beats at anyway costs the orchestrator nothing more; longer
+        left the agent "not alive" for up to 30 s after a short orchestrator restart) nor
+        `max_backoff_s`."""
+        return min(delay * 2, self.max_backoff_s, max(self.backoff_s, self.heartbeat_interval_s))
+
     def _loop(self) -> None:
         delay = self.backoff_s
         need_enroll = True
@@ -271,7 +278,7 @@ class AgentDaemon:
                     log.warning("connection lost: %s", exc, extra={"connection": "lost"})
                 log.warning("retrying in %.1f s", delay, extra={"connection": "retrying"})
                 self._stop.wait(delay)
-                delay = min(delay * 2, self.max_backoff_s)
+                delay = self._longer(delay)
             except OrchestratorRefused as exc:
                 if exc.status == 409 and exc.code == "name_taken":
                     # Retrying cannot help: another learner holds this name.
@@ -287,9 +294,9 @@ class AgentDaemon:
                     continue
                 log.error("%s; retrying in %.1f s", exc, delay)
                 self._stop.wait(delay)
-                delay = min(delay * 2, self.max_backoff_s)
+                delay = self._longer(delay)
             except Exception:
                 # Whatever goes wrong in one beat, the agent must keep beating and serving.
                 log.exception("heartbeat loop error; retrying in %.1f s", delay)
                 self._stop.wait(delay)
-                delay = min(delay * 2, self.max_backoff_s)
+                delay = self._longer(delay)

@@ -331,3 +331,17 @@ def test_the_agent_keeps_its_secret_and_a_second_one_under_its_name_stops_with_a
         assert again.client.learner_id == learner_id
     finally:
         again.stop()
+
+
+def test_retry_delay_doubles_up_to_one_heartbeat_interval() -> None:
+    # An agent that beats every 2 s retries an unreachable orchestrator at most every 2 s
+    # (not up to max_backoff_s: that left agents "not alive" after a short restart).
+    daemon = AgentDaemon("http://127.0.0.1:9", "t", name="backoff", backoff_s=0.5,
+                         max_backoff_s=30.0)
+    daemon.heartbeat_interval_s = 2.0
+    delays = [0.5]
+    for _ in range(4):
+        delays.append(daemon._longer(delays[-1]))
+    assert delays == [0.5, 1.0, 2.0, 2.0, 2.0]
+    daemon.heartbeat_interval_s = 60.0
+    assert daemon._longer(16.0) == 30.0  # max_backoff_s still bounds it
