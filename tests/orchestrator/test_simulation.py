@@ -111,6 +111,24 @@ def test_batched_training_matches_one_client_at_a_time() -> None:
     assert one[2].samples_trained == 16  # budget 9 stops after the second batch of 8
 
 
+def test_eval_interval_scores_on_a_grid_and_server_lr_changes_the_model() -> None:
+    every, sim_every = simulate(load_config(_config()))
+    _, sim_grid = simulate(load_config(_config(eval_interval_s=5.0)))
+    aggs = [e for e in sim_grid.trace if e["event"] == "aggregate"]
+    scored = [e["t"] for e in aggs if "accuracy" in e]
+    # The same run (scoring does not change training), scored at most once per 5 virtual s.
+    assert len(aggs) == every["aggregations"] > len(scored) >= 2
+    assert all(b - a >= 5.0 for a, b in zip(scored, scored[1:], strict=False))
+    assert scored[0] == aggs[0]["t"]
+    _, sim_half = simulate(load_config(_config(aggregator={"name": "spin", "k": 3, "pi_s": 2.0,
+                                                           "server_lr": 0.5})))
+    first = [e for e in sim_half.trace if e["event"] == "aggregate"][0]
+    first_every = [e for e in sim_every.trace if e["event"] == "aggregate"][0]
+    assert first["clients"] == first_every["clients"]
+    assert not torch.equal(sim_half.core.model[next(iter(sim_half.core.model))],
+                           sim_every.core.model[next(iter(sim_every.core.model))])
+
+
 def test_partition_and_arrivals() -> None:
     labels = np.repeat(np.arange(10), 50)
     parts = dirichlet_partition(labels, 7, 1.0, np.random.default_rng(0))
