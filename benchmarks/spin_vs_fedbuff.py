@@ -245,6 +245,32 @@ def ratio_ci(ratios: list[float]) -> dict[str, float]:
     return out
 
 
+GAINS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03)
+
+
+def target_sweep(result: dict[str, Any]) -> dict[str, Any]:
+    """Time to deployed + g for several gains g, from the scored curves of runs that went to
+    the horizon; and the largest g that every variant reached in every (seed, λ)."""
+    deployed = {f"{r['seed']}|{r['rate']:g}": r["initial_accuracy"] for r in result["rows"]}
+    out: dict[str, Any] = {"by_gain": {}}
+    common = None
+    for g in GAINS:
+        per: dict[str, dict[str, float | None]] = {}
+        all_reached = True
+        for pair, curves in result.get("all_curves", {}).items():
+            target = deployed[pair] + g
+            per[pair] = {}
+            for label, pts in curves.items():
+                hit = next((t for t, a in pts if a >= target - 1e-9), None)
+                per[pair][label] = hit
+                all_reached = all_reached and hit is not None
+        out["by_gain"][f"{g:g}"] = per
+        if all_reached and per:
+            common = g
+    out["largest_gain_all_reached"] = common
+    return out
+
+
 def accuracy_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per variant, over all (seed, λ): mean final and best accuracy, staleness, aggregations."""
     out: dict[str, dict[str, float]] = {}
@@ -387,6 +413,7 @@ def main() -> None:
         "speedup_pi_0.6": headline,
         "speedup_by_variant": best,
         "accuracy": accuracy_summary(result["rows"]),
+        "target_sweep": target_sweep(result),
         "rows": result["rows"],
         "curves": result["curves"],
         "all_curves": result.get("all_curves", {}),
