@@ -103,6 +103,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for lr in args.spin_server_lr
                 for f in pi_factors
             ]
+            variants += [
+                (f"spin@{f:g}+k{k}", {"name": "spin", "pi_s": f * round_s, "k": k})
+                for k in args.spin_k
+                for f in pi_factors
+            ]
             if args.pi_rule:
                 # π = 0.6 × the mean round time SPIN's clients really took (measured in the
                 # first SPIN run below), the paper's rule (V-B4); rounds grow with held data.
@@ -355,6 +360,10 @@ def _parse_args() -> argparse.Namespace:
         default=[],
         choices=["poly", "dcasgd"],
         help="also run SPIN with these staleness handlers",
+    )
+    parser.add_argument(
+        "--spin-k", type=int, nargs="*", default=[],
+        help="also run SPIN with these buffer sizes K (FedBuff/PORT keep K = 10)",
     )
     parser.add_argument(
         "--pi-rule", action="store_true",
