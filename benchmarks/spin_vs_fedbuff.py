@@ -70,100 +70,93 @@ def base_config(
     }
 
 
+def variants_for(args: argparse.Namespace, round_s: float) -> list[tuple[str, dict[str, Any]]]:
+    """The servers run in each (seed, λ): label and aggregator settings. ``pi_s = "rule"``
+    is resolved from the first SPIN run's measured round time."""
+    fs = args.pi_factors
+    out: list[tuple[str, dict[str, Any]]] = [
+        (f"spin@{f:g}", {"name": "spin", "pi_s": f * round_s}) for f in fs
+    ]
+    out += [(f"spin@{f:g}+{h}", {"name": "spin", "pi_s": f * round_s, "staleness": h})
+            for h in args.spin_staleness for f in fs]
+    out += [(f"spin@{f:g}+lr{lr:g}", {"name": "spin", "pi_s": f * round_s, "server_lr": lr})
+            for lr in args.spin_server_lr for f in fs]
+    out += [(f"spin@{f:g}+k{k}", {"name": "spin", "pi_s": f * round_s, "k": k})
+            for k in args.spin_k for f in fs]
+    if args.pi_rule:
+        # π = 0.6 × the mean round time SPIN's clients really took (measured in the first SPIN
+        # run), the paper's rule (V-B4); rounds grow as clients hold more data.
+        out += [("spin@rule", {"name": "spin", "pi_s": "rule"})]
+        out += [(f"spin@rule+lr{lr:g}", {"name": "spin", "pi_s": "rule", "server_lr": lr})
+                for lr in args.spin_server_lr]
+    # FedBuff/PORT redraw a stuck round once per mean client round time.
+    out += [(name, {"name": name, "concurrency": 20, "selection_interval_s": round_s})
+            for name in ("fedbuff", "port")]
+    if args.only_extra:  # side runs: only the SPIN variants with a handler, η_g or K
+        out = [v for v in out if "+" in v[0]]
+    return out
+
+
+def run_pair(args: argparse.Namespace, world: Any, seed: int, rate: float, target: float,
+             ) -> tuple[list[dict[str, Any]], dict[str, list[tuple[float, float]]]]:
+    """Every variant over one world (seed, λ): its rows and scored accuracy curves."""
+    from orchestrator.simulation import Simulation, load_config
+
+    round_s = world.mean_round_time()
+    print(f"seed {seed} λ {rate:g}: deployed acc {world.initial_accuracy:.3f}, target "
+          f"{target:.3f}, round at D {round_s:.2f}s", flush=True)
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list[tuple[float, float]]] = {}
+    measured: float | None = None
+    for label, agg in variants_for(args, round_s):
+        if agg.get("pi_s") == "rule":
+            assert measured is not None, "--pi-rule needs a SPIN run before it"
+            agg = {**agg, "pi_s": 0.6 * measured}
+        raw = base_config(seed, rate, target, args.max_time, args)
+        raw["aggregator"].update(agg)
+        sim = Simulation(world, load_config(raw))
+        summary = sim.run()
+        summary["mean_round_s"] = mean_round(sim.trace)
+        if measured is None and label.startswith("spin@"):
+            measured = summary["mean_round_s"]
+        rows.append({"seed": seed, "rate": rate, "variant": label, "round_s": round_s,
+                     "pi_s": agg.get("pi_s"), "target": target, **summary})
+        print(
+            f"seed {seed} λ {rate:g} {label:>9}: t_target {summary['time_to_target_s']}, "
+            f"final acc {summary['final_accuracy']:.3f}, best {summary['best_accuracy']:.3f}, "
+            f"{summary['aggregations']} aggs, staleness {summary['mean_staleness']:.2f}, "
+            f"round {summary['mean_round_s']:.1f}s, wall {summary['wall_s']:.0f}s",
+            flush=True,
+        )
+        curves[label] = [(0.0, world.initial_accuracy)] + [
+            (round(e["t"], 2), round(e["accuracy"], 4))
+            for e in sim.trace
+            if e["event"] == "aggregate" and "accuracy" in e
+        ]
+    return rows, curves
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from orchestrator.simulation import Simulation, build_world, load_config
+    from orchestrator.simulation import build_world, load_config
 
     seeds = list(range(args.seeds))
-    rates = args.rates
-    pi_factors = args.pi_factors
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[float, float]]] = {}
     all_curves: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for seed in seeds:
         pretrained = None
-        for rate in rates:
+        for rate in args.rates:
             cfg = load_config(base_config(seed, rate, 1.0, args.max_time, args))
             world = build_world(cfg, pretrained)
             pretrained = world.initial_state
             # Fine-tuning target: a fixed accuracy, or the deployed model's accuracy + gain
             # (the deployed model's accuracy differs from seed to seed).
             target = args.target if args.target else round(world.initial_accuracy + args.gain, 3)
-            round_s = world.mean_round_time()
-            # FedBuff/PORT redraw a stuck round once per mean client round time.
-            variants: list[tuple[str, dict[str, Any]]] = [
-                (f"spin@{f:g}", {"name": "spin", "pi_s": f * round_s}) for f in pi_factors
-            ]
-            variants += [
-                (f"spin@{f:g}+{h}", {"name": "spin", "pi_s": f * round_s, "staleness": h})
-                for h in args.spin_staleness
-                for f in pi_factors
-            ]
-            variants += [
-                (f"spin@{f:g}+lr{lr:g}", {"name": "spin", "pi_s": f * round_s, "server_lr": lr})
-                for lr in args.spin_server_lr
-                for f in pi_factors
-            ]
-            variants += [
-                (f"spin@{f:g}+k{k}", {"name": "spin", "pi_s": f * round_s, "k": k})
-                for k in args.spin_k
-                for f in pi_factors
-            ]
-            if args.pi_rule:
-                # π = 0.6 × the mean round time SPIN's clients really took (measured in the
-                # first SPIN run below), the paper's rule (V-B4); rounds grow with held data.
-                variants += [("spin@rule", {"name": "spin", "pi_s": "rule"})]
-                variants += [
-                    (f"spin@rule+lr{lr:g}", {"name": "spin", "pi_s": "rule", "server_lr": lr})
-                    for lr in args.spin_server_lr
-                ]
-            variants += [
-                (name, {"name": name, "concurrency": 20, "selection_interval_s": round_s})
-                for name in ("fedbuff", "port")
-            ]
-            if args.only_extra:  # side runs: only the SPIN variants with a handler or η_g
-                variants = [v for v in variants if "+" in v[0]]
-            print(f"seed {seed} λ {rate:g}: deployed acc {world.initial_accuracy:.3f}, target "
-                  f"{target:.3f}, round at D {round_s:.2f}s", flush=True)
-            measured: float | None = None
-            for label, agg in variants:
-                if agg.get("pi_s") == "rule":
-                    assert measured is not None, "--pi-rule needs a SPIN run before it"
-                    agg = {**agg, "pi_s": 0.6 * measured}
-                raw = base_config(seed, rate, target, args.max_time, args)
-                raw["aggregator"].update(agg)
-                sim = Simulation(world, load_config(raw))
-                summary = sim.run()
-                summary["mean_round_s"] = mean_round(sim.trace)
-                if measured is None and label.startswith("spin@"):
-                    measured = summary["mean_round_s"]
-                row = {
-                    "seed": seed,
-                    "rate": rate,
-                    "variant": label,
-                    "round_s": round_s,
-                    "pi_s": agg.get("pi_s"),
-                    "target": target,
-                    **summary,
-                }
-                rows.append(row)
-                print(
-                    f"seed {seed} λ {rate:g} {label:>9}: "
-                    f"t_target {summary['time_to_target_s']}, "
-                    f"final acc {summary['final_accuracy']:.3f}, "
-                    f"best {summary['best_accuracy']:.3f}, "
-                    f"{summary['aggregations']} aggs, staleness {summary['mean_staleness']:.2f}, "
-                    f"round {summary['mean_round_s']:.1f}s, "
-                    f"wall {summary['wall_s']:.0f}s",
-                    flush=True,
-                )
-                curve = [(0.0, world.initial_accuracy)] + [
-                    (round(e["t"], 2), round(e["accuracy"], 4))
-                    for e in sim.trace
-                    if e["event"] == "aggregate" and "accuracy" in e
-                ]
-                all_curves.setdefault(f"{seed}|{rate:g}", {})[label] = curve
-                if seed == seeds[0] and rate == rates[0]:
-                    curves[label] = curve
+            pair_rows, pair_curves = run_pair(args, world, seed, rate, target)
+            rows += pair_rows
+            all_curves[f"{seed}|{rate:g}"] = pair_curves
+            if seed == seeds[0] and rate == args.rates[0]:
+                curves = pair_curves
     return {"rows": rows, "curves": curves, "all_curves": all_curves}
 
 
@@ -327,6 +320,34 @@ def plot(result: dict[str, Any], path: Path, cap: float, target: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _add_variant_args(parser: argparse.ArgumentParser) -> None:
+    """Options that add SPIN variants (the fixes the issue lists) beside the baselines."""
+    parser.add_argument(
+        "--spin-staleness",
+        nargs="*",
+        default=[],
+        choices=["poly", "dcasgd"],
+        help="also run SPIN with these staleness handlers",
+    )
+    parser.add_argument(
+        "--spin-k", type=int, nargs="*", default=[],
+        help="also run SPIN with these buffer sizes K (FedBuff/PORT keep K = 10)",
+    )
+    parser.add_argument(
+        "--pi-rule", action="store_true",
+        help="also run SPIN with π = 0.6 × the mean round time its clients really took",
+    )
+    parser.add_argument(
+        "--spin-server-lr", type=float, nargs="*", default=[],
+        help="also run SPIN with these server learning rates η_g (model += η_g·FedAvg step)",
+    )
+    parser.add_argument(
+        "--only-extra", action="store_true",
+        help="run only the SPIN variants with a staleness handler or server learning rate "
+             "(a side run beside a main one with the same seeds)",
+    )
+
+
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed, one λ, π = 0.6·round")
@@ -354,30 +375,7 @@ def _parse_args() -> argparse.Namespace:
         help="run every server to --max-time instead of stopping at the target "
              "(default: on for fashion_mnist, off for mnist5k)",
     )
-    parser.add_argument(
-        "--spin-staleness",
-        nargs="*",
-        default=[],
-        choices=["poly", "dcasgd"],
-        help="also run SPIN with these staleness handlers",
-    )
-    parser.add_argument(
-        "--spin-k", type=int, nargs="*", default=[],
-        help="also run SPIN with these buffer sizes K (FedBuff/PORT keep K = 10)",
-    )
-    parser.add_argument(
-        "--pi-rule", action="store_true",
-        help="also run SPIN with π = 0.6 × the mean round time its clients really took",
-    )
-    parser.add_argument(
-        "--spin-server-lr", type=float, nargs="*", default=[],
-        help="also run SPIN with these server learning rates η_g (model += η_g·FedAvg step)",
-    )
-    parser.add_argument(
-        "--only-extra", action="store_true",
-        help="run only the SPIN variants with a staleness handler or server learning rate "
-             "(a side run beside a main one with the same seeds)",
-    )
+    _add_variant_args(parser)
     add_out_dir(parser)
     parser.add_argument(
         "--replot", action="store_true", help="recompute ratios and PNG from the saved JSON"

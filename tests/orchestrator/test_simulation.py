@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -118,12 +119,12 @@ def test_eval_interval_scores_on_a_grid_and_server_lr_changes_the_model() -> Non
     scored = [e["t"] for e in aggs if "accuracy" in e]
     # The same run (scoring does not change training), scored at most once per 5 virtual s.
     assert len(aggs) == every["aggregations"] > len(scored) >= 2
-    assert all(b - a >= 5.0 for a, b in zip(scored, scored[1:], strict=False))
+    assert all(b - a >= 5.0 for a, b in itertools.pairwise(scored))
     assert scored[0] == aggs[0]["t"]
     _, sim_half = simulate(load_config(_config(aggregator={"name": "spin", "k": 3, "pi_s": 2.0,
                                                            "server_lr": 0.5})))
-    first = [e for e in sim_half.trace if e["event"] == "aggregate"][0]
-    first_every = [e for e in sim_every.trace if e["event"] == "aggregate"][0]
+    first = next(e for e in sim_half.trace if e["event"] == "aggregate")
+    first_every = next(e for e in sim_every.trace if e["event"] == "aggregate")
     assert first["clients"] == first_every["clients"]
     assert not torch.equal(sim_half.core.model[next(iter(sim_half.core.model))],
                            sim_every.core.model[next(iter(sim_every.core.model))])
