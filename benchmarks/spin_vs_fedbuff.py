@@ -139,7 +139,7 @@ def run_pair(args: argparse.Namespace, world: Any, seed: int, rate: float, targe
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from orchestrator.simulation import build_world, load_config
 
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[float, float]]] = {}
     all_curves: dict[str, dict[str, list[tuple[float, float]]]] = {}
@@ -265,7 +265,22 @@ def target_sweep(result: dict[str, Any]) -> dict[str, Any]:
         out["by_gain"][f"{g:g}"] = per
         if all_reached and per:
             common = g
+            out.setdefault("ratios", {})[f"{g:g}"] = _sweep_ratios(per)
     out["largest_gain_all_reached"] = common
+    return out
+
+
+def _sweep_ratios(per: dict[str, dict[str, float | None]]) -> dict[str, Any]:
+    """At one gain every run reached: FedBuff/SPIN and PORT/SPIN per pair, with CIs."""
+    out: dict[str, Any] = {}
+    for spin in (v for v in next(iter(per.values())) if v.startswith("spin@")):
+        fb = [float(c["fedbuff"] or 0) / max(float(c[spin] or 0), 1e-9) for c in per.values()]
+        pt = [float(c["port"] or 0) / max(float(c[spin] or 0), 1e-9) for c in per.values()]
+        out[spin] = {"fedbuff_over_spin": fb, "port_over_spin": pt,
+                     "spin_first_in": sum(1 for c in per.values()
+                                          if float(c[spin] or 0) < min(float(c["fedbuff"] or 0),
+                                                                       float(c["port"] or 0))),
+                     "ci_fedbuff_over_spin": ratio_ci(fb), "ci_port_over_spin": ratio_ci(pt)}
     return out
 
 
@@ -299,7 +314,7 @@ def plot(result: dict[str, Any], path: Path, cap: float, target: str) -> None:
         ax1.axhline(first["target"], color="k", ls=":", lw=1, label=f"target {first['target']:.1%}")
     ax1.set_xlabel("virtual time (s)")
     ax1.set_ylabel("test accuracy")
-    ax1.set_title("accuracy after each aggregation (first seed, first λ)")
+    ax1.set_title("accuracy after each scored aggregation (first seed, first λ)")
     ax1.legend(fontsize=8)
     rows = result["rows"]
     rates = sorted({r["rate"] for r in rows})
@@ -353,6 +368,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one seed, one λ, π = 0.6·round")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist5k")
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run: first, first + 1…")
     parser.add_argument("--rates", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2])
     parser.add_argument("--pi-factors", type=float, nargs="+", default=[0.3, 0.6, 1.0])
     parser.add_argument("--target", type=float, default=None, help="fixed target accuracy")
