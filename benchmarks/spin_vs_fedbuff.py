@@ -273,7 +273,8 @@ def target_sweep(result: dict[str, Any]) -> dict[str, Any]:
 def _sweep_ratios(per: dict[str, dict[str, float | None]]) -> dict[str, Any]:
     """At one gain every run reached: FedBuff/SPIN and PORT/SPIN per pair, with CIs."""
     out: dict[str, Any] = {}
-    for spin in (v for v in next(iter(per.values())) if v.startswith("spin@")):
+    in_all = set.intersection(*(set(c) for c in per.values()))  # variants every pair ran
+    for spin in sorted(v for v in in_all if v.startswith("spin@")):
         fb = [float(c["fedbuff"] or 0) / max(float(c[spin] or 0), 1e-9) for c in per.values()]
         pt = [float(c["port"] or 0) / max(float(c[spin] or 0), 1e-9) for c in per.values()]
         out[spin] = {"fedbuff_over_spin": fb, "port_over_spin": pt,
@@ -396,6 +397,10 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--replot", action="store_true", help="recompute ratios and PNG from the saved JSON"
     )
+    parser.add_argument(
+        "--pool", type=Path, nargs="*", default=[],
+        help="report these runs' JSONs as one (NAME_pooled.json/png; same settings assumed)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.rates, args.pi_factors = 1, [0.05], [0.6]
@@ -414,13 +419,42 @@ def _replot(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], float]
     return result, prev["wall_s"]
 
 
+def _pool(paths: list[Path]) -> tuple[dict[str, Any], float]:
+    """Rows and curves of several runs' JSONs as one result (a (seed, λ, variant) run that
+    appears twice is taken from the first file), and their wall times added up."""
+    rows: list[dict[str, Any]] = []
+    all_curves: dict[str, dict[str, Any]] = {}
+    seen: set[tuple[int, float, str]] = set()
+    wall = 0.0
+    for path in paths:
+        doc = json.loads(path.read_text())
+        wall += float(doc["wall_s"])
+        for r in doc["rows"]:
+            key = (r["seed"], r["rate"], r["variant"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(r)
+                pair, label = f"{r['seed']}|{r['rate']:g}", r["variant"]
+                all_curves.setdefault(pair, {})[label] = doc["all_curves"][pair][label]
+    rows.sort(key=lambda r: (r["seed"], r["rate"]))
+    first = f"{rows[0]['seed']}|{rows[0]['rate']:g}" if rows else ""
+    return {"rows": rows, "curves": all_curves.get(first, {}), "all_curves": all_curves}, wall
+
+
 def main() -> None:
     args = _parse_args()
     out = results_dir(args)
     name = DATASETS[args.dataset]["name"]
     wall0 = time.perf_counter()
     saved_wall_s: float | None = None
-    if args.replot:  # keep the simulation's wall time, not the replot's
+    if args.pool:  # runs made separately, reported as one (their wall times added up)
+        result, saved_wall_s = _pool(args.pool)
+        first_args = json.loads(args.pool[0].read_text())["args"]
+        for key in ("pi_factors", "max_time", "rates", "target", "gain"):
+            setattr(args, key, first_args[key])
+        args.seeds = len({r["seed"] for r in result["rows"]})
+        name += "_pooled"
+    elif args.replot:  # keep the simulation's wall time, not the replot's
         result, saved_wall_s = _replot(args, out)
     else:
         result = run(args)
@@ -431,7 +465,7 @@ def main() -> None:
             best[label] = speedups(result["rows"], args.max_time, label)
     doc = {
         "benchmark": name,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": json.loads(json.dumps(vars(args), default=str)),
         "paper_anchor_mnist": {"fedbuff_over_spin": 2.38, "port_over_spin": 3.59},
         "speedup_pi_0.6": headline,
         "speedup_by_variant": best,
