@@ -112,6 +112,10 @@ class AsyncAggregator(ABC):
     """
 
     name: str = ""
+    # Server learning rate η_g (FedOpt's server step; Reddi et al. 2021): the model moves by
+    # η_g × the combined buffer's step. 1.0 = plain replacement by the aggregate (the papers'
+    # servers); the simulator sets it from `aggregator.server_lr`.
+    server_lr: float = 1.0
 
     def __init__(
         self,
@@ -314,6 +318,8 @@ class AsyncAggregator(ABC):
             scales = [self.handler.scale(tau) for tau in staleness]
             new_model = aggregate(self.rule, self.model, states[1:],
                                   [w / total for w in raw], scales)
+        if self.server_lr != 1.0:
+            new_model = _server_step(self.model, new_model, self.server_lr)
         self.version += 1
         self.model = new_model
         self._history[self.version] = new_model
@@ -371,3 +377,17 @@ def register_aggregator(name: str) -> Callable[[A], A]:
         return cls
 
     return deco
+
+
+def _server_step(current: State, aggregate: State, lr: float) -> dict[str, torch.Tensor]:
+    """``current + lr · (aggregate − current)`` for floating tensors (in float64, cast back);
+    other tensors (counters) take the aggregate's value."""
+    out: dict[str, torch.Tensor] = {}
+    for n, new in aggregate.items():
+        cur = current[n]
+        if new.is_floating_point():
+            step = cur.double() + lr * (new.double() - cur.double())
+            out[n] = step.to(new.dtype)
+        else:
+            out[n] = new.clone()
+    return out

@@ -95,6 +95,8 @@ class AggregatorConfig(_Strict):
     staleness: StalenessName = "none"  # all
     poly_a: float = Field(0.5, ge=0.0)  # staleness = poly: exponent a
     dcasgd_c: float = Field(1.0, ge=0.0)  # staleness = dcasgd: strength c
+    # all: server learning rate η_g, model += η_g · (aggregate − model); 1 = the papers' servers
+    server_lr: float = Field(1.0, gt=0.0, le=10.0)
     # all: how the buffer is combined (fedavg, clip, median, ...), as a task spec's
     # `async.aggregation`
     aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
@@ -141,6 +143,9 @@ class SimulationConfig(_Strict):
     model: ModelName = "lenet5"
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     eval_samples: int | None = Field(None, ge=1)  # test samples scored after each aggregation
+    # Score the model after an aggregation only if this many virtual seconds have passed since
+    # the last score (null = after every aggregation): one time grid for every server.
+    eval_interval_s: float | None = Field(None, gt=0.0)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     arrivals: ArrivalConfig = Field(default_factory=ArrivalConfig)

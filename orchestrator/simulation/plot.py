@@ -13,7 +13,7 @@ def accuracy_points(doc: dict[str, Any]) -> tuple[list[float], list[float]]:
     summary = doc["summary"]
     times, accs = [0.0], [float(summary["initial_accuracy"])]
     for e in doc["events"]:
-        if e["event"] == "aggregate":
+        if e["event"] == "aggregate" and "accuracy" in e:  # not scored: eval_interval_s
             times.append(float(e["t"]))
             accs.append(float(e["accuracy"]))
     return times, accs

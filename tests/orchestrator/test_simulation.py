@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,23 @@ def test_batched_training_matches_one_client_at_a_time() -> None:
         for name in a.result:
             assert torch.allclose(a.result[name], b.result[name], atol=1e-5)
     assert one[2].samples_trained == 16  # budget 9 stops after the second batch of 8
+
+
+def test_eval_interval_scores_on_a_grid_and_server_lr_changes_the_model() -> None:
+    every, sim_every = simulate(load_config(_config()))
+    # SPIN's timing does not depend on the model's values, so the same events happen with a
+    # server learning rate of 0.5: only the models (and what is scored) differ.
+    _, sim = simulate(load_config(_config(
+        eval_interval_s=5.0, aggregator={"name": "spin", "k": 3, "pi_s": 2.0, "server_lr": 0.5})))
+    aggs = [e for e in sim.trace if e["event"] == "aggregate"]
+    scored = [e["t"] for e in aggs if "accuracy" in e]
+    assert len(aggs) == every["aggregations"] > len(scored) >= 2
+    assert all(b - a >= 5.0 for a, b in itertools.pairwise(scored))
+    assert scored[0] == aggs[0]["t"]
+    first_every = next(e for e in sim_every.trace if e["event"] == "aggregate")
+    assert aggs[0]["clients"] == first_every["clients"]
+    name = next(iter(sim.core.model))
+    assert not torch.equal(sim.core.model[name], sim_every.core.model[name])
 
 
 def test_partition_and_arrivals() -> None:

@@ -137,3 +137,17 @@ def test_bad_updates_are_rejected_and_counted() -> None:
             agg.push(1.0, "a", state, base, 1)
     assert agg.rejected == len(bad)
     assert agg.queue == [] and agg.version == 0
+
+
+@pytest.mark.parametrize("lr", [0.5, 1.0, 2.0])
+def test_server_learning_rate_scales_the_buffers_step(lr: float) -> None:
+    # model += η_g · (FedAvg of the buffer − model): 0 → 4 averaged, so the model lands at 4·η_g.
+    agg = _spin(k=2, pi_s=None)
+    agg.server_lr = lr
+    for c in "ab":
+        agg.pull(0.0, c, 10)
+    agg.push(1.0, "a", _state(2.0), 0, 10)
+    (rec,) = agg.push(2.0, "b", _state(6.0), 0, 10)
+    assert isinstance(rec, Aggregated)
+    assert torch.allclose(agg.model["w"], torch.full((4,), 4.0 * lr))
+    assert torch.allclose(agg.base_state(1)["b"], torch.full((2,), 4.0 * lr))
