@@ -89,9 +89,10 @@ class AgentDaemon:
     """A running learner agent. `start()` returns once enrolled; `stop()` shuts it down.
 
     `backoff_s` is the first retry delay after the orchestrator is unreachable (seconds); it
-    doubles up to `max_backoff_s` and to the heartbeat interval the orchestrator gave. `verify` checks an https orchestrator's certificate: True
-    (system CAs), a CA file path, or False (testing only); it covers the REST calls, the duplex
-    results posted to its callback endpoint and the relay connection alike.
+    doubles up to `max_backoff_s` and to the heartbeat interval the orchestrator gave.
+    `verify` checks an https orchestrator's certificate: True (system CAs), a CA file path,
+    or False (testing only); it covers the REST calls, the duplex results posted to its
+    callback endpoint and the relay connection alike.
     """
 
     def __init__(
