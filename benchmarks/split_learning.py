@@ -218,8 +218,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
-    """Run every scheme, the overhead check, write JSON + PNG, print a summary line."""
+def parse_args() -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="1,000 training / 500 test samples, 1 epoch, ratios 0.0 and 0.5")
@@ -241,7 +241,12 @@ def main() -> None:
     add_out_dir(parser)
     add_testbed_option(parser)
     add_testbed_args(parser)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    """Run every scheme, the overhead check, write JSON + PNG, print a summary line."""
+    args = parse_args()
     if args.testbed:  # time per epoch on the emulated testbed (split_testbed.py), root
         quick = (500, 200) if args.quick else (2000, 500)
         args.train, args.test = args.train or quick[0], args.test or quick[1]
