@@ -15,7 +15,8 @@ Per scheme: test accuracy (the whole network: gate argmax, quantised as on the w
 per sample of the RPC bodies the device sends while training (measured: the encoded request
 bodies) and at inference, and the realised path-0 ratio (last training epoch, and test) vs the
 target, and the bytes per sample of the server's answers (the gradients at the codes: float32,
-or 8-bit with `/g8` after a scheme's name, `split.grad_bits: 8`; `--schemes` picks schemes by
+or 8-bit with `/g8` after a scheme's name, `split.grad_bits: 8`, and `/g8s` with stochastic
+rounding, `split.grad_rounding: stochastic`; `--schemes` picks schemes by
 name, in that order). Then the per-batch protocol overhead: the same batches through the RPC
 layer's wire format over loopback HTTP (keep-alive) against an in-process call of the same
 server step.
@@ -79,41 +80,48 @@ def schemes(ratios: list[float]) -> list[tuple[str, float | None, list[dict[str,
     return out
 
 
+GRADS = {"": (32, "nearest"), "8": (8, "nearest"), "8s": (8, "stochastic")}
+
+
 def pick(names: list[str] | None, ratios: list[float]
-         ) -> list[tuple[str, float | None, list[dict[str, Any]], int]]:
-    """(name, target, paths, grad bits) of the schemes named (all of `schemes`, float32
-    gradients, when None); a name ending in `/g8` is that scheme with 8-bit gradients."""
+         ) -> list[tuple[str, float | None, list[dict[str, Any]], tuple[int, str]]]:
+    """(name, target, paths, (grad bits, rounding)) of the schemes named (all of `schemes`,
+    float32 gradients, when None); a name ending in `/g8` is that scheme with 8-bit gradients
+    (`/g8s`: stochastic rounding)."""
     table = {n if r is None else f"{n}@{r}": (r, p) for n, r, p in schemes(ratios)}
     if names is None:
-        return [(n, r, p, 32) for n, (r, p) in table.items()]
+        return [(n, r, p, GRADS[""]) for n, (r, p) in table.items()]
     out = []
     for name in names:
         base, _, grad = name.partition("/g")
-        if base not in table or grad not in ("", "8"):
+        if base not in table or grad not in GRADS:
             raise SystemExit(f"unknown scheme {name!r}: one of {sorted(table)}, "
-                             "optionally with /g8")
-        out.append((name, *table[base], 8 if grad else 32))
+                             "optionally with /g8 or /g8s")
+        out.append((name, *table[base], GRADS[grad]))
     return out
 
 
 def make(paths: list[dict[str, Any]], ratio: float | None, lr: float, seed: int,
-         grad_bits: int = 32) -> tuple[DeviceTrainer, ServerTrainer, SplitNetwork]:
+         grad: tuple[int, str] = GRADS[""]
+         ) -> tuple[DeviceTrainer, ServerTrainer, SplitNetwork]:
     """Fresh halves of the benchmark ResNet with these paths, and their trainers."""
     torch.manual_seed(seed)
     layers = ModelSpec.model_validate({"layers": LAYERS}).layers or ()
     net = build_layers(layers, SHAPE, 10)
-    split = SplitSpec.model_validate({"cut": CUT, "paths": paths, "grad_bits": grad_bits,
+    split = SplitSpec.model_validate({"cut": CUT, "paths": paths, "grad_bits": grad[0],
+                                      "grad_rounding": grad[1],
                                       "target_ratio": 1.0 if ratio is None else ratio})
     dev, srv, lays = build_halves(net, split, SHAPE)
     dt = DeviceTrainer(dev, lays, split, optimiser(dev, "adam", lr), split.target_ratio)
-    st = ServerTrainer(srv, lays, 10, 1 << 16, optimiser(srv, "adam", lr), grad_bits)
+    st = ServerTrainer(srv, lays, 10, 1 << 16, optimiser(srv, "adam", lr), *grad)
     return dt, st, SplitNetwork(dev, srv, lays)
 
 
 def train_scheme(data: Any, paths: list[dict[str, Any]], ratio: float | None,
-                 args: argparse.Namespace, grad_bits: int = 32) -> dict[str, Any]:
+                 args: argparse.Namespace, grad: tuple[int, str] = GRADS[""]
+                 ) -> dict[str, Any]:
     """Train one scheme in process; accuracy, wire bytes (both ways) and ratios."""
-    dt, st, whole = make(paths, ratio, args.lr, args.seed, grad_bits)
+    dt, st, whole = make(paths, ratio, args.lr, args.seed, grad)
     x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
     body_bytes, answer_bytes, samples, last_ratio = 0, 0, 0, 0.0
     t0 = time.perf_counter()
@@ -131,7 +139,8 @@ def train_scheme(data: Any, paths: list[dict[str, Any]], ratio: float | None,
         last_ratio = (dt.stats.wide - wide0) / max(1, dt.stats.samples - n0)
     train_s = time.perf_counter() - t0
     acc, test_ratio, infer_bytes = evaluate(whole, data)
-    return {"accuracy": acc, "grad_bits": grad_bits, "train_bytes_per_sample": body_bytes / samples,
+    return {"accuracy": acc, "grad_bits": grad[0], "grad_rounding": grad[1],
+            "train_bytes_per_sample": body_bytes / samples,
             "answer_bytes_per_sample": answer_bytes / samples,
             "payload_bytes_per_sample": dt.stats.payload_bytes / samples,
             "inference_bytes_per_sample": infer_bytes, "ratio_train_last_epoch": last_ratio,
@@ -237,7 +246,8 @@ def parse_args() -> argparse.Namespace:
                         help="batches of the RPC overhead check (0: skip it)")
     parser.add_argument("--schemes", nargs="+", default=None,
                         help="only these schemes, in this order (Org, AE-12, S1@0.2, ...; "
-                             "append /g8 for 8-bit gradients); default: all, float32")
+                             "append /g8 for 8-bit gradients, /g8s with stochastic "
+                             "rounding); default: all, float32")
     add_out_dir(parser)
     add_testbed_option(parser)
     add_testbed_args(parser)
@@ -270,9 +280,9 @@ def main() -> None:
         (out / "split_learning.json").write_text(json.dumps(
             {"config": config, "schemes": results, "overhead": over}, indent=1))
 
-    for name, ratio, paths, grad_bits in pick(args.schemes, args.ratios):
+    for name, ratio, paths, grad in pick(args.schemes, args.ratios):
         row = {"scheme": name, "target": ratio, "paths": paths,
-               **train_scheme(data, paths, ratio, args, grad_bits)}
+               **train_scheme(data, paths, ratio, args, grad)}
         print(json.dumps(row), flush=True)
         results.append(row)
         write()

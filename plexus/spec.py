@@ -267,7 +267,8 @@ class SplitSpec(BaseModel):
     batch's upload may take at the learner's measured bandwidth b_k; the learner lowers its
     target ratio until the expected batch fits (null: the target ratio as given).
     `grad_bits`: how the server returns the gradient at the codes (32: float32; 2, 4, 8:
-    per-sample symmetric quantisation, `plexus.split.codec.quantise_grad`)."""
+    per-sample symmetric quantisation, `plexus.split.codec.quantise_grad`, rounded to the
+    nearest level or stochastically: `grad_rounding`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     cut: int = Field(ge=1, le=10_000)
@@ -281,6 +282,7 @@ class SplitSpec(BaseModel):
     max_batches: int | None = Field(None, ge=1)  # per learner and round (null: all its data)
     round_timeout_s: float = Field(600.0, gt=0.0)  # a learner not done by then is left out
     grad_bits: GradBits = 32  # the gradient returned at the codes (docs/split-learning.md)
+    grad_rounding: Literal["nearest", "stochastic"] = "nearest"  # of grad_bits < 32
 
     @model_validator(mode="after")
     def _one_path_means_no_gate(self) -> SplitSpec:

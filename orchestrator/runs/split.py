@@ -198,7 +198,8 @@ class SplitDriver:
         net.train()
         trainer = ServerTrainer(net.server, net.layouts, test[3], spec.training.batch_size,
                                 optimiser(net.server, spec.training.optimizer,
-                                          spec.training.lr), spec.split.grad_bits)
+                                          spec.training.lr), spec.split.grad_bits,
+                                spec.split.grad_rounding)
         self.sessions[task.id] = SplitSession(trainer)
         why, trained = "no round ran", task.rounds_done > 0
         for index in range(task.rounds_done, spec.split.rounds):

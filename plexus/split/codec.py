@@ -134,13 +134,14 @@ def dequantise(block: Any, n: int, layout: PathLayout, where: str) -> torch.Tens
     return torch.from_numpy(np.ascontiguousarray(values)).reshape(n, *layout.shape)
 
 
-def quantise_grad(g: torch.Tensor, layout: PathLayout) -> Any:
+def quantise_grad(g: torch.Tensor, layout: PathLayout, stochastic: bool = False) -> Any:
     """What the server returns for the gradient `g` ([n, *shape]) at one path's codes, in
     `layout.bits`: a float32 array (32 bits), or (2, 4, 8 bits) a block like `quantise`'s,
     quantised per sample and symmetrically: codes q = round(g / step) + h with
     h = 2**(bits−1) − 1 and step = max|g| / h, sent with lo = −h·step, so that the decoded
-    lo + q·step is 0 exactly where g is, and the error is at most step / 2. (Not float16:
-    gradients are often smaller than its normal range.)"""
+    lo + q·step is 0 exactly where g is, and the error is at most step / 2. `stochastic`:
+    round up with probability equal to the fraction instead (unbiased: E[decoded] = g, error
+    under one step). (Not float16: gradients are often smaller than its normal range.)"""
     flat = g.detach().reshape(g.shape[0], layout.values).to(torch.float32)
     if layout.bits == 32:
         return flat.numpy().reshape(g.shape)
@@ -149,7 +150,10 @@ def quantise_grad(g: torch.Tensor, layout: PathLayout) -> Any:
     half = (1 << (layout.bits - 1)) - 1
     peak = flat.abs().amax(1) if flat.shape[0] else torch.zeros(0)
     step = torch.where(peak > 0, peak / half, torch.ones_like(peak))
-    q = (torch.round(flat / step[:, None]) + half).clamp_(0, 2 * half).to(torch.uint8)
+    scaled = flat / step[:, None]
+    rounded = (torch.floor(scaled + torch.rand_like(scaled)) if stochastic
+               else torch.round(scaled))
+    q = (rounded + half).clamp_(0, 2 * half).to(torch.uint8)
     return {"codes": _pack(q.numpy(), layout.bits),
             "lo": (-half * step).numpy().astype(np.float32),
             "step": step.numpy().astype(np.float32)}
@@ -176,13 +180,14 @@ def grad_layouts(layouts: list[PathLayout], bits: int) -> list[PathLayout]:
     return [PathLayout(lay.shape, bits) for lay in layouts]
 
 
-def encode_grads(grads: list[torch.Tensor | None], layouts: list[PathLayout]) -> list[Any]:
+def encode_grads(grads: list[torch.Tensor | None], layouts: list[PathLayout],
+                 stochastic: bool = False) -> list[Any]:
     """The `grads` of the server's answer: per path, `quantise_grad` of its gradient, or an
     empty array / block for a path no sample took (`layouts`: `grad_layouts`)."""
     out: list[Any] = []
     for g, lay in zip(grads, layouts, strict=True):
         if g is not None:
-            out.append(quantise_grad(g, lay))
+            out.append(quantise_grad(g, lay, stochastic))
         elif lay.bits == 32:
             out.append(np.zeros(0, np.float32))
         else:

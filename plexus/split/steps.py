@@ -146,9 +146,11 @@ class ServerTrainer:
     time, whichever learner sent it)."""
 
     def __init__(self, server: ServerHalf, layouts: list[PathLayout], num_classes: int,
-                 max_batch: int, opt: torch.optim.Optimizer, grad_bits: int = 32) -> None:
+                 max_batch: int, opt: torch.optim.Optimizer, grad_bits: int = 32,
+                 grad_rounding: str = "nearest") -> None:
         self.server, self.layouts, self.opt = server, layouts, opt
         self.grad_layouts = grad_layouts(layouts, grad_bits)
+        self.stochastic = grad_rounding == "stochastic"
         self.num_classes, self.max_batch = num_classes, max_batch
         self.lock = threading.Lock()
         self.batches = 0
@@ -167,4 +169,5 @@ class ServerTrainer:
             self.batches += 1
         grads = [None if z is None else z.grad if z.grad is not None else torch.zeros_like(z)
                  for z in leaves]
-        return {"loss": float(loss.detach()), "grads": encode_grads(grads, self.grad_layouts)}
+        return {"loss": float(loss.detach()), "grads": encode_grads(grads, self.grad_layouts,
+                                                                    self.stochastic)}

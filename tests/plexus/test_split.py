@@ -164,6 +164,16 @@ def test_gradient_round_trip_is_within_half_a_step_and_zero_stays_zero(bits: int
     half = (1 << (bits - 1)) - 1
     tol = peak * 1e-6 if bits == 32 else peak / half / 2
     assert torch.all((back - g).abs().amax((1, 2)) <= tol * 1.001 + 1e-12)
+    if bits == 32:
+        return
+    # Stochastic rounding: within one step, zero stays zero, and unbiased on average.
+    torch.manual_seed(0)
+    draws = torch.stack([dequantise_grad(quantise_grad(g, lay, stochastic=True), 7, lay, "g")
+                         for _ in range(400)])
+    assert torch.all((draws - g).abs().amax((0, 2, 3)) <= 2 * tol * 1.001 + 1e-12)
+    assert torch.all(draws[:, :, 0, :2] == 0) and torch.all(draws[:, 2] == 0)
+    bias = (draws.mean(0) - g).abs().amax((1, 2))
+    assert torch.all(bias <= 2 * tol * 0.2 + 1e-12), (bias, tol)  # nearest: up to tol
 
 
 def _grad_trainers(grad_bits: int, **kw: object) -> tuple[DeviceTrainer, ServerTrainer]:
@@ -277,7 +287,7 @@ def test_the_agent_turns_a_bad_gradient_into_bad_task() -> None:
 
 
 def test_grad_bits_in_the_spec() -> None:
-    assert SplitSpec(cut=2).grad_bits == 32
+    assert SplitSpec(cut=2).grad_bits == 32 and SplitSpec(cut=2).grad_rounding == "nearest"
     for bits in (1, 16):
         with pytest.raises(ValueError, match="grad_bits"):
             SplitSpec.model_validate({"cut": 2, "grad_bits": bits})
