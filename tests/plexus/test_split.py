@@ -215,7 +215,8 @@ def test_8_bit_gradients_come_back_a_quarter_the_size_over_loopback() -> None:
 
 def _bad(grads: list[object], change: str) -> list[object]:
     g = list(grads)
-    k = next(i for i, v in enumerate(g) if (v.size if isinstance(v, np.ndarray) else len(v["codes"])))
+    k = next(i for i, v in enumerate(g)  # the first path that carried samples
+             if (v.size if isinstance(v, np.ndarray) else len(v["codes"])))
     v = g[k]
     if change == "missing":
         return g[:-1]
