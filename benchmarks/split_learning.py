@@ -2,6 +2,7 @@
 
 Run:  .venv/bin/python benchmarks/split_learning.py [--quick] [--train N] [--test N]
                                                    [--epochs E] [--ratios 0.0 0.2 0.5 0.9]
+                                                   [--schemes AE-4 S1@0.2 AE-4/g8 ...]
 
 Fashion-MNIST (Debian's dataset-fashion-mnist; the paper used CIFAR-10, which is not
 installed here) with a small ResNet (a stride-2 stem, two residual blocks of 16 channels on
@@ -13,8 +14,12 @@ each target ratio; every bottleneck and S1's uncompressed path are quantised to 
 Per scheme: test accuracy (the whole network: gate argmax, quantised as on the wire), bytes
 per sample of the RPC bodies the device sends while training (measured: the encoded request
 bodies) and at inference, and the realised path-0 ratio (last training epoch, and test) vs the
-target. Then the per-batch protocol overhead: the same batches through the RPC layer's wire
-format over loopback HTTP (keep-alive) against an in-process call of the same server step.
+target, and the bytes per sample of the server's answers (the gradients at the codes: float32,
+or 8-bit with `/g8` after a scheme's name, `split.grad_bits: 8`, and `/g8s` with stochastic
+rounding, `split.grad_rounding: stochastic`; `--schemes` picks schemes by
+name, in that order). Then the per-batch protocol overhead: the same batches through the RPC
+layer's wire format over loopback HTTP (keep-alive) against an in-process call of the same
+server step.
 Writes split_learning.json and .png; prints a one-line summary last.
 
 With `--testbed FLEET.yaml` (root; deploy/testbed/fleets/split.yaml) it measures instead the
@@ -75,26 +80,50 @@ def schemes(ratios: list[float]) -> list[tuple[str, float | None, list[dict[str,
     return out
 
 
-def make(paths: list[dict[str, Any]], ratio: float | None, lr: float, seed: int
+GRADS = {"": (32, "nearest"), "8": (8, "nearest"), "8s": (8, "stochastic")}
+
+
+def pick(names: list[str] | None, ratios: list[float]
+         ) -> list[tuple[str, float | None, list[dict[str, Any]], tuple[int, str]]]:
+    """(name, target, paths, (grad bits, rounding)) of the schemes named (all of `schemes`,
+    float32 gradients, when None); a name ending in `/g8` is that scheme with 8-bit gradients
+    (`/g8s`: stochastic rounding)."""
+    table = {n if r is None else f"{n}@{r}": (r, p) for n, r, p in schemes(ratios)}
+    if names is None:
+        return [(n, r, p, GRADS[""]) for n, (r, p) in table.items()]
+    out = []
+    for name in names:
+        base, _, grad = name.partition("/g")
+        if base not in table or grad not in GRADS:
+            raise SystemExit(f"unknown scheme {name!r}: one of {sorted(table)}, "
+                             "optionally with /g8 or /g8s")
+        out.append((name, *table[base], GRADS[grad]))
+    return out
+
+
+def make(paths: list[dict[str, Any]], ratio: float | None, lr: float, seed: int,
+         grad: tuple[int, str] = GRADS[""]
          ) -> tuple[DeviceTrainer, ServerTrainer, SplitNetwork]:
     """Fresh halves of the benchmark ResNet with these paths, and their trainers."""
     torch.manual_seed(seed)
     layers = ModelSpec.model_validate({"layers": LAYERS}).layers or ()
     net = build_layers(layers, SHAPE, 10)
-    split = SplitSpec.model_validate({"cut": CUT, "paths": paths,
+    split = SplitSpec.model_validate({"cut": CUT, "paths": paths, "grad_bits": grad[0],
+                                      "grad_rounding": grad[1],
                                       "target_ratio": 1.0 if ratio is None else ratio})
     dev, srv, lays = build_halves(net, split, SHAPE)
     dt = DeviceTrainer(dev, lays, split, optimiser(dev, "adam", lr), split.target_ratio)
-    st = ServerTrainer(srv, lays, 10, 1 << 16, optimiser(srv, "adam", lr))
+    st = ServerTrainer(srv, lays, 10, 1 << 16, optimiser(srv, "adam", lr), *grad)
     return dt, st, SplitNetwork(dev, srv, lays)
 
 
 def train_scheme(data: Any, paths: list[dict[str, Any]], ratio: float | None,
-                 args: argparse.Namespace) -> dict[str, Any]:
-    """Train one scheme in process; accuracy, wire bytes and ratios."""
-    dt, st, whole = make(paths, ratio, args.lr, args.seed)
+                 args: argparse.Namespace, grad: tuple[int, str] = GRADS[""]
+                 ) -> dict[str, Any]:
+    """Train one scheme in process; accuracy, wire bytes (both ways) and ratios."""
+    dt, st, whole = make(paths, ratio, args.lr, args.seed, grad)
     x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
-    body_bytes, samples, last_ratio = 0, 0, 0.0
+    body_bytes, answer_bytes, samples, last_ratio = 0, 0, 0, 0.0
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(args.seed)
     for _epoch in range(args.epochs):
@@ -104,11 +133,15 @@ def train_scheme(data: Any, paths: list[dict[str, Any]], ratio: float | None,
             message = dt.send(x[idx], y[idx])
             body_bytes += len(rpc.encode({"args": [message]}).join())
             samples += len(idx)
-            dt.finish(st.step(message)["grads"])
+            answer = st.step(message)
+            answer_bytes += len(rpc.encode(answer).join())  # the route's answer body
+            dt.finish(answer["grads"])
         last_ratio = (dt.stats.wide - wide0) / max(1, dt.stats.samples - n0)
     train_s = time.perf_counter() - t0
     acc, test_ratio, infer_bytes = evaluate(whole, data)
-    return {"accuracy": acc, "train_bytes_per_sample": body_bytes / samples,
+    return {"accuracy": acc, "grad_bits": grad[0], "grad_rounding": grad[1],
+            "train_bytes_per_sample": body_bytes / samples,
+            "answer_bytes_per_sample": answer_bytes / samples,
             "payload_bytes_per_sample": dt.stats.payload_bytes / samples,
             "inference_bytes_per_sample": infer_bytes, "ratio_train_last_epoch": last_ratio,
             "ratio_test": test_ratio, "train_s": train_s}
@@ -164,7 +197,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, marker in (("Org", "s"), ("AE", "^"), ("S1", "o"), ("S2", "D")):
-        rows = [r for r in results if r["scheme"].startswith(name)]
+        rows = [r for r in results if r["scheme"].startswith(name)
+                and r.get("grad_bits", 32) == 32]
         a1.plot([r["train_bytes_per_sample"] for r in rows], [r["accuracy"] for r in rows],
                 marker=marker, linestyle="-" if name in ("S1", "S2") else "", label=name)
         for r in rows:
@@ -174,6 +208,12 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         if ratio_rows:
             a2.plot([r["target"] for r in ratio_rows],
                     [r["ratio_train_last_epoch"] for r in ratio_rows], marker=marker, label=name)
+    g8 = [r for r in results if r.get("grad_bits", 32) != 32]
+    if g8:
+        a1.plot([r["train_bytes_per_sample"] for r in g8], [r["accuracy"] for r in g8],
+                marker="x", linestyle="", color="black", label="8-bit gradients")
+        for r in g8:
+            a1.annotate(r["scheme"], (r["train_bytes_per_sample"], r["accuracy"]))
     a1.set_xscale("log")
     a1.set_xlabel("bytes per training sample sent by the device (RPC body)")
     a1.set_ylabel("test accuracy")
@@ -187,8 +227,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
-    """Run every scheme, the overhead check, write JSON + PNG, print a summary line."""
+def parse_args() -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="1,000 training / 500 test samples, 1 epoch, ratios 0.0 and 0.5")
@@ -202,11 +242,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.003)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overhead-batches", type=int, default=40)
+    parser.add_argument("--overhead-batches", type=int, default=40,
+                        help="batches of the RPC overhead check (0: skip it)")
+    parser.add_argument("--schemes", nargs="+", default=None,
+                        help="only these schemes, in this order (Org, AE-12, S1@0.2, ...; "
+                             "append /g8 for 8-bit gradients, /g8s with stochastic "
+                             "rounding); default: all, float32")
     add_out_dir(parser)
     add_testbed_option(parser)
     add_testbed_args(parser)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    """Run every scheme, the overhead check, write JSON + PNG, print a summary line."""
+    args = parse_args()
     if args.testbed:  # time per epoch on the emulated testbed (split_testbed.py), root
         quick = (500, 200) if args.quick else (2000, 500)
         args.train, args.test = args.train or quick[0], args.test or quick[1]
@@ -221,18 +271,27 @@ def main() -> None:
     full = load_dataset(DatasetSpec(name="fashion_mnist"))
     data = replace(full, train_x=full.train_x[:args.train], train_y=full.train_y[:args.train],
                    test_x=full.test_x[:args.test], test_y=full.test_y[:args.test])
-    results = []
-    for name, ratio, paths in schemes(args.ratios):
-        row = {"scheme": name if ratio is None else f"{name}@{ratio}", "target": ratio,
-               "paths": paths, **train_scheme(data, paths, ratio, args)}
-        print(json.dumps(row), flush=True)
-        results.append(row)
-    over = overhead(data, args)
+    results: list[dict[str, Any]] = []
     out = results_dir(args)
     config = {k: v for k, v in vars(args).items() if k != "out_dir"}
-    (out / "split_learning.json").write_text(json.dumps(
-        {"config": config, "schemes": results, "overhead": over}, indent=1))
+    over: dict[str, Any] | None = None
+
+    def write() -> None:  # after every scheme: a run cut short keeps what it measured
+        (out / "split_learning.json").write_text(json.dumps(
+            {"config": config, "schemes": results, "overhead": over}, indent=1))
+
+    for name, ratio, paths, grad in pick(args.schemes, args.ratios):
+        row = {"scheme": name, "target": ratio, "paths": paths,
+               **train_scheme(data, paths, ratio, args, grad)}
+        print(json.dumps(row), flush=True)
+        results.append(row)
+        write()
+    over = overhead(data, args) if args.overhead_batches > 0 else None
+    write()
     plot(results, out / "split_learning.png")
+    if args.schemes is not None or over is None:
+        print(f"split_learning: {len(results)} schemes written to {out}")
+        return
     org = results[0]
     best = max((r for r in results if r["target"] is not None), key=lambda r: r["accuracy"])
     print(f"split_learning: Org acc {org['accuracy']:.3f} at "

@@ -21,16 +21,16 @@ if TYPE_CHECKING:
     from plexus.spec import TaskSpec
 
 
-def _grads(answer: Any, codes: list[Any]) -> list[Any]:
-    """The per-path gradients of the server's answer, checked against what was sent."""
+def _finish(trainer: Any, answer: Any) -> None:
+    """Back-propagate the orchestrator's answer (`DeviceTrainer.finish` checks the gradients:
+    one per path, dtype, shape or size, finite values); BadTask if they do not fit."""
+    from plexus.split.codec import BadSplitBatch
+
     grads = answer.get("grads") if isinstance(answer, dict) else None
-    if not isinstance(grads, list) or len(grads) != len(codes):
-        raise BadTask("the orchestrator's split answer has no gradient per path")
-    for g, z in zip(grads, codes, strict=True):
-        if z.shape[0] and (not isinstance(g, np.ndarray) or g.size != z.numel()
-                           or not np.isfinite(g).all()):
-            raise BadTask("the orchestrator's gradient does not match the codes sent")
-    return grads
+    try:
+        trainer.finish(grads)
+    except BadSplitBatch as exc:
+        raise BadTask(f"the orchestrator's split answer: {exc}") from None
 
 
 def split_round(client: OrchestratorClient, spec: TaskSpec, task_id: int, round: int,
@@ -69,11 +69,14 @@ def split_round(client: OrchestratorClient, spec: TaskSpec, task_id: int, round:
     body_bytes, t0 = 0, time.monotonic()
     for idx in steps:
         message = trainer.send(torch.from_numpy(x[idx]), torch.from_numpy(y[idx]))
-        codes = trainer.pending_codes
         body = rpc.encode(message).join()
         body_bytes += len(body)
-        answer = rpc.decode(client.split_step(task_id, body, rpc.CONTENT_TYPE))
-        trainer.finish(_grads(answer, codes))
+        answer = client.split_step(task_id, body, rpc.CONTENT_TYPE)
+        try:
+            decoded = rpc.decode(answer)
+        except rpc.PayloadError as exc:
+            raise BadTask(f"the orchestrator's split answer: {exc}") from None
+        _finish(trainer, decoded)
     return {"params": {k: v.detach() for k, v in net.device.state_dict().items()},
             "samples_trained": trainer.stats.samples, "ratio": trainer.stats.ratio,
             "target_ratio": target, "bandwidth": bandwidth,

@@ -237,6 +237,9 @@ class AsyncSpec(_Strict):
 # minimum and step; 16 and 32 send float16 / float32 values.
 Bits = Literal[1, 2, 4, 8, 16, 32]
 BITS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+# Symmetric codes need a zero level (no 1 bit); float16 loses the small gradients (below
+# 6e-5 it is subnormal, under 6e-8 zero), so 16 is not offered either.
+GradBits = Literal[2, 4, 8, 32]
 MAX_PATHS = 4
 
 
@@ -262,7 +265,10 @@ class SplitSpec(BaseModel):
     the Gumbel-softmax temperature (eq. 4). `rounds`: passes over each learner's data, after
     each of which the device halves are averaged (SplitFed). `link_budget_s`: seconds one
     batch's upload may take at the learner's measured bandwidth b_k; the learner lowers its
-    target ratio until the expected batch fits (null: the target ratio as given)."""
+    target ratio until the expected batch fits (null: the target ratio as given).
+    `grad_bits`: how the server returns the gradient at the codes (32: float32; 2, 4, 8:
+    per-sample symmetric quantisation, `plexus.split.codec.quantise_grad`, rounded to the
+    nearest level or stochastically: `grad_rounding`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     cut: int = Field(ge=1, le=10_000)
@@ -275,6 +281,8 @@ class SplitSpec(BaseModel):
     link_budget_s: float | None = Field(None, gt=0.0)
     max_batches: int | None = Field(None, ge=1)  # per learner and round (null: all its data)
     round_timeout_s: float = Field(600.0, gt=0.0)  # a learner not done by then is left out
+    grad_bits: GradBits = 32  # the gradient returned at the codes (docs/split-learning.md)
+    grad_rounding: Literal["nearest", "stochastic"] = "nearest"  # of grad_bits < 32
 
     @model_validator(mode="after")
     def _one_path_means_no_gate(self) -> SplitSpec:

@@ -3,10 +3,11 @@
 A learner taking part in the current round sends one batch (the RPC layer's wire format,
 `application/x-plexus-rpc`: labels, path ids and each path's quantised codes, see
 `plexus.split.codec`); the server half trains on it and answers the gradient at the codes in
-the same format. Refusals: `413 too_large` (over MAX_STEP_BYTES, from Content-Length before the
-body is read), `422 bad_split_batch` (not decodable, or shapes / dtypes / sizes / path ids /
-labels / NaN that do not fit the task; the server half is not touched), `403 not_participant`
-/ `403 split_batches_spent`, `404` / `409` for a task that is not a running split task.
+the same format (float32, or quantised to `split.grad_bits`). Refusals: `413 too_large`
+(over MAX_STEP_BYTES, from Content-Length before the body is read), `422 bad_split_batch`
+(not decodable, or shapes / dtypes / sizes / path ids / labels / NaN that do not fit the
+task; the server half is not touched), `403 not_participant` / `403 split_batches_spent`,
+`404` / `409` for a task that is not a running split task.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ async def split_step(task_id: Id, request: Request, me: LearnerDep, service: Ser
     except (rpc.PayloadError, BadSplitBatch) as exc:
         await asyncio.to_thread(service.store.add_refusal, task_id, "bad_split_batch")
         raise BadInput(f"split batch: {exc}", code="bad_split_batch") from None
-    return Response(rpc.encode(answer).join(), media_type=rpc.CONTENT_TYPE)
+    out = rpc.encode(answer).join()
+    session.answered(me.id, len(out))
+    return Response(out, media_type=rpc.CONTENT_TYPE)
 
 
 def _too_large() -> Response:

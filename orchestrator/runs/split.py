@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 class _Budget:
     batches: int  # requests this learner may still send this round
     received_bytes: int = 0  # request bodies (bytes)
+    answered_bytes: int = 0  # answer bodies, the gradients (bytes)
     steps: int = 0
 
 
@@ -76,6 +77,13 @@ class SplitSession:
         with self.lock:
             budget.received_bytes += body_bytes
         return answer
+
+    def answered(self, learner_id: int, nbytes: int) -> None:
+        """Count an answer body of `nbytes` sent to `learner_id` (this round's budgets)."""
+        with self.lock:
+            budget = self.budgets.get(learner_id)
+            if budget is not None:
+                budget.answered_bytes += nbytes
 
 
 def check_split(spec: TaskSpec) -> None:
@@ -190,7 +198,8 @@ class SplitDriver:
         net.train()
         trainer = ServerTrainer(net.server, net.layouts, test[3], spec.training.batch_size,
                                 optimiser(net.server, spec.training.optimizer,
-                                          spec.training.lr))
+                                          spec.training.lr), spec.split.grad_bits,
+                                spec.split.grad_rounding)
         self.sessions[task.id] = SplitSession(trainer)
         why, trained = "no round ran", task.rounds_done > 0
         for index in range(task.rounds_done, spec.split.rounds):
@@ -325,6 +334,7 @@ class SplitDriver:
                 continue
             samples[key] = n
             stats[key] = {"batches": got.steps, "received_bytes": got.received_bytes,
+                          "answered_bytes": got.answered_bytes,
                           **{f: r.value.get(f) for f in (
                               "ratio", "target_ratio", "bandwidth", "payload_bytes", "seconds")}}
             if n > 0:

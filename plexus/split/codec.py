@@ -4,8 +4,11 @@ The device sends, per batch, the labels, the path id of every sample and, for ea
 codes of the samples that took it, quantised to the path's bits (DynSplit's quantisation layer
 after each encoder): 1..8 bits are packed several to a byte with a per-sample minimum and step
 (float32 each); 16 / 32 bits are float16 / float32 values. The server answers the gradient of
-the loss at each path's (dequantised) codes. Everything from a device is checked before use:
-shapes, dtypes, sizes, path ids, labels and finiteness (`BadSplitBatch`).
+the loss at each path's (dequantised) codes: float32 arrays, or (`split.grad_bits` < 32) a
+block in the same format, quantised symmetrically so that a zero gradient stays zero
+(`quantise_grad`). Everything from a device is checked before use: shapes, dtypes, sizes, path
+ids, labels and finiteness (`BadSplitBatch`); the device checks the gradients it gets back the
+same way (`dequantise_grad`).
 """
 
 from __future__ import annotations
@@ -129,6 +132,87 @@ def dequantise(block: Any, n: int, layout: PathLayout, where: str) -> torch.Tens
     if not np.isfinite(values).all():
         raise BadSplitBatch(f"{where}: the codes hold NaN or ±Inf")
     return torch.from_numpy(np.ascontiguousarray(values)).reshape(n, *layout.shape)
+
+
+def quantise_grad(g: torch.Tensor, layout: PathLayout, stochastic: bool = False) -> Any:
+    """What the server returns for the gradient `g` ([n, *shape]) at one path's codes, in
+    `layout.bits`: a float32 array (32 bits), or (2, 4, 8 bits) a block like `quantise`'s,
+    quantised per sample and symmetrically: codes q = round(g / step) + h with
+    h = 2**(bits−1) − 1 and step = max|g| / h, sent with lo = −h·step, so that the decoded
+    lo + q·step is 0 exactly where g is, and the error is at most step / 2. `stochastic`:
+    round up with probability equal to the fraction instead (unbiased: E[decoded] = g, error
+    under one step). (Not float16: gradients are often smaller than its normal range.)"""
+    flat = g.detach().reshape(g.shape[0], layout.values).to(torch.float32)
+    if layout.bits == 32:
+        return flat.numpy().reshape(g.shape)
+    if layout.bits not in (2, 4, 8):
+        raise ValueError(f"gradients are sent in 2, 4, 8 or 32 bits, not {layout.bits}")
+    half = (1 << (layout.bits - 1)) - 1
+    peak = flat.abs().amax(1) if flat.shape[0] else torch.zeros(0)
+    step = torch.where(peak > 0, peak / half, torch.ones_like(peak))
+    scaled = flat / step[:, None]
+    rounded = (torch.floor(scaled + torch.rand_like(scaled)) if stochastic
+               else torch.round(scaled))
+    q = (rounded + half).clamp_(0, 2 * half).to(torch.uint8)
+    return {"codes": _pack(q.numpy(), layout.bits),
+            "lo": (-half * step).numpy().astype(np.float32),
+            "step": step.numpy().astype(np.float32)}
+
+
+def dequantise_grad(value: Any, n: int, layout: PathLayout, where: str) -> torch.Tensor:
+    """The float32 gradient [n, *shape] of one path from the server's answer (`quantise_grad`),
+    checked: dtype, shape or size, finiteness (`BadSplitBatch`)."""
+    if layout.bits < 32:
+        return dequantise(value, n, layout, where)
+    if (not isinstance(value, np.ndarray) or value.dtype != np.float32
+            or value.shape != (n, *layout.shape)):
+        got = (f"{value.dtype} {list(value.shape)}" if isinstance(value, np.ndarray)
+               else type(value).__name__)
+        raise BadSplitBatch(f"{where} must be a float32 array shaped {[n, *layout.shape]}, "
+                            f"got {got}")
+    if not np.isfinite(value).all():
+        raise BadSplitBatch(f"{where} holds NaN or ±Inf")
+    return torch.from_numpy(np.array(value, np.float32))
+
+
+def grad_layouts(layouts: list[PathLayout], bits: int) -> list[PathLayout]:
+    """The layouts of the gradients returned at each path's codes (`split.grad_bits`)."""
+    return [PathLayout(lay.shape, bits) for lay in layouts]
+
+
+def encode_grads(grads: list[torch.Tensor | None], layouts: list[PathLayout],
+                 stochastic: bool = False) -> list[Any]:
+    """The `grads` of the server's answer: per path, `quantise_grad` of its gradient, or an
+    empty array / block for a path no sample took (`layouts`: `grad_layouts`)."""
+    out: list[Any] = []
+    for g, lay in zip(grads, layouts, strict=True):
+        if g is not None:
+            out.append(quantise_grad(g, lay, stochastic))
+        elif lay.bits == 32:
+            out.append(np.zeros(0, np.float32))
+        else:
+            out.append(quantise(torch.zeros((0, *lay.shape)), lay))
+    return out
+
+
+def decode_grads(grads: Any, counts: list[int], layouts: list[PathLayout]
+                 ) -> list[torch.Tensor | None]:
+    """The float32 gradient per path of the server's answer (None for a path no sample took,
+    whose entry must be empty), every part checked (`BadSplitBatch`)."""
+    if not isinstance(grads, list) or len(grads) != len(layouts):
+        raise BadSplitBatch(f"grads must be a list of {len(layouts)} (one per path)")
+    out: list[torch.Tensor | None] = []
+    for p, (g, n, lay) in enumerate(zip(grads, counts, layouts, strict=True)):
+        if n:
+            out.append(dequantise_grad(g, n, lay, f"grads.{p}"))
+        elif lay.bits == 32:
+            if not isinstance(g, np.ndarray) or g.size != 0:
+                raise BadSplitBatch(f"grads.{p}: no sample took this path, so it must be empty")
+            out.append(None)
+        else:
+            _empty(g, f"grads.{p}")
+            out.append(None)
+    return out
 
 
 @dataclass(frozen=True)

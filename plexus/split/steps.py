@@ -2,12 +2,13 @@
 the in-process baseline and the benchmark.
 
 Device: `DeviceTrainer.send(x, y)` runs the layers to the cut, the gate and the encoders and
-returns the message to send (`codec`); `DeviceTrainer.finish(grads)` back-propagates the
-gradient the server returned at the codes, adds the ratio penalty
-`ratio_weight`·(target − batch ratio)² (eq. 5; the batch ratio is the share of samples whose
-gate picked path 0) and steps the device optimiser. Server: `ServerTrainer.step(message)`
-checks the message, decodes, runs the rest of the network and the cross-entropy loss, steps
-the server optimiser and returns the gradient at each path's codes.
+returns the message to send (`codec`); `DeviceTrainer.finish(grads)` checks and decodes the
+gradient the server returned at the codes (`split.grad_bits`), back-propagates it, adds the
+ratio penalty `ratio_weight`·(target − batch ratio)² (eq. 5; the batch ratio is the share of
+samples whose gate picked path 0) and steps the device optimiser. Server:
+`ServerTrainer.step(message)` checks the message, decodes, runs the rest of the network and
+the cross-entropy loss, steps the server optimiser and returns the gradient at each path's
+codes, quantised to `grad_bits` (`codec.quantise_grad`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ import numpy as np
 import torch
 
 from plexus.spec import SplitSpec
-from plexus.split.codec import PathLayout, check_batch, quantise
+from plexus.split.codec import (
+    PathLayout,
+    check_batch,
+    decode_grads,
+    encode_grads,
+    grad_layouts,
+    quantise,
+)
 from plexus.split.model import DeviceHalf, ServerHalf
 
 
@@ -72,6 +80,7 @@ class DeviceTrainer:
                  opt: torch.optim.Optimizer, target: float) -> None:
         self.device, self.layouts, self.split, self.opt = device, layouts, split, opt
         self.target = target
+        self.grad_layouts = grad_layouts(layouts, split.grad_bits)
         self.stats = DeviceStats(per_path=[0] * len(layouts))
         self._pending: tuple[list[torch.Tensor], torch.Tensor] | None = None
         self.step = 0
@@ -101,18 +110,21 @@ class DeviceTrainer:
         """The codes per path of the batch sent and not yet finished (empty if none)."""
         return self._pending[0] if self._pending else []
 
-    def finish(self, grads: list[Any]) -> None:
-        """Back-propagate the server's gradient at the codes plus the ratio penalty; step."""
+    def finish(self, grads: Any) -> None:
+        """Back-propagate the server's gradient at the codes plus the ratio penalty; step.
+        `grads` is the answer's list, checked and decoded first (`BadSplitBatch`, and then
+        nothing is trained; the batch stays pending no more)."""
         if self._pending is None:
             raise RuntimeError("finish() without send()")
         codes, g = self._pending
         self._pending = None
+        decoded = decode_grads(grads, [int(z.shape[0]) for z in codes], self.grad_layouts)
         outs: list[torch.Tensor] = []
         gin: list[torch.Tensor | None] = []
-        for z, grad in zip(codes, grads, strict=True):
-            if z.shape[0]:
+        for z, grad in zip(codes, decoded, strict=True):
+            if grad is not None:
                 outs.append(z)
-                gin.append(torch.as_tensor(np.asarray(grad)).reshape(z.shape))
+                gin.append(grad)
         if self.device.gate is not None and self.split.ratio_weight > 0:
             # eq. 5: (target_R − μ_R)², μ_R the batch share on path 0 (straight-through).
             outs.append(self.split.ratio_weight * (self.target - g[:, 0].mean()) ** 2)
@@ -134,14 +146,17 @@ class ServerTrainer:
     time, whichever learner sent it)."""
 
     def __init__(self, server: ServerHalf, layouts: list[PathLayout], num_classes: int,
-                 max_batch: int, opt: torch.optim.Optimizer) -> None:
+                 max_batch: int, opt: torch.optim.Optimizer, grad_bits: int = 32,
+                 grad_rounding: str = "nearest") -> None:
         self.server, self.layouts, self.opt = server, layouts, opt
+        self.grad_layouts = grad_layouts(layouts, grad_bits)
+        self.stochastic = grad_rounding == "stochastic"
         self.num_classes, self.max_batch = num_classes, max_batch
         self.lock = threading.Lock()
         self.batches = 0
 
     def step(self, message: Any) -> dict[str, Any]:
-        """Check and train on one batch; `{"loss", "grads"}` (grads float32 per path)."""
+        """Check and train on one batch; `{"loss", "grads"}` (grads per path, `grad_bits`)."""
         batch = check_batch(message, self.layouts, self.num_classes, self.max_batch)
         leaves = [z.requires_grad_() if z is not None else None for z in batch.codes]
         with self.lock:
@@ -152,6 +167,7 @@ class ServerTrainer:
             loss.backward()  # type: ignore[no-untyped-call]
             self.opt.step()
             self.batches += 1
-        grads = [z.grad.numpy() if z is not None and z.grad is not None
-                 else np.zeros(0, np.float32) for z in leaves]
-        return {"loss": float(loss.detach()), "grads": grads}
+        grads = [None if z is None else z.grad if z.grad is not None else torch.zeros_like(z)
+                 for z in leaves]
+        return {"loss": float(loss.detach()), "grads": encode_grads(grads, self.grad_layouts,
+                                                                    self.stochastic)}

@@ -25,6 +25,8 @@ ACCURACY = 0.80  # digits (10 classes, chance 0.10), 3 rounds of two learners
 # The MLP factory is Flatten, Linear(64, 32), LayerNorm, ReLU, Linear: cut after the ReLU.
 PATHS = [{"channels": None, "bits": 8}, {"channels": 4, "bits": 4}]
 WIDE, CHEAP = 32 + 8, 2 + 8  # wire bytes per sample of each path (codes + lo/step)
+# The gradient back per sample at each path's codes ([32] and [4] values): float32, 8 bits.
+GRAD = {32: (32 * 4, 4 * 4), 8: (32 + 8, 4 + 8)}
 
 
 def split_spec(name: str, **split: Any) -> dict[str, Any]:
@@ -94,6 +96,23 @@ def test_bytes_received_match_the_paths_and_the_ratio_follows_the_target(
         assert stats["payload_bytes"] < stats["received_bytes"] < stats["payload_bytes"] + \
             stats["batches"] * 1200
         assert abs(stats["ratio"] - 0.3) < 0.15, stats
+        # The answers: the float32 gradient at the codes, plus each answer's RPC header.
+        wide, cheap = GRAD[32]
+        grads = n * (stats["ratio"] * wide + (1 - stats["ratio"]) * cheap)
+        assert grads < stats["answered_bytes"] < grads + stats["batches"] * 1200, stats
+
+
+def test_8_bit_gradients_come_back_in_fewer_bytes_and_still_train(client: Client) -> None:
+    spec = split_spec("split-g8", grad_bits=8)
+    done = finished(client, client.submit(spec)["id"], timeout_s=300.0)
+    assert done["state"] == "finished", done["reason"]
+    last = client.rounds(done["id"])[-1]
+    assert last["accuracy"] >= ACCURACY, last
+    wide, cheap = GRAD[8]
+    for key, n in last["samples"].items():
+        stats = last["times"][key]
+        grads = n * (stats["ratio"] * wide + (1 - stats["ratio"]) * cheap)
+        assert grads < stats["answered_bytes"] < grads + stats["batches"] * 1200, stats
 
 
 def test_the_model_exports_as_one_network_and_as_two_halves(
