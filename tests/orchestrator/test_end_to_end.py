@@ -122,6 +122,7 @@ def test_agent_killed_mid_round_is_left_out_by_deadline_plus_grace(fleet: LocalF
     fleet.start_agent("medium")  # back for the next test
 
 
+@pytest.mark.extended  # the chaos matrix's DAB cell (make test) has the same fault
 def test_orchestrator_sigkilled_mid_task_resumes_and_finishes(fleet: LocalFleet) -> None:
     with fleet.client() as client:
         learners_before = {lr["name"]: lr["id"] for lr in client.learners()}
