@@ -567,7 +567,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     span = f"{min(summary['targets'])}–{max(summary['targets'])} shards"
     for ax, name, title in (
-        (axes[0], "wall", "wall clock (shared machine)"),
+        (axes[0], "wall", f"wall clock (1-min load {summary.get('load_1m', float('nan')):.1f})"),
         (axes[1], "cpu", "thread CPU time"),
     ):
         rows = [summary[name][n] for n in sizes]
