@@ -27,9 +27,12 @@ from orchestrator.store import Store
 
 space.RETRY_S = 0.2
 refused = []
+twice = threading.Event()
 class Count(logging.Handler):
     def emit(self, record):
         refused.append(record.getMessage())
+        if len(refused) >= 2:
+            twice.set()
 logging.getLogger("orchestrator.runs.space").addHandler(Count())
 
 store = Store(Path(sys.argv[1]))
@@ -44,8 +47,7 @@ except StorageFull as exc:
     direct = exc.code
 
 def space_returns():
-    while len(refused) < 2:
-        time.sleep(0.05)
+    twice.wait()
     resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
 threading.Thread(target=space_returns, daemon=True).start()
