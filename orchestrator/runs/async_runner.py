@@ -232,7 +232,7 @@ class AsyncTaskRunner:
                     and now - self._seen.get(c, float("-inf")) > quiet_s]
             for learner in gone:
                 self._mailbox.pop(learner, None)
-                self._handle(self.core.release(self.clock(), learner))
+                self._handle(self.core.release(now, learner))
             return gone
 
     def stalled(self, also: Iterable[str] = ()) -> bool:

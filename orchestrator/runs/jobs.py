@@ -45,7 +45,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import Call, LearnerGateway, Reply
 from orchestrator.runs.journal import note, round_notes
 from orchestrator.runs.rounds import ClosedRound, TestSplit, close_round
-from orchestrator.runs.space import when_space
+from orchestrator.runs.space import RETRY_MAX_S, RETRY_S, when_space
 from orchestrator.runs.sync import cap_samples
 from orchestrator.store import JobRoundRow, JobRow, LearnerRow, Store, TaskRow
 
@@ -70,10 +70,6 @@ ROUND_STATE_TIMEOUT_S = 10.0
 # retries with a growing backoff while the orchestrator is away); later, for any one of them.
 RESUME_WAIT_S = 60.0
 JOINED_WAIT_S = 60.0
-# A GUC that could not be written (disk full) runs again after this long, doubling up to
-# the maximum, seconds.
-STORAGE_RETRY_S = 1.0
-STORAGE_RETRY_MAX_S = 30.0
 # A shutdown waits this long for a GUC being committed.
 STOP_COMMIT_S = 20.0
 
@@ -368,7 +364,7 @@ class JobDriver:
         with reason `storage_full: …` and goes on, with that reason cleared, once a GUC
         could be committed (nothing of the failed attempt was: its model files are temp
         files removed, its rows rolled back)."""
-        delay, waiting = STORAGE_RETRY_S, False
+        delay, waiting = RETRY_S, False
         while True:
             try:
                 entries = await self._round(job_id, index, *args)
@@ -382,7 +378,7 @@ class JobDriver:
                         f"storage_full: GUC {index} waits for space: {exc.detail}", time.time(),
                         only_from=("running",))
                 await asyncio.sleep(delay)
-                delay = min(2 * delay, STORAGE_RETRY_MAX_S)
+                delay = min(2 * delay, RETRY_MAX_S)
                 continue
             if waiting:
                 await asyncio.to_thread(self.store.set_job_state, job_id, "running", None,

@@ -21,6 +21,8 @@ from orchestrator.errors import StorageFull
 
 log = logging.getLogger("orchestrator.runs.space")
 T = TypeVar("T")
+# A write (or a round / GUC, `_round_when_space`) that failed for lack of space runs again
+# after this long, doubling up to the maximum, seconds.
 RETRY_S = 1.0
 RETRY_MAX_S = 30.0
 

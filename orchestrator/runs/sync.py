@@ -31,7 +31,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import Call, LearnerGateway, Reply
 from orchestrator.runs.journal import note, round_notes
 from orchestrator.runs.rounds import ClosedRound, TestSplit, close_round
-from orchestrator.runs.space import when_space
+from orchestrator.runs.space import RETRY_MAX_S, RETRY_S, when_space
 from orchestrator.runs.taskdata import load_test_split, read_state, record_device_eval
 from orchestrator.store import LearnerRow, Store, TaskRow
 
@@ -48,10 +48,6 @@ PROBE_EXTRA_S = 60.0
 # again each round (sync.replan: each_round) gets only D + grace plus this: a learner whose
 # link went down must not hold every round for a minute.
 REPROBE_EXTRA_S = 5.0
-# A round that could not be written (disk full) runs again after this long, doubling up to
-# the maximum, seconds.
-STORAGE_RETRY_S = 1.0
-STORAGE_RETRY_MAX_S = 30.0
 
 
 def learner_times(replies: list[Reply], reports: list[LearnerReport], counts: dict[str, int],
@@ -219,7 +215,7 @@ class SyncDriver:
         """Round `index`, run again while the data directory is full: the task stays running
         with reason `storage_full: …` (cleared once a round is committed); nothing of a failed
         attempt was kept (temp files removed, rows rolled back)."""
-        delay, waiting = STORAGE_RETRY_S, False
+        delay, waiting = RETRY_S, False
         while True:
             try:
                 out = await self._round(task, spec, allocator, index, state, test)
@@ -233,7 +229,7 @@ class SyncDriver:
                         f"storage_full: round {index} waits for space: {exc.detail}",
                         time.time(), only_from=("running",))
                 await asyncio.sleep(delay)
-                delay = min(2 * delay, STORAGE_RETRY_MAX_S)
+                delay = min(2 * delay, RETRY_MAX_S)
                 continue
             if waiting:
                 await asyncio.to_thread(self.store.set_state, task.id, "running", None,

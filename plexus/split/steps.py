@@ -105,11 +105,6 @@ class DeviceTrainer:
         self.stats.payload_bytes += message_bytes(message)
         return message
 
-    @property
-    def pending_codes(self) -> list[torch.Tensor]:
-        """The codes per path of the batch sent and not yet finished (empty if none)."""
-        return self._pending[0] if self._pending else []
-
     def finish(self, grads: Any) -> None:
         """Back-propagate the server's gradient at the codes plus the ratio penalty; step.
         `grads` is the answer's list, checked and decoded first (`BadSplitBatch`, and then
