@@ -384,6 +384,26 @@ class AsyncTaskRunner:
         if self.journal is not None:
             self.journal.save(self.snapshot())
 
+    def _entry(self, d: Aggregated) -> dict[str, Any]:
+        """The history entry (and event) of one aggregation, evaluated when it can be."""
+        entry: dict[str, Any] = {
+            "version": d.version,
+            "trigger": d.trigger,
+            "clients": list(d.clients),
+            "staleness": list(d.staleness),
+            "round_time_s": max(0.0, d.time - self._prev_aggregation),
+        }
+        handled = self.core.handler.summary()
+        if handled is not None:  # the handler's running totals, kept with the event
+            entry["staleness_handler"] = {
+                k: handled[k] for k in ("inverted", "late", "dropped", "seconds", "iterations")
+                if k in handled}
+        self._prev_aggregation = d.time
+        if self.evaluate is not None:
+            loss, acc = self.evaluate(self.core.model)
+            entry.update(loss=loss, accuracy=acc)
+        return entry
+
     def _handle(self, decisions: list[Decision], *, save: bool = True) -> None:
         merged: list[tuple[Aggregated, dict[str, Any]]] = []
         reached = False  # max_updates: the task ends once this aggregation is recorded
@@ -394,17 +414,7 @@ class AsyncTaskRunner:
                 self._stops.add(d.client)
             elif isinstance(d, Aggregated):
                 self._updates_aggregated += len(d.clients)
-                entry: dict[str, Any] = {
-                    "version": d.version,
-                    "trigger": d.trigger,
-                    "clients": list(d.clients),
-                    "staleness": list(d.staleness),
-                    "round_time_s": max(0.0, d.time - self._prev_aggregation),
-                }
-                self._prev_aggregation = d.time
-                if self.evaluate is not None:
-                    loss, acc = self.evaluate(self.core.model)
-                    entry.update(loss=loss, accuracy=acc)
+                entry = self._entry(d)
                 self.stats.history.append(entry)
                 merged.append((d, entry))
                 if self.max_updates is not None and self._updates_aggregated >= self.max_updates:

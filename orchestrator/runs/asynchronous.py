@@ -139,7 +139,9 @@ class StoreJournal:
              f"model version {version} from {len(entry.get('clients', []))} update(s), "
              f"accuracy {'-' if acc is None else f'{acc:.1%}'}",
              {"round": version - 1, "version": version, "accuracy": acc,
-              "loss": entry.get("loss"), "staleness": list(entry.get("staleness", []))})
+              "loss": entry.get("loss"), "staleness": list(entry.get("staleness", [])),
+              **({"staleness_handler": entry["staleness_handler"]}
+                 if "staleness_handler" in entry else {})})
 
     def save(self, snapshot: dict[str, Any]) -> None:
         self.store.save_async_state(self.task_id, time.time(), state=snapshot)
