@@ -29,6 +29,7 @@ from orchestrator.allocation import (
 from orchestrator.errors import Conflict, StorageFull
 from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import Call, LearnerGateway, Reply
+from orchestrator.runs.halting import HaltLead
 from orchestrator.runs.journal import note, round_notes
 from orchestrator.runs.rounds import ClosedRound, TestSplit, close_round
 from orchestrator.runs.space import RETRY_MAX_S, RETRY_S, when_space
@@ -36,7 +37,7 @@ from orchestrator.runs.taskdata import load_test_split, read_state, record_devic
 from orchestrator.store import LearnerRow, Store, TaskRow
 
 if TYPE_CHECKING:
-    from plexus.spec import TaskSpec
+    from plexus.spec import SyncSpec, TaskSpec
 
 log = logging.getLogger("orchestrator.runs.sync")
 
@@ -51,16 +52,19 @@ REPROBE_EXTRA_S = 5.0
 
 
 def learner_times(replies: list[Reply], reports: list[LearnerReport], counts: dict[str, int],
-                  ctx: RoundContext) -> dict[str, dict[str, float | None]]:
-    """Per learner that was called: seconds from dispatch to its answer (or the cut-off), and
-    where it reported b_k (bytes/s) and c_k (samples/s), those and the time thesis eq. 3.4
-    predicts for its shards (else None)."""
+                  ctx: RoundContext, halts: dict[str, float] | None = None
+                  ) -> dict[str, dict[str, float | None]]:
+    """Per learner that was called: seconds from dispatch to its answer (or the cut-off), the
+    `deadline_s` it was sent (`halt_s`), and where it reported b_k (bytes/s) and c_k
+    (samples/s), those and the time thesis eq. 3.4 predicts for its shards (else None)."""
     known = {r.learner_id: r for r in reports}
     times: dict[str, dict[str, float | None]] = {}
     for reply in replies:
         key = str(reply.learner.id)
         rep = known.get(key)
         entry: dict[str, float | None] = {"actual_s": reply.elapsed_s, "predicted_s": None}
+        if halts is not None and key in halts:
+            entry["halt_s"] = halts[key]
         if rep is not None and rep.bandwidth is not None and rep.compute is not None:
             entry["predicted_s"] = learner_time_s(counts.get(key, 0), bandwidth=rep.bandwidth,
                                                   compute=rep.compute, ctx=ctx)
@@ -102,6 +106,9 @@ class SyncDriver:
         # again every round. In memory only: after a restart learners are asked once more.
         self._reports: dict[int, dict[str, LearnerReport]] = {}
         self._answered: dict[int, set[str]] = {}  # learners that answered a probe, per task
+        # Per task: how much earlier than D each learner must halt for its answer to be in by
+        # D (DAB only; orchestrator.runs.halting). In memory: learnt again after a restart.
+        self._leads: dict[int, HaltLead] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -124,6 +131,7 @@ class SyncDriver:
         aio = self._tasks.pop(task_id, None)
         self._reports.pop(task_id, None)
         self._answered.pop(task_id, None)
+        self._leads.pop(task_id, None)
         if aio is not None:
             aio.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -168,6 +176,7 @@ class SyncDriver:
                                     f"failed: {failure}" if failure else "finished")
             self._reports.pop(task_id, None)
             self._answered.pop(task_id, None)
+            self._leads.pop(task_id, None)
         except asyncio.CancelledError:
             raise
         except Conflict as exc:  # cancelled by a user while a round was finishing
@@ -265,13 +274,19 @@ class SyncDriver:
                                 sync.deadline_s)
 
         # Steps 4–6: everyone trains at once; D + grace bounds the wait however they behave.
-        halt_s = sync.deadline_s if allocator.halts_at_deadline else sync.deadline_s + sync.grace_s
+        # DAB learners halt early enough for their answers to be in by D (runs/halting.py).
+        halts = self._halts(task.id, chosen, sync, allocator.halts_at_deadline)
         cutoff_s = sync.deadline_s + sync.grace_s
         t1 = time.monotonic()
         replies = await self.gateway.gather(
-            [(lr, self._train(lr, spec_dict, task.id, index, shard_ids[str(lr.id)], halt_s))
-             for lr in chosen], cutoff_s)
+            [(lr, self._train(lr, spec_dict, task.id, index, shard_ids[str(lr.id)],
+                              halts[str(lr.id)])) for lr in chosen], cutoff_s)
         round_end = time.monotonic()
+        if allocator.halts_at_deadline:
+            lead = self._leads.setdefault(task.id, HaltLead())
+            for r in replies:
+                if r.error is None:
+                    lead.observe(str(r.learner.id), r.value, r.elapsed_s)
         replies = cap_samples(replies, shard_ids, task.shard_samples * spec.training.iterations,
                               lambda code: self._refused(task.id, code))
         # Step 7: FedAvg weighted by samples trained; nobody answered -> the model stays.
@@ -288,7 +303,7 @@ class SyncDriver:
             "left_out": left_out, "plan_s": plan_s, "round_time_s": round_time,
             "truancy": truancy, "loss": closed.loss, "accuracy": closed.accuracy,
             "model_version": closed.version,
-            "times": learner_times(replies, reports, counts, ctx),
+            "times": learner_times(replies, reports, counts, ctx, halts),
         }, closed.model_path, time.time())
         await self._observe(task.id, index, allocator.name, round_time, truancy, closed, names,
                             sum(1 for k in left_out if k in {str(c.id) for c in chosen}))
@@ -327,6 +342,15 @@ class SyncDriver:
             self.store.add_refusal(task_id, code)
         note(self.store, task_id, "refused", f"a learner request refused: {code}",
              {"code": code})
+
+    def _halts(self, task_id: int, chosen: list[LearnerRow], sync: SyncSpec,
+               at_deadline: bool) -> dict[str, float]:
+        """The `deadline_s` each chosen learner is sent: under DAB D less its learnt lead,
+        otherwise the cut-off D + grace."""
+        if not at_deadline:
+            return {str(lr.id): sync.deadline_s + sync.grace_s for lr in chosen}
+        lead = self._leads.setdefault(task_id, HaltLead())
+        return {str(lr.id): lead.halt_s(str(lr.id), sync.deadline_s) for lr in chosen}
 
     def _train(self, lr: LearnerRow, spec: dict[str, Any], task_id: int, index: int,
                shards: list[int], halt_s: float) -> Callable[[], Awaitable[Any]]:

@@ -118,7 +118,8 @@ class RoundRow(Base):
     loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     model_version: Mapped[int] = mapped_column(Integer)
-    # learner id -> {"actual_s": dispatch to answer, "predicted_s": eq. 3.4 where b_k, c_k known}
+    # learner id -> {"actual_s": dispatch to answer, "predicted_s": eq. 3.4 where b_k, c_k known,
+    # "halt_s": the deadline_s the learner was sent}
     times: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=dict)
 
 
