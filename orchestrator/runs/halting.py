@@ -12,8 +12,8 @@ where `elapsed_k` is the orchestrator's own dispatch-to-answer time and `downloa
 `train_s` are what the learner reports of its work. The lead given to a learner is the largest
 tail of its last `KEEP` answers (a spike is not forgotten at once), never more than
 `MAX_SHARE`·D, so a learner reporting nonsense (or honestly slow links) can shorten only its
-own halt and by at most that share. Kept in memory per task: after a restart it is learnt again
-in one round.
+own halt and by at most that share. Kept per learner across tasks, in memory: after a restart
+it is learnt again in one round.
 """
 
 from __future__ import annotations

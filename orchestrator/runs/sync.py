@@ -106,9 +106,10 @@ class SyncDriver:
         # again every round. In memory only: after a restart learners are asked once more.
         self._reports: dict[int, dict[str, LearnerReport]] = {}
         self._answered: dict[int, set[str]] = {}  # learners that answered a probe, per task
-        # Per task: how much earlier than D each learner must halt for its answer to be in by
-        # D (DAB only; orchestrator.runs.halting). In memory: learnt again after a restart.
-        self._leads: dict[int, HaltLead] = {}
+        # How much earlier than D each learner must halt for its answer to be in by D (DAB
+        # only; orchestrator.runs.halting), per learner across tasks, so a learner's next task
+        # starts from what its last rounds showed. In memory: learnt again after a restart.
+        self._lead = HaltLead()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -131,7 +132,6 @@ class SyncDriver:
         aio = self._tasks.pop(task_id, None)
         self._reports.pop(task_id, None)
         self._answered.pop(task_id, None)
-        self._leads.pop(task_id, None)
         if aio is not None:
             aio.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -176,7 +176,6 @@ class SyncDriver:
                                     f"failed: {failure}" if failure else "finished")
             self._reports.pop(task_id, None)
             self._answered.pop(task_id, None)
-            self._leads.pop(task_id, None)
         except asyncio.CancelledError:
             raise
         except Conflict as exc:  # cancelled by a user while a round was finishing
@@ -275,7 +274,7 @@ class SyncDriver:
 
         # Steps 4–6: everyone trains at once; D + grace bounds the wait however they behave.
         # DAB learners halt early enough for their answers to be in by D (runs/halting.py).
-        halts = self._halts(task.id, chosen, sync, allocator.halts_at_deadline)
+        halts = self._halts(chosen, sync, allocator.halts_at_deadline)
         cutoff_s = sync.deadline_s + sync.grace_s
         t1 = time.monotonic()
         replies = await self.gateway.gather(
@@ -283,10 +282,9 @@ class SyncDriver:
                               halts[str(lr.id)])) for lr in chosen], cutoff_s)
         round_end = time.monotonic()
         if allocator.halts_at_deadline:
-            lead = self._leads.setdefault(task.id, HaltLead())
             for r in replies:
                 if r.error is None:
-                    lead.observe(str(r.learner.id), r.value, r.elapsed_s)
+                    self._lead.observe(str(r.learner.id), r.value, r.elapsed_s)
         replies = cap_samples(replies, shard_ids, task.shard_samples * spec.training.iterations,
                               lambda code: self._refused(task.id, code))
         # Step 7: FedAvg weighted by samples trained; nobody answered -> the model stays.
@@ -343,14 +341,13 @@ class SyncDriver:
         note(self.store, task_id, "refused", f"a learner request refused: {code}",
              {"code": code})
 
-    def _halts(self, task_id: int, chosen: list[LearnerRow], sync: SyncSpec,
-               at_deadline: bool) -> dict[str, float]:
+    def _halts(self, chosen: list[LearnerRow], sync: SyncSpec, at_deadline: bool
+               ) -> dict[str, float]:
         """The `deadline_s` each chosen learner is sent: under DAB D less its learnt lead,
         otherwise the cut-off D + grace."""
         if not at_deadline:
             return {str(lr.id): sync.deadline_s + sync.grace_s for lr in chosen}
-        lead = self._leads.setdefault(task_id, HaltLead())
-        return {str(lr.id): lead.halt_s(str(lr.id), sync.deadline_s) for lr in chosen}
+        return {str(lr.id): self._lead.halt_s(str(lr.id), sync.deadline_s) for lr in chosen}
 
     def _train(self, lr: LearnerRow, spec: dict[str, Any], task_id: int, index: int,
                shards: list[int], halt_s: float) -> Callable[[], Awaitable[Any]]:

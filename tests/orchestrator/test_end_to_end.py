@@ -67,13 +67,12 @@ def test_dab_trains_three_rounds_and_the_slow_agent_takes_fewer_shards(fleet: Lo
         assert r["allocation"].get(ids["slow"], 0) < r["allocation"].get(ids["fast"], 0), r
         assert sum(r["samples"].values()) > 0
         assert r["model_version"] == r["index"] + 1
-    # Round 0 halts everyone at D; from then on each learner that answered is told to halt
-    # earlier by what its answers took beyond its own work (runs/halting.py), at most 0.3·D.
-    assert all(t["halt_s"] == D for t in rounds[0]["times"].values()), rounds[0]["times"]
+    # Each learner that answered a round is told to halt earlier in the next by what its
+    # answers took beyond its own work (runs/halting.py), by at most 0.3·D.
+    assert all(0.7 * D - 1e-9 <= t["halt_s"] <= D for r in rounds for t in r["times"].values())
     for before, r in itertools.pairwise(rounds):
         for key, t in r["times"].items():
             trained = before["samples"].get(key, 0) > 0
-            assert 0.7 * D - 1e-9 <= t["halt_s"] <= D, (key, r["times"])
             assert t["halt_s"] < D or not trained, (key, before["times"], r["times"])
 
 
