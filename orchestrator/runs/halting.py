@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.runs.gateway import Reply
 
 KEEP = 3  # answers per learner the lead is the maximum of
 MAX_SHARE = 0.3  # the lead never exceeds this share of D
@@ -60,3 +64,9 @@ class HaltLead:
         tail = tail_s(value, elapsed_s)
         if tail is not None:
             self._tails.setdefault(learner, deque(maxlen=self.keep)).append(tail)
+
+    def observe_all(self, replies: Iterable[Reply]) -> None:
+        """Learn from every reply of a round that is an answer (not an error or a cut-off)."""
+        for r in replies:
+            if r.error is None:
+                self.observe(str(r.learner.id), r.value, r.elapsed_s)

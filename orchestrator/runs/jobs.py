@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.errors import BadInput, Conflict, StorageFull
 from orchestrator.metrics import Metrics
 from orchestrator.runs.gateway import Call, LearnerGateway, Reply
+from orchestrator.runs.halting import HaltLead
 from orchestrator.runs.journal import note, round_notes
 from orchestrator.runs.rounds import ClosedRound, TestSplit, close_round
 from orchestrator.runs.space import RETRY_MAX_S, RETRY_S, when_space
@@ -214,6 +215,9 @@ class JobDriver:
         # Closing and committing a GUC (FedAvg, model files, the round rows): shielded from
         # cancellation, and awaited by `stop` so a shutdown never cuts a round in half.
         self._commits: set[asyncio.Task[Any]] = set()
+        # How much earlier than T_i each learner halts so its answer is in by T_i, learnt from
+        # its answers across jobs and tasks (orchestrator/runs/halting.py). In memory only.
+        self._lead = HaltLead()
 
     def resume_all(self) -> None:
         """Launch every job a previous process left pending or running (resume, not fail):
@@ -524,7 +528,8 @@ class JobDriver:
                     alloc[i, j] = 0
 
         # 3. Dispatch: each chosen learner trains its one task, halting at that task's T_i.
-        counts, shard_ids, by_task = await self._dispatch(index, alloc, learners, tasks, specs)
+        counts, shard_ids, by_task, halts = await self._dispatch(index, alloc, learners, tasks,
+                                                                 specs)
 
         # 4. Per task: FedAvg by true samples, evaluate, record; shielded, so a shutdown
         # waits for it and a GUC is committed whole or not at all (then it runs again).
@@ -535,7 +540,7 @@ class JobDriver:
                          if int(k) in {lr.id for lr in learners}}
                 entries.append(await self._finish_task(
                     i, t, spec, index, started_at, plan_s, counts[i], shard_ids[i], by_task[i],
-                    tests[i], models, slots[i], {**left_out, **skips}, res, drawn))
+                    tests[i], models, slots[i], {**left_out, **skips}, res, drawn, halts))
             await asyncio.to_thread(self.store.record_job_round, job_id, index, entries,
                                     time.time())
             return entries
@@ -623,15 +628,17 @@ class JobDriver:
     async def _dispatch(self, index: int, alloc: Any, learners: list[LearnerRow],
                         tasks: list[TaskRow], specs: list[TaskSpec]
                         ) -> tuple[list[dict[str, int]], list[dict[str, list[int]]],
-                                   dict[int, list[Reply]]]:
+                                   dict[int, list[Reply]], dict[str, float]]:
         """Every chosen learner trains its one task; per task: shard counts, shard ids and the
-        replies, cut off at the latest D + grace of the tasks."""
+        replies, cut off at the latest D + grace of the tasks; and the `deadline_s` each
+        learner was sent (its task's T_i less its learnt lead)."""
         from orchestrator.allocation import assign_shard_ids
 
         calls: list[Call] = []
         owner: dict[int, int] = {}  # learner id -> position of its task in `tasks`
         counts: list[dict[str, int]] = []
         shard_ids: list[dict[str, list[int]]] = []
+        halts: dict[str, float] = {}
         for i, (t, spec) in enumerate(zip(tasks, specs, strict=True)):
             c = {str(lr.id): int(alloc[i, j]) for j, lr in enumerate(learners)}
             ids = assign_shard_ids(c, t.num_shards, seed=spec.seed, round_index=index)
@@ -642,14 +649,16 @@ class JobDriver:
                 key = str(lr.id)
                 if c[key] > 0:
                     owner[lr.id] = i
+                    halts[key] = self._lead.halt_s(key, spec.sync.deadline_s)
                     calls.append((lr, self._train_call(lr, spec, t.id, index, ids[key],
-                                                       spec.sync.deadline_s)))
+                                                       halts[key])))
         cutoff = max(s.sync.deadline_s + s.sync.grace_s for s in specs if s.sync is not None)
         replies = await self.gateway.gather(calls, cutoff)
         by_task: dict[int, list[Reply]] = {i: [] for i in range(len(tasks))}
         for r in replies:
             by_task[owner[r.learner.id]].append(r)
-        return counts, shard_ids, by_task
+        self._lead.observe_all(replies)
+        return counts, shard_ids, by_task, halts
 
     def _refused(self, task_id: int, code: str) -> None:
         self.metrics.refused.labels(reason=code).inc()
@@ -669,7 +678,8 @@ class JobDriver:
                            started_at: float, plan_s: float, counts: dict[str, int],
                            shard_ids: dict[str, list[int]], replies: list[Reply],
                            test: TestSplit, models: list[dict[str, Any]], slot: int,
-                           left_round: dict[str, str], res: Any, drawn: list[Reply]
+                           left_round: dict[str, str], res: Any, drawn: list[Reply],
+                           halts: dict[str, float]
                            ) -> tuple[int, dict[str, Any], Any, dict[str, Any]]:
         assert spec.sync is not None
         busy = {str(r.learner.id): r.elapsed_s for r in replies}
@@ -683,6 +693,7 @@ class JobDriver:
         duration = max(busy.values(), default=0.0)
         deadline = spec.sync.deadline_s
         record = _task_record(i, t, spec, index, counts, busy, duration, closed, res, drawn)
+        record["learner_halt_s"] = {k: halts[k] for k in busy if k in halts}
         values = {
             "index": index, "started_at": started_at, "allocation": counts,
             "shards": {k: v for k, v in shard_ids.items() if v}, "samples": closed.samples,

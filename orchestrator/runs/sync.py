@@ -273,7 +273,6 @@ class SyncDriver:
                                 sync.deadline_s)
 
         # Steps 4–6: everyone trains at once; D + grace bounds the wait however they behave.
-        # DAB learners halt early enough for their answers to be in by D (runs/halting.py).
         halts = self._halts(chosen, sync, allocator.halts_at_deadline)
         cutoff_s = sync.deadline_s + sync.grace_s
         t1 = time.monotonic()
@@ -281,10 +280,7 @@ class SyncDriver:
             [(lr, self._train(lr, spec_dict, task.id, index, shard_ids[str(lr.id)],
                               halts[str(lr.id)])) for lr in chosen], cutoff_s)
         round_end = time.monotonic()
-        if allocator.halts_at_deadline:
-            for r in replies:
-                if r.error is None:
-                    self._lead.observe(str(r.learner.id), r.value, r.elapsed_s)
+        self._lead.observe_all(replies if allocator.halts_at_deadline else [])
         replies = cap_samples(replies, shard_ids, task.shard_samples * spec.training.iterations,
                               lambda code: self._refused(task.id, code))
         # Step 7: FedAvg weighted by samples trained; nobody answered -> the model stays.
@@ -343,8 +339,8 @@ class SyncDriver:
 
     def _halts(self, chosen: list[LearnerRow], sync: SyncSpec, at_deadline: bool
                ) -> dict[str, float]:
-        """The `deadline_s` each chosen learner is sent: under DAB D less its learnt lead,
-        otherwise the cut-off D + grace."""
+        """The `deadline_s` each chosen learner is sent: under DAB D less its learnt lead, so
+        its answer is in by D (runs/halting.py), otherwise the cut-off D + grace."""
         if not at_deadline:
             return {str(lr.id): sync.deadline_s + sync.grace_s for lr in chosen}
         return {str(lr.id): self._lead.halt_s(str(lr.id), sync.deadline_s) for lr in chosen}
