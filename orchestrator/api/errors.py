@@ -7,6 +7,7 @@ ancestor). Every error answers JSON `{"error": code, "detail": text}`.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -15,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.routing import Match
 
 from orchestrator.allocation.errors import PlanInputError
@@ -131,6 +134,16 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
                         headers=headers)
 
 
+async def _gone(request: Request, _exc: Exception) -> Response:
+    """A client that hung up before its request was read whole (an agent killed mid-upload, a
+    link that dropped): one warning line, not an ERROR with a traceback. The answer is never
+    delivered (the server drops what is sent to a closed connection)."""
+    logging.getLogger("orchestrator.api").warning(
+        "%s %s: the client disconnected before its request was read whole; nothing was done",
+        request.method, request.url.path)
+    return Response(status_code=400)
+
+
 async def _crash(_r: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": "internal", "detail": f"{type(exc).__name__}: {exc}"},
                         status_code=500)
@@ -141,4 +154,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _own)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(ClientDisconnect, _gone)
     app.add_exception_handler(Exception, _crash)

@@ -225,15 +225,29 @@ class AsyncTaskRunner:
         admitted; its next pull asks for work again."""
         up = set(alive)
         with self._wake:
-            if self.finished.is_set():
-                return []
             now = self.clock()
-            gone = [c for c in list(self.core.outstanding) if c not in up
-                    and now - self._seen.get(c, float("-inf")) > quiet_s]
-            for learner in gone:
-                self._mailbox.pop(learner, None)
-                self._handle(self.core.release(now, learner))
-            return gone
+            return self._release([c for c in list(self.core.outstanding) if c not in up
+                                  and now - self._seen.get(c, float("-inf")) > quiet_s])
+
+    def release(self, learners: Iterable[str]) -> list[str]:
+        """Free what each of ``learners`` holds in the aggregator (a training slot, a model
+        waiting for pickup); returns those that held something. The driver calls it for a
+        learner declared gone (``release_gone``) and for one whose agent enrolled again while
+        the task ran (a restarted agent lost what it was training). As with ``release_gone``,
+        its pull stays known, so an update it still pushes is admitted."""
+        with self._wake:
+            return self._release(learners)
+
+    def _release(self, learners: Iterable[str]) -> list[str]:
+        """``release`` with the lock held."""
+        if self.finished.is_set():
+            return []
+        now = self.clock()
+        held = [c for c in dict.fromkeys(learners) if c in self.core.outstanding]
+        for learner in held:
+            self._mailbox.pop(learner, None)
+            self._handle(self.core.release(now, learner))
+        return held
 
     def stalled(self, also: Iterable[str] = ()) -> bool:
         """Whether every learner that has asked for work (and each of ``also``, learners the

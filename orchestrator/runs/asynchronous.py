@@ -322,9 +322,11 @@ class AsyncDriver:
         self._calls.add(call)
         call.add_done_callback(self._calls.discard)
 
-    async def _enlist(self, task_id: int, spec: dict[str, Any], parsed: TaskSpec
-                      ) -> str | None:
-        """Join every alive learner that can take part and is not (or no longer) in the task.
+    async def _enlist(self, task_id: int, spec: dict[str, Any], parsed: TaskSpec,
+                      runner: AsyncTaskRunner) -> str | None:
+        """Join every alive learner that can take part and is not (or no longer) in the task;
+        one joined before that enrolled again (its agent restarted and lost what it trained)
+        first gives up what it held in the aggregator (a FedBuff / PORT training slot).
 
         Returns why the task must fail when alive learners exist but none of them can take
         part (cannot build the model, or lacks the memory) for `NO_LEARNER_GRACE_S`.
@@ -356,6 +358,12 @@ class AsyncDriver:
             due.append(lr)
         if not due:
             return None
+        again = [lr.name for lr in due if lr.id in joined]
+        if again:
+            freed = await asyncio.to_thread(runner.release, again)
+            if freed:
+                log.info("async task %s: %s enrolled again; their training slots are given "
+                         "to others", task_id, ", ".join(freed))
         # Every new learner's client index and participation in two transactions, not two
         # per learner (the sweep after 1,000 enrolments would otherwise be 2,000 commits).
         clients = await asyncio.to_thread(self._client_indices, task_id,
@@ -429,7 +437,7 @@ class AsyncDriver:
                      parsed: TaskSpec) -> str | None:
         """Join learners and end a task that cannot progress; returns why it must fail."""
         try:
-            failure = await self._enlist(task_id, spec, parsed)
+            failure = await self._enlist(task_id, spec, parsed, runner)
             if failure is not None:
                 return failure
             joined = list(self._joined.get(task_id, {}).values())

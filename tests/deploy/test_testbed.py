@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -81,8 +82,17 @@ def test_four_learners_get_their_caps(bed: Testbed) -> None:
     rates = {}
     for spec in FOUR:  # one at a time, so the host's other load hits each the same way
         rates.update(measure_compute(bed, seconds=0.6, names=[str(spec["name"])]))
-    by_quota = [str(s["name"]) for s in sorted(FOUR, key=lambda s: float(s["cpu"]))]
-    assert sorted(rates, key=rates.__getitem__) == by_quota, rates
+    # A quota is a ceiling, not a guarantee: on a loaded host (load 11 on 2 cores: each
+    # process's fair share ~0.18 core) the 0.4-core desktop got less than the 0.2-core jetson.
+    # So: each learner runs at most its quota's share of what the 0.05-core pi runs (+50 %),
+    # and a learner with at least twice another's quota runs faster than it wherever the
+    # smaller quota is ≤ 0.1 core (below any fair share this host gives while tests run).
+    quota = {str(s["name"]): float(s["cpu"]) for s in FOUR}
+    for name, rate in rates.items():
+        assert rate <= 1.5 * quota[name] / quota["pi"] * rates["pi"], (name, rates)
+    for low, high in itertools.permutations(quota, 2):
+        if quota[low] <= 0.1 and quota[high] >= 2 * quota[low]:
+            assert rates[low] < rates[high], (low, high, rates)
 
 
 def _wait_answers(url: str, within: float = 20.0) -> None:

@@ -270,3 +270,31 @@ def test_a_task_submitted_to_a_full_data_dir_is_507_and_nothing_is_kept(
         assert [t["id"] for t in client.tasks()] == [t["id"] for t in before] + [created["id"]]
         client.cancel(created["id"])
     assert sorted((orch.data_dir / "tasks").rglob("*.tmp")) == []
+
+
+def test_a_client_hanging_up_mid_body_is_one_warning_line_not_a_traceback(
+        shared_orchestrator: Orchestrator) -> None:
+    # Arrange: a request promising 100 kB of body, to a route that reads its body itself as
+    # the async update route does (an agent killed mid-upload: a traceback in the log before).
+    import socket
+
+    from tests.waiting import wait_for
+
+    path = "/ui/login"
+
+    orch = shared_orchestrator
+    log = orch.data_dir / "orchestrator.log"
+    seen = log.read_text(errors="replace").count("the client disconnected")
+    host, port = orch.url.removeprefix("http://").split(":")
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\n")
+    # Act: send the head and 10 bytes of the body, then hang up.
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head.encode() + b"token=abc&")
+    # Assert: the orchestrator says so in one warning line (not an ERROR with a traceback)
+    # and still answers.
+    wait_for(lambda: log.read_text(errors="replace").count("the client disconnected") > seen,
+             30, "the warning about the hung-up client")
+    text = log.read_text(errors="replace")
+    assert "Exception in ASGI application" not in text and "Traceback" not in text, text[-3000:]
+    assert httpx.get(f"{orch.url}/healthz", timeout=10).json()["ok"] is True

@@ -85,3 +85,29 @@ def test_a_gone_learner_frees_its_fedbuff_slot_and_its_late_update_is_taken() ->
     assert "a" in runner.core.outstanding
     clock.t += 6.0
     assert runner.release_gone(["b", "c"], quiet_s=5.0) == ["a"]
+
+
+def test_a_learner_that_enrolled_again_gives_up_its_slot_at_once() -> None:
+    # Arrange: FedBuff with K = 2; all three learners drawn and sent version 0.
+    clock = Clock()
+    runner = AsyncTaskRunner(build_aggregator("fedbuff", INITIAL, k=2, pi_s=0.5,
+                                              selection_interval_s=0.5, seed=0,
+                                              start_time=clock()), clock=clock)
+    for c in "abc":
+        assert runner.pull(c, 8) is None
+    runner.tick()
+    assert all(runner.pull(c, 8) is not None for c in "abc")
+    _push(runner, "a", 0)
+    # Act: `c`'s agent restarted (it enrolled again while alive): the driver releases it,
+    # without waiting for alive_after_s as for a gone learner. `b` still trains: kept.
+    freed = runner.release(["c", "c", "nobody"])
+    # Assert: only `c` held a slot; releasing twice frees nothing more; `b` pushes and the
+    # round (K = 2) merges; `c`'s late update from version 0 is still taken.
+    assert freed == ["c"]
+    assert runner.release(["c"]) == []
+    assert "b" in runner.core.outstanding and "c" not in runner.core.outstanding
+    _push(runner, "b", 0)
+    assert runner.core.version == 1
+    assert _push(runner, "c", 0)["accepted"] is True
+    runner.finish("done")
+    assert runner.release(["a", "b"]) == []  # a finished task releases nothing

@@ -105,11 +105,18 @@ def test_three_learners_raise_accuracy(live: dict[str, Any]) -> None:
     threads = [threading.Thread(target=c.run, args=(stop,), daemon=True) for c in clients]
     for t in threads:
         t.start()
-    finished = runner.finished.wait(timeout=60)
+    # The task ends at 24 updates, or the clients stop once every sample has arrived and been
+    # trained on (a loaded machine trains more samples per round, so there are fewer rounds).
+    end = time.monotonic() + 60
+    while not runner.finished.wait(timeout=0.2) and any(t.is_alive() for t in threads):
+        assert time.monotonic() < end, f"no end within 60 s: {runner.status()}"
     stop.set()
     for t in threads:
         t.join(timeout=20)
-    assert finished, f"task did not aggregate 24 updates in time: {runner.status()}"
+    ended = [c.report.ended for c in clients]
+    assert runner.finished.is_set() or all(
+        e == "every sample has arrived and been trained on" for e in ended), (
+        ended, runner.status())
     status = runner.status()
     assert status["rejected"] == 0
     assert all(c.report.pushes >= 1 for c in clients)
