@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
@@ -75,6 +79,38 @@ def waiting_line(client: Client) -> str:
     return f"waiting for learners: {len(learners)} enrolled, none alive"
 
 
+@contextlib.contextmanager
+def ctrl_c_between_polls() -> Iterator[Callable[[float], None]]:
+    """A `pause(seconds)` for polling loops that raises KeyboardInterrupt there, and only there,
+    once Ctrl-C (SIGINT) was pressed.
+
+    A KeyboardInterrupt raised by Python's default handler lands wherever the main thread is,
+    often inside an HTTP call, where it can leave httpx's connection pool locked; closing the
+    client then hung (`task submit --wait` did not exit 30 s after Ctrl-C, at load 9). Here the
+    first Ctrl-C is only noted and acted on at the next pause (a poll takes a fraction of a
+    second); a second Ctrl-C interrupts at once.
+    """
+    pressed = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield time.sleep  # signal handlers live in the main thread only
+        return
+
+    def on_sigint(_signum: int, _frame: object) -> None:
+        if pressed.is_set():
+            raise KeyboardInterrupt
+        pressed.set()
+
+    def pause(seconds: float) -> None:
+        if pressed.wait(seconds):
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield pause
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def follow(client: Client, task_id: int, *, poll_s: float = 0.5) -> dict[str, Any]:
     """Show a progress bar per round until the task ends; return the final task. Before the
     first round it says what the task waits for (`waiting for learners: 0 enrolled`)."""
@@ -84,9 +120,10 @@ def follow(client: Client, task_id: int, *, poll_s: float = 0.5) -> dict[str, An
     total = task.get("rounds")  # None for async tasks: an open-ended bar
     seen = 0
     unit = "updates" if task.get("mode") == "async" else "rounds"
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20),
-                  TextColumn("{task.completed:.0f} " + unit), TimeElapsedColumn(),
-                  TextColumn("{task.fields[info]}"), console=console) as progress:
+    with ctrl_c_between_polls() as pause, Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=20),
+            TextColumn("{task.completed:.0f} " + unit), TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"), console=console) as progress:
         bar = progress.add_task(f"task {task_id}", total=total, info="")
         while True:
             task = client.task(task_id)
@@ -100,23 +137,24 @@ def follow(client: Client, task_id: int, *, poll_s: float = 0.5) -> dict[str, An
             seen = len(rounds)
             if task["state"] not in ("pending", "running"):
                 return task
-            time.sleep(poll_s)
+            pause(poll_s)
 
 
 def follow_job(client: Client, job_id: int, *, poll_s: float = 0.5) -> dict[str, Any]:
     """Poll a job until it ends, printing one line per recorded round; returns the job."""
     shown = 0
-    while True:
-        job = client.job(job_id)
-        for rec in job["records"][shown:]:
-            met = "met" if rec["met_deadline"] else "missed"
-            console.print(f"round {rec['round']} {rec['task']}: {rec['duration_s']:.2f} s "
-                          f"(T {rec['deadline_s']:g} s, {met}), "
-                          f"{rec['samples_trained']}/{rec['samples_allocated']} samples")
-        shown = len(job["records"])
-        if job["state"] not in ("pending", "running"):
-            return job
-        time.sleep(poll_s)
+    with ctrl_c_between_polls() as pause:
+        while True:
+            job = client.job(job_id)
+            for rec in job["records"][shown:]:
+                met = "met" if rec["met_deadline"] else "missed"
+                console.print(f"round {rec['round']} {rec['task']}: {rec['duration_s']:.2f} s "
+                              f"(T {rec['deadline_s']:g} s, {met}), "
+                              f"{rec['samples_trained']}/{rec['samples_allocated']} samples")
+            shown = len(job["records"])
+            if job["state"] not in ("pending", "running"):
+                return job
+            pause(poll_s)
 
 
 def job_summary(job: dict[str, Any]) -> None:

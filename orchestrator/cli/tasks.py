@@ -19,7 +19,14 @@ from orchestrator.cli.common import (
     console,
     fail,
 )
-from orchestrator.cli.render import follow, follow_job, job_summary, table, task_summary
+from orchestrator.cli.render import (
+    ctrl_c_between_polls,
+    follow,
+    follow_job,
+    job_summary,
+    table,
+    task_summary,
+)
 
 if TYPE_CHECKING:
     from orchestrator.client import Client
@@ -160,19 +167,20 @@ def _print_events(client: Client, task_id: int, keep_following: bool,
     import time
 
     cursor = 0
-    while True:
-        ended = client.task(task_id)["state"] not in ("pending", "running")
-        while True:  # everything up to now, page by page
-            page = client.events(task_id, cursor)
-            for e in page["events"]:
-                stamp = time.strftime("%H:%M:%S", time.localtime(e["at"]))
-                typer.echo(f"{stamp} {e['kind']:<13} {e['message']}")
-            cursor = page["next"]
-            if not page["events"]:
-                break
-        if not keep_following or ended:
-            return
-        time.sleep(poll_s)
+    with ctrl_c_between_polls() as pause:
+        while True:
+            ended = client.task(task_id)["state"] not in ("pending", "running")
+            while True:  # everything up to now, page by page
+                page = client.events(task_id, cursor)
+                for e in page["events"]:
+                    stamp = time.strftime("%H:%M:%S", time.localtime(e["at"]))
+                    typer.echo(f"{stamp} {e['kind']:<13} {e['message']}")
+                cursor = page["next"]
+                if not page["events"]:
+                    break
+            if not keep_following or ended:
+                return
+            pause(poll_s)
 
 
 def list_(url: URL = DEFAULT_URL, token: TOKEN = None,
