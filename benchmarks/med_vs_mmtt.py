@@ -177,6 +177,13 @@ def main() -> None:
     add_out_dir(ap)
     args = ap.parse_args()
     out_dir = results_dir(args)
+    if args.live or args.testbed:
+        from med_vs_mmtt_live import MissingData, fashion_dataset
+
+        try:
+            fashion_dataset()
+        except MissingData as exc:  # one line, and stop: no synthetic stand-in
+            sys.exit(f"med_vs_mmtt: {exc}")
     if args.testbed:
         run_testbed(args.testbed, args.live_tasks, rounds=args.live_rounds,
                     deadline_scale=args.live_deadline, seeds=args.live_seeds,
@@ -200,6 +207,9 @@ def main() -> None:
     comp = _relative(rows)
     out = {"benchmark": "med_vs_mmtt", "kind": "model-based simulation (not live agents)",
            "trials": trials, "gucs": GUCS, "heat": 0.5, "noise_sigma": NOISE,
+           "data": "none: every round is played out with the cost model (eq. 4.2) on "
+                   "thesis_instance's table 4.1 sizes and assumed speeds; no sample is "
+                   "trained, so Fashion-MNIST vs synthetic images does not enter",
            "rows": rows, "relative": comp}
     (out_dir / "med_vs_mmtt.json").write_text(json.dumps(out, indent=2))
     plot(rows, out_dir / "med_vs_mmtt.png")
@@ -242,7 +252,7 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
     table 4.1 in order) is one point with every allocator and seed on the same fleet. Writes
     testbed_med_vs_mmtt.json / .png and prints a one-line summary last. Times are seconds.
     """
-    from med_vs_mmtt_live import ALLOCATORS, summarise, table_41
+    from med_vs_mmtt_live import ALLOCATORS, data_used, summarise, table_41
     from med_vs_mmtt_live import plot as plot_live
 
     from deploy.testbed.bench import TestbedFleet
@@ -270,7 +280,8 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
            "testbed": str(fleet_path), "command": " ".join(["sudo", ".venv/bin/python",
                                                             *sys.argv]),
            "profiles": profiles, "rounds": rounds, "deadline_scale_s": deadline_scale,
-           "seeds": seeds, "tasks": table_41(deadline_scale, rounds), "summary": summary,
+           "seeds": seeds, "tasks": table_41(deadline_scale, rounds),
+           "data": data_used(table_41(deadline_scale, rounds)), "summary": summary,
            "relative": comp, "wall_s": time.monotonic() - started,
            "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
                        "load_1m_at_end": os.getloadavg()[0]},
