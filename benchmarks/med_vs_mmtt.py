@@ -252,7 +252,14 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
     table 4.1 in order) is one point with every allocator and seed on the same fleet. Writes
     testbed_med_vs_mmtt.json / .png and prints a one-line summary last. Times are seconds.
     """
-    from med_vs_mmtt_live import ALLOCATORS, data_used, summarise, table_41
+    from med_vs_mmtt_live import (
+        ALLOCATORS,
+        data_used,
+        model_check,
+        paired_anchors,
+        summarise,
+        table_41,
+    )
     from med_vs_mmtt_live import plot as plot_live
 
     from deploy.testbed.bench import TestbedFleet
@@ -282,7 +289,10 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
            "profiles": profiles, "rounds": rounds, "deadline_scale_s": deadline_scale,
            "seeds": seeds, "tasks": table_41(deadline_scale, rounds),
            "data": data_used(table_41(deadline_scale, rounds)), "summary": summary,
-           "relative": comp, "wall_s": time.monotonic() - started,
+           "relative": comp, "paired": paired_anchors(rows),
+           "model_check": model_check({f"{r['learners']}x{r['tasks']}/{r['seed']}/"
+                                       f"{r['allocator']}": r["records"] for r in rows}),
+           "wall_s": time.monotonic() - started,
            "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
                        "load_1m_at_end": os.getloadavg()[0]},
            "thesis_anchor": "MED vs MMTT-Uncertain: -10 % training time, -42 % data drop "

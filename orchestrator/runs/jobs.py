@@ -523,7 +523,7 @@ class JobDriver:
                 if lr.id not in ids:
                     alloc[i, j] = 0
         predicted = predicted_delays(build_instance(tasks, specs, learners, setup, options),
-                                     alloc, learners)
+                                     alloc, learners, actual)
 
         # 3. Dispatch: each chosen learner trains its one task, halting at that task's T_i.
         counts, shard_ids, by_task = await self._dispatch(index, alloc, learners, tasks, specs)
@@ -728,11 +728,13 @@ def _task_record(i: int, t: TaskRow, spec: TaskSpec, index: int, counts: dict[st
     }
 
 
-def predicted_delays(inst: MedInstance, alloc: Any, learners: list[LearnerRow]
-                     ) -> list[dict[str, dict[str, float]]]:
+def predicted_delays(inst: MedInstance, alloc: Any, learners: list[LearnerRow],
+                     actual: list[int] | None = None) -> list[dict[str, dict[str, float]]]:
     """Per task, per chosen learner (id as str): eq. 4.3's expected delay δ_ij of the
     dispatched allocation and its two parts, transfer (model down and up, shards down) and
-    training (μ·samples·E[1/c]), seconds."""
+    training (μ·samples·E[1/c]), seconds. With the learners' `actual` state indices (known
+    only under MMTT-Ideal) also the same in the state drawn (`in_state_*`): SB's own error,
+    without eq. 4.3's averaging over states."""
     from orchestrator.allocation.med.model import coefficients
 
     co = coefficients(inst, enforce_deadlines=False, enforce_budget=False)
@@ -749,6 +751,13 @@ def predicted_delays(inst: MedInstance, alloc: Any, learners: list[LearnerRow]
             total = float(co.fixed[i, j] + co.per_shard[i, j] * d)
             row[str(lr.id)] = {"expected_s": total, "expected_transfer_s": transfer,
                                "expected_train_s": total - transfer}
+            if actual is not None:
+                w, k = inst.learners[j], actual[j]
+                row[str(lr.id)] |= {
+                    "in_state_transfer_s": (2.0 * task.model_bytes + task.shard_bytes * d)
+                    / w.bandwidth[k],
+                    "in_state_train_s": task.iterations * task.shard_samples * d
+                    / w.compute[task.name][k]}
         out.append(row)
     return out
 
