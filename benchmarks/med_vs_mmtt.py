@@ -173,10 +173,16 @@ def main() -> None:
     ap.add_argument("--live-seeds", type=int, nargs="+", default=[0], help="--live: seeds")
     ap.add_argument("--job-timeout", type=float, default=900.0,
                     help="--testbed: seconds one multi-task job may run before it is cancelled")
+    ap.add_argument("--merge-testbed", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="pool the seeds of several --testbed runs (each under the 20-minute "
+                         "limit of one run) into one testbed_med_vs_mmtt.json / .png")
     add_testbed_option(ap)
     add_out_dir(ap)
     args = ap.parse_args()
     out_dir = results_dir(args)
+    if args.merge_testbed:
+        merge_testbed(args.merge_testbed, out_dir)
+        return
     if args.live or args.testbed:
         from med_vs_mmtt_live import MissingData, fashion_dataset
 
@@ -311,6 +317,42 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
         parts.append(f"{c['learners']}Lx{c['tasks']}T time vs U {fmt[0]}, drop vs U {fmt[1]}, "
                      f"time vs I {fmt[2]}")
     print(f"{name}: MED " + "; ".join(parts))
+
+
+def merge_testbed(paths: list[Path], results: Path) -> None:
+    """One testbed result from several `--testbed` runs of the same fleet, tasks, rounds and
+    deadlines on different seeds: rows and records pooled, every statistic recomputed."""
+    from med_vs_mmtt_live import model_check, paired_anchors, summarise
+    from med_vs_mmtt_live import plot as plot_live
+
+    parts = [json.loads(p.read_text()) for p in paths]
+    same = ("rounds", "deadline_scale_s", "tasks", "profiles")
+    for part in parts[1:]:
+        for key in same:
+            if part[key] != parts[0][key]:
+                raise SystemExit(f"--merge-testbed: the runs differ in {key!r}")
+    seeds = [s for part in parts for s in part["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--merge-testbed: a seed is in two runs ({sorted(seeds)})")
+    records = {k: v for part in parts for k, v in part["records"].items()}
+    rows = [{**r, "records": records[f"{r['learners']}x{r['tasks']}/{r['seed']}/"
+                                     f"{r['allocator']}"]} for part in parts for r in part["rows"]]
+    summary = summarise(rows)
+    name = "testbed_med_vs_mmtt"
+    out = {**{k: v for k, v in parts[0].items() if k not in ("command", "wall_s", "machine")},
+           "seeds": seeds, "summary": summary, "relative": _relative_live(summary),
+           "paired": paired_anchors(rows), "model_check": model_check(records),
+           "runs": [{"file": str(p), "command": part.get("command"), "seeds": part["seeds"],
+                     "wall_s": part.get("wall_s"), "machine": part.get("machine")}
+                    for p, part in zip(paths, parts, strict=True)],
+           "rows": [{k: v for k, v in r.items() if k != "records"} for r in rows],
+           "records": records}
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(out, indent=2))
+    plot_live(summary, results / f"{name}.png",
+              f"MED vs MMTT on the emulated testbed ({Path(parts[0]['testbed']).name}: "
+              f"{len(parts[0]['profiles'])} learners), {len(seeds)} seeds, stressors heat 0.5")
+    print(f"{name}: merged {len(paths)} runs, seeds {sorted(seeds)}")
 
 
 def _testbed_job(client: Any, alloc: str, tasks: list[Any], names: list[str], seed: int,
