@@ -273,11 +273,44 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
     started = time.monotonic()
     name = "testbed_med_vs_mmtt"
     rows: list[dict[str, Any]] = []
+    profiles: dict[str, Any] = {}
+
+    def write(done: bool) -> list[dict[str, Any]]:
+        # After every seed, so a run cut at its time limit keeps the seeds it finished.
+        summary = summarise(rows)
+        comp = _relative_live(summary)
+        results.mkdir(parents=True, exist_ok=True)
+        done_seeds = sorted({r["seed"] for r in rows})
+        out = {"benchmark": name, "kind": "live agents with stressors on the emulated testbed",
+               "testbed": str(fleet_path), "command": " ".join(["sudo", ".venv/bin/python",
+                                                                *sys.argv]),
+               "partial": not done, "seeds_asked": seeds,
+               "profiles": profiles, "rounds": rounds, "deadline_scale_s": deadline_scale,
+               "seeds": done_seeds,
+               "tasks": table_41(deadline_scale, rounds),
+               "data": data_used(table_41(deadline_scale, rounds)), "summary": summary,
+               "relative": comp, "paired": paired_anchors(rows),
+               "model_check": model_check({f"{r['learners']}x{r['tasks']}/{r['seed']}/"
+                                           f"{r['allocator']}": r["records"] for r in rows}),
+               "wall_s": time.monotonic() - started,
+               "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
+                           "load_1m_at_end": os.getloadavg()[0]},
+               "thesis_anchor": "MED vs MMTT-Uncertain: -10 % training time, -42 % data drop "
+                                "rate; MED within 32 % of MMTT-Ideal (thesis 4.3)",
+               "rows": [{k: v for k, v in r.items() if k != "records"} for r in rows],
+               "records": {f"{r['learners']}x{r['tasks']}/{r['seed']}/{r['allocator']}":
+                           r["records"] for r in rows}}
+        (results / f"{name}.json").write_text(json.dumps(out, indent=2))
+        plot_live(summary, results / f"{name}.png",
+                  f"MED vs MMTT on the emulated testbed ({fleet_path.name}: {len(profiles)} "
+                  f"learners), {len(done_seeds)} seeds, stressors heat 0.5")
+        return comp
+
     with TestbedFleet(_preloading(fleet_path)) as fleet:
         fleet.start(timeout_s=600.0)
         assert fleet.bed is not None
         names = [lr.name for lr in fleet.bed.learners]
-        profiles = {lr.name: lr.profile for lr in fleet.bed.learners}
+        profiles.update({lr.name: lr.profile for lr in fleet.bed.learners})
         print(f"testbed up: {len(names)} learners enrolled after "
               f"{time.monotonic() - started:.0f} s", flush=True)
         with fleet.client() as client:
@@ -286,30 +319,8 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
                 for seed in seeds:
                     rows += [_testbed_job(client, alloc, tasks, names, seed, job_timeout_s)
                              for alloc in ALLOCATORS]
-    summary = summarise(rows)
-    comp = _relative_live(summary)
-    results.mkdir(parents=True, exist_ok=True)
-    out = {"benchmark": name, "kind": "live agents with stressors on the emulated testbed",
-           "testbed": str(fleet_path), "command": " ".join(["sudo", ".venv/bin/python",
-                                                            *sys.argv]),
-           "profiles": profiles, "rounds": rounds, "deadline_scale_s": deadline_scale,
-           "seeds": seeds, "tasks": table_41(deadline_scale, rounds),
-           "data": data_used(table_41(deadline_scale, rounds)), "summary": summary,
-           "relative": comp, "paired": paired_anchors(rows),
-           "model_check": model_check({f"{r['learners']}x{r['tasks']}/{r['seed']}/"
-                                       f"{r['allocator']}": r["records"] for r in rows}),
-           "wall_s": time.monotonic() - started,
-           "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
-                       "load_1m_at_end": os.getloadavg()[0]},
-           "thesis_anchor": "MED vs MMTT-Uncertain: -10 % training time, -42 % data drop "
-                            "rate; MED within 32 % of MMTT-Ideal (thesis 4.3)",
-           "rows": [{k: v for k, v in r.items() if k != "records"} for r in rows],
-           "records": {f"{r['learners']}x{r['tasks']}/{r['seed']}/{r['allocator']}":
-                       r["records"] for r in rows}}
-    (results / f"{name}.json").write_text(json.dumps(out, indent=2))
-    plot_live(summary, results / f"{name}.png",
-              f"MED vs MMTT on the emulated testbed ({fleet_path.name}: {len(profiles)} "
-              "learners), stressors heat 0.5")
+                    write(done=False)
+    comp = write(done=True)
     parts = []
     for c in comp:
         fmt = [f"{v:+.0%}" if v is not None else "n/a" for v in
