@@ -155,7 +155,7 @@ def _relative(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[float | No
     return comp
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 trials, fewer sweep points")
     ap.add_argument("--trials", type=int, default=None, help="trials per point (thesis: 40)")
@@ -178,8 +178,11 @@ def main() -> None:
                          "limit of one run) into one testbed_med_vs_mmtt.json / .png")
     add_testbed_option(ap)
     add_out_dir(ap)
-    args = ap.parse_args()
-    out_dir = results_dir(args)
+    return ap
+
+
+def _run_live_modes(args: argparse.Namespace, out_dir: Path) -> None:
+    """--merge-testbed, --testbed or --live (the real Fashion-MNIST or a one-line stop)."""
     if args.merge_testbed:
         merge_testbed(args.merge_testbed, out_dir)
         return
@@ -200,6 +203,13 @@ def main() -> None:
 
         run_live(args.live_learners, args.live_tasks, rounds=args.live_rounds,
                  deadline_scale=args.live_deadline, seeds=args.live_seeds, results=out_dir)
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    out_dir = results_dir(args)
+    if args.merge_testbed or args.testbed or args.live:
+        _run_live_modes(args, out_dir)
         return
     trials = args.trials or (3 if args.quick else 20)
     learners = [4, 7, 10] if args.quick else [4, 5, 6, 7, 8, 9, 10]
@@ -260,13 +270,8 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
     """
     from med_vs_mmtt_live import (
         ALLOCATORS,
-        data_used,
-        model_check,
-        paired_anchors,
-        summarise,
         table_41,
     )
-    from med_vs_mmtt_live import plot as plot_live
 
     from deploy.testbed.bench import TestbedFleet
 
@@ -274,37 +279,9 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
     name = "testbed_med_vs_mmtt"
     rows: list[dict[str, Any]] = []
     profiles: dict[str, Any] = {}
-
-    def write(done: bool) -> list[dict[str, Any]]:
-        # After every seed, so a run cut at its time limit keeps the seeds it finished.
-        summary = summarise(rows)
-        comp = _relative_live(summary)
-        results.mkdir(parents=True, exist_ok=True)
-        done_seeds = sorted({r["seed"] for r in rows})
-        out = {"benchmark": name, "kind": "live agents with stressors on the emulated testbed",
-               "testbed": str(fleet_path), "command": " ".join(["sudo", ".venv/bin/python",
-                                                                *sys.argv]),
-               "partial": not done, "seeds_asked": seeds,
-               "profiles": profiles, "rounds": rounds, "deadline_scale_s": deadline_scale,
-               "seeds": done_seeds,
-               "tasks": table_41(deadline_scale, rounds),
-               "data": data_used(table_41(deadline_scale, rounds)), "summary": summary,
-               "relative": comp, "paired": paired_anchors(rows),
-               "model_check": model_check({f"{r['learners']}x{r['tasks']}/{r['seed']}/"
-                                           f"{r['allocator']}": r["records"] for r in rows}),
-               "wall_s": time.monotonic() - started,
-               "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
-                           "load_1m_at_end": os.getloadavg()[0]},
-               "thesis_anchor": "MED vs MMTT-Uncertain: -10 % training time, -42 % data drop "
-                                "rate; MED within 32 % of MMTT-Ideal (thesis 4.3)",
-               "rows": [{k: v for k, v in r.items() if k != "records"} for r in rows],
-               "records": {f"{r['learners']}x{r['tasks']}/{r['seed']}/{r['allocator']}":
-                           r["records"] for r in rows}}
-        (results / f"{name}.json").write_text(json.dumps(out, indent=2))
-        plot_live(summary, results / f"{name}.png",
-                  f"MED vs MMTT on the emulated testbed ({fleet_path.name}: {len(profiles)} "
-                  f"learners), {len(done_seeds)} seeds, stressors heat 0.5")
-        return comp
+    ctx = {"name": name, "fleet_path": fleet_path, "seeds": seeds, "profiles": profiles,
+           "rounds": rounds, "deadline_scale": deadline_scale, "started": started,
+           "results": results}
 
     with TestbedFleet(_preloading(fleet_path)) as fleet:
         fleet.start(timeout_s=600.0)
@@ -319,8 +296,8 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
                 for seed in seeds:
                     rows += [_testbed_job(client, alloc, tasks, names, seed, job_timeout_s)
                              for alloc in ALLOCATORS]
-                    write(done=False)
-    comp = write(done=True)
+                    _write_testbed(ctx, rows, done=False)
+    comp = _write_testbed(ctx, rows, done=True)
     parts = []
     for c in comp:
         fmt = [f"{v:+.0%}" if v is not None else "n/a" for v in
@@ -328,6 +305,46 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
         parts.append(f"{c['learners']}Lx{c['tasks']}T time vs U {fmt[0]}, drop vs U {fmt[1]}, "
                      f"time vs I {fmt[2]}")
     print(f"{name}: MED " + "; ".join(parts))
+
+
+def _write_testbed(ctx: dict[str, Any], rows: list[dict[str, Any]], done: bool
+                   ) -> list[dict[str, Any]]:
+    """run_testbed's JSON / PNG from the rows so far; written after every seed, so a run cut
+    at its time limit keeps the seeds it finished (`partial` until the last)."""
+    from med_vs_mmtt_live import data_used, model_check, paired_anchors, summarise, table_41
+    from med_vs_mmtt_live import plot as plot_live
+
+    name, fleet_path, seeds = ctx["name"], ctx["fleet_path"], ctx["seeds"]
+    profiles, rounds, deadline_scale = ctx["profiles"], ctx["rounds"], ctx["deadline_scale"]
+    started, results = ctx["started"], ctx["results"]
+    summary = summarise(rows)
+    comp = _relative_live(summary)
+    results.mkdir(parents=True, exist_ok=True)
+    done_seeds = sorted({r["seed"] for r in rows})
+    out = {"benchmark": name, "kind": "live agents with stressors on the emulated testbed",
+           "testbed": str(fleet_path), "command": " ".join(["sudo", ".venv/bin/python",
+                                                            *sys.argv]),
+           "partial": not done, "seeds_asked": seeds,
+           "profiles": profiles, "rounds": rounds, "deadline_scale_s": deadline_scale,
+           "seeds": done_seeds,
+           "tasks": table_41(deadline_scale, rounds),
+           "data": data_used(table_41(deadline_scale, rounds)), "summary": summary,
+           "relative": comp, "paired": paired_anchors(rows),
+           "model_check": model_check({f"{r['learners']}x{r['tasks']}/{r['seed']}/"
+                                       f"{r['allocator']}": r["records"] for r in rows}),
+           "wall_s": time.monotonic() - started,
+           "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
+                       "load_1m_at_end": os.getloadavg()[0]},
+           "thesis_anchor": "MED vs MMTT-Uncertain: -10 % training time, -42 % data drop "
+                            "rate; MED within 32 % of MMTT-Ideal (thesis 4.3)",
+           "rows": [{k: v for k, v in r.items() if k != "records"} for r in rows],
+           "records": {f"{r['learners']}x{r['tasks']}/{r['seed']}/{r['allocator']}":
+                       r["records"] for r in rows}}
+    (results / f"{name}.json").write_text(json.dumps(out, indent=2))
+    plot_live(summary, results / f"{name}.png",
+              f"MED vs MMTT on the emulated testbed ({fleet_path.name}: {len(profiles)} "
+              f"learners), {len(done_seeds)} seeds, stressors heat 0.5")
+    return comp
 
 
 def merge_testbed(paths: list[Path], results: Path) -> None:
@@ -350,8 +367,9 @@ def merge_testbed(paths: list[Path], results: Path) -> None:
                                      f"{r['allocator']}"]} for part in parts for r in part["rows"]]
     summary = summarise(rows)
     name = "testbed_med_vs_mmtt"
-    out = {**{k: v for k, v in parts[0].items() if k not in ("command", "wall_s", "machine")},
-           "seeds": seeds, "summary": summary, "relative": _relative_live(summary),
+    out = {**{k: v for k, v in parts[0].items()
+              if k not in ("command", "wall_s", "machine", "partial", "seeds_asked")},
+           "seeds": sorted(seeds), "summary": summary, "relative": _relative_live(summary),
            "paired": paired_anchors(rows), "model_check": model_check(records),
            "runs": [{"file": str(p), "command": part.get("command"), "seeds": part["seeds"],
                      "wall_s": part.get("wall_s"), "machine": part.get("machine")}
