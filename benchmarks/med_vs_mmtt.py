@@ -21,7 +21,15 @@ Writes benchmarks/results/med_vs_mmtt.json and .png; prints a one-line summary l
 (docs/testbed.md: each agent in its own network namespace with a capped link, a CPU quota and
 a memory limit; thesis 4.3.1 used ten Jetson Nanos) on the fleet's learners, one fleet for the
 whole run, over the task counts of --live-tasks, and write
-benchmarks/results/testbed_med_vs_mmtt.json and .png.
+benchmarks/results/testbed_med_vs_mmtt.json and .png (rewritten after every seed, `partial`
+until the last). `--merge-testbed A.json B.json ...` pools the seeds of several such runs
+(each kept under 20 minutes) into one result, every statistic recomputed.
+
+--live and --testbed train the Fashion task on Debian's Fashion-MNIST
+(dataset-fashion-mnist); without it they stop with one line. The simulation trains nothing,
+so it does not depend on the data. Live JSONs carry `data` (which data each task used),
+`paired` (per-seed anchors, sign test, bootstrap interval) and `model_check` (eq. 4.3's
+predicted vs measured round times, plans infeasible under 4.4b).
 """
 
 from __future__ import annotations
