@@ -148,7 +148,7 @@ def test_three_tasks_under_med_record_rounds_the_metrics_come_from(fleet: LocalF
                                                     + t["expected_train_s"])
             assert t["expected_transfer_s"] > 0 and t["expected_train_s"] > 0
             assert t["measured_s"] == r["learner_busy_s"][k]
-            assert 0 <= t["download_s"] and 0 < t["train_s"] <= t["measured_s"]
+            assert t["download_s"] >= 0 and 0 < t["train_s"] <= t["measured_s"]
             assert "in_state_train_s" not in t  # MED hears no state, so none is predicted
         assert r["expected_delay_s"] == pytest.approx(max(t["expected_s"]
                                                           for t in timing.values()))
