@@ -21,7 +21,15 @@ Writes benchmarks/results/med_vs_mmtt.json and .png; prints a one-line summary l
 (docs/testbed.md: each agent in its own network namespace with a capped link, a CPU quota and
 a memory limit; thesis 4.3.1 used ten Jetson Nanos) on the fleet's learners, one fleet for the
 whole run, over the task counts of --live-tasks, and write
-benchmarks/results/testbed_med_vs_mmtt.json and .png.
+benchmarks/results/testbed_med_vs_mmtt.json and .png (rewritten after every seed, `partial`
+until the last). `--merge-testbed A.json B.json ...` pools the seeds of several such runs
+(each kept under 20 minutes) into one result, every statistic recomputed.
+
+--live and --testbed train the Fashion task on Debian's Fashion-MNIST
+(dataset-fashion-mnist); without it they stop with one line. The simulation trains nothing,
+so it does not depend on the data. Live JSONs carry `data` (which data each task used),
+`paired` (per-seed anchors, sign test, bootstrap interval) and `model_check` (eq. 4.3's
+predicted vs measured round times, plans infeasible under 4.4b).
 """
 
 from __future__ import annotations
@@ -155,7 +163,7 @@ def _relative(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[float | No
     return comp
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 trials, fewer sweep points")
     ap.add_argument("--trials", type=int, default=None, help="trials per point (thesis: 40)")
@@ -173,10 +181,26 @@ def main() -> None:
     ap.add_argument("--live-seeds", type=int, nargs="+", default=[0], help="--live: seeds")
     ap.add_argument("--job-timeout", type=float, default=900.0,
                     help="--testbed: seconds one multi-task job may run before it is cancelled")
+    ap.add_argument("--merge-testbed", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="pool the seeds of several --testbed runs (each under the 20-minute "
+                         "limit of one run) into one testbed_med_vs_mmtt.json / .png")
     add_testbed_option(ap)
     add_out_dir(ap)
-    args = ap.parse_args()
-    out_dir = results_dir(args)
+    return ap
+
+
+def _run_live_modes(args: argparse.Namespace, out_dir: Path) -> None:
+    """--merge-testbed, --testbed or --live (the real Fashion-MNIST or a one-line stop)."""
+    if args.merge_testbed:
+        merge_testbed(args.merge_testbed, out_dir)
+        return
+    if args.live or args.testbed:
+        from med_vs_mmtt_live import MissingData, fashion_dataset
+
+        try:
+            fashion_dataset()
+        except MissingData as exc:  # one line, and stop: no synthetic stand-in
+            sys.exit(f"med_vs_mmtt: {exc}")
     if args.testbed:
         run_testbed(args.testbed, args.live_tasks, rounds=args.live_rounds,
                     deadline_scale=args.live_deadline, seeds=args.live_seeds,
@@ -187,6 +211,13 @@ def main() -> None:
 
         run_live(args.live_learners, args.live_tasks, rounds=args.live_rounds,
                  deadline_scale=args.live_deadline, seeds=args.live_seeds, results=out_dir)
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    out_dir = results_dir(args)
+    if args.merge_testbed or args.testbed or args.live:
+        _run_live_modes(args, out_dir)
         return
     trials = args.trials or (3 if args.quick else 20)
     learners = [4, 7, 10] if args.quick else [4, 5, 6, 7, 8, 9, 10]
@@ -200,6 +231,9 @@ def main() -> None:
     comp = _relative(rows)
     out = {"benchmark": "med_vs_mmtt", "kind": "model-based simulation (not live agents)",
            "trials": trials, "gucs": GUCS, "heat": 0.5, "noise_sigma": NOISE,
+           "data": "none: every round is played out with the cost model (eq. 4.2) on "
+                   "thesis_instance's table 4.1 sizes and assumed speeds; no sample is "
+                   "trained, so Fashion-MNIST vs synthetic images does not enter",
            "rows": rows, "relative": comp}
     (out_dir / "med_vs_mmtt.json").write_text(json.dumps(out, indent=2))
     plot(rows, out_dir / "med_vs_mmtt.png")
@@ -242,19 +276,26 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
     table 4.1 in order) is one point with every allocator and seed on the same fleet. Writes
     testbed_med_vs_mmtt.json / .png and prints a one-line summary last. Times are seconds.
     """
-    from med_vs_mmtt_live import ALLOCATORS, summarise, table_41
-    from med_vs_mmtt_live import plot as plot_live
+    from med_vs_mmtt_live import (
+        ALLOCATORS,
+        table_41,
+    )
 
     from deploy.testbed.bench import TestbedFleet
 
     started = time.monotonic()
     name = "testbed_med_vs_mmtt"
     rows: list[dict[str, Any]] = []
+    profiles: dict[str, Any] = {}
+    ctx = {"name": name, "fleet_path": fleet_path, "seeds": seeds, "profiles": profiles,
+           "rounds": rounds, "deadline_scale": deadline_scale, "started": started,
+           "results": results}
+
     with TestbedFleet(_preloading(fleet_path)) as fleet:
         fleet.start(timeout_s=600.0)
         assert fleet.bed is not None
         names = [lr.name for lr in fleet.bed.learners]
-        profiles = {lr.name: lr.profile for lr in fleet.bed.learners}
+        profiles.update({lr.name: lr.profile for lr in fleet.bed.learners})
         print(f"testbed up: {len(names)} learners enrolled after "
               f"{time.monotonic() - started:.0f} s", flush=True)
         with fleet.client() as client:
@@ -263,15 +304,43 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
                 for seed in seeds:
                     rows += [_testbed_job(client, alloc, tasks, names, seed, job_timeout_s)
                              for alloc in ALLOCATORS]
+                    _write_testbed(ctx, rows, done=False)
+    comp = _write_testbed(ctx, rows, done=True)
+    parts = []
+    for c in comp:
+        fmt = [f"{v:+.0%}" if v is not None else "n/a" for v in
+               (c["med_vs_uncertain_time"], c["med_vs_uncertain_drop"], c["med_vs_ideal_time"])]
+        parts.append(f"{c['learners']}Lx{c['tasks']}T time vs U {fmt[0]}, drop vs U {fmt[1]}, "
+                     f"time vs I {fmt[2]}")
+    print(f"{name}: MED " + "; ".join(parts))
+
+
+def _write_testbed(ctx: dict[str, Any], rows: list[dict[str, Any]], done: bool
+                   ) -> list[dict[str, Any]]:
+    """run_testbed's JSON / PNG from the rows so far; written after every seed, so a run cut
+    at its time limit keeps the seeds it finished (`partial` until the last)."""
+    from med_vs_mmtt_live import data_used, model_check, paired_anchors, summarise, table_41
+    from med_vs_mmtt_live import plot as plot_live
+
+    name, fleet_path, seeds = ctx["name"], ctx["fleet_path"], ctx["seeds"]
+    profiles, rounds, deadline_scale = ctx["profiles"], ctx["rounds"], ctx["deadline_scale"]
+    started, results = ctx["started"], ctx["results"]
     summary = summarise(rows)
     comp = _relative_live(summary)
     results.mkdir(parents=True, exist_ok=True)
+    done_seeds = sorted({r["seed"] for r in rows})
     out = {"benchmark": name, "kind": "live agents with stressors on the emulated testbed",
            "testbed": str(fleet_path), "command": " ".join(["sudo", ".venv/bin/python",
                                                             *sys.argv]),
+           "partial": not done, "seeds_asked": seeds,
            "profiles": profiles, "rounds": rounds, "deadline_scale_s": deadline_scale,
-           "seeds": seeds, "tasks": table_41(deadline_scale, rounds), "summary": summary,
-           "relative": comp, "wall_s": time.monotonic() - started,
+           "seeds": done_seeds,
+           "tasks": table_41(deadline_scale, rounds),
+           "data": data_used(table_41(deadline_scale, rounds)), "summary": summary,
+           "relative": comp, "paired": paired_anchors(rows),
+           "model_check": model_check({f"{r['learners']}x{r['tasks']}/{r['seed']}/"
+                                       f"{r['allocator']}": r["records"] for r in rows}),
+           "wall_s": time.monotonic() - started,
            "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
                        "load_1m_at_end": os.getloadavg()[0]},
            "thesis_anchor": "MED vs MMTT-Uncertain: -10 % training time, -42 % data drop "
@@ -282,14 +351,45 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
     (results / f"{name}.json").write_text(json.dumps(out, indent=2))
     plot_live(summary, results / f"{name}.png",
               f"MED vs MMTT on the emulated testbed ({fleet_path.name}: {len(profiles)} "
-              "learners), stressors heat 0.5")
-    parts = []
-    for c in comp:
-        fmt = [f"{v:+.0%}" if v is not None else "n/a" for v in
-               (c["med_vs_uncertain_time"], c["med_vs_uncertain_drop"], c["med_vs_ideal_time"])]
-        parts.append(f"{c['learners']}Lx{c['tasks']}T time vs U {fmt[0]}, drop vs U {fmt[1]}, "
-                     f"time vs I {fmt[2]}")
-    print(f"{name}: MED " + "; ".join(parts))
+              f"learners), {len(done_seeds)} seeds, stressors heat 0.5")
+    return comp
+
+
+def merge_testbed(paths: list[Path], results: Path) -> None:
+    """One testbed result from several `--testbed` runs of the same fleet, tasks, rounds and
+    deadlines on different seeds: rows and records pooled, every statistic recomputed."""
+    from med_vs_mmtt_live import model_check, paired_anchors, summarise
+    from med_vs_mmtt_live import plot as plot_live
+
+    parts = [json.loads(p.read_text()) for p in paths]
+    same = ("rounds", "deadline_scale_s", "tasks", "profiles")
+    for part in parts[1:]:
+        for key in same:
+            if part[key] != parts[0][key]:
+                raise SystemExit(f"--merge-testbed: the runs differ in {key!r}")
+    seeds = [s for part in parts for s in part["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--merge-testbed: a seed is in two runs ({sorted(seeds)})")
+    records = {k: v for part in parts for k, v in part["records"].items()}
+    rows = [{**r, "records": records[f"{r['learners']}x{r['tasks']}/{r['seed']}/"
+                                     f"{r['allocator']}"]} for part in parts for r in part["rows"]]
+    summary = summarise(rows)
+    name = "testbed_med_vs_mmtt"
+    out = {**{k: v for k, v in parts[0].items()
+              if k not in ("command", "wall_s", "machine", "partial", "seeds_asked")},
+           "seeds": sorted(seeds), "summary": summary, "relative": _relative_live(summary),
+           "paired": paired_anchors(rows), "model_check": model_check(records),
+           "runs": [{"file": str(p), "command": part.get("command"), "seeds": part["seeds"],
+                     "wall_s": part.get("wall_s"), "machine": part.get("machine")}
+                    for p, part in zip(paths, parts, strict=True)],
+           "rows": [{k: v for k, v in r.items() if k != "records"} for r in rows],
+           "records": records}
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(out, indent=2))
+    plot_live(summary, results / f"{name}.png",
+              f"MED vs MMTT on the emulated testbed ({Path(parts[0]['testbed']).name}: "
+              f"{len(parts[0]['profiles'])} learners), {len(seeds)} seeds, stressors heat 0.5")
+    print(f"{name}: merged {len(paths)} runs, seeds {sorted(seeds)}")
 
 
 def _testbed_job(client: Any, alloc: str, tasks: list[Any], names: list[str], seed: int,

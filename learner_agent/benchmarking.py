@@ -32,6 +32,8 @@ class SBResult:
     (`train_s` over all `passes` timed passes of the dummy over the `samples`).
     `shard_download_s` holds each shard's download time and `batch_sample_s` each batch's
     seconds per sample: the spread the DAB safety margin draws its quantile from.
+    `model_bytes` / `model_download_s`: the global model's download, when SB timed it too
+    (the agent's `benchmark` does): b_k is then pooled over the model and the shards.
     """
 
     bandwidth: float
@@ -45,6 +47,8 @@ class SBResult:
     shard_download_s: tuple[float, ...] = field(default=())
     batch_sample_s: tuple[float, ...] = field(default=())
     passes: int = 1
+    model_bytes: int = 0
+    model_download_s: float = 0.0
 
     def quantile_rates(self, q: float) -> tuple[float, float]:
         """Pessimistic `(bandwidth, compute)` from the q-quantile of per-unit times.
@@ -115,14 +119,26 @@ def measure(
     initial_state: Mapping[str, torch.Tensor] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     min_seconds: float = MIN_TIMED_S,
+    model_bytes: int = 0,
+    model_download_s: float = 0.0,
 ) -> SBResult:
     """SB's scores from shards already downloaded in `download_seconds` (one entry per shard):
     b_k from bytes and seconds, c_k from timed passes of a dummy model over the samples,
-    repeated until they add up to `min_seconds` (at most MAX_TIMED_PASSES passes)."""
+    repeated until they add up to `min_seconds` (at most MAX_TIMED_PASSES passes).
+
+    With `model_bytes` downloaded in `model_download_s` (the global model, fetched as every
+    round fetches it), b_k is the pooled rate of the model and the shards: Σ bytes / Σ
+    seconds over what a round actually transfers. Small shards alone measure mostly the
+    per-request cost, not the link: 2 Fashion-MNIST shards of 50 samples (157 kB each) over
+    loopback gave 3–18 MB/s while the task's 8.3 MB model came at ~80 MB/s, so eq. 4.3's
+    2Ω/b predicted ~2 s of transfer for ~0.2 s (docs/results.md, "Live agents")."""
     if not payloads:
         raise ValueError("subset benchmarking needs at least one shard")
-    total_bytes = sum(len(p) for p in payloads)
-    download_s = float(sum(download_seconds))
+    if model_bytes < 0 or not model_download_s >= 0:
+        raise ValueError("model_bytes and model_download_s must be ≥ 0")
+    shard_bytes = sum(len(p) for p in payloads)
+    total_bytes = shard_bytes + model_bytes
+    download_s = float(sum(download_seconds)) + float(model_download_s)
     xs, ys = [], []
     for p in payloads:
         x, y, _ = decode_shard(p)
@@ -135,7 +151,7 @@ def measure(
     return SBResult(
         bandwidth=total_bytes / download_s if download_s > 0 else float("inf"),
         compute=passes * len(y_all) / train_s if train_s > 0 else float("inf"),
-        shard_bytes=total_bytes / len(payloads),
+        shard_bytes=shard_bytes / len(payloads),
         shard_samples=len(y_all) / len(payloads),
         download_s=download_s,
         train_s=train_s,
@@ -144,6 +160,8 @@ def measure(
         shard_download_s=tuple(download_seconds),
         batch_sample_s=tuple(batch_sample_s),
         passes=passes,
+        model_bytes=model_bytes,
+        model_download_s=float(model_download_s),
     )
 
 

@@ -174,9 +174,15 @@ class Agent:
             return self.client.shard(task_id, available[n % len(available)])
 
         with download_stress(state, self._stress_fetch(task_id)):
+            # The model first, as a round fetches it (`train`): b_k pools it with the shards,
+            # so it is the rate of what a round transfers, not mostly per-request cost.
+            t0 = time.perf_counter()
+            model_bytes = len(self.client.model(task_id))
+            model_s = time.perf_counter() - t0
             payloads, seconds = download_shards(fetch, ids)
         with training_stress(state):
-            return measure(spec, payloads, seconds)
+            return measure(spec, payloads, seconds, model_bytes=model_bytes,
+                           model_download_s=model_s)
 
     # -- procedures ------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

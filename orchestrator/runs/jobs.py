@@ -526,6 +526,8 @@ class JobDriver:
             for j, lr in enumerate(learners):
                 if lr.id not in ids:
                     alloc[i, j] = 0
+        predicted = predicted_delays(build_instance(tasks, specs, learners, setup, options),
+                                     alloc, learners, actual)
 
         # 3. Dispatch: each chosen learner trains its one task, halting at that task's T_i.
         counts, shard_ids, by_task, halts = await self._dispatch(index, alloc, learners, tasks,
@@ -540,7 +542,8 @@ class JobDriver:
                          if int(k) in {lr.id for lr in learners}}
                 entries.append(await self._finish_task(
                     i, t, spec, index, started_at, plan_s, counts[i], shard_ids[i], by_task[i],
-                    tests[i], models, slots[i], {**left_out, **skips}, res, drawn, halts))
+                    tests[i], models, slots[i], {**left_out, **skips}, res, drawn,
+                    predicted[i], halts))
             await asyncio.to_thread(self.store.record_job_round, job_id, index, entries,
                                     time.time())
             return entries
@@ -679,7 +682,7 @@ class JobDriver:
                            shard_ids: dict[str, list[int]], replies: list[Reply],
                            test: TestSplit, models: list[dict[str, Any]], slot: int,
                            left_round: dict[str, str], res: Any, drawn: list[Reply],
-                           halts: dict[str, float]
+                           predicted: dict[str, dict[str, float]], halts: dict[str, float]
                            ) -> tuple[int, dict[str, Any], Any, dict[str, Any]]:
         assert spec.sync is not None
         busy = {str(r.learner.id): r.elapsed_s for r in replies}
@@ -693,6 +696,7 @@ class JobDriver:
         duration = max(busy.values(), default=0.0)
         deadline = spec.sync.deadline_s
         record = _task_record(i, t, spec, index, counts, busy, duration, closed, res, drawn)
+        record["learner_timing"] = learner_timing(predicted, replies, busy)
         record["learner_halt_s"] = {k: halts[k] for k in busy if k in halts}
         values = {
             "index": index, "started_at": started_at, "allocation": counts,
@@ -732,6 +736,59 @@ def _task_record(i: int, t: TaskRow, spec: TaskSpec, index: int, counts: dict[st
         "solver": {"method": res.method, "status": res.status, "backend": res.backend,
                    "gap": res.gap, "notes": list(res.notes)},
     }
+
+
+def predicted_delays(inst: MedInstance, alloc: Any, learners: list[LearnerRow],
+                     actual: list[int] | None = None) -> list[dict[str, dict[str, float]]]:
+    """Per task, per chosen learner (id as str): eq. 4.3's expected delay δ_ij of the
+    dispatched allocation and its two parts, transfer (model down and up, shards down) and
+    training (μ·samples·E[1/c]), seconds. With the learners' `actual` state indices (known
+    only under MMTT-Ideal) also the same in the state drawn (`in_state_*`): SB's own error,
+    without eq. 4.3's averaging over states."""
+    from orchestrator.allocation.med.model import coefficients
+
+    co = coefficients(inst, enforce_deadlines=False, enforce_budget=False)
+    gamma = np.array([w.state_probs for w in inst.learners], dtype=float)
+    e_inv_b = (gamma / np.array([w.bandwidth for w in inst.learners], dtype=float)).sum(axis=1)
+    out: list[dict[str, dict[str, float]]] = []
+    for i, task in enumerate(inst.tasks):
+        row: dict[str, dict[str, float]] = {}
+        for j, lr in enumerate(learners):
+            d = int(alloc[i, j])
+            if d <= 0:
+                continue
+            transfer = float((2.0 * task.model_bytes + task.shard_bytes * d) * e_inv_b[j])
+            total = float(co.fixed[i, j] + co.per_shard[i, j] * d)
+            row[str(lr.id)] = {"expected_s": total, "expected_transfer_s": transfer,
+                               "expected_train_s": total - transfer}
+            if actual is not None:
+                w, k = inst.learners[j], actual[j]
+                row[str(lr.id)] |= {
+                    "in_state_transfer_s": (2.0 * task.model_bytes + task.shard_bytes * d)
+                    / w.bandwidth[k],
+                    "in_state_train_s": task.iterations * task.shard_samples * d
+                    / w.compute[task.name][k]}
+        out.append(row)
+    return out
+
+
+def learner_timing(predicted: dict[str, dict[str, float]], replies: list[Reply],
+                   busy: dict[str, float]) -> dict[str, dict[str, float | None]]:
+    """Per learner of a task round: eq. 4.3's prediction beside what happened (the call's
+    seconds as the orchestrator saw them, and the agent's own download and training
+    seconds), so a model error can be traced to the term that made it."""
+    told = {str(r.learner.id): r.value for r in replies
+            if r.error is None and isinstance(r.value, dict)}
+    out: dict[str, dict[str, float | None]] = {}
+    for key, p in predicted.items():
+        v = told.get(key, {})
+        out[key] = {**p, "measured_s": busy.get(key),
+                    "download_s": _num(v.get("download_s")), "train_s": _num(v.get("train_s"))}
+    return out
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
 # Samples/s (or bytes/s) standing in for "cannot run this task" in a MED instance.

@@ -130,3 +130,20 @@ def test_observed_rates_ignore_empty_or_instant_rounds_and_stay_bounded() -> Non
     for task in range(200):
         rates.record(task, "idle", 10, 1.0)
     assert rates.rate(0, "idle") is None and rates.rate(199, "idle") == 10.0
+
+
+def test_sb_pools_the_models_download_with_the_shards_into_b_k() -> None:
+    from learner_agent.benchmarking import measure
+
+    state = make_task_data()
+    payload = len(state.shards[0])
+    # 2 shards at 0.05 s each (mostly per-request cost) and an 8 MB model in 0.1 s.
+    sb = measure(state.spec, state.shards[:2], [0.05, 0.05], model_bytes=8_000_000,
+                 model_download_s=0.1)
+    assert sb.bandwidth == (8_000_000 + 2 * payload) / 0.2
+    assert sb.shard_bytes == payload  # Ω_d stays the shards' own mean payload
+    assert sb.model_bytes == 8_000_000 and sb.model_download_s == 0.1
+    assert sb.download_s == 0.2 and sb.shard_download_s == (0.05, 0.05)
+    # Without the model, the thesis's shards-only rate.
+    alone = measure(state.spec, state.shards[:2], [0.05, 0.05])
+    assert alone.bandwidth == 2 * payload / 0.1 and alone.model_bytes == 0

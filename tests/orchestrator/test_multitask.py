@@ -140,6 +140,18 @@ def test_three_tasks_under_med_record_rounds_the_metrics_come_from(fleet: LocalF
             assert r["learner_idle_s"][k] == pytest.approx(r["duration_s"] - busy)
         # MED never hears the state a learner drew.
         assert all(s is None for s in r["states_revealed"].values())
+        # Eq. 4.3's prediction per learner beside what happened, term by term.
+        timing = r["learner_timing"]
+        assert set(timing) == set(r["allocation"])
+        for k, t in timing.items():
+            assert t["expected_s"] == pytest.approx(t["expected_transfer_s"]
+                                                    + t["expected_train_s"])
+            assert t["expected_transfer_s"] > 0 and t["expected_train_s"] > 0
+            assert t["measured_s"] == r["learner_busy_s"][k]
+            assert t["download_s"] >= 0 and 0 < t["train_s"] <= t["measured_s"]
+            assert "in_state_train_s" not in t  # MED hears no state, so none is predicted
+        assert r["expected_delay_s"] == pytest.approx(max(t["expected_s"]
+                                                          for t in timing.values()))
         # Learners halt at T_i: nobody is waited on far past the deadline.
         assert r["duration_s"] < r["deadline_s"] + 2.0
 
@@ -186,3 +198,8 @@ def test_mmtt_ideal_from_the_cli_hears_the_drawn_states(fleet: LocalFleet,
     assert record["states_revealed"]
     assert all(s in STATES for s in record["states_revealed"].values())
     assert record["solver"]["method"] == "mmtt-ideal"
+    # The states are known here, so the record also predicts each learner in its own state.
+    for k, t in record["learner_timing"].items():
+        setup = job["setup"]["benchmarks"][k][str(record["task_id"])]
+        rate = setup[record["states_revealed"][k]]["compute"]
+        assert t["in_state_train_s"] == pytest.approx(record["allocation"][k] * 50 / rate)
