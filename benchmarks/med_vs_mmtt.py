@@ -306,13 +306,9 @@ def run_testbed(fleet_path: Path, task_counts: list[int], *, rounds: int,
                              for alloc in ALLOCATORS]
                     _write_testbed(ctx, rows, done=False)
     comp = _write_testbed(ctx, rows, done=True)
-    parts = []
-    for c in comp:
-        fmt = [f"{v:+.0%}" if v is not None else "n/a" for v in
-               (c["med_vs_uncertain_time"], c["med_vs_uncertain_drop"], c["med_vs_ideal_time"])]
-        parts.append(f"{c['learners']}Lx{c['tasks']}T time vs U {fmt[0]}, drop vs U {fmt[1]}, "
-                     f"time vs I {fmt[2]}")
-    print(f"{name}: MED " + "; ".join(parts))
+    from med_vs_mmtt_live import anchor_line
+
+    print(f"{name}: MED " + anchor_line(comp))
 
 
 def _write_testbed(ctx: dict[str, Any], rows: list[dict[str, Any]], done: bool

@@ -208,13 +208,18 @@ def run_live(learners: list[int], tasks: list[int], *, rounds: int, deadline_sca
                        r["records"] for r in rows}}
     (results / "med_vs_mmtt_live.json").write_text(json.dumps(out, indent=2))
     plot(summary, results / "med_vs_mmtt_live.png")
+    print("med_vs_mmtt --live: MED " + anchor_line(comp))
+
+
+def anchor_line(comp: list[dict[str, Any]]) -> str:
+    """The anchors per point (MED vs MMTT-U time and drop rate, vs MMTT-I time), one line."""
     parts = []
     for c in comp:
         fmt = [f"{v:+.0%}" if v is not None else "n/a" for v in
                (c["med_vs_uncertain_time"], c["med_vs_uncertain_drop"], c["med_vs_ideal_time"])]
         parts.append(f"{c['learners']}Lx{c['tasks']}T time vs U {fmt[0]}, drop vs U {fmt[1]}, "
                      f"time vs I {fmt[2]}")
-    print("med_vs_mmtt --live: MED " + "; ".join(parts))
+    return "; ".join(parts)
 
 
 def model_check(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

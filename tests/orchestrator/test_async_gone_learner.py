@@ -35,14 +35,20 @@ def _push(runner: AsyncTaskRunner, learner: str, version: int) -> dict[str, obje
                                                        "n_samples": 8}))
 
 
-def test_a_gone_learner_frees_its_fedbuff_slot_and_its_late_update_is_taken() -> None:
-    clock = Clock()
+def _drawn_fedbuff(clock: Clock) -> AsyncTaskRunner:
+    """FedBuff with K = 2 whose first draw dispatched all three learners a, b, c."""
     runner = AsyncTaskRunner(build_aggregator("fedbuff", INITIAL, k=2, pi_s=0.5,
                                               selection_interval_s=0.5, seed=0,
                                               start_time=clock()), clock=clock)
     for c in "abc":
         assert runner.pull(c, 8) is None  # held data, not yet drawn
     runner.tick()  # the first draw: all three hold data, all three dispatched
+    return runner
+
+
+def test_a_gone_learner_frees_its_fedbuff_slot_and_its_late_update_is_taken() -> None:
+    clock = Clock()
+    runner = _drawn_fedbuff(clock)
     sent = {c: runner.pull(c, 8) for c in "abc"}
     assert all(v is not None and v[0] == 0 for v in sent.values())
     # `c` goes away with its model. `a` and `b` push: version 1.
@@ -89,13 +95,7 @@ def test_a_gone_learner_frees_its_fedbuff_slot_and_its_late_update_is_taken() ->
 
 def test_a_learner_that_enrolled_again_gives_up_its_slot_at_once() -> None:
     # Arrange: FedBuff with K = 2; all three learners drawn and sent version 0.
-    clock = Clock()
-    runner = AsyncTaskRunner(build_aggregator("fedbuff", INITIAL, k=2, pi_s=0.5,
-                                              selection_interval_s=0.5, seed=0,
-                                              start_time=clock()), clock=clock)
-    for c in "abc":
-        assert runner.pull(c, 8) is None
-    runner.tick()
+    runner = _drawn_fedbuff(Clock())
     assert all(runner.pull(c, 8) is not None for c in "abc")
     _push(runner, "a", 0)
     # Act: `c`'s agent restarted (it enrolled again while alive): the driver releases it,
