@@ -188,9 +188,17 @@ def measure_compute(
     bed: Testbed, *, seconds: float = 1.5, names: list[str] | None = None, timeout: float = 60.0
 ) -> dict[str, float]:
     """Each learner's compute rate under its CPU quota (probe work units per second), at once."""
+    found = probe_compute(bed, seconds=seconds, names=names, timeout=timeout)
+    return {n: r["rate"] for n, r in found.items()}
+
+
+def probe_compute(
+    bed: Testbed, *, seconds: float = 1.5, names: list[str] | None = None, timeout: float = 60.0
+) -> dict[str, dict[str, float]]:
+    """The compute probe's whole answer per learner: `rate` and `cpu_share` (CPU s per wall s)."""
     chosen = names or [lr.name for lr in bed.learners]
     args = {n: ["compute", "--seconds", str(seconds)] for n in chosen}
-    return {n: r["rate"] for n, r in _probe(bed, chosen, args, timeout).items()}
+    return _probe(bed, chosen, args, timeout)
 
 
 class TestbedFleet:

@@ -61,15 +61,22 @@ def compute(seconds: float) -> dict[str, float]:
     """Run work units for about `seconds` of wall time; units per wall-clock second.
 
     Wall time, not CPU time: under a cgroup quota the process waits while throttled, and that
-    waiting is exactly what makes a slow device slow.
+    waiting is exactly what makes a slow device slow. `cpu_share` is the CPU time the process
+    got per wall-clock second: a quota bounds it from above whatever else the host runs.
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     units = 0
     while time.perf_counter() - start < seconds:
         _work_unit()
         units += 1
     elapsed = time.perf_counter() - start
-    return {"units": float(units), "seconds": elapsed, "rate": units / elapsed}
+    cpu_share = (time.process_time() - cpu_start) / elapsed
+    return {
+        "units": float(units),
+        "seconds": elapsed,
+        "rate": units / elapsed,
+        "cpu_share": cpu_share,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

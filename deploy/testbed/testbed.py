@@ -460,8 +460,10 @@ class Testbed:
         for pid in sent:
             while processes.state(pid) not in ("T", "t", None):
                 if time.monotonic() > deadline:
-                    raise TestbedError(f"learner {name!r}: process {pid} did not stop within "
-                                       f"{timeout:g} s of SIGSTOP")
+                    raise TestbedError(
+                        f"learner {name!r}: process {pid} did not stop within "
+                        f"{timeout:g} s of SIGSTOP"
+                    )
                 time.sleep(0.01)
 
     def resume(self, name: str) -> None:
