@@ -178,13 +178,13 @@ def test_a_long_duplex_call_keeps_no_request_open() -> None:
         )
         # Act
         began = time.monotonic()
-        assert remote.slow(2.0) == "done"
+        assert remote.slow(4.0) == "done"
         took = time.monotonic() - began
-    # Assert: the call lasted 2 s, yet every request (call, polls, fetch) was short: none was
+    # Assert: the call lasted 4 s, yet every request (call, polls, fetch) was short: none was
     # held open for as much as half of the call.
-    assert took >= 2.0
+    assert took >= 4.0
     assert any(path.startswith("/calls/") for path, _ in durations)
-    assert max(d for _, d in durations) < 1.0, durations
+    assert max(d for _, d in durations) < 2.0, durations
 
 
 def test_call_store_purges_expired_results_but_not_a_reused_id() -> None:
