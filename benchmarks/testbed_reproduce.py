@@ -74,6 +74,16 @@ def errors(result: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
     return out
 
 
+def floor_errors(result: dict[str, Any]) -> list[float]:
+    """The floor (issue 17 §1): one truth run predicting the next in the same repetition,
+    |t2 − t1| / t1, one value per repetition (runs made before it was measured have none)."""
+    return [
+        abs(run["truth"]["train_again_s"] - run["truth"]["train_s"]) / run["truth"]["train_s"]
+        for run in result["runs"]
+        if "train_again_s" in run["truth"]
+    ]
+
+
 def flops_errors(result: dict[str, Any]) -> list[float]:
     """The FLOPS baseline's runtime prediction error, one value per repetition."""
     return [
@@ -414,6 +424,7 @@ def sb_reproduction(
         "raw": raw,
         "errors": {n: errors(r) for n, r in raw.items()},
         "flops_errors": {n: flops_errors(r) for n, r in raw.items()},
+        "floor_errors": {n: floor_errors(r) for n, r in raw.items()},
         "rates": _sb_rates(raw),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -453,9 +464,13 @@ def _print_sb_headline(
     )
     flops_all = [v for e in summary["flops_errors"].values() for v in e]
     flops_mean = statistics.fmean(flops_all) if flops_all else float("nan")
+    floor_all = [v for e in summary.get("floor_errors", {}).values() for v in e]
+    floor_mean = statistics.fmean(floor_all) if floor_all else float("nan")
+    over_floor = sb_at_largest / floor_mean if floor_mean > 0 else float("nan")
     print(
         f"testbed SB on {len(profiles)} learners: mean runtime error {sb_at_largest:.0%} at "
-        f"{largest} shards vs FLOPS {flops_mean:.0%} (ratio {sb_at_largest / flops_mean:.2f}); "
+        f"{largest} shards vs FLOPS {flops_mean:.0%} (ratio {sb_at_largest / flops_mean:.2f}) "
+        f"and the floor {floor_mean:.0%} (SB / floor {over_floor:.2f}); "
         f"worst SB mean {worst:.0%}; SB bandwidth {bw}"
     )
 

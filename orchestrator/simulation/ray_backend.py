@@ -137,7 +137,9 @@ class RayTrainer:
             if address is None:
                 kwargs["object_store_memory"] = object_store_bytes
             ray.init(address=address, **kwargs)
-        self._remote = ray.remote(num_cpus=1)(train_chunk_task)
+        # SPREAD: chunks go round the nodes, so a cluster shares the work even when a single
+        # node could take every chunk (Ray's default packs tasks onto the driver's node first).
+        self._remote = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(train_chunk_task)
         self._model = (model, tuple(input_shape), num_classes)
         self._threads = threads
         self._data: tuple[int, int, Any, Any] | None = None  # id(x), id(y), refs
