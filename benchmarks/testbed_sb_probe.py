@@ -79,11 +79,11 @@ def _truth(spec: Any, fetch: Any, download_shards: int, train_shards: int
     second such pass, each with its own fresh model: the floor, one truth predicting another)."""
     import numpy as np
 
+    from plexus.shards import decode_shard
+
     start = time.perf_counter()
     payloads = [fetch(i) for i in range(download_shards)]
     download_s = time.perf_counter() - start
-    from plexus.shards import decode_shard
-
     xs, ys = zip(*[decode_shard(p)[:2] for p in payloads[:train_shards]], strict=True)
     while len(xs) < train_shards:  # reuse shards when fewer were downloaded than trained on
         xs, ys = xs + xs, ys + ys

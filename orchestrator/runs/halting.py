@@ -43,7 +43,7 @@ def tail_s(value: Any, elapsed_s: float) -> float | None:
 
 
 class HaltLead:
-    """Per learner of one task: how many seconds before D it is told to halt."""
+    """Per learner (kept across its tasks): how many seconds before D it is told to halt."""
 
     def __init__(self, keep: int = KEEP, max_share: float = MAX_SHARE) -> None:
         self.keep, self.max_share = keep, max_share
