@@ -280,8 +280,7 @@ class SyncDriver:
             [(lr, self._train(lr, spec_dict, task.id, index, shard_ids[str(lr.id)],
                               halts[str(lr.id)])) for lr in chosen], cutoff_s)
         round_end = time.monotonic()
-        if allocator.halts_at_deadline:
-            self._lead.observe_all(replies)
+        self._lead.observe_all(replies if allocator.halts_at_deadline else [])
         replies = cap_samples(replies, shard_ids, task.shard_samples * spec.training.iterations,
                               lambda code: self._refused(task.id, code))
         # Step 7: FedAvg weighted by samples trained; nobody answered -> the model stays.
