@@ -12,6 +12,7 @@ inversion, as τ grows). JSON + PNG.
     python benchmarks/staleness.py                # full: 001's setting (hours of CPU)
     python benchmarks/staleness.py --reduced      # what docs/results.md shows (see there)
     python benchmarks/staleness.py --quick        # proves it runs (benchmarks/results/quick)
+    python benchmarks/staleness.py --fig7-only --rounds 80   # fig. 7 alone, 001's τ range
 """
 
 from __future__ import annotations
@@ -144,52 +145,71 @@ def fig7(args: argparse.Namespace, p: dict[str, Any], alpha: float, seed: int
     """Estimation error vs τ on the trajectory of a run without staleness."""
     cfg = _config(args, p, alpha, 0, seed, "no_staleness")
     cached = _UNSTALE.get((alpha, seed))
+    t0 = time.perf_counter()
     history = (cached[0] if cached else run_stale_rounds(cfg, keep_history=True)).history
+    print(f"  fig. 7: trajectory of {len(history)} rounds ({time.perf_counter() - t0:.0f} s)",
+          flush=True)
     probe = cfg.model_copy(update={"tau": 1})
     from orchestrator.simulation.stale_rounds import _world, affected_clients
 
     world = _world(probe)
-    clients = affected_clients(world.parts, world.y.numpy(), args.affected_class, p["affected"])
-    errs = estimation_errors(cfg, history, p["fig7_taus"], clients or [0],
-                             iterations=p["iterations"], fraction=args.fraction,
-                             dcasgd_c=args.dcasgd_c)
-    return {"alpha": alpha, "seed": seed, "errors": {str(k): v for k, v in errs.items()},
+    clients = affected_clients(world.parts, world.y.numpy(), args.affected_class,
+                               p.get("fig7_clients", p["affected"]))
+    errs: dict[int, dict[str, float]] = {}
+    for tau in p["fig7_taus"]:  # one τ at a time, so a long run shows its progress
+        errs.update(estimation_errors(cfg, history, [tau], clients or [0],
+                                      iterations=p["iterations"], fraction=args.fraction,
+                                      dcasgd_c=args.dcasgd_c))
+        if tau in errs:
+            print(f"  fig. 7 τ={tau}: " + ", ".join(f"{k} {v:.3f}" for k, v in errs[tau].items()),
+                  flush=True)
+    return {"alpha": alpha, "seed": seed, "rounds": len(history), "clients": len(clients or [0]),
+            "errors": {str(k): v for k, v in errs.items()},
             "inversion_below_dcasgd_at_tau_ge_10": all(
                 v["inversion"] < v["dcasgd"] for k, v in errs.items() if k >= 10)}
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
-    """Affected-class accuracy per round at the largest τ, overall accuracy, and fig. 7."""
+    """Affected-class accuracy per round at the largest τ, overall accuracy, and fig. 7 (fig. 7
+    alone for a ``--fig7-only`` run)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    first = max(doc["cells"], key=lambda c: (c["tau"], -c["alpha"]))
-    group = [c for c in doc["cells"] if (c["alpha"], c["tau"]) == (first["alpha"], first["tau"])]
-    for name in first["runs"]:
-        for key, ax in (("affected_accuracy", axes[0]), ("accuracy", axes[1])):
-            mean = [sum(v) / len(group) for v in zip(*(c["runs"][name][key] for c in group),
-                                                     strict=True)]
-            ax.plot(range(1, len(mean) + 1), mean, label=name)
-    axes[0].set(title=f"affected class, α={first['alpha']}, τ={first['tau']}, mean of "
-                      f"{len(group)} seed(s)", xlabel="round", ylabel="accuracy")
-    axes[1].set(title="all classes", xlabel="round", ylabel="accuracy")
+    cells = doc.get("cells") or []
+    fig, axes = plt.subplots(1, 3 if cells else 1, figsize=(15 if cells else 6, 4.2),
+                             squeeze=False)
+    if cells:
+        _plot_curves(cells, axes[0][0], axes[0][1])
+    ax7 = axes[0][-1]
     f7 = doc["fig7"]
     taus = sorted(int(k) for k in f7["errors"])
     for est in ("direct", "dcasgd", "inversion"):
-        axes[2].plot(taus, [f7["errors"][str(t)][est] for t in taus], marker="o", label=est)
-    axes[2].set(title="fig. 7: error of the estimated fresh update", xlabel="τ (rounds)",
-                ylabel="relative L1 error")
-    for ax in axes:
+        ax7.plot(taus, [f7["errors"][str(t)][est] for t in taus], marker="o", label=est)
+    ax7.set(title=f"fig. 7: error of the estimated fresh update (round {f7.get('rounds', '?')})",
+            xlabel="τ (rounds)", ylabel="relative L1 error")
+    for ax in axes[0]:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"benchmarks/staleness.py --{doc['preset']} (2 shared CPU cores: wall times "
-                 "noisy)")
+    fig.suptitle(f"benchmarks/staleness.py --{doc['preset']}"
+                 + (" --fig7-only" if not cells else " (2 shared CPU cores: wall times noisy)"))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_curves(cells: list[dict[str, Any]], ax_aff: Any, ax_all: Any) -> None:
+    first = max(cells, key=lambda c: (c["tau"], -c["alpha"]))
+    group = [c for c in cells if (c["alpha"], c["tau"]) == (first["alpha"], first["tau"])]
+    for name in first["runs"]:
+        for key, ax in (("affected_accuracy", ax_aff), ("accuracy", ax_all)):
+            mean = [sum(v) / len(group) for v in zip(*(c["runs"][name][key] for c in group),
+                                                     strict=True)]
+            ax.plot(range(1, len(mean) + 1), mean, label=name)
+    ax_aff.set(title=f"affected class, α={first['alpha']}, τ={first['tau']}, mean of "
+                     f"{len(group)} seed(s)", xlabel="round", ylabel="accuracy")
+    ax_all.set(title="all classes", xlabel="round", ylabel="accuracy")
 
 
 def _parse_args() -> argparse.Namespace:
@@ -210,6 +230,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=None,
                         help="inversion iterations per update (override the preset's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--fig7-only", action="store_true",
+                        help="only fig. 7 (the no-staleness trajectory and the estimation "
+                             "errors at the preset's τ), written as staleness-fig7*.json/png")
+    parser.add_argument("--fig7-clients", type=int, default=None,
+                        help="fig. 7 averages over this many of the affected clients "
+                             "(default: the preset's)")
     add_out_dir(parser)
     return parser.parse_args()
 
@@ -221,7 +247,11 @@ def main() -> None:
     p["seeds"] = args.seeds or p["seeds"]
     p["rounds"] = args.rounds or p["rounds"]
     p["iterations"] = args.iterations or p["iterations"]
+    p["fig7_clients"] = args.fig7_clients or p["affected"]
     wall0 = time.perf_counter()
+    if args.fig7_only:
+        fig7_only(args, p, preset, wall0)
+        return
     cells = [one_cell(args, p, alpha, tau, seed) for alpha in p["alphas"] for tau in p["taus"]
              for seed in range(p["seeds"])]
     doc: dict[str, Any] = {
@@ -246,6 +276,25 @@ def main() -> None:
           f"{big['inversion_beats_on_affected']['dcasgd']}/{big['seeds']} seeds; fig.7 error at "
           f"τ={t_max} inversion/dcasgd {f7[t_max]['inversion'] / (f7[t_max]['dcasgd'] or nan):.3f}"
           f"; wall {doc['wall_s']:.0f} s -> {out / (stem + '.json')}")
+
+
+def fig7_only(args: argparse.Namespace, p: dict[str, Any], preset: str, wall0: float) -> None:
+    """``--fig7-only``: the estimation errors without the accuracy cells (001 fig. 7 at its own
+    τ range costs one trajectory and a few inversions per τ, not hours of runs)."""
+    doc: dict[str, Any] = {
+        "benchmark": "staleness", "preset": preset, "fig7_only": True, "settings": p,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "paper_anchors": ANCHORS, "fig7": fig7(args, p, p["alphas"][0], 0)}
+    doc["wall_s"] = time.perf_counter() - wall0
+    out = results_dir(args)
+    stem = "staleness-fig7" if preset == "full" else f"staleness-fig7-{preset}"
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
+    plot(doc, out / f"{stem}.png")
+    f7 = doc["fig7"]["errors"]
+    ratios = ", ".join(f"τ={t} {v['inversion'] / (v['dcasgd'] or math.nan):.2f}"
+                       for t, v in f7.items() if int(t) > 0)
+    print(f"staleness fig. 7 ({preset}, round {doc['fig7']['rounds']}): inversion/dcasgd error "
+          f"{ratios}; wall {doc['wall_s']:.0f} s -> {out / (stem + '.json')}")
 
 
 if __name__ == "__main__":

@@ -243,7 +243,9 @@ def estimation_errors(cfg: StaleRoundsConfig, history: list[State], taus: list[i
     At the last round T of ``history`` (the global models of a run), for each ``τ`` and each
     client: the stale update trains from version T − τ, the true one from T (same data,
     same seed); the estimates are the stale update as is (direct), DC-ASGD's first-order
-    compensation and the inversion's recomputed update. Means over ``clients``.
+    compensation and the inversion's recomputed update. Means over ``clients``, with the
+    inversion's own residual (``inversion_loss``: the relative L1 gap at which it stopped,
+    how well D_rec reproduces the stale update at its base) and its ``inversion_s``.
     """
     from orchestrator.aggregation.inversion import Recipe, invert, rec_size, recompute
     from orchestrator.aggregation.staleness import DCASGDStaleness
@@ -255,7 +257,8 @@ def estimation_errors(cfg: StaleRoundsConfig, history: list[State], taus: list[i
     out: dict[int, dict[str, float]] = {}
     for tau in (t for t in taus if t <= last):
         base = history[last - tau]
-        errs: dict[str, list[float]] = {"direct": [], "dcasgd": [], "inversion": []}
+        errs: dict[str, list[float]] = {"direct": [], "dcasgd": [], "inversion": [],
+                                        "inversion_loss": [], "inversion_s": []}
         for c in clients:
             jobs = [Job(s, world.parts[c].copy(), cfg.epochs, seed=cfg.seed + c)
                     for s in (base, now)]
@@ -263,13 +266,16 @@ def estimation_errors(cfg: StaleRoundsConfig, history: list[State], taus: list[i
             stale, true = jobs[0].result, jobs[1].result
             assert stale is not None and true is not None
             recipe = Recipe.for_client(cfg.lr, cfg.epochs, cfg.batch_size, len(world.parts[c]))
-            rec, _ = invert(model, base, stale, n_rec=rec_size(len(world.parts[c]), fraction),
-                            recipe=recipe, input_shape=world.net.input_shape,
-                            classes=world.classes, max_iters=iterations, seed=cfg.seed + c)
+            rec, cost = invert(model, base, stale,
+                               n_rec=rec_size(len(world.parts[c]), fraction), recipe=recipe,
+                               input_shape=world.net.input_shape, classes=world.classes,
+                               max_iters=iterations, seed=cfg.seed + c)
             est = recompute(model, now, rec, recipe, stale)
             replay = {n: now[n] + stale[n] - base[n] for n in stale}
             errs["direct"].append(_rel_l1(replay, true, now))
             errs["dcasgd"].append(_rel_l1(dc.adjust(stale, base, now), true, now))
             errs["inversion"].append(_rel_l1(est, true, now))
+            errs["inversion_loss"].append(cost.loss)
+            errs["inversion_s"].append(cost.seconds)
         out[tau] = {k: float(np.mean(v)) for k, v in errs.items()}
     return out

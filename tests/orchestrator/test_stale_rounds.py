@@ -8,6 +8,7 @@ import pytest
 from orchestrator.simulation.stale_rounds import (
     StaleRoundsConfig,
     affected_clients,
+    estimation_errors,
     run_stale_rounds,
 )
 from plexus.spec import DatasetSpec
@@ -35,3 +36,23 @@ def test_late_updates_are_inverted_once_each_when_they_arrive() -> None:
     assert run.handler["inverted"] == 2 * 3 and run.handler["iterations"] == 2 * 3 * 2
     assert len(run.accuracy) == 5 and len(run.affected) == 2
     assert run.privacy and run.privacy["rec_samples"] > 0
+
+
+def test_fig7_errors_at_tau_0_are_the_inversion_residual_alone() -> None:
+    # Arrange: a 3-round trajectory without staleness on synthetic data, 3 clients.
+    data = DatasetSpec(name="synthetic", samples=120)
+    cfg = StaleRoundsConfig(clients=3, alpha=1.0, dataset=data, model="twonn", rounds=3,
+                            tau=0, affected_class=1, affected_clients=1, lr=0.1, epochs=1,
+                            eval_samples=30)
+    history = run_stale_rounds(cfg, keep_history=True).history
+    # Act
+    errs = estimation_errors(cfg, history, [0, 2, 9], [0, 1], iterations=3)
+    # Assert: τ beyond the trajectory is skipped; at τ = 0 the stale update *is* the true one,
+    # so replaying it (direct, DC-ASGD) is exact and the inversion's error is its own residual.
+    assert sorted(errs) == [0, 2]
+    zero = errs[0]
+    assert zero["direct"] == pytest.approx(0, abs=1e-4)
+    assert zero["dcasgd"] == pytest.approx(0, abs=1e-4)
+    assert zero["inversion"] == pytest.approx(zero["inversion_loss"], rel=1e-4)
+    assert zero["inversion_s"] > 0
+    assert errs[2]["direct"] > 0 and errs[2]["inversion"] > 0
