@@ -83,6 +83,8 @@ def run_task(client: Client, spec: dict[str, Any], timeout_s: float = 600.0
         "overrun": statistics.mean(max(0.0, (t - d) / d) for t in times),
         "loss": rounds[-1]["loss"], "accuracy": rounds[-1]["accuracy"],
         "shards_per_round": statistics.mean(sum(r["allocation"].values()) for r in rounds),
+        # shards per learner id per round (named after the sweep: `_name_allocations`)
+        "allocations": [{str(k): int(v) for k, v in r["allocation"].items()} for r in rounds],
         "samples_per_round": statistics.mean(sum(r["samples"].values()) for r in rounds),
         "left_out": sum(len([k for k, v in r["left_out"].items()
                              if v != "allocated no shards"]) for r in rounds),
@@ -152,6 +154,29 @@ def _sweep(client: Any, factors: list[float], rounds: int, target_s: float
     return total, t_csa, rows
 
 
+def _name_allocations(rows: list[dict[str, Any]], names: dict[str, str]) -> None:
+    """Key each row's per-round allocations by learner name instead of id."""
+    for row in rows:
+        row["allocations"] = [{names.get(k, k): v for k, v in a.items()}
+                              for a in row["allocations"]]
+
+
+def shard_order(rows: list[dict[str, Any]], speeds: dict[str, float]) -> dict[str, Any]:
+    """Issue 17 §1: in how many DAB rounds a slower learner (smaller ``speeds``: duty cycle or
+    CPU share) took more shards than a faster one; each such round is listed."""
+    bad = []
+    rounds = 0
+    for row in (r for r in rows if r["allocator"] == "dab"):
+        for i, alloc in enumerate(row["allocations"]):
+            rounds += 1
+            got = {n: alloc.get(n, 0) for n in speeds}
+            inverted = [(a, b) for a in got for b in got
+                        if speeds[a] < speeds[b] and got[a] > got[b]]
+            if inverted:
+                bad.append({"deadline_s": row["deadline_s"], "round": i, "shards": got})
+    return {"dab_rounds": rounds, "rounds_out_of_order": len(bad), "out_of_order": bad}
+
+
 def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     dab = sorted((r for r in rows if r["allocator"] == "dab"), key=lambda r: r["deadline_s"])
     csa = sorted((r for r in rows if r["allocator"] == "csa"), key=lambda r: r["deadline_s"])
@@ -199,7 +224,10 @@ def main() -> None:
             speeds = {lr.name: lr.profile for lr in fleet.bed.learners}
         with fleet.client() as client:
             total, t_csa, rows = _sweep(client, factors, rounds, args.target_s)
+            _name_allocations(rows, {str(lr["id"]): lr["name"] for lr in client.learners()})
     summary = _summarise(rows)
+    summary["shard_order"] = shard_order(
+        rows, {n: float(getattr(v, "cpu", v)) for n, v in speeds.items()})
     out = {
         "benchmark": name, "quick": args.quick, "speeds": speeds,
         "testbed": str(args.testbed) if args.testbed else None,
@@ -222,7 +250,9 @@ def main() -> None:
           f"{summary['guc_time_ratio_tightest_csa_over_dab']:.2f}x); DAB max truancy "
           f"{100 * summary['dab_max_truancy']:+.1f}% (goal <= 3%), worst single round "
           f"{100 * summary['dab_max_round_truancy']:+.1f}%; accuracy DAB-CSA at "
-          f"loosest {summary['accuracy_gap_loosest_points']:+.1f} points")
+          f"loosest {summary['accuracy_gap_loosest_points']:+.1f} points; DAB rounds where a "
+          f"slower learner took more shards: {summary['shard_order']['rounds_out_of_order']} of "
+          f"{summary['shard_order']['dab_rounds']}")
 
 
 if __name__ == "__main__":
