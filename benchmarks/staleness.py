@@ -192,7 +192,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     for ax in axes[0]:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"benchmarks/staleness.py --{doc['preset']}"
+    flag = "" if doc["preset"] == "full" else f" --{doc['preset']}"
+    fig.suptitle(f"benchmarks/staleness.py{flag}"
                  + (" --fig7-only" if not cells else " (2 shared CPU cores: wall times noisy)"))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
