@@ -170,9 +170,7 @@ def shard_order(rows: list[dict[str, Any]], speeds: dict[str, float]) -> dict[st
         for i, alloc in enumerate(row["allocations"]):
             rounds += 1
             got = {n: alloc.get(n, 0) for n in speeds}
-            inverted = [(a, b) for a in got for b in got
-                        if speeds[a] < speeds[b] and got[a] > got[b]]
-            if inverted:
+            if any(speeds[a] < speeds[b] and got[a] > got[b] for a in got for b in got):
                 bad.append({"deadline_s": row["deadline_s"], "round": i, "shards": got})
     return {"dab_rounds": rounds, "rounds_out_of_order": len(bad), "out_of_order": bad}
 

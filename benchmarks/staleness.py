@@ -155,14 +155,11 @@ def fig7(args: argparse.Namespace, p: dict[str, Any], alpha: float, seed: int
     world = _world(probe)
     clients = affected_clients(world.parts, world.y.numpy(), args.affected_class,
                                p.get("fig7_clients", p["affected"]))
-    errs: dict[int, dict[str, float]] = {}
-    for tau in p["fig7_taus"]:  # one τ at a time, so a long run shows its progress
-        errs.update(estimation_errors(cfg, history, [tau], clients or [0],
-                                      iterations=p["iterations"], fraction=args.fraction,
-                                      dcasgd_c=args.dcasgd_c))
-        if tau in errs:
-            print(f"  fig. 7 τ={tau}: " + ", ".join(f"{k} {v:.3f}" for k, v in errs[tau].items()),
-                  flush=True)
+    errs = estimation_errors(
+        cfg, history, p["fig7_taus"], clients or [0], iterations=p["iterations"],
+        fraction=args.fraction, dcasgd_c=args.dcasgd_c,
+        on_tau=lambda tau, e: print(f"  fig. 7 τ={tau}: "
+                                    + ", ".join(f"{k} {v:.3f}" for k, v in e.items()), flush=True))
     return {"alpha": alpha, "seed": seed, "rounds": len(history), "clients": len(clients or [0]),
             "errors": {str(k): v for k, v in errs.items()},
             "inversion_below_dcasgd_at_tau_ge_10": all(

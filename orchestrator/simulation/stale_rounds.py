@@ -14,7 +14,7 @@ data scenario of §5.3, with a label-mix drift in place of the paper's MNIST →
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,7 +237,9 @@ def _rel_l1(est: Mapping[str, torch.Tensor], true: Mapping[str, torch.Tensor],
 
 def estimation_errors(cfg: StaleRoundsConfig, history: list[State], taus: list[int],
                       clients: list[int], *, iterations: int = 50, fraction: float = 0.5,
-                      dcasgd_c: float = 1.0) -> dict[int, dict[str, float]]:
+                      dcasgd_c: float = 1.0,
+                      on_tau: Callable[[int, dict[str, float]], None] | None = None,
+                      ) -> dict[int, dict[str, float]]:
     """001 fig. 7: relative L1 error of the estimated fresh update vs the true one.
 
     At the last round T of ``history`` (the global models of a run), for each ``τ`` and each
@@ -246,6 +248,7 @@ def estimation_errors(cfg: StaleRoundsConfig, history: list[State], taus: list[i
     compensation and the inversion's recomputed update. Means over ``clients``, with the
     inversion's own residual (``inversion_loss``: the relative L1 gap at which it stopped,
     how well D_rec reproduces the stale update at its base) and its ``inversion_s``.
+    ``on_tau(τ, errors)`` is called as each τ is done (a long run shows its progress).
     """
     from orchestrator.aggregation.inversion import Recipe, invert, rec_size, recompute
     from orchestrator.aggregation.staleness import DCASGDStaleness
@@ -278,4 +281,6 @@ def estimation_errors(cfg: StaleRoundsConfig, history: list[State], taus: list[i
             errs["inversion_loss"].append(cost.loss)
             errs["inversion_s"].append(cost.seconds)
         out[tau] = {k: float(np.mean(v)) for k, v in errs.items()}
+        if on_tau is not None:
+            on_tau(tau, out[tau])
     return out
