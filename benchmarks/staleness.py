@@ -154,7 +154,7 @@ def fig7(args: argparse.Namespace, p: dict[str, Any], alpha: float, seed: int
 
     world = _world(probe)
     clients = affected_clients(world.parts, world.y.numpy(), args.affected_class,
-                               p.get("fig7_clients", p["affected"]))
+                               p["fig7_clients"])
     errs = estimation_errors(
         cfg, history, p["fig7_taus"], clients or [0], iterations=p["iterations"],
         fraction=args.fraction, dcasgd_c=args.dcasgd_c,
